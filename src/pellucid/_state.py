@@ -1,0 +1,124 @@
+"""The model-state guard: whatever happens inside, the model comes back as it was.
+
+Explaining or measuring a model must not change it. ``model_guard`` records the train/eval
+flag of every submodule, every parameter's ``requires_grad`` and ``.grad`` object, and the
+keys of every hook dictionary, and restores all of them on exit, also when the body raises.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import nn
+
+from pellucid._warnings import TrainingModeWarning
+
+__all__ = ["ModelSnapshot", "has_mode_dependent_layers", "model_guard"]
+
+_HOOK_DICTS = (
+    "_forward_hooks",
+    "_forward_pre_hooks",
+    "_backward_hooks",
+    "_backward_pre_hooks",
+    "_state_dict_hooks",
+    "_load_state_dict_pre_hooks",
+    "_forward_hooks_with_kwargs",
+    "_forward_pre_hooks_with_kwargs",
+    "_forward_hooks_always_called",
+)
+
+_MODE_DEPENDENT = (
+    nn.modules.dropout._DropoutNd,
+    nn.modules.batchnorm._BatchNorm,
+    nn.AlphaDropout,
+)
+
+
+def has_mode_dependent_layers(model: nn.Module) -> bool:
+    """True when the model has dropout or batch-norm layers (output depends on train/eval)."""
+    return any(isinstance(m, _MODE_DEPENDENT) for m in model.modules())
+
+
+class ModelSnapshot:
+    """What ``model_guard`` restores: modes, flags, grads, hooks and BN running stats."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.modes = [(m, m.training) for m in model.modules()]
+        self.params = [(p, p.requires_grad, p.grad) for p in model.parameters()]
+        self.hooks = [
+            (m, attr, dict(getattr(m, attr)))
+            for m in model.modules()
+            for attr in _HOOK_DICTS
+            if hasattr(m, attr)
+        ]
+        self.buffers = [(b, b._version) for b in model.buffers()]
+
+    def restore(self) -> None:
+        for module, training in self.modes:
+            module.training = training
+        for param, requires_grad, grad in self.params:
+            if param.requires_grad != requires_grad:
+                param.requires_grad_(requires_grad)
+            if param.grad is not grad:
+                param.grad = grad
+        for module, attr, saved in self.hooks:
+            current = getattr(module, attr)
+            for key in list(current.keys()):
+                if key not in saved:
+                    del current[key]
+
+
+@contextmanager
+def model_guard(
+    model: Any,
+    *,
+    eval_mode: bool | None = None,
+    method: str = "this method",
+) -> Iterator[Any]:
+    """Run the body with ``model`` protected; restore its state on exit.
+
+    Args:
+        model: the user's model; non-``nn.Module`` callables pass through untouched.
+        eval_mode: ``True`` runs the body in eval mode; ``None`` keeps the current mode and
+            warns when the model is in training mode with dropout or batch norm (the
+            explanation would depend on randomness or on the batch); ``False`` keeps the
+            mode silently.
+        method: named in the warning.
+
+    Example:
+        >>> import torch
+        >>> net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Dropout()).train()
+        >>> with model_guard(net, eval_mode=True):
+        ...     net.training
+        False
+        >>> net.training
+        True
+    """
+    if not isinstance(model, nn.Module):
+        yield model
+        return
+    snapshot = ModelSnapshot(model)
+    try:
+        if eval_mode:
+            model.eval()
+        elif eval_mode is None and model.training and has_mode_dependent_layers(model):
+            warnings.warn(
+                f"The model is in training mode and has dropout or batch-norm layers, so "
+                f"{method} depends on randomness or on the batch. Call `model.eval()` first, "
+                "or pass `eval_mode=True` to explain it in eval mode for this call only.",
+                TrainingModeWarning,
+                stacklevel=3,
+            )
+        yield model
+    finally:
+        snapshot.restore()
+
+
+def parameters_fingerprint(model: nn.Module) -> list[torch.Tensor]:
+    """Detached clones of every parameter and buffer (used by tests and sanity checks)."""
+    return [t.detach().clone() for t in (*model.parameters(), *model.buffers())]
