@@ -1,0 +1,120 @@
+"""Study configuration: built-in defaults, ``--quick`` overrides, and a TOML file on top.
+
+Top-level keys: ``seeds`` (list of ints), ``stages`` (names, in order) and one table per
+stage holding that stage's keys. Unknown keys are refused with the closest suggestion.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from pellucid._validation import did_you_mean
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+__all__ = ["ConfigError", "build_config", "read_config_file"]
+
+
+class ConfigError(ValueError):
+    """The study configuration is unreadable or has unknown or ill-typed keys."""
+
+
+def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Parse a TOML config; syntax errors name the line and column."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"`--config` must be an existing TOML file; got {str(path)!r}.")
+    try:
+        with open(path, "rb") as handle:
+            return tomllib.load(handle)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{str(path)!r} is not valid TOML: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{str(path)!r} is not UTF-8 text: {exc}") from exc
+
+
+def _check_type(where: str, default: Any, value: Any) -> Any:
+    if isinstance(default, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(default, int):
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif isinstance(default, float):
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif isinstance(default, str):
+        ok = isinstance(value, str)
+    elif isinstance(default, list | tuple):
+        ok = isinstance(value, list | tuple)
+        value = list(value) if ok else value
+    elif isinstance(default, dict):
+        ok = isinstance(value, dict)
+    else:
+        ok = True
+    if not ok:
+        raise ConfigError(
+            f"`{where}` must be {type(default).__name__} like {default!r}; got {value!r}."
+        )
+    return value
+
+
+def build_config(
+    user: dict[str, Any] | None = None,
+    *,
+    quick: bool = False,
+    seed: int | None = None,
+    stages: list[str] | None = None,
+) -> dict[str, Any]:
+    """Merge defaults, quick overrides, the user's TOML table and command-line overrides."""
+    from pellucid.study.stages import STAGES
+
+    config: dict[str, Any] = {
+        "seeds": [0] if quick else [0, 1, 2],
+        "stages": list(STAGES),
+    }
+    for name, stage in STAGES.items():
+        section = copy.deepcopy(stage.defaults)
+        if quick:
+            section.update(copy.deepcopy(stage.quick))
+        config[name] = section
+    for key, value in (user or {}).items():
+        if key in ("seeds", "stages"):
+            config[key] = _check_type(key, config[key], value)
+        elif key in STAGES:
+            if not isinstance(value, dict):
+                raise ConfigError(f"`{key}` must be a TOML table ([{key}]); got {value!r}.")
+            for sub, sub_value in value.items():
+                if sub not in config[key]:
+                    raise ConfigError(
+                        f"Unknown config key `{key}.{sub}`."
+                        + did_you_mean(sub, config[key])
+                        + f" Keys of [{key}]: {', '.join(sorted(config[key])) or '(none)'}."
+                    )
+                config[key][sub] = _check_type(f"{key}.{sub}", config[key][sub], sub_value)
+        else:
+            raise ConfigError(
+                f"Unknown config key `{key}`."
+                + did_you_mean(key, ["seeds", "stages", *STAGES])
+                + " Top-level keys: seeds, stages, " + ", ".join(STAGES) + "."
+            )
+    if stages is not None:
+        config["stages"] = stages
+    for name in config["stages"]:
+        if name not in STAGES:
+            raise ConfigError(
+                f"Unknown stage {name!r}." + did_you_mean(name, STAGES)
+                + f" Stages: {', '.join(STAGES)}."
+            )
+    if seed is not None:
+        config["seeds"] = [seed + i for i in range(len(config["seeds"]))]
+    seeds = config["seeds"]
+    if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds):
+        raise ConfigError(f"`seeds` must be a non-empty list of integers >= 0; got {seeds!r}.")
+    config["quick"] = quick
+    return config
