@@ -14,10 +14,12 @@ from typing import Any
 
 import torch
 
-from pellucid._targets import Forward, ResolvedTarget, Target, resolve_target
-from pellucid._validation import check_finite_tensor, check_model, check_tensor
+from torch import nn
 
-__all__ = ["Prepared", "broadcast_baseline", "prepare"]
+from pellucid._targets import Forward, ResolvedTarget, Target, resolve_target
+from pellucid._validation import check_finite_tensor, check_layer, check_model, check_tensor
+
+__all__ = ["LayerForward", "Prepared", "broadcast_baseline", "prepare"]
 
 
 @dataclass
@@ -27,7 +29,98 @@ class Prepared:
     forward: Forward
     target: ResolvedTarget
     output: torch.Tensor  # the model's output on the original inputs (detached)
-    inputs: torch.Tensor  # the inputs, detached
+    inputs: torch.Tensor  # the inputs, detached (the layer's output when ``layer`` is given)
+    raw_inputs: torch.Tensor | None = None  # the model's own inputs when ``layer`` is given
+    layer_name: str | None = None  # the dotted name of ``layer`` when given
+
+
+class LayerForward(Forward):
+    """A :class:`Forward` whose argument is a layer's output instead of the model's input.
+
+    ``forward(h, example_index)`` runs the model on the original inputs of the rows'
+    examples and substitutes ``h`` for ``layer``'s output through a forward hook, so
+    gradients flow from the scores to ``h`` only. This is how token-id models are explained:
+    through the embedding layer.
+    """
+
+    def __init__(self, base: Forward, layer: nn.Module, raw_inputs: torch.Tensor) -> None:
+        super().__init__(
+            base.model,
+            n_examples=base.n_examples,
+            forward_args=base.args,
+            forward_kwargs=base.kwargs,
+            output=base.output,
+        )
+        self.layer = layer
+        self.raw_inputs = raw_inputs
+
+    def __call__(self, x: torch.Tensor, example_index: torch.Tensor | None = None) -> torch.Tensor:
+        if example_index is None:
+            if x.shape[0] != self.n_examples:
+                raise ValueError(
+                    f"Layer activations have {x.shape[0]} rows but there are {self.n_examples} "
+                    "examples; pass `example_index`."
+                )
+            raw = self.raw_inputs
+        else:
+            raw = self.raw_inputs.index_select(0, example_index.to(self.raw_inputs.device))
+
+        def substitute(module: nn.Module, args: Any, out: Any) -> torch.Tensor:
+            if not isinstance(out, torch.Tensor) or out.shape != x.shape:
+                raise ValueError(
+                    f"`layer` output of shape {_shape(out)} cannot be replaced by activations of "
+                    f"shape {tuple(x.shape)}."
+                )
+            return x
+
+        handle = self.layer.register_forward_hook(substitute)
+        try:
+            return super().__call__(raw, example_index)
+        finally:
+            handle.remove()
+
+
+class _ModelError(Exception):
+    """The model itself failed (wrapped so that ``prepare`` can tell it from our checks)."""
+
+
+def _shape(value: Any) -> Any:
+    return tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+
+
+def layer_activations(
+    forward: Forward, layer: nn.Module, raw: torch.Tensor, example_index: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run ``forward`` on ``raw`` and return ``(output, layer output)``, both detached.
+
+    Raises when the layer runs other than exactly once or returns something else than a tensor.
+    """
+    captured: list[Any] = []
+
+    def capture(module: nn.Module, args: Any, out: Any) -> None:
+        captured.append(out)
+
+    handle = layer.register_forward_hook(capture)
+    try:
+        with torch.no_grad():
+            try:
+                out = forward(raw, example_index)
+            except (RuntimeError, ValueError, IndexError) as exc:
+                raise _ModelError(exc) from exc
+    finally:
+        handle.remove()
+    if len(captured) != 1:
+        raise ValueError(
+            f"`layer` ({type(layer).__name__}) must run exactly once per forward pass to be "
+            f"explained; it ran {len(captured)} times. Choose a layer the model calls once."
+        )
+    activations = captured[0]
+    if not isinstance(activations, torch.Tensor) or not activations.is_floating_point():
+        raise TypeError(
+            f"`layer` must return a floating-point tensor to be explained; it returned "
+            f"{_shape(activations)}. Choose a layer with a single tensor output."
+        )
+    return out.detach(), activations.detach()
 
 
 def prepare(
@@ -39,10 +132,21 @@ def prepare(
     forward_kwargs: Mapping[str, Any] | None = None,
     output: Any = None,
     floating: bool = True,
+    layer: Any = None,
 ) -> Prepared:
-    """Validate ``model``/``inputs`` and resolve ``target`` on the unperturbed inputs."""
+    """Validate ``model``/``inputs`` and resolve ``target`` on the unperturbed inputs.
+
+    With ``layer`` (a submodule or its dotted name), the returned ``inputs`` are that layer's
+    output and ``forward`` takes such activations (see :class:`LayerForward`); the model's
+    own inputs may then be token ids (any dtype).
+    """
     check_model("model", model)
+    if layer is not None:
+        module = check_layer(model, layer)
+        floating = False
     inputs = check_tensor("inputs", inputs, min_ndim=1, floating=floating, finite=floating)
+    if inputs.is_floating_point():
+        check_finite_tensor("inputs", inputs)
     inputs = inputs.detach()
     forward = Forward(
         model,
@@ -53,7 +157,13 @@ def prepare(
     )
     with torch.no_grad():
         try:
-            out = forward(inputs)
+            if layer is not None:
+                try:
+                    out, activations = layer_activations(forward, module, inputs)
+                except _ModelError as wrapped:
+                    raise wrapped.__cause__ from None  # type: ignore[misc]
+            else:
+                out = forward(inputs)
         except (RuntimeError, ValueError, IndexError) as exc:
             raise ValueError(
                 f"The model could not run on `inputs` of shape {tuple(inputs.shape)} "
@@ -67,6 +177,16 @@ def prepare(
     if out.is_floating_point():
         check_finite_tensor("model output", out)
     resolved = resolve_target(target, out)
+    if layer is not None:
+        names = {id(m): n for n, m in model.named_modules()}
+        return Prepared(
+            forward=LayerForward(forward, module, inputs),
+            target=resolved,
+            output=out.detach(),
+            inputs=activations,
+            raw_inputs=inputs,
+            layer_name=names.get(id(module), ""),
+        )
     return Prepared(forward=forward, target=resolved, output=out.detach(), inputs=inputs)
 
 

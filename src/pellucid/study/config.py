@@ -111,6 +111,8 @@ def build_config(
                 f"Unknown stage {name!r}." + did_you_mean(name, STAGES)
                 + f" Stages: {', '.join(STAGES)}."
             )
+    for name in config["stages"]:
+        STAGES[name].validate(config[name])
     if seed is not None:
         config["seeds"] = [seed + i for i in range(len(config["seeds"]))]
     seeds = config["seeds"]

@@ -23,7 +23,7 @@ from pellucid.data import Dataset, load_dataset
 from pellucid.models import build_model
 from pellucid.training import History, fit
 
-__all__ = ["REFERENCE_MODELS", "ModelSpec", "StudyContext"]
+__all__ = ["REFERENCE_MODELS", "ModelSpec", "StudyContext", "check_model_keys"]
 
 
 @dataclass(frozen=True)
@@ -62,6 +62,18 @@ REFERENCE_MODELS: dict[str, ModelSpec] = {
                                    quick_epochs=5),
     "wine/MLP": ModelSpec("wine", "MLP", {"hidden": (32, 16)}, epochs=60, quick_epochs=5),
 }
+
+
+def check_model_keys(where: str, keys: list[str]) -> None:
+    """Raise ConfigError unless every key names a reference model (for ``Stage.validate``)."""
+    from pellucid.study.config import ConfigError
+
+    for key in keys:
+        if key not in REFERENCE_MODELS:
+            raise ConfigError(
+                f"`{where}` entries must be one of {', '.join(REFERENCE_MODELS)}; got {key!r}."
+                + did_you_mean(str(key), REFERENCE_MODELS)
+            )
 
 
 def _as_sequence(ds: Dataset, model: str) -> Dataset:

@@ -34,6 +34,10 @@ class Stage:
     defaults: ClassVar[dict[str, Any]] = {}
     quick: ClassVar[dict[str, Any]] = {}
 
+    def validate(self, cfg: dict[str, Any]) -> None:
+        """Check the values of this stage's config (types are checked already); raise
+        ``pellucid.study.ConfigError`` naming the key. Runs before anything is written."""
+
     def run(self, ctx: StudyContext, cfg: dict[str, Any]) -> dict[str, Any]:
         """Do the work; return JSON-able results."""
         raise TypeError(f"Stage {type(self).__name__} must implement run().")

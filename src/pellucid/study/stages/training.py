@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from pellucid.report.html import Figure, Paragraph, Section, Table, figure_png
-from pellucid.study.context import StudyContext
+from pellucid.study.context import StudyContext, check_model_keys
 from pellucid.study.stages.base import Stage
 from pellucid.study.stats import mean_std
 
@@ -23,10 +23,11 @@ class TrainingStage(Stage):
     }
     quick = {"models": ["digits/SmallCNN", "breast_cancer/MLP"]}
 
+    def validate(self, cfg: dict[str, Any]) -> None:
+        check_model_keys("training.models", cfg["models"])
+
     def run(self, ctx: StudyContext, cfg: dict[str, Any]) -> dict[str, Any]:
         out: dict[str, Any] = {}
-        for key in cfg["models"]:
-            ctx.spec(key)  # refuse unknown names before training anything
         for key in cfg["models"]:
             runs = []
             for seed in ctx.seeds:

@@ -1,0 +1,457 @@
+"""Functional gradient clipping with torch's names and results.
+
+The work is split as in ``torch.nn.utils``: computing norms (:func:`tensor_norms`,
+:func:`total_norm`) is pure; clipping with a given norm (:func:`clip_grads_with_norm_`) is a
+thin in-place step; :func:`clip_grad_norm_` does both and returns the same tensor as
+``torch.nn.utils.clip_grad_norm_``, bit for bit. Norms use multi-tensor (``foreach``)
+kernels grouped by device and dtype, and nothing branches on a device value, so there is no
+host-device synchronisation unless ``error_if_nonfinite=True``.
+
+Example:
+    >>> import torch
+    >>> w = torch.nn.Parameter(torch.ones(4))
+    >>> w.grad = torch.full((4,), 3.0)
+    >>> clip_grad_norm_([w], max_norm=1.0)
+    tensor(6.)
+    >>> round(float(w.grad.norm()), 4)
+    1.0
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import numbers
+import types
+import warnings
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils._foreach_utils import (
+    _device_has_foreach_support,
+    _group_tensors_by_device_and_dtype,
+    _has_foreach_support,
+)
+
+from pellucid._validation import check_float
+from pellucid._warnings import PellucidWarning
+
+__all__ = [
+    "GradNorms",
+    "check_norm_type",
+    "clip_grad_norm_",
+    "clip_grad_norm_per_layer_",
+    "clip_grad_norm_per_tensor_",
+    "clip_grad_value_",
+    "clip_grads_with_norm_",
+    "layer_groups",
+    "tensor_norms",
+    "total_norm",
+]
+
+Parameters = torch.Tensor | Iterable[torch.Tensor] | nn.Module
+
+
+def as_tensor_list(parameters: Any, name: str = "parameters") -> list[torch.Tensor]:
+    """Validate ``parameters`` (a tensor, an iterable of tensors or a module) into a list."""
+    if isinstance(parameters, torch.Tensor):
+        return [parameters]
+    if isinstance(parameters, nn.Module):
+        return list(parameters.parameters())
+    is_generator = isinstance(parameters, types.GeneratorType)
+    if is_generator and inspect.getgeneratorstate(parameters) == inspect.GEN_CLOSED:
+        raise ValueError(
+            f"`{name}` must be an iterable of tensors; got a generator that is already "
+            "exhausted, so nothing would be clipped. Call `model.parameters()` again, or "
+            "pass a list."
+        )
+    if isinstance(parameters, str | bytes) or not isinstance(parameters, Iterable):
+        raise TypeError(
+            f"`{name}` must be a tensor, an iterable of tensors or an nn.Module; "
+            f"got {type(parameters).__name__}."
+        )
+    items = list(parameters)
+    for i, item in enumerate(items):
+        if not isinstance(item, torch.Tensor):
+            raise TypeError(
+                f"`{name}` must hold tensors; item {i} is a {type(item).__name__}. "
+                "Pass `model.parameters()` or a list of tensors."
+            )
+    if is_generator and not items:
+        warnings.warn(
+            f"`{name}` is an empty generator; no gradient clipping will occur.",
+            PellucidWarning,
+            stacklevel=3,
+        )
+    return items
+
+
+def check_norm_type(norm_type: Any) -> float:
+    """Return ``norm_type`` as a float: a positive number or ``inf`` (also the string)."""
+    if isinstance(norm_type, str) and norm_type.strip().lower() in ("inf", "infinity"):
+        return math.inf
+    if isinstance(norm_type, bool) or not isinstance(norm_type, numbers.Real | torch.Tensor):
+        raise TypeError(
+            f"`norm_type` must be a positive number or inf; got {norm_type!r} "
+            f"({type(norm_type).__name__})."
+        )
+    return check_float(
+        "norm_type", norm_type, min_value=0.0, min_inclusive=False, allow_inf=True,
+        hint=" Use 2.0 for the Euclidean norm or float('inf') for the max norm.",
+    )
+
+
+def _check_max_norm(max_norm: Any, name: str = "max_norm") -> float:
+    return check_float(
+        name, max_norm, min_value=0.0, min_inclusive=False,
+        hint=" It is the largest gradient norm allowed after clipping.",
+    )
+
+
+def _use_foreach(foreach: bool | None, tensors: list[torch.Tensor], device: torch.device) -> bool:
+    if foreach is None:
+        return _has_foreach_support(tensors, device)
+    if foreach and not _device_has_foreach_support(device):
+        raise RuntimeError(
+            f"foreach=True was passed, but can't use the foreach API on {device.type} tensors"
+        )
+    return bool(foreach)
+
+
+class GradNorms:
+    """Per-tensor and total norms of a list of tensors, each computed once and cached.
+
+    The clipper, the non-finite guard and :class:`~pellucid.monitoring.GradientMonitor`
+    share one instance per step, so each norm is computed only once. Totals are bitwise
+    equal to ``torch.nn.utils.get_total_norm``.
+
+    Example:
+        >>> import torch
+        >>> n = GradNorms([torch.tensor([3.0, 4.0]), torch.tensor([12.0])])
+        >>> n.total(2.0)
+        tensor(13.)
+    """
+
+    def __init__(self, tensors: list[torch.Tensor], *, foreach: bool | None = None) -> None:
+        self.tensors = tensors
+        self.foreach = foreach
+        self._groups = _group_tensors_by_device_and_dtype([tensors], with_indices=True) \
+            if tensors else {}
+        self._grouped: dict[float, list[torch.Tensor]] = {}
+        self._ordered: dict[float, list[torch.Tensor]] = {}
+        self._totals: dict[float, torch.Tensor] = {}
+
+    def matches(self, tensors: list[torch.Tensor]) -> bool:
+        """Whether this cache was built for exactly these tensor objects."""
+        return len(tensors) == len(self.tensors) and all(
+            a is b for a, b in zip(tensors, self.tensors, strict=True)
+        )
+
+    def _compute(self, norm_type: float) -> None:
+        grouped: list[torch.Tensor] = []
+        ordered: list[torch.Tensor | None] = [None] * len(self.tensors)
+        for (device, _), ([group], indices) in self._groups.items():
+            if norm_type == math.inf and any(t.numel() == 0 for t in group):
+                norms = [
+                    torch.linalg.vector_norm(t, norm_type) if t.numel() else t.new_zeros(())
+                    for t in group
+                ]
+            elif _use_foreach(self.foreach, group, device):
+                norms = list(torch._foreach_norm(group, norm_type))
+            else:
+                norms = [torch.linalg.vector_norm(t, norm_type) for t in group]
+            grouped.extend(norms)
+            for i, n in zip(indices, norms, strict=True):
+                ordered[i] = n
+        self._grouped[norm_type] = grouped
+        self._ordered[norm_type] = ordered  # type: ignore[assignment]
+
+    def norms(self, norm_type: float = 2.0) -> list[torch.Tensor]:
+        """One 0-d norm per tensor, in input order (each in its tensor's dtype)."""
+        if norm_type not in self._ordered:
+            self._compute(norm_type)
+        return self._ordered[norm_type]
+
+    def total(self, norm_type: float = 2.0) -> torch.Tensor:
+        """The norm of all tensors viewed as one vector (torch's exact computation)."""
+        if norm_type in self._totals:
+            return self._totals[norm_type]
+        if not self.tensors:
+            total = torch.tensor(0.0)
+        else:
+            if norm_type not in self._grouped:
+                self._compute(norm_type)
+            first = self.tensors[0].device
+            total = torch.linalg.vector_norm(
+                torch.stack([n.to(first) for n in self._grouped[norm_type]]), norm_type
+            )
+        self._totals[norm_type] = total
+        return total
+
+
+def _grads(params: list[torch.Tensor]) -> list[torch.Tensor]:
+    return [p.grad for p in params if p.grad is not None]
+
+
+@torch.no_grad()
+def tensor_norms(
+    tensors: Iterable[torch.Tensor] | torch.Tensor, *, norm_type: float = 2.0
+) -> list[torch.Tensor]:
+    """The norm of each tensor (a pure function; pass gradients, not parameters).
+
+    Example:
+        >>> import torch
+        >>> [float(n) for n in tensor_norms([torch.ones(4), torch.ones(9)])]
+        [2.0, 3.0]
+    """
+    items = as_tensor_list(tensors, "tensors")
+    return GradNorms(items).norms(check_norm_type(norm_type))
+
+
+@torch.no_grad()
+def total_norm(
+    tensors: Iterable[torch.Tensor] | torch.Tensor,
+    *,
+    norm_type: float = 2.0,
+    error_if_nonfinite: bool = False,
+    foreach: bool | None = None,
+) -> torch.Tensor:
+    """The norm of all ``tensors`` viewed as one vector; same as ``torch.nn.utils.get_total_norm``.
+
+    Example:
+        >>> import torch
+        >>> total_norm([torch.tensor([3.0]), torch.tensor([4.0])])
+        tensor(5.)
+    """
+    items = as_tensor_list(tensors, "tensors")
+    result = GradNorms(items, foreach=foreach).total(check_norm_type(norm_type))
+    if error_if_nonfinite:
+        _raise_if_nonfinite(result, norm_type)
+    return result
+
+
+def _raise_if_nonfinite(total: torch.Tensor, norm_type: float) -> None:
+    if bool(torch.logical_or(total.isnan(), total.isinf())):
+        raise RuntimeError(
+            f"The total norm of order {float(norm_type)} for gradients from `parameters` is "
+            "non-finite, so it cannot be clipped. To disable this error and scale the "
+            "gradients by the non-finite norm anyway, set `error_if_nonfinite=False`, or use "
+            "pellucid.clipping's `nonfinite=` policy (raise / skip / zero)."
+        )
+
+
+def _scale_(grads: list[torch.Tensor], coef: torch.Tensor, foreach: bool | None) -> None:
+    groups = _group_tensors_by_device_and_dtype([grads])  # type: ignore[list-item]
+    for (device, _), ([group], _) in groups.items():
+        if _use_foreach(foreach, group, device):  # type: ignore[arg-type]
+            torch._foreach_mul_(group, coef.to(device))  # type: ignore[arg-type]
+        else:
+            c = coef.to(device)
+            for g in group:
+                g.mul_(c)  # type: ignore[union-attr]
+
+
+@torch.no_grad()
+def clip_grads_with_norm_(
+    parameters: Parameters,
+    max_norm: float,
+    total_norm: torch.Tensor,
+    *,
+    foreach: bool | None = None,
+) -> torch.Tensor:
+    """Scale gradients by ``min(max_norm / (total_norm + 1e-6), 1)``, in place.
+
+    Same as ``torch.nn.utils.clip_grads_with_norm_``; returns the coefficient used (a
+    device tensor, no synchronisation).
+
+    Example:
+        >>> import torch
+        >>> w = torch.nn.Parameter(torch.zeros(2)); w.grad = torch.tensor([3.0, 4.0])
+        >>> float(clip_grads_with_norm_([w], 1.0, torch.tensor(5.0)))
+        0.2
+    """
+    params = as_tensor_list(parameters)
+    max_norm = _check_max_norm(max_norm)
+    coef = torch.clamp(max_norm / (total_norm + 1e-6), max=1.0)
+    grads = _grads(params)
+    if grads:
+        _scale_(grads, coef, foreach)
+    return coef
+
+
+@torch.no_grad()
+def clip_grad_norm_(
+    parameters: Parameters,
+    max_norm: float,
+    *,
+    norm_type: float = 2.0,
+    error_if_nonfinite: bool = False,
+    foreach: bool | None = None,
+    process_group: Any = None,
+) -> torch.Tensor:
+    """Clip the gradients' total norm to ``max_norm`` in place; return the norm before.
+
+    Identical to ``torch.nn.utils.clip_grad_norm_`` (same total norm, same scaled
+    gradients) for any ``norm_type``, ``None`` gradients, mixed dtypes and empty inputs.
+    With ``process_group``, the parameters are taken as this rank's shard and the total
+    norm is the global one over the group (sharded / tensor-parallel training).
+
+    Args:
+        parameters: a tensor, an iterable of tensors, or an ``nn.Module``.
+        max_norm: largest total norm allowed (> 0, finite).
+        norm_type: the p of the p-norm (> 0), or ``inf``.
+        error_if_nonfinite: raise if the total norm is NaN/inf (one host sync).
+        foreach: use multi-tensor kernels (None: where the device supports them).
+        process_group: a ``torch.distributed`` group over which the norm is reduced.
+
+    Returns:
+        The total norm before clipping (0-d tensor on the first gradient's device).
+
+    Example:
+        >>> import torch
+        >>> w = torch.nn.Parameter(torch.zeros(2)); w.grad = torch.tensor([3.0, 4.0])
+        >>> clip_grad_norm_([w], 10.0)
+        tensor(5.)
+    """
+    params = as_tensor_list(parameters)
+    max_norm = _check_max_norm(max_norm)
+    norm_type = check_norm_type(norm_type)
+    grads = _grads(params)
+    total = GradNorms(grads, foreach=foreach).total(norm_type)
+    if process_group is not None:
+        from pellucid.distributed import all_reduce_norm
+
+        total = all_reduce_norm(total, norm_type=norm_type, process_group=process_group)
+    if error_if_nonfinite:
+        _raise_if_nonfinite(total, norm_type)
+    if grads:
+        _scale_(grads, torch.clamp(max_norm / (total + 1e-6), max=1.0), foreach)
+    return total
+
+
+@torch.no_grad()
+def clip_grad_value_(
+    parameters: Parameters, clip_value: float, *, foreach: bool | None = None
+) -> None:
+    """Clamp every gradient entry to ``[-clip_value, clip_value]`` in place (as torch does).
+
+    Example:
+        >>> import torch
+        >>> w = torch.nn.Parameter(torch.zeros(3)); w.grad = torch.tensor([-5.0, 0.5, 5.0])
+        >>> clip_grad_value_([w], 1.0); w.grad
+        tensor([-1.0000,  0.5000,  1.0000])
+    """
+    params = as_tensor_list(parameters)
+    clip_value = check_float(
+        "clip_value", clip_value, min_value=0.0, allow_inf=True,
+        hint=" Gradients are clamped to [-clip_value, clip_value].",
+    )
+    grads = _grads(params)
+    groups = _group_tensors_by_device_and_dtype([grads])  # type: ignore[list-item]
+    for (device, _), ([group], _) in groups.items():
+        if _use_foreach(foreach, group, device):  # type: ignore[arg-type]
+            torch._foreach_clamp_min_(group, -clip_value)  # type: ignore[arg-type]
+            torch._foreach_clamp_max_(group, clip_value)  # type: ignore[arg-type]
+        else:
+            for g in group:
+                g.clamp_(min=-clip_value, max=clip_value)  # type: ignore[union-attr]
+
+
+def layer_groups(model: nn.Module) -> dict[str, list[nn.Parameter]]:
+    """Parameters grouped by the module that owns them (``"body.0"`` -> weight, bias).
+
+    Example:
+        >>> list(layer_groups(torch.nn.Sequential(torch.nn.Linear(2, 2))))
+        ['0']
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"`model` must be an nn.Module; got {type(model).__name__}.")
+    groups: dict[str, list[nn.Parameter]] = {}
+    seen: set[int] = set()
+    for name, module in model.named_modules():
+        for p in module.parameters(recurse=False):
+            if id(p) not in seen:
+                seen.add(id(p))
+                groups.setdefault(name or "(root)", []).append(p)
+    return groups
+
+
+def _group_coef(norms: torch.Tensor, max_norm: float) -> torch.Tensor:
+    # TensorFlow's clip_by_norm: t * max_norm / max(norm, max_norm); exact bound, no eps.
+    return max_norm / torch.clamp(norms, min=max_norm)
+
+
+@torch.no_grad()
+def clip_grad_norm_per_tensor_(
+    parameters: Parameters, max_norm: float, *, norm_type: float = 2.0
+) -> torch.Tensor:
+    """Clip each gradient to its own norm bound (TensorFlow's ``clip_by_norm``), in place.
+
+    Returns the per-tensor norms before clipping (one entry per parameter with a gradient).
+
+    Example:
+        >>> import torch
+        >>> a, b = torch.nn.Parameter(torch.zeros(1)), torch.nn.Parameter(torch.zeros(1))
+        >>> a.grad, b.grad = torch.tensor([3.0]), torch.tensor([0.5])
+        >>> clip_grad_norm_per_tensor_([a, b], 1.0).tolist(), a.grad.item(), b.grad.item()
+        ([3.0, 0.5], 1.0, 0.5)
+    """
+    params = as_tensor_list(parameters)
+    max_norm = _check_max_norm(max_norm)
+    norm_type = check_norm_type(norm_type)
+    grads = _grads(params)
+    if not grads:
+        return torch.zeros(0)
+    norms = GradNorms(grads).norms(norm_type)
+    first = grads[0].device
+    stacked = torch.stack([n.to(first, torch.float64) for n in norms])
+    coefs = _group_coef(stacked, max_norm)
+    torch._foreach_mul_(grads, [c.to(g.device, g.dtype) for c, g in zip(coefs, grads, strict=True)])
+    return stacked
+
+
+@torch.no_grad()
+def clip_grad_norm_per_layer_(
+    groups: Mapping[str, Iterable[torch.Tensor]] | nn.Module,
+    max_norm: float,
+    *,
+    norm_type: float = 2.0,
+) -> dict[str, torch.Tensor]:
+    """Clip each group's (layer's) joint gradient norm to ``max_norm``, in place.
+
+    Args:
+        groups: ``{name: parameters}``, or a module (grouped by :func:`layer_groups`).
+        max_norm: bound on each group's norm.
+        norm_type: the p of the p-norm, or ``inf``.
+
+    Returns:
+        ``{name: norm before clipping}`` for groups that have gradients.
+
+    Example:
+        >>> import torch
+        >>> net = torch.nn.Sequential(torch.nn.Linear(2, 1))
+        >>> net(torch.ones(1, 2)).sum().mul(100).backward()
+        >>> norms = clip_grad_norm_per_layer_(net, 1.0)
+        >>> round(float(torch.cat([p.grad.flatten() for p in net.parameters()]).norm()), 4)
+        1.0
+    """
+    if isinstance(groups, nn.Module):
+        groups = layer_groups(groups)
+    if not isinstance(groups, Mapping):
+        raise TypeError(
+            f"`groups` must be a mapping name -> parameters or an nn.Module; "
+            f"got {type(groups).__name__}."
+        )
+    max_norm = _check_max_norm(max_norm)
+    norm_type = check_norm_type(norm_type)
+    lists = {name: _grads(as_tensor_list(ps, f"groups[{name!r}]")) for name, ps in groups.items()}
+    lists = {name: gs for name, gs in lists.items() if gs}
+    result: dict[str, torch.Tensor] = {}
+    for name, grads in lists.items():
+        total = GradNorms(grads).total(norm_type)
+        coef = _group_coef(total.to(torch.float64), max_norm)
+        _scale_(grads, coef.to(grads[0].dtype), None)
+        result[name] = total
+    return result

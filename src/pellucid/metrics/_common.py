@@ -1,0 +1,183 @@
+"""Shared front door of the metrics: validate once, resolve the target once, score rows.
+
+Metrics receive ``attributions`` as a tensor or an :class:`~pellucid.explanation.Explanation`.
+An explanation must explain the very ``inputs`` given (its ``inputs`` are compared), and its
+``target`` is reused when the caller gives none. Perturbed rows are scored through
+:func:`score_rows`, ``batch_size`` rows at a time under inference mode.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from pellucid._batching import map_chunks, resolve_batch_size
+from pellucid._targets import Forward, ResolvedTarget
+from pellucid._validation import _describe, check_finite_tensor, check_tensor
+from pellucid.attribution._common import prepare
+from pellucid.explanation import Explanation
+
+__all__ = [
+    "MetricSetup",
+    "as_attributions",
+    "fixed_target",
+    "flat_features",
+    "score_rows",
+    "setup_metric",
+]
+
+
+def as_attributions(
+    attributions: Any,
+    inputs: torch.Tensor | None = None,
+    *,
+    name: str = "attributions",
+) -> tuple[torch.Tensor, Explanation | None]:
+    """The attribution tensor of ``attributions`` (a tensor or an Explanation), validated.
+
+    With ``inputs``, the shapes must match and an Explanation must explain these inputs.
+    """
+    explanation = attributions if isinstance(attributions, Explanation) else None
+    if explanation is not None:
+        tensor = explanation.attributions
+        if inputs is not None:
+            _check_same_inputs(explanation, inputs, name)
+    elif isinstance(attributions, torch.Tensor):
+        tensor = attributions
+    else:
+        raise TypeError(
+            f"`{name}` must be a torch.Tensor or a pellucid Explanation; "
+            f"got {_describe(attributions)}."
+        )
+    tensor = check_tensor(name, tensor, min_ndim=1).detach()
+    if not tensor.is_floating_point():
+        tensor = tensor.to(torch.get_default_dtype())
+    check_finite_tensor(name, tensor)
+    if inputs is not None:
+        if tensor.shape != inputs.shape:
+            raise ValueError(
+                f"`{name}` must have the shape of `inputs` {tuple(inputs.shape)}; got "
+                f"{tuple(tensor.shape)}. Pass one attribution per input feature (batch first)."
+            )
+        tensor = tensor.to(device=inputs.device, dtype=inputs.dtype)
+    return tensor, explanation
+
+
+def _check_same_inputs(explanation: Explanation, inputs: torch.Tensor, name: str) -> None:
+    other = explanation.inputs
+    if not isinstance(other, torch.Tensor):
+        return
+    if other.shape != inputs.shape:
+        raise ValueError(
+            f"`{name}` is an Explanation of other inputs: it explains inputs of shape "
+            f"{tuple(other.shape)}, but `inputs` has shape {tuple(inputs.shape)}. Pass the "
+            "inputs it was computed on (`explanation.inputs`), or explain these inputs."
+        )
+    same = torch.allclose(
+        other.detach().to(device=inputs.device, dtype=inputs.dtype),
+        inputs.detach(),
+        rtol=1e-5,
+        atol=1e-6,
+    )
+    if not same:
+        raise ValueError(
+            f"`{name}` is an Explanation of other inputs: its `inputs` differ from the "
+            "`inputs` given here (same shape, different values). Pass the inputs it was "
+            "computed on (`explanation.inputs`), or explain these inputs."
+        )
+
+
+def flat_features(tensor: torch.Tensor) -> torch.Tensor:
+    """``(N, ...) -> (N, D)`` view of a batch-first tensor."""
+    return tensor.reshape(tensor.shape[0], -1)
+
+
+@dataclass
+class MetricSetup:
+    """What :func:`setup_metric` hands a metric."""
+
+    forward: Forward
+    target: ResolvedTarget
+    inputs: torch.Tensor  # (N, ...) detached
+    attributions: torch.Tensor  # (N, ...) same shape, dtype and device as inputs
+    scores: torch.Tensor  # (N,) target score of each unperturbed example
+    explanation: Explanation | None
+
+
+def setup_metric(
+    model: Any,
+    inputs: Any,
+    attributions: Any,
+    *,
+    target: Any = None,
+    forward_args: Any = None,
+    forward_kwargs: Mapping[str, Any] | None = None,
+    output: Any = None,
+) -> MetricSetup:
+    """Validate model/inputs/attributions and resolve ``target`` on the unperturbed inputs."""
+    inputs = check_tensor("inputs", inputs, min_ndim=1, floating=True, finite=True)
+    attr, explanation = as_attributions(attributions, inputs)
+    inherited = target is None and explanation is not None and explanation.target is not None
+    if inherited:
+        target = explanation.target  # type: ignore[union-attr]
+        if not isinstance(target, torch.Tensor | int) and not callable(target):
+            target = None  # a callable's name was stored; the caller must pass it again
+            inherited = False
+    try:
+        prep = prepare(
+            model,
+            inputs,
+            target=target,
+            forward_args=forward_args,
+            forward_kwargs=forward_kwargs,
+            output=output,
+        )
+    except ValueError as exc:
+        if inherited:
+            raise ValueError(
+                f"The explanation's target does not fit this model ({exc}) Was the explanation "
+                "computed with another model? Pass `target=` explicitly."
+            ) from exc
+        raise
+    scores = prep.target.scores(prep.output)
+    return MetricSetup(
+        forward=prep.forward,
+        target=prep.target,
+        inputs=prep.inputs,
+        attributions=attr,
+        scores=scores.detach().to(inputs.dtype) if scores.is_floating_point() else scores,
+        explanation=explanation,
+    )
+
+
+def fixed_target(setup: MetricSetup) -> Any:
+    """The resolved target as something every attribution method accepts again."""
+    if setup.target.kind == "index":
+        return setup.target.index
+    if setup.target.kind == "callable":
+        return setup.target.fn
+    return None
+
+
+def score_rows(
+    setup: MetricSetup,
+    make_rows: Callable[[int, int], tuple[torch.Tensor, torch.Tensor]],
+    total: int,
+    *,
+    batch_size: int | None,
+) -> torch.Tensor:
+    """Target scores of ``total`` virtual perturbed rows, built chunk by chunk.
+
+    ``make_rows(start, stop)`` returns the rows and the example each row was made from.
+    """
+    row_numel = max(1, setup.inputs[0].numel())
+    size = resolve_batch_size(batch_size, row_numel, total=total)
+
+    def run(start: int, stop: int) -> torch.Tensor:
+        rows, index = make_rows(start, stop)
+        return setup.target.scores(setup.forward(rows, index), index).to(setup.inputs.dtype)
+
+    return map_chunks(run, total, size)

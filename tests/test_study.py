@@ -1,0 +1,94 @@
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from pellucid.cli import main
+from pellucid.report.html import Paragraph, Section, Table, render_report
+from pellucid.study.config import ConfigError, build_config, read_config_file
+
+
+@pytest.fixture(scope="module")
+def quick_study(tmp_path_factory):
+    out = tmp_path_factory.mktemp("study")
+    assert main(["study", "--quick", "--out", str(out), "--quiet"]) == 0
+    return out
+
+
+def test_quick_study_writes_report_and_json(quick_study):
+    html = (quick_study / "report" / "index.html").read_text()
+    assert html.startswith("<!DOCTYPE html>") and "data:image/png;base64," in html
+    assert "<link" not in html and "<script" not in html  # self-contained, nothing to run
+    summary = json.loads((quick_study / "results" / "study.json").read_text())
+    for stage in summary["config"]["stages"]:
+        stored = json.loads((quick_study / "results" / f"{stage}.json").read_text())
+        assert stored["stage"] == stage and "result" in stored
+    training = json.loads((quick_study / "results" / "training.json").read_text())["result"]
+    assert training["digits/SmallCNN"]["runs"][0]["test"]["accuracy"] > 0.5
+
+
+def test_rerun_resumes_from_cache(quick_study, capsys):
+    assert main(["study", "--quick", "--out", str(quick_study)]) == 0
+    assert "stage training: cached" in capsys.readouterr().err
+    summary = json.loads((quick_study / "results" / "study.json").read_text())
+    assert "training" in summary["cached"]
+
+
+def test_report_escapes_user_strings():
+    evil = "<script>alert(1)</script>"
+    html = render_report(evil, [Section(evil, [Paragraph(evil), Table([evil], [[evil]])])])
+    assert "<script>" not in html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+
+
+def test_config_unknown_keys_suggest(tmp_path):
+    with pytest.raises(ConfigError, match="Did you mean 'seeds'"):
+        build_config({"seed": [1]})
+    with pytest.raises(ConfigError, match=r"Unknown config key `training.model`.*'models'"):
+        build_config({"training": {"model": ["digits/SmallCNN"]}})
+    with pytest.raises(ConfigError, match="must be list"):
+        build_config({"training": {"models": "digits/SmallCNN"}})
+    with pytest.raises(ConfigError, match="Unknown stage 'trainng'"):
+        build_config(stages=["trainng"])
+
+
+def test_config_file_errors_point_at_line(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("seeds = [0, 1]\n[training\nmodels = []\n")
+    with pytest.raises(ConfigError, match="line 2"):
+        read_config_file(bad)
+    good = tmp_path / "good.toml"
+    good.write_text('seeds = [4]\n[training]\nmodels = ["wine/MLP"]\n')
+    config = build_config(read_config_file(good))
+    assert config["seeds"] == [4] and config["training"]["models"] == ["wine/MLP"]
+
+
+def test_cli_bad_input_exit_2(tmp_path, capsys):
+    a_file = tmp_path / "file.txt"
+    a_file.write_text("x")
+    assert main(["study", "--out", str(a_file)]) == 2
+    assert "is an existing file" in capsys.readouterr().err
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("[training]\nmodelz = 1\n")
+    out = tmp_path / "never"
+    assert main(["study", "--config", str(cfg), "--out", str(out)]) == 2
+    assert "Did you mean 'models'" in capsys.readouterr().err
+    assert not out.exists()  # nothing half-written
+    cfg.write_text('[training]\nmodels = ["digits/SmallCN"]\n')
+    assert main(["study", "--config", str(cfg), "--out", str(out), "--quiet"]) == 2
+    assert "'digits/SmallCNN'" in capsys.readouterr().err
+    assert main(["study", "--config", str(tmp_path / "missing.toml")]) == 2
+
+
+def test_version_and_help():
+    from pellucid import __version__
+
+    result = subprocess.run([sys.executable, "-m", "pellucid.cli", "--version"],
+                            capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == f"pellucid {__version__}"
+    result = subprocess.run([sys.executable, "-m", "pellucid.cli", "study", "--help"],
+                            capture_output=True, text=True, check=True)
+    assert "--quick" in result.stdout and "--out" in result.stdout
