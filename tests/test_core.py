@@ -30,12 +30,17 @@ def test_explanation_roundtrip(tmp_path):
         target=torch.tensor([0, 2, 1]),
         baseline=torch.zeros(3, 4, dtype=torch.float64),
         params={"n_steps": 50, "method": "gausslegendre", "eps": 1e-3, "nested": {"a": (1, 2)}},
-        extras={"completeness_gap": torch.tensor([1e-4, 2e-4, 0.0]), "note": None,
-                "nan": float("nan")},
+        extras={
+            "completeness_gap": torch.tensor([1e-4, 2e-4, 0.0]),
+            "note": None,
+            "nan": float("nan"),
+        },
     )
     path = e.save(tmp_path / "e.safetensors")
     back = Explanation.load(path)
-    assert torch.equal(back.attributions, e.attributions) and back.attributions.dtype == torch.float64
+    assert (
+        torch.equal(back.attributions, e.attributions) and back.attributions.dtype == torch.float64
+    )
     assert torch.equal(back.target, e.target) and torch.equal(back.baseline, e.baseline)
     assert back.params == e.params
     assert torch.equal(back.extras["completeness_gap"], e.extras["completeness_gap"])

@@ -86,9 +86,17 @@ def test_cli_bad_input_exit_2(tmp_path, capsys):
 def test_version_and_help():
     from pellucid import __version__
 
-    result = subprocess.run([sys.executable, "-m", "pellucid.cli", "--version"],
-                            capture_output=True, text=True, check=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "pellucid.cli", "--version"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert result.stdout.strip() == f"pellucid {__version__}"
-    result = subprocess.run([sys.executable, "-m", "pellucid.cli", "study", "--help"],
-                            capture_output=True, text=True, check=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "pellucid.cli", "study", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert "--quick" in result.stdout and "--out" in result.stdout

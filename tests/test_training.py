@@ -56,8 +56,14 @@ def test_hooks_order_skip_and_extra_loss():
             calls.append("train_end")
 
     x, y = torch.randn(40, 3), torch.randint(0, 2, (40,))
-    history = fit(build_model("MLP", in_features=3, n_classes=2), (x, y), epochs=1,
-                  batch_size=10, callbacks=[Spy()], progress=False)
+    history = fit(
+        build_model("MLP", in_features=3, n_classes=2),
+        (x, y),
+        epochs=1,
+        batch_size=10,
+        callbacks=[Spy()],
+        progress=False,
+    )
     assert calls[0] == "train_begin" and calls[-1] == "train_end"
     assert calls[1:4] == ["extra", "before", "after"]
     assert history.skipped_steps == 2 and len(history.step_losses) == 4
@@ -70,8 +76,13 @@ def test_skipped_step_leaves_weights():
 
     model = build_model("MLP", in_features=3, n_classes=2)
     before = [p.detach().clone() for p in model.parameters()]
-    fit(model, (torch.randn(8, 3), torch.randint(0, 2, (8,))), epochs=2, callbacks=[SkipAll()],
-        progress=False)
+    fit(
+        model,
+        (torch.randn(8, 3), torch.randint(0, 2, (8,))),
+        epochs=2,
+        callbacks=[SkipAll()],
+        progress=False,
+    )
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
 
 

@@ -86,7 +86,9 @@ def list_methods(kind: str | None = None) -> list[str]:
         True
     """
     if kind is not None and kind not in KINDS:
-        raise ValueError(f"`kind` must be one of {KINDS}; got {kind!r}." + did_you_mean(kind, KINDS))
+        raise ValueError(
+            f"`kind` must be one of {KINDS}; got {kind!r}." + did_you_mean(kind, KINDS)
+        )
     return sorted(n for n, info in _REGISTRY.items() if kind is None or info.kind == kind)
 
 
@@ -103,7 +105,9 @@ def get_method(name: str) -> MethodInfo:
     return _REGISTRY[name]
 
 
-def attribute(model: Any, inputs: Any, *, method: str = "integrated_gradients", **kwargs: Any) -> Any:
+def attribute(
+    model: Any, inputs: Any, *, method: str = "integrated_gradients", **kwargs: Any
+) -> Any:
     """Explain ``model`` on ``inputs`` with the registered ``method``.
 
     Example:

@@ -41,9 +41,7 @@ def select_output(raw: Any, output: Any = None) -> torch.Tensor:
                 f"{_describe(raw)}."
             )
         if not -len(raw) <= output < len(raw):
-            raise ValueError(
-                f"`output` must index the model's {len(raw)} outputs; got {output}."
-            )
+            raise ValueError(f"`output` must index the model's {len(raw)} outputs; got {output}.")
         result = raw[output]
     elif isinstance(output, str):
         if isinstance(raw, Mapping):
@@ -136,7 +134,9 @@ class ResolvedTarget:
     index: torch.Tensor | None = None
     fn: Callable[[torch.Tensor], torch.Tensor] | None = None
 
-    def scores(self, output: torch.Tensor, example_index: torch.Tensor | None = None) -> torch.Tensor:
+    def scores(
+        self, output: torch.Tensor, example_index: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Scores of shape ``(rows,)`` for an output whose rows map to ``example_index``."""
         if self.kind == "callable":
             result = cast(Callable[[torch.Tensor], torch.Tensor], self.fn)(output)

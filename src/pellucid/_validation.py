@@ -128,9 +128,7 @@ def check_tensor(
     if not isinstance(value, torch.Tensor):
         raise TypeError(f"`{name}` must be a torch.Tensor; got {_describe(value)}.")
     if ndim is not None and value.ndim != ndim:
-        raise ValueError(
-            f"`{name}` must have {ndim} dimensions; got shape {tuple(value.shape)}."
-        )
+        raise ValueError(f"`{name}` must have {ndim} dimensions; got shape {tuple(value.shape)}.")
     if min_ndim is not None and value.ndim < min_ndim:
         raise ValueError(
             f"`{name}` must have at least {min_ndim} dimensions (batch first); "

@@ -32,12 +32,17 @@ def _parser() -> argparse.ArgumentParser:
         "resumes.",
     )
     study.add_argument("--config", metavar="FILE", help="TOML file overriding the defaults")
-    study.add_argument("--out", metavar="DIR", default="pellucid-study",
-                       help="output directory (default: %(default)s)")
+    study.add_argument(
+        "--out",
+        metavar="DIR",
+        default="pellucid-study",
+        help="output directory (default: %(default)s)",
+    )
     study.add_argument("--quick", action="store_true", help="a smoke run in well under a minute")
     study.add_argument("--seed", type=int, default=None, help="first seed (default: 0)")
-    study.add_argument("--stages", default=None,
-                       help="comma-separated stages to run (default: all)")
+    study.add_argument(
+        "--stages", default=None, help="comma-separated stages to run (default: all)"
+    )
     study.add_argument("--no-resume", action="store_true", help="recompute cached stages")
     study.add_argument("--quiet", action="store_true", help="no progress lines")
 
@@ -82,8 +87,9 @@ def _study(args: argparse.Namespace) -> int:
     except (ConfigError, NotADirectoryError, ValueError) as exc:
         return _fail(str(exc))
     try:
-        report = run_study(config, args.out, resume=not args.no_resume,
-                           progress=False if args.quiet else True)
+        report = run_study(
+            config, args.out, resume=not args.no_resume, progress=False if args.quiet else True
+        )
     except (ConfigError, NotADirectoryError) as exc:
         return _fail(str(exc))
     print(f"report: {report}")

@@ -100,8 +100,14 @@ def load_dataset(name: str, *, seed: int = 0, test_size: float = 0.25) -> Datase
             + did_you_mean(str(name), DATASETS)
         )
     check_int("seed", seed, min_value=0)
-    check_float("test_size", test_size, min_value=0.0, max_value=1.0, min_inclusive=False,
-                max_inclusive=False)
+    check_float(
+        "test_size",
+        test_size,
+        min_value=0.0,
+        max_value=1.0,
+        min_inclusive=False,
+        max_inclusive=False,
+    )
     loader = {
         "digits": skd.load_digits,
         "breast_cancer": skd.load_breast_cancer,
@@ -132,7 +138,9 @@ def load_dataset(name: str, *, seed: int = 0, test_size: float = 0.25) -> Datase
     else:
         y_t = torch.as_tensor(y, dtype=torch.long)
         names = getattr(bunch, "target_names", None)
-        class_names = [str(c) for c in names] if names is not None else [str(c) for c in sorted(set(y))]
+        class_names = (
+            [str(c) for c in names] if names is not None else [str(c) for c in sorted(set(y))]
+        )
     x_t = torch.as_tensor(x, dtype=torch.float32)
     return Dataset(
         name=name,
@@ -150,7 +158,9 @@ def load_dataset(name: str, *, seed: int = 0, test_size: float = 0.25) -> Datase
 
 def _check_array(x: np.ndarray, path: Path, what: str) -> np.ndarray:
     if x.ndim == 0 or x.shape[0] == 0:
-        raise ValueError(f"{what} in {str(path)!r} must have at least one row; got shape {x.shape}.")
+        raise ValueError(
+            f"{what} in {str(path)!r} must have at least one row; got shape {x.shape}."
+        )
     if x.dtype.kind not in "biuf":
         raise ValueError(f"{what} in {str(path)!r} must be numeric; got dtype {x.dtype}.")
     if x.dtype.kind == "f" and not np.isfinite(x).all():
@@ -211,11 +221,17 @@ def load_arrays(
     else:
         raise ValueError(f"`path` must end in .npy, .csv or .pt; got {path.suffix!r}.")
     if label is not None and suffix != ".csv":
-        raise ValueError("`label` names a column of a .csv file; use `labels_path` for other formats.")
+        raise ValueError(
+            "`label` names a column of a .csv file; use `labels_path` for other formats."
+        )
     x = _check_array(np.asarray(x), path, "features")
     if labels_path is not None:
         y_x, _, _ = load_arrays(labels_path)
-        y = y_x.numpy().reshape(len(y_x), -1).squeeze(1) if y_x.ndim > 1 and y_x.shape[1] == 1 else y_x.numpy()
+        y = (
+            y_x.numpy().reshape(len(y_x), -1).squeeze(1)
+            if y_x.ndim > 1 and y_x.shape[1] == 1
+            else y_x.numpy()
+        )
     if y is not None:
         y = _check_array(np.asarray(y), path, "labels")
         if y.shape[0] != x.shape[0]:
@@ -234,7 +250,9 @@ def load_arrays(
     return x_t, y_t, names
 
 
-def _read_csv(path: Path, label: str | int | None) -> tuple[np.ndarray, np.ndarray | None, list[str]]:
+def _read_csv(
+    path: Path, label: str | int | None
+) -> tuple[np.ndarray, np.ndarray | None, list[str]]:
     with open(path, newline="", encoding="utf-8") as handle:
         rows = [row for row in csv.reader(handle) if row]
     if not rows:
@@ -267,7 +285,9 @@ def _read_csv(path: Path, label: str | int | None) -> tuple[np.ndarray, np.ndarr
             if label not in names:
                 raise ValueError(
                     f"`label` must be a column of {str(path)!r}; got {label!r}. Columns: "
-                    + ", ".join(names[:20]) + "." + did_you_mean(label, names)
+                    + ", ".join(names[:20])
+                    + "."
+                    + did_you_mean(label, names)
                 )
             col = names.index(label)
         else:

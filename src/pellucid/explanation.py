@@ -96,7 +96,7 @@ class Explanation:
         try:
             with safe_open(str(path), framework="pt") as handle:
                 metadata = handle.metadata() or {}
-                tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
+                tensors = {key: handle.get_tensor(key) for key in handle.keys()}
         except Exception as exc:  # safetensors raises its own error types
             raise ValueError(
                 f"{str(path)!r} is not a pellucid explanation file (safetensors): {exc}"

@@ -317,7 +317,8 @@ def build_model(name: str, *, seed: int = 0, **kwargs: Any) -> nn.Module:
     """
     if name not in MODELS:
         raise ValueError(
-            f"`model` must be one of {', '.join(MODELS)}; got {name!r}." + did_you_mean(name, MODELS)
+            f"`model` must be one of {', '.join(MODELS)}; got {name!r}."
+            + did_you_mean(name, MODELS)
         )
     check_int("seed", seed, min_value=0)
     with torch.random.fork_rng(devices=[]):

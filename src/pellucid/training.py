@@ -105,8 +105,9 @@ class History:
         }
 
 
-def progress_bar(iterable: Iterable[Any], *, enabled: bool | None, total: int | None = None,
-                 desc: str = "") -> Iterable[Any]:
+def progress_bar(
+    iterable: Iterable[Any], *, enabled: bool | None, total: int | None = None, desc: str = ""
+) -> Iterable[Any]:
     """A tqdm bar when ``enabled`` (None: only when stderr is a terminal); else the iterable."""
     if enabled is None:
         enabled = sys.stderr.isatty()
@@ -220,8 +221,11 @@ def fit(
                 f"`callbacks` must hold pellucid.training.Callback objects; "
                 f"got {type(hook).__name__}."
             )
-    tensors = None if hasattr(train, "__iter__") and not isinstance(train, tuple | list) else \
-        _as_tensors(train, "train")
+    tensors = (
+        None
+        if hasattr(train, "__iter__") and not isinstance(train, tuple | list)
+        else _as_tensors(train, "train")
+    )
     generator = torch.Generator().manual_seed(seed)
     opt = _optimizer(optimizer, model, lr, weight_decay)
     history = History()
@@ -327,10 +331,12 @@ def evaluate(
         model.eval()
     try:
         with torch.no_grad():
-            outputs = torch.cat([model(x[i : i + batch_size]) for i in range(0, x.shape[0], batch_size)])
+            outputs = torch.cat(
+                [model(x[i : i + batch_size]) for i in range(0, x.shape[0], batch_size)]
+            )
     finally:
         if was_training:
-            model.train()  # type: ignore[union-attr]
+            model.train()  # type: ignore[attr-defined,union-attr]
     result = {"loss": float(loss_fn(outputs, y))}
     if classification:
         result["accuracy"] = float((outputs.argmax(dim=1) == y).float().mean())

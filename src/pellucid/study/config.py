@@ -101,14 +101,17 @@ def build_config(
             raise ConfigError(
                 f"Unknown config key `{key}`."
                 + did_you_mean(key, ["seeds", "stages", *STAGES])
-                + " Top-level keys: seeds, stages, " + ", ".join(STAGES) + "."
+                + " Top-level keys: seeds, stages, "
+                + ", ".join(STAGES)
+                + "."
             )
     if stages is not None:
         config["stages"] = stages
     for name in config["stages"]:
         if name not in STAGES:
             raise ConfigError(
-                f"Unknown stage {name!r}." + did_you_mean(name, STAGES)
+                f"Unknown stage {name!r}."
+                + did_you_mean(name, STAGES)
                 + f" Stages: {', '.join(STAGES)}."
             )
     for name in config["stages"]:
@@ -116,7 +119,9 @@ def build_config(
     if seed is not None:
         config["seeds"] = [seed + i for i in range(len(config["seeds"]))]
     seeds = config["seeds"]
-    if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds):
+    if not seeds or not all(
+        isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds
+    ):
         raise ConfigError(f"`seeds` must be a non-empty list of integers >= 0; got {seeds!r}.")
     config["quick"] = quick
     return config

@@ -55,11 +55,16 @@ REFERENCE_MODELS: dict[str, ModelSpec] = {
     "digits/SmallCNN": ModelSpec("digits", "SmallCNN", {}, epochs=12, quick_epochs=2),
     "digits/TinyResNet": ModelSpec("digits", "TinyResNet", {"width": 16}, epochs=8, quick_epochs=1),
     "digits/TinyTransformer": ModelSpec(
-        "digits", "TinyTransformer", {"d_model": 32, "n_heads": 4, "n_layers": 2}, epochs=20,
-        quick_epochs=1, lr=3e-3,
+        "digits",
+        "TinyTransformer",
+        {"d_model": 32, "n_heads": 4, "n_layers": 2},
+        epochs=20,
+        quick_epochs=1,
+        lr=3e-3,
     ),
-    "breast_cancer/MLP": ModelSpec("breast_cancer", "MLP", {"hidden": (64, 32)}, epochs=40,
-                                   quick_epochs=5),
+    "breast_cancer/MLP": ModelSpec(
+        "breast_cancer", "MLP", {"hidden": (64, 32)}, epochs=40, quick_epochs=5
+    ),
     "wine/MLP": ModelSpec("wine", "MLP", {"hidden": (32, 16)}, epochs=60, quick_epochs=5),
 }
 
@@ -158,8 +163,15 @@ class StudyContext:
             self.log(f"training {key} (seed {seed}, {epochs} epochs)")
             loss = "cross_entropy" if ds.task == "classification" else "mse"
             history: History = fit(
-                model, ds.train, epochs=epochs, lr=spec.lr, batch_size=spec.batch_size,
-                seed=seed, loss=loss, validation=ds.test, progress=False,
+                model,
+                ds.train,
+                epochs=epochs,
+                lr=spec.lr,
+                batch_size=spec.batch_size,
+                seed=seed,
+                loss=loss,
+                validation=ds.test,
+                progress=False,
             )
             from pellucid.training import evaluate
 

@@ -64,8 +64,11 @@ def run_study(
     out_dir = check_out_dir(out)
     (out_dir / "results").mkdir(parents=True, exist_ok=True)
     ctx = StudyContext(
-        out_dir=out_dir, seeds=list(config["seeds"]), quick=bool(config["quick"]),
-        progress=progress, config=config,
+        out_dir=out_dir,
+        seeds=list(config["seeds"]),
+        quick=bool(config["quick"]),
+        progress=progress,
+        config=config,
     )
     torch.set_num_threads(max(1, min(torch.get_num_threads(), os.cpu_count() or 1)))
     timings: dict[str, float] = {}
@@ -88,8 +91,14 @@ def run_study(
         timings[name] = time.perf_counter() - t0
         ctx.results[name] = result
         atomic_write_json(
-            path, {"stage": name, "config_hash": digest, "seconds": timings[name],
-                   "config": config[name], "result": result}
+            path,
+            {
+                "stage": name,
+                "config_hash": digest,
+                "seconds": timings[name],
+                "config": config[name],
+                "result": result,
+            },
         )
         ctx.log(f"stage {name}: done in {timings[name]:.1f} s")
     sections = [_overview(config, timings, cached, time.perf_counter() - start)]
@@ -108,19 +117,31 @@ def run_study(
     report = atomic_write_text(out_dir / "report" / "index.html", html)
     atomic_write_json(
         out_dir / "results" / "study.json",
-        {"config": config, "seconds": timings, "cached": cached, "version": __version__,
-         "torch": torch.__version__},
+        {
+            "config": config,
+            "seconds": timings,
+            "cached": cached,
+            "version": __version__,
+            "torch": torch.__version__,
+        },
     )
     return report
 
 
-def _overview(config: dict[str, Any], timings: dict[str, float], cached: list[str],
-              total: float) -> Section:
-    rows = [[name, "cached" if name in cached else "ran", timings.get(name)]
-            for name in config["stages"]]
+def _overview(
+    config: dict[str, Any], timings: dict[str, float], cached: list[str], total: float
+) -> Section:
+    rows = [
+        [name, "cached" if name in cached else "ran", timings.get(name)]
+        for name in config["stages"]
+    ]
     text = (
         f"Seeds: {', '.join(map(str, config['seeds']))}. "
-        + ("Quick smoke run: small budgets, numbers are not meaningful. " if config["quick"] else "")
+        + (
+            "Quick smoke run: small budgets, numbers are not meaningful. "
+            if config["quick"]
+            else ""
+        )
         + f"Total time {total:.1f} s on {os.cpu_count()} CPU core(s)."
     )
     return Section(

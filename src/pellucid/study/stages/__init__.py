@@ -6,11 +6,6 @@ from pellucid.study.stages.base import Stage
 from pellucid.study.stages.training import TrainingStage
 
 #: Every known stage, in run order.
-STAGES: dict[str, Stage] = {
-    stage.name: stage
-    for stage in (
-        TrainingStage(),
-    )
-}
+STAGES: dict[str, Stage] = {stage.name: stage for stage in (TrainingStage(),)}
 
 __all__ = ["STAGES", "Stage"]

@@ -18,8 +18,13 @@ class TrainingStage(Stage):
     name = "training"
     title = "Reference models"
     defaults = {
-        "models": ["digits/SmallCNN", "digits/TinyResNet", "digits/TinyTransformer",
-                   "breast_cancer/MLP", "wine/MLP"],
+        "models": [
+            "digits/SmallCNN",
+            "digits/TinyResNet",
+            "digits/TinyTransformer",
+            "breast_cancer/MLP",
+            "wine/MLP",
+        ],
     }
     quick = {"models": ["digits/SmallCNN", "breast_cancer/MLP"]}
 
@@ -32,15 +37,19 @@ class TrainingStage(Stage):
             runs = []
             for seed in ctx.seeds:
                 _, ds, record = ctx.trained(key, seed)
-                runs.append({
-                    "seed": seed,
-                    "test": record["test"],
-                    "seconds": record["seconds"],
-                    "parameters": record["parameters"],
-                    "curve": [e.get("val_accuracy", e.get("val_r2")) for e in
-                              record["history"]["epochs"]],
-                    "train_loss": [e["loss"] for e in record["history"]["epochs"]],
-                })
+                runs.append(
+                    {
+                        "seed": seed,
+                        "test": record["test"],
+                        "seconds": record["seconds"],
+                        "parameters": record["parameters"],
+                        "curve": [
+                            e.get("val_accuracy", e.get("val_r2"))
+                            for e in record["history"]["epochs"]
+                        ],
+                        "train_loss": [e["loss"] for e in record["history"]["epochs"]],
+                    }
+                )
             out[key] = {"task": ds.task, "runs": runs}
         return out
 
@@ -57,8 +66,11 @@ class TrainingStage(Stage):
                 "(standardized on the training split); test metrics are mean and standard "
                 "deviation over the seeds."
             ),
-            Table(["model", "metric", "test mean", "test std", "train seconds", "parameters"],
-                  rows, caption="Test performance"),
+            Table(
+                ["model", "metric", "test mean", "test std", "train seconds", "parameters"],
+                rows,
+                caption="Test performance",
+            ),
         ]
         blocks.append(Figure(_curves(result), "Test metric after every epoch (one line per seed)."))
         return Section(self.title, blocks)
@@ -75,10 +87,16 @@ def _curves(result: dict[str, Any]) -> bytes:
         color = f"C{i}"
         for j, run in enumerate(entry["runs"]):
             label = key if j == 0 else None
-            axes[0].plot(range(1, len(run["curve"]) + 1), run["curve"], color=color,
-                         alpha=0.8, label=label)
-            axes[1].plot(range(1, len(run["train_loss"]) + 1), run["train_loss"], color=color,
-                         alpha=0.8, label=label)
+            axes[0].plot(
+                range(1, len(run["curve"]) + 1), run["curve"], color=color, alpha=0.8, label=label
+            )
+            axes[1].plot(
+                range(1, len(run["train_loss"]) + 1),
+                run["train_loss"],
+                color=color,
+                alpha=0.8,
+                label=label,
+            )
     axes[0].set(xlabel="epoch", ylabel="test accuracy / R²", title="Learning curves")
     axes[1].set(xlabel="epoch", ylabel="training loss", yscale="log", title="Training loss")
     axes[0].legend(fontsize=7)
