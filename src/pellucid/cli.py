@@ -46,6 +46,30 @@ def _parser() -> argparse.ArgumentParser:
     study.add_argument("--no-resume", action="store_true", help="recompute cached stages")
     study.add_argument("--quiet", action="store_true", help="no progress lines")
 
+    explain = sub.add_parser(
+        "explain",
+        help="explain a reference model on its embedded test data",
+        description="Train (or reuse from a study folder) a reference model and explain its "
+        "first N test examples; writes an Explanation file (safetensors). Under torchrun the "
+        "rows are sharded across ranks and merged.",
+    )
+    explain.add_argument(
+        "--model",
+        default="digits/SmallCNN",
+        help="reference model key, e.g. digits/SmallCNN, breast_cancer/MLP",
+    )
+    explain.add_argument("--method", default="integrated_gradients", help="attribution method")
+    explain.add_argument("--n", type=int, default=16, help="number of test examples")
+    explain.add_argument(
+        "--target", default="predicted", help="'predicted' or a class index (default: predicted)"
+    )
+    explain.add_argument("--seed", type=int, default=0, help="training seed")
+    explain.add_argument(
+        "--study-dir", default="pellucid-study", help="reuse trained weights from this study folder"
+    )
+    explain.add_argument("--out", default="explanation.safetensors", help="output file")
+    explain.add_argument("--quick", action="store_true", help="train briefly (smoke run)")
+
     stages = sub.add_parser("stages", help="list the study's stages and their config keys")
     stages.set_defaults(command="stages")
     return parser
@@ -70,7 +94,57 @@ def main(argv: Sequence[str] | None = None) -> int:
             keys = ", ".join(f"{k}={v!r}" for k, v in stage.defaults.items())
             print(f"[{name}]  {stage.title}\n    {keys}")
         return 0
+    if args.command == "explain":
+        return _explain(args)
     return _study(args)
+
+
+def _explain(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import torch.distributed as dist
+
+    from pellucid._registry import get_method
+    from pellucid.sharded import explain_sharded
+    from pellucid.study.context import StudyContext
+
+    try:
+        get_method(args.method)
+        if args.n < 1:
+            raise ValueError(f"`--n` must be an integer >= 1; got {args.n}.")
+        if args.seed < 0:
+            raise ValueError(f"`--seed` must be an integer >= 0; got {args.seed}.")
+        target: int | str = int(args.target) if args.target.lstrip("-").isdigit() else args.target
+        if target != "predicted" and not isinstance(target, int):
+            raise ValueError(
+                f"`--target` must be 'predicted' or a class index; got {args.target!r}."
+            )
+        out = Path(args.out)
+        if out.is_dir():
+            raise ValueError(f"`--out` must be a file path; {str(out)!r} is a directory.")
+        study_dir = Path(args.study_dir)
+        if study_dir.exists() and not study_dir.is_dir():
+            raise ValueError(f"`--study-dir` must be a directory; got the file {str(study_dir)!r}.")
+        ctx = StudyContext(out_dir=study_dir, seeds=[args.seed], quick=args.quick, progress=True)
+        ctx.spec(args.model)
+    except ValueError as exc:
+        return _fail(str(exc))
+    if (
+        dist.is_available()
+        and "WORLD_SIZE" in __import__("os").environ
+        and not dist.is_initialized()
+    ):
+        dist.init_process_group("gloo")
+    model, ds, record = ctx.trained(args.model, args.seed)
+    x = ds.X_test[: args.n]
+    explanation = explain_sharded(model, x, method=args.method, target=target)
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        explanation.save(out)
+        metrics = ", ".join(f"test {k} {v:.4f}" for k, v in record["test"].items())
+        print(f"{args.method} on {args.model} ({len(explanation)} examples; {metrics}): {out}")
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    return 0
 
 
 def _study(args: argparse.Namespace) -> int:
