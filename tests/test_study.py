@@ -100,3 +100,16 @@ def test_version_and_help():
         check=True,
     )
     assert "--quick" in result.stdout and "--out" in result.stdout
+
+
+def test_cli_explain_writes_loadable_file(quick_study, tmp_path, capsys):
+    from pellucid import Explanation
+
+    out = tmp_path / "e.safetensors"
+    args = ["explain", "--quick", "--study-dir", str(quick_study), "--method", "saliency"]
+    assert main([*args, "--n", "4", "--out", str(out)]) == 0
+    e = Explanation.load(out)
+    assert e.attributions.shape == (4, 1, 8, 8) and e.method == "saliency"
+    assert main([*args[:-1], "salincy"]) == 2
+    assert "Did you mean 'saliency'" in capsys.readouterr().err
+    assert main([*args, "--n", "0"]) == 2
