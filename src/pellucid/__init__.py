@@ -15,10 +15,12 @@ from pellucid._warnings import PellucidWarning
 from pellucid.attribution import *  # noqa: F403  (names listed in attribution.__all__)
 from pellucid.attribution import __all__ as _attribution_all
 from pellucid.explanation import Explanation
+from pellucid.monitoring import GradientMonitor
 
 __all__ = [
     "__version__",
     "Explanation",
+    "GradientMonitor",
     "MethodInfo",
     "PellucidWarning",
     "attribute",

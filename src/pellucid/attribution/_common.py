@@ -8,7 +8,7 @@ with tensors.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +18,7 @@ from torch import nn
 
 from pellucid._targets import Forward, ResolvedTarget, Target, resolve_target
 from pellucid._validation import check_finite_tensor, check_layer, check_model, check_tensor
+from pellucid.attribution._rules import UnsupportedOperationError
 
 __all__ = ["LayerForward", "Prepared", "broadcast_baseline", "prepare"]
 
@@ -32,6 +33,8 @@ class Prepared:
     inputs: torch.Tensor  # the inputs, detached (the layer's output when ``layer`` is given)
     raw_inputs: torch.Tensor | None = None  # the model's own inputs when ``layer`` is given
     layer_name: str | None = None  # the dotted name of ``layer`` when given
+    leaf: torch.Tensor | None = None  # with ``track_grad``: the rows the graph starts from
+    graph_output: torch.Tensor | None = None  # with ``track_grad``: the output, with graph
 
 
 class LayerForward(Forward):
@@ -104,7 +107,7 @@ def layer_activations(
     try:
         with torch.no_grad():
             try:
-                out = forward(raw, example_index)
+                out = Forward.__call__(forward, raw, example_index)
             except (RuntimeError, ValueError, IndexError) as exc:
                 raise _ModelError(exc) from exc
     finally:
@@ -133,12 +136,20 @@ def prepare(
     output: Any = None,
     floating: bool = True,
     layer: Any = None,
+    track_grad: bool = False,
+    paired: torch.Tensor | None = None,
+    wrap: Callable[[Forward], Forward] | None = None,
 ) -> Prepared:
     """Validate ``model``/``inputs`` and resolve ``target`` on the unperturbed inputs.
 
     With ``layer`` (a submodule or its dotted name), the returned ``inputs`` are that layer's
     output and ``forward`` takes such activations (see :class:`LayerForward`); the model's
     own inputs may then be token ids (any dtype).
+
+    With ``track_grad`` (no ``layer``), this first forward records the autograd graph from
+    ``leaf`` (the inputs, followed by ``paired`` rows of the same examples if given) to
+    ``graph_output``, so that a method needing one backward pass does not run the model
+    twice. ``wrap`` changes how that forward calls the model (e.g. rule engines).
     """
     check_model("model", model)
     if layer is not None:
@@ -155,20 +166,31 @@ def prepare(
         forward_kwargs=forward_kwargs,
         output=output,
     )
-    with torch.no_grad():
-        try:
-            if layer is not None:
+    try:
+        if layer is not None:
+            out, activations = layer_activations(forward, module, inputs)
+        else:
+            call = wrap(forward) if wrap is not None else forward
+            rows, index = inputs, None
+            if paired is not None:
+                rows = torch.cat([inputs, paired.to(inputs.dtype)])
+                index = torch.arange(inputs.shape[0], device=inputs.device).repeat(2)
+            with torch.set_grad_enabled(track_grad):
                 try:
-                    out, activations = layer_activations(forward, module, inputs)
-                except _ModelError as wrapped:
-                    raise wrapped.__cause__ from None  # type: ignore[misc]
-            else:
-                out = forward(inputs)
-        except (RuntimeError, ValueError, IndexError) as exc:
-            raise ValueError(
-                f"The model could not run on `inputs` of shape {tuple(inputs.shape)} "
-                f"(batch first): {exc}"
-            ) from exc
+                    leaf = rows.detach().requires_grad_(track_grad)
+                    graph = call(leaf, index)
+                except UnsupportedOperationError:
+                    raise
+                except (RuntimeError, ValueError, IndexError) as exc:
+                    raise _ModelError(exc) from exc
+            out = graph
+            if paired is not None and graph.ndim > 0 and graph.shape[0] == rows.shape[0]:
+                out = graph[: inputs.shape[0]]
+    except _ModelError as wrapped:
+        raise ValueError(
+            f"The model could not run on `inputs` of shape {tuple(inputs.shape)} "
+            f"(batch first): {wrapped.__cause__}"
+        ) from wrapped.__cause__
     if out.ndim == 0 or out.shape[0] != inputs.shape[0]:
         raise ValueError(
             f"The model must return one row per example: `inputs` has {inputs.shape[0]} rows "
@@ -187,6 +209,9 @@ def prepare(
             raw_inputs=inputs,
             layer_name=names.get(id(module), ""),
         )
+    if track_grad:
+        return Prepared(forward=forward, target=resolved, output=out.detach(), inputs=inputs,
+                        leaf=leaf, graph_output=graph)
     return Prepared(forward=forward, target=resolved, output=out.detach(), inputs=inputs)
 
 
@@ -206,7 +231,9 @@ def broadcast_baseline(
             raise ValueError(f"`{name}` must be finite; got {baseline}.")
         return torch.full_like(inputs, float(baseline))
     if not isinstance(baseline, torch.Tensor):
-        raise TypeError(f"`{name}` must be None, a number or a tensor; got {type(baseline).__name__}.")
+        raise TypeError(
+            f"`{name}` must be None, a number or a tensor; got {type(baseline).__name__}."
+        )
     check_finite_tensor(name, baseline)
     b = baseline.detach().to(device=inputs.device, dtype=inputs.dtype)
     if b.shape == inputs.shape[1:]:

@@ -149,30 +149,48 @@ class GradNorms:
             a is b for a, b in zip(tensors, self.tensors, strict=True)
         )
 
-    def _compute(self, norm_type: float) -> None:
+    def _compute(self, norm_type: float) -> list[torch.Tensor]:
         grouped: list[torch.Tensor] = []
-        ordered: list[torch.Tensor | None] = [None] * len(self.tensors)
-        for (device, _), ([group], indices) in self._groups.items():
+        for (device, _), ([group], _) in self._groups.items():
             if norm_type == math.inf and any(t.numel() == 0 for t in group):
-                norms = [
+                grouped.extend(
                     torch.linalg.vector_norm(t, norm_type) if t.numel() else t.new_zeros(())
                     for t in group
-                ]
+                )
             elif _use_foreach(self.foreach, group, device):
-                norms = list(torch._foreach_norm(group, norm_type))
+                grouped.extend(torch._foreach_norm(group, norm_type))
             else:
-                norms = [torch.linalg.vector_norm(t, norm_type) for t in group]
-            grouped.extend(norms)
-            for i, n in zip(indices, norms, strict=True):
-                ordered[i] = n
+                grouped.extend(torch.linalg.vector_norm(t, norm_type) for t in group)
         self._grouped[norm_type] = grouped
-        self._ordered[norm_type] = ordered  # type: ignore[assignment]
+        return grouped
 
     def norms(self, norm_type: float = 2.0) -> list[torch.Tensor]:
         """One 0-d norm per tensor, in input order (each in its tensor's dtype)."""
         if norm_type not in self._ordered:
-            self._compute(norm_type)
+            grouped = self._grouped.get(norm_type) or self._compute(norm_type)
+            if len(self._groups) == 1:
+                ordered = grouped
+            else:
+                slots: list[torch.Tensor | None] = [None] * len(self.tensors)
+                position = 0
+                for _lists, indices in self._groups.values():
+                    for i in indices:
+                        slots[i] = grouped[position]
+                        position += 1
+                ordered = slots  # type: ignore[assignment]
+            self._ordered[norm_type] = ordered
         return self._ordered[norm_type]
+
+    @torch.no_grad()
+    def scale_(self, coef: torch.Tensor) -> None:
+        """Multiply every tensor by ``coef`` in place (one multi-tensor kernel per group)."""
+        for (device, _), ([group], _) in self._groups.items():
+            if _use_foreach(self.foreach, group, device):
+                torch._foreach_mul_(group, coef.to(device))
+            else:
+                c = coef.to(device)
+                for t in group:
+                    t.mul_(c)
 
     def total(self, norm_type: float = 2.0) -> torch.Tensor:
         """The norm of all tensors viewed as one vector (torch's exact computation)."""
@@ -181,11 +199,10 @@ class GradNorms:
         if not self.tensors:
             total = torch.tensor(0.0)
         else:
-            if norm_type not in self._grouped:
-                self._compute(norm_type)
+            grouped = self._grouped.get(norm_type) or self._compute(norm_type)
             first = self.tensors[0].device
             total = torch.linalg.vector_norm(
-                torch.stack([n.to(first) for n in self._grouped[norm_type]]), norm_type
+                torch.stack([n.to(first) for n in grouped]), norm_type
             )
         self._totals[norm_type] = total
         return total
@@ -269,7 +286,7 @@ def clip_grads_with_norm_(
     Example:
         >>> import torch
         >>> w = torch.nn.Parameter(torch.zeros(2)); w.grad = torch.tensor([3.0, 4.0])
-        >>> float(clip_grads_with_norm_([w], 1.0, torch.tensor(5.0)))
+        >>> round(float(clip_grads_with_norm_([w], 1.0, torch.tensor(5.0))), 4)
         0.2
     """
     params = as_tensor_list(parameters)
@@ -319,7 +336,8 @@ def clip_grad_norm_(
     max_norm = _check_max_norm(max_norm)
     norm_type = check_norm_type(norm_type)
     grads = _grads(params)
-    total = GradNorms(grads, foreach=foreach).total(norm_type)
+    norms = GradNorms(grads, foreach=foreach)
+    total = norms.total(norm_type)
     if process_group is not None:
         from pellucid.distributed import all_reduce_norm
 
@@ -327,7 +345,7 @@ def clip_grad_norm_(
     if error_if_nonfinite:
         _raise_if_nonfinite(total, norm_type)
     if grads:
-        _scale_(grads, torch.clamp(max_norm / (total + 1e-6), max=1.0), foreach)
+        norms.scale_(torch.clamp(max_norm / (total + 1e-6), max=1.0))
     return total
 
 

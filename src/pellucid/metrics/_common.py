@@ -25,6 +25,8 @@ __all__ = [
     "as_attributions",
     "fixed_target",
     "flat_features",
+    "make_explainer",
+    "rows_target",
     "score_rows",
     "setup_metric",
 ]
@@ -181,3 +183,55 @@ def score_rows(
         return setup.target.scores(setup.forward(rows, index), index).to(setup.inputs.dtype)
 
     return map_chunks(run, total, size)
+
+
+def make_explainer(
+    explain: Any, explain_kwargs: Mapping[str, Any] | None
+) -> Callable[[Any, torch.Tensor, Any], torch.Tensor]:
+    """``explain`` (a registered method name or a callable) as ``fn(model, rows, target)``.
+
+    A callable is called as ``explain(model, rows, target=target, **explain_kwargs)`` and
+    may return a tensor or an ``Explanation``.
+    """
+    from pellucid._registry import get_method
+
+    if explain_kwargs is not None and not isinstance(explain_kwargs, Mapping):
+        raise TypeError(
+            f"`explain_kwargs` must be a dict of keyword arguments; got {_describe(explain_kwargs)}."
+        )
+    kwargs = dict(explain_kwargs or {})
+    if "target" in kwargs:
+        raise ValueError("Pass `target=` to the metric itself, not inside `explain_kwargs`.")
+    if isinstance(explain, str):
+        fn: Callable[..., Any] = get_method(explain).fn
+    elif callable(explain):
+        fn = explain
+    else:
+        raise TypeError(
+            "`explain` must be a registered method name (see pellucid.list_methods()) or a "
+            f"callable `explain(model, inputs, *, target) -> Tensor`; got {_describe(explain)}."
+        )
+
+    def run(model: Any, rows: torch.Tensor, target: Any) -> torch.Tensor:
+        result = fn(model, rows, target=target, **kwargs)
+        tensor = result.attributions if isinstance(result, Explanation) else result
+        if not isinstance(tensor, torch.Tensor) or tensor.shape != rows.shape:
+            raise ValueError(
+                f"`explain` must return attributions of the inputs' shape {tuple(rows.shape)}; "
+                f"got {_describe(tensor)}."
+            )
+        return tensor.detach().to(rows.dtype)
+
+    return run
+
+
+def rows_target(target: ResolvedTarget, example: torch.Tensor) -> Any:
+    """The target of perturbed rows made from ``example`` (fixed on the original inputs)."""
+    if target.kind == "index":
+        index = target.index
+        if index is None:
+            return None
+        return index.to(example.device).index_select(0, example)
+    if target.kind == "callable":
+        return target.fn
+    return None

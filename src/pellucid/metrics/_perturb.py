@@ -73,8 +73,11 @@ def per_example(
     n = inputs.shape[0]
     if tuple(value.shape[1:]) == features:
         value = value.unsqueeze(0).expand(n, *value.shape)
-    elif not (value.ndim == len(features) + 2 and value.shape[0] == n
-              and tuple(value.shape[2:]) == features):
+    elif not (
+        value.ndim == len(features) + 2
+        and value.shape[0] == n
+        and tuple(value.shape[2:]) == features
+    ):
         raise ValueError(
             f"`{name}` must have shape (n_samples, {', '.join(map(str, features))}) (shared by "
             f"all examples) or ({n}, n_samples, {', '.join(map(str, features))}); got "

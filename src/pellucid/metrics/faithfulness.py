@@ -77,19 +77,29 @@ def _curve(
     if not isinstance(absolute, bool):
         raise TypeError(f"`absolute` must be True or False; got {absolute!r}.")
     with model_guard(model, eval_mode=eval_mode, method=f"the {kind} curve"):
-        setup = setup_metric(model, inputs, attributions, target=target,
-                             forward_args=forward_args, forward_kwargs=forward_kwargs,
-                             output=output)
+        setup = setup_metric(
+            model,
+            inputs,
+            attributions,
+            target=target,
+            forward_args=forward_args,
+            forward_kwargs=forward_kwargs,
+            output=output,
+        )
         x = flat_features(setup.inputs)
         n, d = x.shape
         fill = flat_features(fill_values(baseline, setup.inputs, blur_sigma=blur_sigma))
         if step is None:
             step = max(1, math.ceil(d / 50))
-        step = check_int("step", step, min_value=1, max_value=d,
-                         hint=f" The inputs have {d} features per example.")
+        step = check_int(
+            "step",
+            step,
+            min_value=1,
+            max_value=d,
+            hint=f" The inputs have {d} features per example.",
+        )
         attr = flat_features(setup.attributions)
-        order = torch.argsort(attr.abs() if absolute else attr, dim=1, descending=True,
-                              stable=True)
+        order = torch.argsort(attr.abs() if absolute else attr, dim=1, descending=True, stable=True)
         rank = torch.empty_like(order).scatter_(
             1, order, torch.arange(d, device=order.device).expand(n, d).contiguous()
         )
@@ -103,8 +113,9 @@ def _curve(
             r = torch.arange(start, stop, device=x.device)
             example, k = r // points, r % points
             changed = rank.index_select(0, example) < counts.index_select(0, k).unsqueeze(1)
-            rows = torch.where(changed, end_rows.index_select(0, example),
-                               start_rows.index_select(0, example))
+            rows = torch.where(
+                changed, end_rows.index_select(0, example), start_rows.index_select(0, example)
+            )
             return rows.reshape(-1, *shape), example
 
         scores = score_rows(setup, make_rows, n * points, batch_size=batch_size)
@@ -164,10 +175,22 @@ def deletion_curve(
         >>> deletion_curve(net, x, x * net.weight.detach(), step=1).scores
         tensor([[10.,  6.,  3.,  1.,  0.]])
     """
-    return _curve("deletion", model, inputs, attributions, target=target, baseline=baseline,
-                  step=step, absolute=absolute, blur_sigma=blur_sigma, batch_size=batch_size,
-                  forward_args=forward_args, forward_kwargs=forward_kwargs, output=output,
-                  eval_mode=eval_mode)
+    return _curve(
+        "deletion",
+        model,
+        inputs,
+        attributions,
+        target=target,
+        baseline=baseline,
+        step=step,
+        absolute=absolute,
+        blur_sigma=blur_sigma,
+        batch_size=batch_size,
+        forward_args=forward_args,
+        forward_kwargs=forward_kwargs,
+        output=output,
+        eval_mode=eval_mode,
+    )
 
 
 def insertion_curve(
@@ -196,21 +219,33 @@ def insertion_curve(
         >>> insertion_curve(net, x, x * net.weight.detach(), step=1).scores
         tensor([[ 0.,  4.,  7.,  9., 10.]])
     """
-    return _curve("insertion", model, inputs, attributions, target=target, baseline=baseline,
-                  step=step, absolute=absolute, blur_sigma=blur_sigma, batch_size=batch_size,
-                  forward_args=forward_args, forward_kwargs=forward_kwargs, output=output,
-                  eval_mode=eval_mode)
+    return _curve(
+        "insertion",
+        model,
+        inputs,
+        attributions,
+        target=target,
+        baseline=baseline,
+        step=step,
+        absolute=absolute,
+        blur_sigma=blur_sigma,
+        batch_size=batch_size,
+        forward_args=forward_args,
+        forward_kwargs=forward_kwargs,
+        output=output,
+        eval_mode=eval_mode,
+    )
 
 
-deletion_curve.__doc__ = (deletion_curve.__doc__ or "").rstrip() + _CURVE_DOC.format(
-    verb="removed"
-)
+deletion_curve.__doc__ = (deletion_curve.__doc__ or "").rstrip() + _CURVE_DOC.format(verb="removed")
 insertion_curve.__doc__ = (insertion_curve.__doc__ or "").rstrip() + _CURVE_DOC.format(
     verb="inserted"
 )
 
 
-def deletion_auc(model: Any, inputs: torch.Tensor, attributions: Any, **kwargs: Any) -> torch.Tensor:
+def deletion_auc(
+    model: Any, inputs: torch.Tensor, attributions: Any, **kwargs: Any
+) -> torch.Tensor:
     """Area under the deletion curve per example (``deletion_curve(...).auc``); lower is better.
 
     Example:
@@ -223,7 +258,9 @@ def deletion_auc(model: Any, inputs: torch.Tensor, attributions: Any, **kwargs: 
     return deletion_curve(model, inputs, attributions, **kwargs).auc
 
 
-def insertion_auc(model: Any, inputs: torch.Tensor, attributions: Any, **kwargs: Any) -> torch.Tensor:
+def insertion_auc(
+    model: Any, inputs: torch.Tensor, attributions: Any, **kwargs: Any
+) -> torch.Tensor:
     """Area under the insertion curve per example (``insertion_curve(...).auc``); higher is better.
 
     Example:
@@ -287,9 +324,15 @@ def faithfulness_correlation(
         True
     """
     with model_guard(model, eval_mode=eval_mode, method="faithfulness_correlation"):
-        setup = setup_metric(model, inputs, attributions, target=target,
-                             forward_args=forward_args, forward_kwargs=forward_kwargs,
-                             output=output)
+        setup = setup_metric(
+            model,
+            inputs,
+            attributions,
+            target=target,
+            forward_args=forward_args,
+            forward_kwargs=forward_kwargs,
+            output=output,
+        )
         x = flat_features(setup.inputs)
         n, d = x.shape
         fill = flat_features(fill_values(baseline, setup.inputs, blur_sigma=1.0))
@@ -305,8 +348,13 @@ def faithfulness_correlation(
             n_samples = check_int("n_samples", n_samples, min_value=2)
             if subset_size is None:
                 subset_size = max(1, d // 4)
-            size = check_int("subset_size", subset_size, min_value=1, max_value=d,
-                             hint=f" The inputs have {d} features per example.")
+            size = check_int(
+                "subset_size",
+                subset_size,
+                min_value=1,
+                max_value=d,
+                hint=f" The inputs have {d} features per example.",
+            )
         sums: list[torch.Tensor] = []
         shape = setup.inputs.shape[1:]
 
@@ -371,15 +419,20 @@ def infidelity(
     if not isinstance(normalize, bool):
         raise TypeError(f"`normalize` must be True or False; got {normalize!r}.")
     with model_guard(model, eval_mode=eval_mode, method="infidelity"):
-        setup = setup_metric(model, inputs, attributions, target=target,
-                             forward_args=forward_args, forward_kwargs=forward_kwargs,
-                             output=output)
+        setup = setup_metric(
+            model,
+            inputs,
+            attributions,
+            target=target,
+            forward_args=forward_args,
+            forward_kwargs=forward_kwargs,
+            output=output,
+        )
         x = flat_features(setup.inputs)
         n, d = x.shape
         attr = flat_features(setup.attributions)
         if perturbations is not None:
-            given = per_example(perturbations, setup.inputs, name="perturbations",
-                                dtype=x.dtype)
+            given = per_example(perturbations, setup.inputs, name="perturbations", dtype=x.dtype)
             given = given.reshape(n, given.shape[1], d)
             n_samples = given.shape[1]
         else:
@@ -404,7 +457,8 @@ def infidelity(
     b = setup.scores.unsqueeze(1) - perturbed.reshape(n, n_samples)
     if normalize:
         aa, ab = (a * a).mean(dim=1), (a * b).mean(dim=1)
-        beta = torch.where(aa > 0, ab / aa.clamp_min(torch.finfo(a.dtype).tiny),
-                           torch.zeros_like(aa))
+        beta = torch.where(
+            aa > 0, ab / aa.clamp_min(torch.finfo(a.dtype).tiny), torch.zeros_like(aa)
+        )
         a = a * beta.unsqueeze(1)
     return ((a - b) ** 2).mean(dim=1)

@@ -285,9 +285,11 @@ def activation_gradient(
                 for name, out in outputs.items():
                     grad = out.grad if out.grad is not None else torch.zeros_like(out)
                     contrib = (out * grad).detach().abs()
-                    channel_dim = 1 if out.ndim > 2 and isinstance(
-                        modules[name], nn.modules.conv._ConvNd
-                    ) else out.ndim - 1
+                    channel_dim = (
+                        1
+                        if out.ndim > 2 and isinstance(modules[name], nn.modules.conv._ConvNd)
+                        else out.ndim - 1
+                    )
                     per_unit = contrib.transpose(0, channel_dim).flatten(1).sum(1)
                     totals[name] = totals.get(name, 0) + per_unit
                 rows += x.shape[0]

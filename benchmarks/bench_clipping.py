@@ -1,0 +1,164 @@
+"""Clipping and monitoring cost: pellucid vs torch / a plain loop, same work, one process.
+
+Prints, per case, the median time per call of each side (interleaved repeats), the ratio
+to the peer and to a compute floor (one norm + one scale over the same numbers, already
+flattened into one tensor).
+
+Cases:
+1. ``clip_grad_norm_`` vs ``torch.nn.utils.clip_grad_norm_``: TinyResNet's many small
+   gradients, and a few large tensors.
+2. AGC (``adaptive_clip_grad_``) vs a straightforward per-parameter loop (timm's form).
+3. One TinyResNet training step on a digits batch, with and without GradientMonitor.
+
+Run: ``PYTHONPATH=src python benchmarks/bench_clipping.py [--quick]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+from pellucid.clipping import adaptive_clip_grad_, clip_grad_norm_, unitwise_norm
+from pellucid.data import load_dataset
+from pellucid.models import TinyResNet
+from pellucid.monitoring import GradientMonitor
+from pellucid.training import TrainState
+
+
+def bench(fns: dict[str, Callable[[], object]], *, repeat: int, number: int) -> dict[str, float]:
+    """Median seconds per call of each function, the functions interleaved per repeat."""
+    for f in fns.values():
+        f()  # warm-up
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeat):
+        for name, f in fns.items():
+            start = time.perf_counter()
+            for _ in range(number):
+                f()
+            times[name].append((time.perf_counter() - start) / number)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def _with_grads(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    params = list(model.parameters())
+    g = torch.Generator().manual_seed(0)
+    for p in params:
+        p.grad = torch.randn(p.shape, generator=g) * 10
+    return params
+
+
+def _floor(params: list[torch.nn.Parameter]) -> Callable[[], object]:
+    flat = torch.cat([p.grad.flatten() for p in params])
+
+    def run() -> object:
+        norm = torch.linalg.vector_norm(flat)
+        return flat.mul_(torch.clamp(1.0 / (norm + 1e-6), max=1.0))
+
+    return run
+
+
+def _report(title: str, t: dict[str, float], ours: str, peer: str, floor: str | None) -> None:
+    print(f"\n{title}")
+    for name, sec in t.items():
+        print(f"  {name:<28s} {sec * 1e6:10.1f} us")
+    line = f"  ratio {ours} / {peer} = {t[ours] / t[peer]:.3f}"
+    if floor:
+        line += f"; {ours} / floor = {t[ours] / t[floor]:.2f}"
+    print(line)
+
+
+def case_global_norm(repeat: int, number: int) -> None:
+    for label, model, calls in (
+        ("TinyResNet (many small tensors)", TinyResNet(width=16, n_blocks=2), number),
+        ("few large tensors (4 x 1M)", torch.nn.ParameterList(
+            [torch.nn.Parameter(torch.zeros(1000, 1000)) for _ in range(4)]),
+         max(1, number // 20)),
+    ):
+        params = _with_grads(model)  # both sides clip the same gradients
+        n = sum(p.numel() for p in params)
+        t = bench({
+            "pellucid clip_grad_norm_": lambda p=params: clip_grad_norm_(p, 1.0),
+            "torch clip_grad_norm_": lambda p=params: torch.nn.utils.clip_grad_norm_(p, 1.0),
+            "floor (flat norm + mul)": _floor(params),
+        }, repeat=repeat, number=calls)
+        ours = params
+        _report(f"[1] global-norm clipping, {label}: {len(ours)} tensors, {n} numbers", t,
+                "pellucid clip_grad_norm_", "torch clip_grad_norm_", "floor (flat norm + mul)")
+
+
+def _agc_loop(params: list[torch.nn.Parameter], clip_factor: float = 0.01,
+              eps: float = 1e-3) -> None:
+    """The straightforward per-parameter AGC loop (as in timm)."""
+    with torch.no_grad():
+        for p in params:
+            if p.grad is None:
+                continue
+            bound = unitwise_norm(p.detach()).clamp_(min=eps).mul_(clip_factor)
+            g_norm = unitwise_norm(p.grad)
+            clipped = p.grad * (bound / g_norm.clamp(min=1e-6))
+            p.grad.detach().copy_(torch.where(g_norm < bound, p.grad, clipped))
+
+
+def case_agc(repeat: int, number: int) -> None:
+    model = TinyResNet(width=16, n_blocks=2)
+    params = _with_grads(model)
+    t = bench({
+        "pellucid adaptive_clip_grad_": lambda: adaptive_clip_grad_(params, 0.01),
+        "per-parameter loop": lambda: _agc_loop(params),
+        "floor (flat norm + mul)": _floor(params),
+    }, repeat=repeat, number=number)
+    _report(f"[2] AGC, TinyResNet: {len(params)} tensors", t, "pellucid adaptive_clip_grad_",
+            "per-parameter loop", "floor (flat norm + mul)")
+    print(f"  speed-up over the loop: x{t['per-parameter loop'] / t['pellucid adaptive_clip_grad_']:.2f}")
+
+
+def case_monitor(repeat: int, number: int) -> None:
+    ds = load_dataset("digits", seed=0)
+    x, y = ds.X_train[:64], ds.y_train[:64]
+    model = TinyResNet(width=16, n_blocks=2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    monitor = GradientMonitor(log_every=10, model=model)
+    state = TrainState(model=model, optimizer=opt)
+
+    def step(with_monitor: bool) -> None:
+        opt.zero_grad(set_to_none=True)
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        state.loss = loss
+        state.info = {}
+        if with_monitor:
+            monitor.on_before_step(state)
+        opt.step()
+        if with_monitor:
+            monitor.on_after_step(state)
+        state.step += 1
+
+    t = bench({
+        "train step + GradientMonitor": lambda: step(True),
+        "train step": lambda: step(False),
+    }, repeat=repeat, number=number)
+    _report("[3] TinyResNet training step, digits batch of 64 (log_every=10)", t,
+            "train step + GradientMonitor", "train step", None)
+    overhead = t["train step + GradientMonitor"] / t["train step"] - 1
+    print(f"  monitor overhead: {overhead * 100:+.1f}% (floor: <= 5%)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer repeats (smoke run)")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+    r = 5 if args.quick else 31
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), median of {r} repeats")
+    case_global_norm(r, 20 if args.quick else 200)
+    case_agc(r, 10 if args.quick else 100)
+    case_monitor(r, 3 if args.quick else 20)
+
+
+if __name__ == "__main__":
+    main()

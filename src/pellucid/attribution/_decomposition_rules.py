@@ -1,0 +1,162 @@
+"""The backward rules of DeepLIFT (rescale) and LRP (epsilon, gamma, alpha-beta, z-plus).
+
+All rules are written in the "modified gradient" form: the attribution at the input is
+``x * grad`` (LRP) or ``(x - baseline) * grad`` (DeepLIFT), where ``grad`` is obtained by a
+backward pass in which some operations use the rule's backward instead of their Jacobian.
+
+* DeepLIFT rows come in pairs: the first half of the batch is the inputs, the second half
+  the baselines. Non-linearities multiply the gradient by the secant slope
+  ``(f(x) - f(x0)) / (x - x0)`` (the local derivative where ``x == x0``); max pooling routes
+  ``f(x) - f(x0)`` through the argmax positions (as captum does); linear operations keep
+  their ordinary gradient, which is their multiplier.
+* LRP rules relate the relevance at a layer's output ``R = z * g`` to its input: epsilon
+  ``x * J^T (R / (z + eps sign z))``, gamma with weights ``W + gamma W+``, and alpha-beta
+  with separate positive and negative contributions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from pellucid.attribution._rules import Rule, vjp
+
+__all__ = ["AlphaBeta", "DeepLiftMaxPool", "Epsilon", "Rescale", "stabilize"]
+
+Op = Callable[[torch.Tensor], torch.Tensor]
+
+
+def stabilize(z: torch.Tensor, epsilon: float) -> torch.Tensor:
+    """``z + epsilon * sign(z)`` (sign(0) = 1), with exact zeros mapped to 1 (so z / . = 0)."""
+    den = z + epsilon * torch.where(z >= 0, 1.0, -1.0).to(z.dtype)
+    return torch.where(den == 0, torch.ones_like(den), den)
+
+
+def _halves(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    n = t.shape[0] // 2
+    return t[:n], t[n:]
+
+
+class Rescale(Rule):
+    """DeepLIFT's rescale rule for an element-wise non-linearity."""
+
+    label = "rescale"
+
+    def __init__(self, eps: float = 1e-10, relu: bool = False) -> None:
+        self.eps, self.relu = eps, relu
+
+    def forward(self, op: Op, x: torch.Tensor) -> tuple[torch.Tensor, Any]:
+        y = op(x)
+        x_in, x_ref = _halves(x)
+        y_in, y_ref = _halves(y)
+        dx = x_in - x_ref
+        if self.relu:
+            local = (x_in > 0).to(x_in.dtype)
+        else:
+            local = vjp(op, x_in, torch.ones_like(x_in))
+        safe = torch.where(dx.abs() < self.eps, torch.ones_like(dx), dx)
+        slope = torch.where(dx.abs() < self.eps, local, (y_in - y_ref) / safe)
+        return y, slope
+
+    def backward(self, op: Op, state: Any, grad: torch.Tensor) -> torch.Tensor:
+        g = _halves(grad)[0] * state
+        return torch.cat([g, g])
+
+
+def _unpool(values: torch.Tensor, indices: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """Scatter-add pooled ``values`` back to the positions ``indices`` of an input ``shape``."""
+    out = values.new_zeros(*shape[:2], int(torch.Size(shape[2:]).numel()))
+    out.scatter_add_(2, indices.flatten(2), values.flatten(2))
+    return out.view(shape)
+
+
+class DeepLiftMaxPool(Rule):
+    """DeepLIFT for max pooling: ``f(x) - f(x0)`` is routed through the argmax positions."""
+
+    label = "rescale (max pool)"
+
+    def __init__(self, func: Any, rest: tuple[Any, ...], kwargs: dict[str, Any],
+                 eps: float = 1e-10) -> None:
+        self.func, self.rest, self.kwargs, self.eps = func, rest[:5], dict(kwargs), eps
+        self.kwargs["return_indices"] = True
+
+    def forward(self, op: Op, x: torch.Tensor) -> tuple[torch.Tensor, Any]:
+        y, indices = self.func(x, *self.rest, **self.kwargs)
+        return y, (x.clone(), y.clone(), indices)
+
+    def backward(self, op: Op, state: Any, grad: torch.Tensor) -> torch.Tensor:
+        x, y, indices = state
+        x_in, x_ref = _halves(x)
+        y_in, y_ref = _halves(y)
+        i_in, i_ref = _halves(indices)
+        g = _halves(grad)[0]
+        top = torch.maximum(y_in, y_ref)
+        shape = x_in.shape
+        routed = _unpool(g * (top - y_ref), i_in, shape) + _unpool(g * (y_in - top), i_ref, shape)
+        dx = x_in - x_ref
+        plain = _unpool(g, i_in, shape)
+        safe = torch.where(dx.abs() < self.eps, torch.ones_like(dx), dx)
+        m = torch.where(dx.abs() < self.eps, plain, routed / safe)
+        return torch.cat([m, m])
+
+
+class Epsilon(Rule):
+    """LRP-epsilon (LRP-0 with ``epsilon=0``; gamma when ``modified`` uses W + gamma W+).
+
+    Backward: ``J_mod^T (g * z / stabilize(z_mod))`` where ``z_mod = modified(x)``.
+    """
+
+    def __init__(self, epsilon: float, modified: Op | None = None, label: str = "") -> None:
+        self.epsilon, self.modified = epsilon, modified
+        self.label = label or f"epsilon({epsilon:g})"
+
+    def forward(self, op: Op, x: torch.Tensor) -> tuple[torch.Tensor, Any]:
+        z = op(x)
+        z_mod = z if self.modified is None else self.modified(x)
+        return z, (x.clone(), z / stabilize(z_mod, self.epsilon))
+
+    def backward(self, op: Op, state: Any, grad: torch.Tensor) -> torch.Tensor:
+        x, ratio = state
+        return vjp(self.modified or op, x, grad * ratio)
+
+
+class AlphaBeta(Rule):
+    """LRP-alpha-beta for a weighted op ``func(x, W, None, ...)`` (z-plus is alpha=1, beta=0).
+
+    Positive contributions ``W+ x+ + W- x-`` get ``alpha`` of the relevance, negative ones
+    ``beta``; biases are ignored, so with ``alpha - beta = 1`` relevance is conserved.
+    """
+
+    def __init__(self, weighted: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+                 weight: torch.Tensor, alpha: float, beta: float, label: str = "",
+                 epsilon: float = 1e-9) -> None:
+        self.weighted, self.weight, self.alpha, self.beta = weighted, weight, alpha, beta
+        self.epsilon = epsilon
+        self.label = label or f"alpha_beta({alpha:g},{beta:g})"
+
+    def forward(self, op: Op, x: torch.Tensor) -> tuple[torch.Tensor, Any]:
+        z = op(x)
+        return z, (x.clone(), z.clone())
+
+    def backward(self, op: Op, state: Any, grad: torch.Tensor) -> torch.Tensor:
+        x, z = state
+        w_pos, w_neg = self.weight.clamp(min=0), self.weight.clamp(max=0)
+        relevance = grad * z
+        with torch.enable_grad():
+            x_pos = x.clamp(min=0).requires_grad_(True)
+            x_neg = x.clamp(max=0).requires_grad_(True)
+            z_pos = self.weighted(x_pos, w_pos) + self.weighted(x_neg, w_neg)
+            z_neg = self.weighted(x_pos, w_neg) + self.weighted(x_neg, w_pos)
+            gp_pos, gp_neg = torch.autograd.grad(
+                z_pos, (x_pos, x_neg), relevance / stabilize(z_pos, self.epsilon)
+            )
+            gn_pos, gn_neg = torch.autograd.grad(
+                z_neg, (x_pos, x_neg), relevance / stabilize(z_neg, self.epsilon)
+            )
+        return torch.where(
+            x > 0,
+            self.alpha * gp_pos - self.beta * gn_pos,
+            self.alpha * gp_neg - self.beta * gn_neg,
+        )

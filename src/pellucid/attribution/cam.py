@@ -1,0 +1,173 @@
+"""Grad-CAM and guided Grad-CAM: class activation maps from a convolutional layer.
+
+Grad-CAM (Selvaraju et al. 2017) weights each channel of a layer's output by the spatial
+mean of the target's gradient, sums over channels and keeps the positive part; the map is
+upsampled to the input (``upsample="linear"``: bilinear for images, or ``"nearest"``) and
+broadcast over the input channels, so attributions have the inputs' shape. The map at the
+layer's resolution is kept in ``extras["cam"]``. Guided Grad-CAM multiplies it with guided
+backpropagation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from pellucid._registry import register
+from pellucid._state import model_guard
+from pellucid._targets import Target
+from pellucid._validation import check_choice
+from pellucid.attribution._common import prepare
+from pellucid.attribution.backprop import GuidedReLU, _relu_handlers, rule_gradients
+from pellucid.attribution.gradients import _check_bool, input_gradients
+from pellucid.explanation import Explanation
+
+__all__ = ["grad_cam", "guided_grad_cam"]
+
+_MODES = {1: "linear", 2: "bilinear", 3: "trilinear"}
+
+
+def _cam(model: Any, inputs: torch.Tensor, layer: Any, relu: bool, **kw: Any) -> tuple[
+    Any, torch.Tensor
+]:
+    if layer is None:
+        raise ValueError(
+            "`layer` is required: the convolutional layer (or its name) whose output map is "
+            "weighted, usually the last conv block, e.g. layer='features.3'."
+        )
+    batch_size = kw.pop("batch_size")
+    prep = prepare(model, inputs, layer=layer, **kw)
+    if not prep.inputs.is_floating_point() or prep.raw_inputs is None:
+        raise TypeError("Grad-CAM needs a layer with a floating-point output.")
+    acts = prep.inputs
+    if acts.ndim < 3:
+        raise ValueError(
+            f"`layer` must output feature maps (N, C, *spatial) for Grad-CAM; "
+            f"{prep.layer_name!r} outputs shape {tuple(acts.shape)}. Choose a conv layer."
+        )
+    grads = input_gradients(prep.forward, prep.target, acts, batch_size=batch_size)
+    weights = grads.mean(dim=tuple(range(2, acts.ndim)), keepdim=True)
+    cam = (weights * acts).sum(dim=1, keepdim=True)
+    return prep, cam.clamp(min=0) if relu else cam
+
+
+def _upsample(cam: torch.Tensor, raw: torch.Tensor, mode: str) -> torch.Tensor:
+    spatial = raw.shape[2:]
+    if raw.ndim != cam.ndim or not 1 <= len(spatial) <= 3:
+        raise ValueError(
+            f"Grad-CAM upsamples the map to image-like inputs (N, C, *spatial); the inputs have "
+            f"shape {tuple(raw.shape)} and the map {tuple(cam.shape)}."
+        )
+    if cam.shape[2:] != spatial:
+        if mode == "nearest":
+            cam = F.interpolate(cam, size=spatial, mode="nearest")
+        else:
+            cam = F.interpolate(cam, size=spatial, mode=_MODES[len(spatial)], align_corners=False)
+    return cam.expand(raw.shape[0], raw.shape[1], *spatial)
+
+
+@register(kind="gradient", needs_layer=True, input_kinds=("image",))
+def grad_cam(
+    model: Any,
+    inputs: torch.Tensor,
+    *,
+    layer: Any = None,
+    target: Target = None,
+    relu: bool = True,
+    upsample: str = "linear",
+    batch_size: int | None = None,
+    forward_args: Any = None,
+    forward_kwargs: Mapping[str, Any] | None = None,
+    output: Any = None,
+    eval_mode: bool | None = None,
+) -> Explanation:
+    """Grad-CAM: channel-weighted activations of ``layer``, upsampled to the input.
+
+    Args:
+        model: an ``nn.Module`` with a convolutional ``layer``.
+        inputs: images (N, C, H, W) (or (N, C, L) / (N, C, D, H, W)).
+        layer: the submodule (or its dotted name) whose output maps are weighted.
+        target: which output to explain (int, per-example, ``"predicted"``, callable, None).
+        relu: keep only the positive part of the map (the paper's choice).
+        upsample: ``"linear"`` (bilinear for images) or ``"nearest"``.
+        batch_size: rows per backward pass.
+        forward_args: extra positional model arguments; forward_kwargs: keyword ones.
+        output: which part of a tuple/dict return value to explain.
+        eval_mode: True explains in eval mode for this call; None warns in training mode.
+
+    Example:
+        >>> import torch
+        >>> net = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.Flatten(),
+        ...                           torch.nn.Linear(72, 3))
+        >>> grad_cam(net, torch.ones(2, 1, 8, 8), layer="0", target=1).attributions.shape
+        torch.Size([2, 1, 8, 8])
+    """
+    _check_bool("relu", relu)
+    upsample = check_choice("upsample", upsample, ("linear", "nearest"))
+    with model_guard(model, eval_mode=eval_mode, method="grad_cam"):
+        prep, cam = _cam(model, inputs, layer, relu, target=target, batch_size=batch_size,
+                         forward_args=forward_args, forward_kwargs=forward_kwargs, output=output)
+        raw = prep.raw_inputs
+        attributions = _upsample(cam, raw, upsample).to(raw.dtype)
+    return Explanation(
+        attributions=attributions,
+        inputs=raw,
+        method="grad_cam",
+        target=prep.target.describe(),
+        params={"layer": prep.layer_name, "relu": relu, "upsample": upsample,
+                "batch_size": batch_size},
+        extras={"cam": cam.detach()},
+    )
+
+
+@register(kind="decomposition", needs_layer=True, input_kinds=("image",))
+def guided_grad_cam(
+    model: Any,
+    inputs: torch.Tensor,
+    *,
+    layer: Any = None,
+    target: Target = None,
+    upsample: str = "linear",
+    batch_size: int | None = None,
+    forward_args: Any = None,
+    forward_kwargs: Mapping[str, Any] | None = None,
+    output: Any = None,
+    eval_mode: bool | None = None,
+) -> Explanation:
+    """Guided Grad-CAM: guided backpropagation times the upsampled Grad-CAM map.
+
+    Takes the arguments of :func:`grad_cam` (the map is always rectified). The guided
+    backprop rules are attached to the executed ReLU calls (see :func:`guided_backprop`).
+
+    Example:
+        >>> import torch
+        >>> net = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.ReLU(),
+        ...                           torch.nn.Flatten(), torch.nn.Linear(72, 3))
+        >>> guided_grad_cam(net, torch.ones(2, 1, 8, 8), layer="0", target=1).attributions.shape
+        torch.Size([2, 1, 8, 8])
+    """
+    upsample = check_choice("upsample", upsample, ("linear", "nearest"))
+    common = {"target": target, "batch_size": batch_size, "forward_args": forward_args,
+              "forward_kwargs": forward_kwargs, "output": output}
+    with model_guard(model, eval_mode=eval_mode, method="guided_grad_cam"):
+        prep, cam = _cam(model, inputs, layer, True, **common)
+        raw = prep.raw_inputs
+        if not raw.is_floating_point():
+            raise TypeError(
+                f"Guided Grad-CAM needs floating-point inputs; got dtype {raw.dtype}."
+            )
+        _, guided, engine = rule_gradients("guided_grad_cam", _relu_handlers(GuidedReLU()),
+                                           model, raw, **common)
+        attributions = guided * _upsample(cam, raw, upsample).to(raw.dtype)
+    return Explanation(
+        attributions=attributions,
+        inputs=raw,
+        method="guided_grad_cam",
+        target=prep.target.describe(),
+        params={"layer": prep.layer_name, "upsample": upsample, "batch_size": batch_size},
+        extras={"cam": cam.detach(), "rules": dict(engine.records),
+                "rule_calls": dict(engine.calls)},
+    )

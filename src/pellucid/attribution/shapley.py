@@ -1,0 +1,406 @@
+"""Shapley values: exact enumeration, antithetic permutation sampling and KernelSHAP.
+
+All three share one value function (:class:`~pellucid.attribution._coalitions.
+CoalitionValues`): players absent from a coalition take a fixed ``baseline`` or, with a
+``background`` set, every background row in turn (the expectation shap's KernelExplainer
+uses; :func:`summarize_background` shrinks a large set with k-means). The coalitions are
+shared by all examples, so every example x coalition is one row of one batched forward and
+KernelSHAP's regression is one factorization solved for all examples. Efficiency
+(``sum(values) == v(full) - v(empty)``) holds exactly for all three.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from pellucid._registry import register
+from pellucid._state import model_guard
+from pellucid._targets import Target
+from pellucid._validation import check_finite_tensor, check_int, check_tensor
+from pellucid.attribution._coalitions import (
+    CoalitionValues,
+    FeatureMask,
+    all_coalitions,
+    kernel_coalitions,
+    resolve_feature_mask,
+)
+from pellucid.attribution._common import Prepared, broadcast_baseline, prepare
+from pellucid.attribution._linear_fit import efficient_wls
+from pellucid.explanation import Explanation
+
+__all__ = ["exact_shapley", "kernel_shap", "sampling_shapley", "summarize_background"]
+
+#: The most players ``exact_shapley`` enumerates (2**20 coalitions per example).
+MAX_EXACT_PLAYERS = 20
+
+
+def _ends(game: CoalitionValues, p: int, device: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """v(empty) and v(full), each (N,)."""
+    z = torch.zeros(2, p, dtype=torch.bool, device=device)
+    z[1] = True
+    v = game(z).to(torch.float64)
+    return v[:, 0], v[:, 1]
+
+
+def _result(
+    name: str,
+    prep: Prepared,
+    fmask: FeatureMask,
+    values: torch.Tensor,
+    base: Any,
+    params: dict[str, Any],
+    extras: dict[str, Any],
+) -> Explanation:
+    x = prep.inputs
+    values = values.to(x.dtype)
+    return Explanation(
+        attributions=fmask.spread(values).view_as(x),
+        inputs=x,
+        method=name,
+        target=prep.target.describe(),
+        baseline=base,
+        params=params,
+        extras={"values": values, "n_players": fmask.n_players, **extras},
+    )
+
+
+_SHARED_DOC = """
+        target: which output to explain.
+        feature_mask: integer group ids ``0..P-1`` (shape of one example, shared, or of
+            ``inputs``), ``"grid"``/``"slic"`` superpixels, or None (every feature a player).
+            Every feature of a group gets the group's value; ``extras["values"]`` is (N, P).
+        n_segments: number of superpixels for ``"grid"``/``"slic"``.
+        baseline: the fixed reference absent players take (scalar or tensor; default 0).
+        background: reference rows (B, ...) instead of a baseline: the value of a coalition
+            is the mean score over the background (weighted by ``background_weights``).
+        batch_size: rows per forward pass (memory bound)."""
+
+
+@register(kind="shapley", input_kinds=("tabular",))
+def exact_shapley(
+    model: Any,
+    inputs: torch.Tensor,
+    *,
+    target: Target = None,
+    feature_mask: torch.Tensor | str | None = None,
+    n_segments: int = 16,
+    baseline: float | torch.Tensor | None = None,
+    background: torch.Tensor | None = None,
+    background_weights: torch.Tensor | None = None,
+    batch_size: int | None = None,
+    forward_args: Any = None,
+    forward_kwargs: Mapping[str, Any] | None = None,
+    output: Any = None,
+    eval_mode: bool | None = None,
+) -> Explanation:
+    """Exact Shapley values by enumerating all ``2**P`` coalitions (up to 20 players).
+
+    Args:
+        model: a callable ``Tensor -> Tensor``.
+        inputs: a batch-first float tensor.{shared}
+
+    Example:
+        >>> import torch
+        >>> net = torch.nn.Linear(3, 1, bias=False)
+        >>> e = exact_shapley(net, torch.ones(1, 3))
+        >>> torch.allclose(e.attributions, net.weight.detach())
+        True
+    """
+    with model_guard(model, eval_mode=eval_mode, method="exact_shapley"):
+        prep = prepare(
+            model,
+            inputs,
+            target=target,
+            forward_args=forward_args,
+            forward_kwargs=forward_kwargs,
+            output=output,
+        )
+        game, fmask, base = build_game(
+            prep,
+            feature_mask=feature_mask,
+            n_segments=n_segments,
+            baseline=baseline,
+            background=background,
+            background_weights=background_weights,
+            batch_size=batch_size,
+        )
+        p, device = fmask.n_players, prep.inputs.device
+        if p > MAX_EXACT_PLAYERS:
+            raise ValueError(
+                f"exact_shapley enumerates 2**P coalitions and is limited to "
+                f"{MAX_EXACT_PLAYERS} players; got {p} (2**{p} = {2.0**p:.2g} model "
+                "evaluations per example). Use kernel_shap or sampling_shapley, or group the "
+                "features into at most 20 players with `feature_mask` (e.g. 'grid')."
+            )
+        # phi = V @ C with C[S, i] = w(|S|-1) if i in S else -w(|S|), w(s) = s!(P-s-1)!/P!
+        s = torch.arange(p, dtype=torch.float64)
+        w = torch.exp(torch.lgamma(s + 1) + torch.lgamma(p - s) - math.lgamma(p + 1)).to(device)
+        w_in = torch.cat([w.new_zeros(1), w])  # indexed by |S|: w(|S|-1)
+        w_out = torch.cat([w, w.new_zeros(1)])  # indexed by |S|: w(|S|)
+        z_all = all_coalitions(p, device)
+        values = torch.zeros(prep.inputs.shape[0], p, dtype=torch.float64, device=device)
+        block = 1 << min(p, 16)
+        for lo in range(0, z_all.shape[0], block):
+            z = z_all[lo : lo + block]
+            size = z.sum(1)
+            coef = torch.where(z, w_in[size].unsqueeze(1), -w_out[size].unsqueeze(1))
+            values += game(z).to(torch.float64) @ coef
+        empty, full = _ends(game, p, device)
+    return _result(
+        "exact_shapley",
+        prep,
+        fmask,
+        values,
+        base,
+        {
+            "feature_mask": feature_mask,
+            "n_segments": n_segments,
+            "batch_size": batch_size,
+            "background": background is not None,
+        },
+        {
+            "expected_value": empty,
+            "efficiency_gap": values.sum(1) - (full - empty),
+            "n_evaluations": game.rows_per_eval(1 << p),
+        },
+    )
+
+
+@register(
+    kind="shapley",
+    stochastic=True,
+    input_kinds=("tabular", "image"),
+    contract_kwargs={"n_samples": 4},
+)
+def sampling_shapley(
+    model: Any,
+    inputs: torch.Tensor,
+    *,
+    target: Target = None,
+    n_samples: int = 32,
+    antithetic: bool = True,
+    feature_mask: torch.Tensor | str | None = None,
+    n_segments: int = 16,
+    baseline: float | torch.Tensor | None = None,
+    background: torch.Tensor | None = None,
+    background_weights: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+    batch_size: int | None = None,
+    forward_args: Any = None,
+    forward_kwargs: Mapping[str, Any] | None = None,
+    output: Any = None,
+    eval_mode: bool | None = None,
+) -> Explanation:
+    """Shapley value sampling (Castro et al. 2009) over random permutations of the players.
+
+    Each permutation adds the players one at a time; a player's value is its mean marginal
+    contribution. With ``antithetic`` every permutation is paired with its reverse (an odd
+    ``n_samples`` is rounded up), which cancels much of the variance; ``extras["stderr"]``
+    is the standard error per player over the (pairs of) permutations. Efficiency is exact.
+    The same permutations serve every example. Cost: ``n_samples * (P - 1) + 2`` rows per
+    example.
+
+    Args:
+        model: a callable ``Tensor -> Tensor``.
+        inputs: a batch-first float tensor.
+        n_samples: number of permutations (>= 2).
+        antithetic: pair every permutation with its reverse.
+        generator: the random source (same state, same result).{shared}
+
+    Example:
+        >>> import torch
+        >>> net = torch.nn.Linear(3, 1, bias=False)
+        >>> e = sampling_shapley(net, torch.ones(2, 3), n_samples=2)
+        >>> torch.allclose(e.attributions, net.weight.detach().expand(2, 3))
+        True
+    """
+    n_samples = check_int(
+        "n_samples", n_samples, min_value=2, hint=" Standard errors need at least two permutations."
+    )
+    if not isinstance(antithetic, bool):
+        raise TypeError(f"`antithetic` must be True or False; got {antithetic!r}.")
+    with model_guard(model, eval_mode=eval_mode, method="sampling_shapley"):
+        prep = prepare(
+            model,
+            inputs,
+            target=target,
+            forward_args=forward_args,
+            forward_kwargs=forward_kwargs,
+            output=output,
+        )
+        game, fmask, base = build_game(
+            prep,
+            feature_mask=feature_mask,
+            n_segments=n_segments,
+            baseline=baseline,
+            background=background,
+            background_weights=background_weights,
+            batch_size=batch_size,
+        )
+        p, n, device = fmask.n_players, prep.inputs.shape[0], prep.inputs.device
+        half = (n_samples + 1) // 2 if antithetic else n_samples
+        ranks = torch.rand(half, p, generator=generator).argsort(1).argsort(1).to(device)
+        if antithetic:
+            ranks = torch.cat([ranks, p - 1 - ranks])
+        n_perm = ranks.shape[0]
+        steps = torch.arange(1, p, device=device).view(1, p - 1, 1)
+        z = (ranks.unsqueeze(1) < steps).reshape(-1, p)  # prefixes of size 1..P-1
+        empty, full = _ends(game, p, device)
+        inner = game(z).to(torch.float64).view(n, n_perm, p - 1)
+        chain = torch.cat(
+            [
+                empty.view(n, 1, 1).expand(n, n_perm, 1),
+                inner,
+                full.view(n, 1, 1).expand(n, n_perm, 1),
+            ],
+            dim=2,
+        )
+        marginal = chain.diff(dim=2)  # (N, perms, P): contribution of the player at rank k
+        contrib = marginal.gather(2, ranks.unsqueeze(0).expand(n, -1, -1))
+        values = contrib.mean(1)
+        units = (contrib[:, :half] + contrib[:, half:]) / 2 if antithetic else contrib
+        stderr = (
+            units.std(1) / math.sqrt(units.shape[1])
+            if units.shape[1] > 1
+            else (torch.zeros_like(values))
+        )
+    return _result(
+        "sampling_shapley",
+        prep,
+        fmask,
+        values,
+        base,
+        {
+            "n_samples": n_perm,
+            "antithetic": antithetic,
+            "feature_mask": feature_mask,
+            "n_segments": n_segments,
+            "batch_size": batch_size,
+            "background": background is not None,
+        },
+        {
+            "stderr": stderr.to(prep.inputs.dtype),
+            "expected_value": empty,
+            "efficiency_gap": values.sum(1) - (full - empty),
+            "n_evaluations": game.rows_per_eval(n_perm * (p - 1) + 2),
+        },
+    )
+
+
+@register(
+    kind="shapley",
+    stochastic=True,
+    input_kinds=("tabular", "image"),
+    contract_kwargs={"n_samples": 128},
+)
+def kernel_shap(
+    model: Any,
+    inputs: torch.Tensor,
+    *,
+    target: Target = None,
+    n_samples: int | None = None,
+    feature_mask: torch.Tensor | str | None = None,
+    n_segments: int = 16,
+    baseline: float | torch.Tensor | None = None,
+    background: torch.Tensor | None = None,
+    background_weights: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+    batch_size: int | None = None,
+    forward_args: Any = None,
+    forward_kwargs: Mapping[str, Any] | None = None,
+    output: Any = None,
+    eval_mode: bool | None = None,
+) -> Explanation:
+    """KernelSHAP (Lundberg & Lee 2017): Shapley values as a weighted linear regression.
+
+    Coalition sizes the budget covers completely are enumerated (from size 1 and P-1
+    inward); the rest is sampled from the Shapley kernel as (coalition, complement) pairs.
+    When ``n_samples >= 2**P - 2`` every coalition is enumerated and the result is exact
+    Shapley. Efficiency is enforced exactly by the constrained fit. ``extras`` holds the
+    local fit's weighted ``r2``, the coefficients' ``stderr`` and ``exact``.
+
+    Args:
+        model: a callable ``Tensor -> Tensor``.
+        inputs: a batch-first float tensor.
+        n_samples: coalitions to evaluate per example (default ``2P + 2048``, capped at
+            ``2**P - 2``); at least P, the number of players.
+        generator: the random source (same state, same result).{shared}
+
+    Example:
+        >>> import torch
+        >>> net = torch.nn.Linear(3, 1, bias=False)
+        >>> e = kernel_shap(net, torch.ones(2, 3))
+        >>> torch.allclose(e.attributions, net.weight.detach().expand(2, 3))
+        True
+    """
+    with model_guard(model, eval_mode=eval_mode, method="kernel_shap"):
+        prep = prepare(
+            model,
+            inputs,
+            target=target,
+            forward_args=forward_args,
+            forward_kwargs=forward_kwargs,
+            output=output,
+        )
+        game, fmask, base = build_game(
+            prep,
+            feature_mask=feature_mask,
+            n_segments=n_segments,
+            baseline=baseline,
+            background=background,
+            background_weights=background_weights,
+            batch_size=batch_size,
+        )
+        p, device = fmask.n_players, prep.inputs.device
+        budget = min((1 << min(p, 62)) - 2, 2 * p + 2048) if n_samples is None else n_samples
+        if n_samples is not None:
+            check_int(
+                "n_samples",
+                n_samples,
+                min_value=min(p, max(1, (1 << min(p, 62)) - 2)),
+                hint=f" The regression over {p} players needs at least {p} coalitions "
+                f"(use {2 * p + 2048} or more for a reliable estimate).",
+            )
+        empty, full = _ends(game, p, device)
+        if p == 1:
+            z = torch.zeros(0, 1, dtype=torch.bool, device=device)
+            weights = torch.zeros(0, dtype=torch.float64, device=device)
+            exact, y = (
+                True,
+                torch.zeros(prep.inputs.shape[0], 0, dtype=torch.float64, device=device),
+            )
+        else:
+            z, weights, exact = kernel_coalitions(p, budget, generator=generator, device=device)
+            y = game(z).to(torch.float64) - empty.unsqueeze(1)
+        fit = efficient_wls(z, y, weights.to(device), full - empty, exact=exact)
+    return _result(
+        "kernel_shap",
+        prep,
+        fmask,
+        fit.coef,
+        base,
+        {
+            "n_samples": budget,
+            "feature_mask": feature_mask,
+            "n_segments": n_segments,
+            "batch_size": batch_size,
+            "background": background is not None,
+        },
+        {
+            "stderr": fit.stderr.to(prep.inputs.dtype),
+            "r2": fit.r2,
+            "exact": exact,
+            "expected_value": empty,
+            "efficiency_gap": fit.coef.sum(1) - (full - empty),
+            "n_evaluations": game.rows_per_eval(z.shape[0] + 2),
+        },
+    )
+
+
+for _fn in (exact_shapley, sampling_shapley, kernel_shap):
+    if _fn.__doc__:
+        _fn.__doc__ = _fn.__doc__.replace("{shared}", _SHARED_DOC)

@@ -1,0 +1,133 @@
+"""Build smaller copies of Linear, convolution, BatchNorm and LayerNorm modules.
+
+``shrink_module`` keeps the given output and input indices and copies the weights;
+``module_spec`` / ``empty_like_spec`` describe and rebuild a module's (pruned) shape, for
+saving and loading structurally pruned models.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["SHRINKABLE", "empty_like_spec", "module_spec", "shrink_module"]
+
+SHRINKABLE: tuple[type[nn.Module], ...] = (
+    nn.Linear,
+    nn.modules.conv._ConvNd,
+    nn.modules.batchnorm._BatchNorm,
+    nn.LayerNorm,
+)
+
+
+def _param(old: nn.Parameter | None, value: torch.Tensor) -> nn.Parameter:
+    requires_grad = old.requires_grad if old is not None else True
+    return nn.Parameter(value.detach().clone(), requires_grad=requires_grad)
+
+
+def shrink_module(
+    module: nn.Module, out_keep: torch.Tensor | None, in_keep: torch.Tensor | None
+) -> nn.Module:
+    """A copy of ``module`` keeping output units ``out_keep`` and inputs ``in_keep`` (None: all).
+
+    Example:
+        >>> small = shrink_module(nn.Linear(4, 3), torch.tensor([0, 2]), torch.tensor([1]))
+        >>> tuple(small.weight.shape)
+        (2, 1)
+    """
+    new = copy.deepcopy(module)
+    with torch.no_grad():
+        if isinstance(module, nn.Linear):
+            w = module.weight
+            w = w[out_keep] if out_keep is not None else w
+            w = w[:, in_keep] if in_keep is not None else w
+            new.weight = _param(module.weight, w)
+            new.out_features, new.in_features = w.shape
+            if module.bias is not None and out_keep is not None:
+                new.bias = _param(module.bias, module.bias[out_keep])
+        elif isinstance(module, nn.modules.conv._ConvNd):
+            w = module.weight
+            depthwise = module.groups == module.in_channels == module.out_channels
+            if depthwise:
+                keep = out_keep if out_keep is not None else in_keep
+                if keep is not None:
+                    w = w[keep]
+                new.groups = new.in_channels = new.out_channels = w.shape[0]
+            else:
+                w = w[out_keep] if out_keep is not None else w
+                if in_keep is not None:
+                    if module.groups != 1:
+                        raise ValueError(
+                            "Cannot remove input channels of a grouped convolution; "
+                            "only its output channels."
+                        )
+                    w = w[:, in_keep]
+                new.out_channels = w.shape[0]
+                new.in_channels = w.shape[1] * module.groups
+                keep = out_keep
+            new.weight = _param(module.weight, w)
+            if module.bias is not None and keep is not None:
+                new.bias = _param(module.bias, module.bias[keep])
+        elif isinstance(module, nn.modules.batchnorm._BatchNorm):
+            keep = out_keep if out_keep is not None else in_keep
+            if keep is not None:
+                new.num_features = int(keep.numel())
+                if module.affine:
+                    new.weight = _param(module.weight, module.weight[keep])
+                    new.bias = _param(module.bias, module.bias[keep])
+                if module.track_running_stats and module.running_mean is not None:
+                    new.running_mean = module.running_mean[keep].clone()
+                    new.running_var = module.running_var[keep].clone()
+        elif isinstance(module, nn.LayerNorm):
+            keep = out_keep if out_keep is not None else in_keep
+            if keep is not None:
+                new.normalized_shape = (int(keep.numel()),)
+                if module.weight is not None:
+                    new.weight = _param(module.weight, module.weight[keep])
+                if module.bias is not None:
+                    new.bias = _param(module.bias, module.bias[keep])
+        else:
+            raise TypeError(f"Cannot shrink a {type(module).__name__}.")
+    return new
+
+
+def module_spec(module: nn.Module) -> dict[str, Any]:
+    """The shape-defining attributes of a shrinkable module (JSON-able).
+
+    Example:
+        >>> module_spec(nn.Linear(3, 2))
+        {'type': 'Linear', 'in': 3, 'out': 2}
+    """
+    kind = type(module).__name__
+    if isinstance(module, nn.Linear):
+        return {"type": kind, "in": module.in_features, "out": module.out_features}
+    if isinstance(module, nn.modules.conv._ConvNd):
+        return {
+            "type": kind,
+            "in": module.in_channels,
+            "out": module.out_channels,
+            "groups": module.groups,
+        }
+    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+        return {"type": kind, "out": module.num_features}
+    if isinstance(module, nn.LayerNorm):
+        return {"type": kind, "out": int(module.normalized_shape[-1])}
+    raise TypeError(f"No shape spec for a {type(module).__name__}.")
+
+
+def empty_like_spec(module: nn.Module, spec: dict[str, Any]) -> nn.Module:
+    """A copy of ``module`` resized to ``spec`` (weights are placeholders to be loaded)."""
+    current = module_spec(module)
+    out = torch.arange(spec["out"]) if spec["out"] != current["out"] else None
+    in_keep = None
+    if "in" in spec and spec["in"] != current["in"]:
+        groups = spec.get("groups", 1)
+        in_keep = torch.arange(spec["in"] // groups)
+    if isinstance(module, nn.modules.conv._ConvNd) and spec.get("groups") != module.groups:
+        if not (spec["groups"] == spec["in"] == spec["out"]):
+            raise ValueError(f"Cannot rebuild a convolution with spec {spec}.")
+        return shrink_module(module, out, None)
+    return shrink_module(module, out, in_keep)

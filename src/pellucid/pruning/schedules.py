@@ -1,0 +1,414 @@
+"""Pruning schedules and sparsity regularizers as training-loop callbacks, and the
+one-call helper :func:`prune_and_finetune`.
+
+* one-shot: prune once, then fine-tune (``rounds=1``);
+* iterative: ``rounds`` of prune-then-fine-tune, each removing the same fraction of what is
+  left, so the last round reaches ``amount``;
+* gradual: :class:`PolynomialPruning`, Zhu & Gupta's (2017) cubic sparsity ramp during
+  training, re-applying the masks after every optimizer step;
+* regularizers: :class:`BNScaleL1` (network slimming) and :class:`GroupLasso`, added to the
+  loss through ``extra_loss``.
+
+Example:
+    >>> polynomial_sparsity(50, final=0.9, begin_step=0, end_step=100)
+    0.7875
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from pellucid._validation import check_choice, check_float, check_int
+from pellucid.pruning.distill import Distillation
+from pellucid.pruning.importance import as_pair, prunable_weights
+from pellucid.pruning.structured import ChannelPruningPlan, plan_channel_pruning
+from pellucid.pruning.unstructured import (
+    SparsityReport,
+    apply_masks_,
+    detach_pruned_,
+    magnitude_masks,
+    make_permanent_,
+    sparsity,
+)
+from pellucid.training import Callback, History, TrainState, evaluate, fit
+
+__all__ = [
+    "BNScaleL1",
+    "GroupLasso",
+    "PolynomialPruning",
+    "PruneResult",
+    "ReapplyMasks",
+    "polynomial_sparsity",
+    "prune_and_finetune",
+    "reapply_masks_",
+]
+
+
+def polynomial_sparsity(
+    step: int,
+    *,
+    final: float,
+    initial: float = 0.0,
+    begin_step: int = 0,
+    end_step: int,
+    power: int = 3,
+) -> float:
+    """Zhu & Gupta's sparsity at ``step``: ``s_f + (s_i - s_f) * (1 - progress) ** power``.
+
+    Example:
+        >>> polynomial_sparsity(100, final=0.9, begin_step=0, end_step=100)
+        0.9
+    """
+    if end_step <= begin_step:
+        return final if step >= begin_step else initial
+    progress = min(max((step - begin_step) / (end_step - begin_step), 0.0), 1.0)
+    return final + (initial - final) * (1.0 - progress) ** power
+
+
+def reapply_masks_(model: nn.Module) -> nn.Module:
+    """Zero ``weight_orig`` wherever ``weight_mask`` is 0 (keeps masked entries from drifting).
+
+    Example:
+        >>> from torch.nn.utils import prune
+        >>> net = prune.l1_unstructured(nn.Linear(4, 4), "weight", amount=0.5)
+        >>> int((reapply_masks_(net).weight_orig == 0).sum())
+        8
+    """
+    with torch.no_grad():
+        for module in model.modules():
+            for name, buf in module.named_buffers(recurse=False):
+                if name.endswith("_mask"):
+                    orig = getattr(module, name[: -len("_mask")] + "_orig", None)
+                    if orig is not None:
+                        orig.mul_(buf)
+    return model
+
+
+class ReapplyMasks(Callback):
+    """After every optimizer step, zero the masked entries of the original weights."""
+
+    def on_after_step(self, state: TrainState) -> None:
+        reapply_masks_(state.model)
+
+
+class PolynomialPruning(Callback):
+    """Gradual magnitude pruning on Zhu & Gupta's cubic schedule.
+
+    Every ``frequency`` steps between ``begin_step`` and ``end_step`` the sparsity target is
+    raised along :func:`polynomial_sparsity` and the smallest still-unpruned weights are
+    masked (pruned weights stay pruned); masks are re-applied after every step. The current
+    target is left in ``state.info["sparsity"]``.
+
+    Args:
+        final_sparsity: target in [0, 1) at ``end_step``.
+        initial_sparsity: target at ``begin_step``.
+        begin_step, end_step: the ramp (``end_step=None``: 3/4 of the training steps).
+        frequency: steps between pruning events.
+        scope, importance, layers: as :func:`pellucid.pruning.prune_magnitude_`.
+
+    Example:
+        >>> from pellucid.models import MLP
+        >>> from pellucid.training import fit
+        >>> net = MLP(4, 2)
+        >>> x, y = torch.randn(64, 4), torch.randint(0, 2, (64,))
+        >>> cb = PolynomialPruning(0.8, frequency=1)
+        >>> _ = fit(net, (x, y), epochs=4, batch_size=16, callbacks=[cb], progress=False)
+        >>> round(sparsity(net).overall, 2)
+        0.8
+    """
+
+    def __init__(
+        self,
+        final_sparsity: float,
+        *,
+        initial_sparsity: float = 0.0,
+        begin_step: int = 0,
+        end_step: int | None = None,
+        frequency: int = 10,
+        scope: str = "global",
+        importance: str = "l1",
+        layers: list[str] | None = None,
+    ) -> None:
+        self.final = check_float(
+            "final_sparsity", final_sparsity, min_value=0.0, max_value=1.0, max_inclusive=False
+        )
+        self.initial = check_float(
+            "initial_sparsity", initial_sparsity, min_value=0.0, max_value=self.final
+        )
+        self.begin_step = check_int("begin_step", begin_step, min_value=0)
+        self.end_step = (
+            None if end_step is None else check_int("end_step", end_step, min_value=self.begin_step)
+        )
+        self.frequency = check_int("frequency", frequency, min_value=1)
+        self.scope = check_choice("scope", scope, ("global", "layer"))
+        self.importance = importance
+        self.layers = layers
+        self._end = 0
+
+    def on_train_begin(self, state: TrainState) -> None:
+        self._end = (
+            self.end_step
+            if self.end_step is not None
+            else max(self.begin_step, int(0.75 * state.total_steps))
+        )
+
+    def _prune_to(self, model: nn.Module, target: float) -> None:
+        report = sparsity(model)
+        if self.layers is not None:
+            zeros = sum(
+                report.layers[n] * prunable_weights(model)[n].weight.numel() for n in self.layers
+            )
+            total = sum(prunable_weights(model)[n].weight.numel() for n in self.layers)
+            current = zeros / max(total, 1)
+        else:
+            current = report.overall
+        if target <= current:
+            return
+        amount = min((target - current) / (1.0 - current), 0.999999)
+        masks = magnitude_masks(
+            model, amount=amount, scope=self.scope, importance=self.importance, layers=self.layers
+        )
+        apply_masks_(model, masks)
+
+    def on_after_step(self, state: TrainState) -> None:
+        step = state.step
+        target = polynomial_sparsity(
+            step,
+            final=self.final,
+            initial=self.initial,
+            begin_step=self.begin_step,
+            end_step=self._end,
+        )
+        event = self.begin_step <= step <= self._end and (
+            (step - self.begin_step) % self.frequency == 0 or step == self._end
+        )
+        if event:
+            self._prune_to(state.model, target)
+        reapply_masks_(state.model)
+        state.info["sparsity"] = target
+
+    def on_train_end(self, state: TrainState) -> None:
+        self._prune_to(state.model, self.final)
+        reapply_masks_(state.model)
+
+
+class BNScaleL1(Callback):
+    """Network slimming: add ``strength * sum |gamma|`` over the BatchNorm layers to the loss.
+
+    Example:
+        >>> from pellucid.models import SmallCNN
+        >>> cb = BNScaleL1(1e-4)
+        >>> round(cb.extra_loss(TrainState(model=SmallCNN(), optimizer=None)).item(), 6)
+        0.0048
+    """
+
+    def __init__(self, strength: float = 1e-4) -> None:
+        self.strength = check_float("strength", strength, min_value=0.0)
+
+    def extra_loss(self, state: TrainState) -> torch.Tensor | None:
+        terms = [
+            m.weight.abs().sum()
+            for m in state.model.modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine
+        ]
+        return self.strength * torch.stack(terms).sum() if terms and self.strength else None
+
+
+class GroupLasso(Callback):
+    """Group lasso: ``strength * sum_units ||w_unit||_2`` over Linear/conv output units.
+
+    Args:
+        strength: the multiplier.
+        layers: module names (default: every Linear and convolution).
+
+    Example:
+        >>> net = nn.Linear(2, 2)
+        >>> _ = nn.init.ones_(net.weight)
+        >>> round(GroupLasso(1.0, layers=[""]).extra_loss(TrainState(net, None)).item(), 4)
+        2.8284
+    """
+
+    def __init__(self, strength: float = 1e-4, *, layers: list[str] | None = None) -> None:
+        self.strength = check_float("strength", strength, min_value=0.0)
+        self.layers = layers
+
+    def extra_loss(self, state: TrainState) -> torch.Tensor | None:
+        modules = prunable_weights(state.model)
+        names = list(modules) if self.layers is None else self.layers
+        terms = []
+        for name in names:
+            module = modules[name]
+            weight = getattr(module, "weight_orig", module.weight)
+            terms.append(weight.flatten(1).norm(dim=1).sum())
+        return self.strength * torch.stack(terms).sum() if terms and self.strength else None
+
+
+@dataclass
+class PruneResult:
+    """What :func:`prune_and_finetune` produced.
+
+    Attributes:
+        model: the pruned, fine-tuned copy (masks made permanent unless asked otherwise).
+        kind, amount: as requested.
+        plans: the channel plans of every round (structured).
+        history: one fit ``History`` per round.
+        sparsity: the final zero-weight report.
+        metrics: ``evaluate`` on the test split when the data had one.
+    """
+
+    model: nn.Module
+    kind: str
+    amount: float
+    plans: list[ChannelPruningPlan] = field(default_factory=list)
+    history: list[History] = field(default_factory=list)
+    sparsity: SparsityReport | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def prune_and_finetune(
+    model: nn.Module,
+    data: Any,
+    *,
+    kind: str,
+    amount: float,
+    epochs: int = 5,
+    schedule: str = "one_shot",
+    rounds: int = 3,
+    lr: float = 1e-3,
+    batch_size: int = 64,
+    scope: str = "global",
+    importance: str = "l2",
+    distill: bool = False,
+    temperature: float = 4.0,
+    example_inputs: torch.Tensor | None = None,
+    make_permanent: bool = True,
+    seed: int = 0,
+    loss: str = "cross_entropy",
+) -> PruneResult:
+    """Prune a copy of ``model`` and fine-tune it with ``pellucid.training.fit``.
+
+    Schedules: ``"one_shot"`` prunes once, then fine-tunes ``epochs`` epochs;
+    ``"iterative"`` runs ``rounds`` of prune-then-fine-tune (``epochs`` each), every round
+    removing ``1 - (1 - amount) ** (1 / rounds)`` of what is left; ``"gradual"``
+    (unstructured only) fine-tunes ``epochs`` epochs while :class:`PolynomialPruning` ramps
+    the sparsity up to ``amount`` over the first 70% of the steps. ``model`` is not changed.
+
+    Args:
+        model: the trained dense model.
+        data: a dataset (``.train``, and ``.test`` for the metrics) or an ``(X, y)`` pair.
+        kind: ``"unstructured"`` (weight masks) or ``"structured"`` (channels removed).
+        amount: final fraction of weights (unstructured) or channels (structured) removed.
+        schedule: ``"one_shot"``, ``"iterative"`` or ``"gradual"``.
+        rounds: prune/fine-tune rounds of the iterative schedule.
+        epochs, lr, batch_size, seed, loss: fine-tuning, per round.
+        scope: ``"global"`` or ``"layer"`` (unstructured).
+        importance: ``"l2"``/``"l1"``/``"random"`` (both kinds) or another criterion of
+            :func:`plan_channel_pruning` (structured).
+        distill: fine-tune with knowledge distillation from the dense model.
+        temperature: distillation temperature.
+        example_inputs: inputs for tracing (structured); default: two training rows.
+        make_permanent: fold unstructured masks into the weights at the end.
+
+    Example:
+        >>> from pellucid.models import MLP
+        >>> x, y = torch.randn(64, 4), torch.randint(0, 2, (64,))
+        >>> res = prune_and_finetune(MLP(4, 2), (x, y), kind="unstructured", amount=0.5, epochs=1)
+        >>> round(res.sparsity.overall, 2)
+        0.5
+    """
+    kind = check_choice("kind", kind, ("unstructured", "structured"))
+    amount = check_float("amount", amount, min_value=0.0, max_value=1.0, max_inclusive=False)
+    schedule = check_choice("schedule", schedule, ("one_shot", "iterative", "gradual"))
+    rounds = check_int("rounds", rounds, min_value=1) if schedule == "iterative" else 1
+    if schedule == "gradual" and kind == "structured":
+        raise ValueError(
+            "`schedule='gradual'` ramps weight sparsity and needs kind='unstructured'; use "
+            "schedule='iterative' for structured pruning."
+        )
+    check_int("epochs", epochs, min_value=1 if schedule == "gradual" else 0)
+    train = as_pair(data)
+    test = getattr(data, "test", None)
+    detach_pruned_(model)
+    student = copy.deepcopy(model)
+    teacher = copy.deepcopy(model).eval() if distill else None
+    example = example_inputs if example_inputs is not None else train[0][:2]
+    per_round = 1.0 - (1.0 - amount) ** (1.0 / rounds)
+    original: dict[str, int] = {}
+    result = PruneResult(model=student, kind=kind, amount=amount)
+    for r in range(rounds):
+        if schedule == "gradual":
+            steps = epochs * -(-train[0].shape[0] // batch_size)
+            callbacks: list[Callback] = [
+                PolynomialPruning(
+                    amount,
+                    end_step=max(0, int(0.7 * steps) - 1),
+                    frequency=max(1, steps // 40),
+                    scope=scope,
+                    importance=importance if importance in ("l1", "l2") else "l1",
+                )
+            ]
+        elif kind == "unstructured":
+            imp = importance if importance in ("l1", "l2", "random") else "l1"
+            apply_masks_(
+                student,
+                magnitude_masks(
+                    student,
+                    amount=per_round,
+                    scope=scope,
+                    importance=imp,
+                    generator=torch.Generator().manual_seed(seed + r),
+                ),
+            )
+            callbacks = [ReapplyMasks()]
+        else:
+            # every round keeps floor(C0 * (1 - amount) ** ((r + 1) / rounds)) channels of a
+            # group that had C0, so the last round lands exactly where one-shot would
+            current = plan_channel_pruning(student, example, amount=0.0)
+            if r == 0:
+                original = {g.leader: g.channels for g in current.groups}
+            fraction = (1.0 - amount) ** ((r + 1) / rounds)
+            counts = {
+                g.leader: g.channels - max(1, math.floor(original[g.leader] * fraction + 1e-9))
+                for g in current.groups
+                if g.frozen is None
+            }
+            plan = plan_channel_pruning(
+                student,
+                example,
+                amount=counts,
+                importance=importance,
+                data=train,
+                generator=torch.Generator().manual_seed(seed + r),
+            )
+            plan.apply_(student)
+            result.plans.append(plan)
+            callbacks = []
+        if teacher is not None:
+            callbacks.append(Distillation(teacher, temperature=temperature))
+        if epochs > 0:
+            result.history.append(
+                fit(
+                    student,
+                    train,
+                    epochs=epochs,
+                    lr=lr,
+                    batch_size=batch_size,
+                    seed=seed + r,
+                    callbacks=callbacks,
+                    loss=loss,
+                    progress=False,
+                )
+            )
+    if kind == "unstructured" and make_permanent:
+        make_permanent_(student)
+    student.eval()
+    result.sparsity = sparsity(student)
+    if isinstance(test, tuple):
+        result.metrics = evaluate(student, test)
+    return result

@@ -1,0 +1,414 @@
+"""Stage "interpretability": score every explanation method on every model variant.
+
+For each reference model and seed it builds the variants with the public APIs: the dense
+model (from the training stage), models trained with gradient clipping
+(``pellucid.clipping.GradientClipper``), and pruned + fine-tuned copies at several levels,
+unstructured and structured (``pellucid.pruning.prune_and_finetune``). Every method explains
+the same test examples (their true class); the explanations are scored with
+``pellucid.metrics`` (deletion/insertion AUC on probabilities, faithfulness correlation,
+sparseness, complexity, max-sensitivity, agreement with the dense model's explanation), a
+tree surrogate is fitted to each variant (fidelity vs sparsity), and the dense model gets
+the randomization check. Per-seed values are means over the examples; the findings stage
+turns them into sentences with confidence intervals.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from pellucid._registry import get_method, list_methods
+from pellucid.report.html import Figure, Paragraph, Section, Table, figure_png
+from pellucid.study.context import REFERENCE_MODELS, StudyContext, check_model_keys
+from pellucid.study.stages.base import Stage
+from pellucid.study.stats import mean_ci
+
+__all__ = ["CLIPPERS", "METHOD_KWARGS", "InterpretabilityStage"]
+
+#: Budgets of the sampling methods inside the study.
+METHOD_KWARGS: dict[str, dict[str, Any]] = {
+    "integrated_gradients": {"n_steps": 32},
+    "smoothgrad": {"n_samples": 16},
+    "expected_gradients": {"n_samples": 16},
+    "kernel_shap": {"n_samples": 256},
+    "lime": {"n_samples": 256},
+    "sampling_shapley": {"n_samples": 8},
+}
+
+#: Clipping variants: name -> transform factory.
+CLIPPERS: dict[str, Callable[[], Any]] = {
+    "global_norm": lambda: __import__("pellucid.clipping", fromlist=["x"]).clip_by_global_norm(1.0),
+    "agc": lambda: __import__("pellucid.clipping", fromlist=["x"]).adaptive_clip(0.01),
+    "autoclip": lambda: __import__("pellucid.clipping", fromlist=["x"]).AutoClip(10.0),
+    "zclip": lambda: __import__("pellucid.clipping", fromlist=["x"]).ZClip(),
+}
+
+METRICS = (
+    "deletion_auc",
+    "insertion_auc",
+    "faithfulness",
+    "sparseness",
+    "complexity",
+    "max_sensitivity",
+    "agreement",
+    "top_k_agreement",
+)
+
+
+def _probabilities(out: torch.Tensor) -> torch.Tensor:
+    return out.softmax(dim=-1)
+
+
+def _explainer(method: str, seed: int) -> Callable[..., torch.Tensor]:
+    """``explain(model, inputs, *, target)`` with the study's budget and a fixed seed."""
+    info = get_method(method)
+    kwargs = dict(METHOD_KWARGS.get(method, {}))
+
+    def explain(model: Any, inputs: torch.Tensor, *, target: Any = None) -> torch.Tensor:
+        extra = dict(kwargs)
+        if info.stochastic:
+            extra["generator"] = torch.Generator().manual_seed(seed)
+        return info.fn(model, inputs, target=target, **extra).attributions
+
+    explain.__name__ = method
+    return explain
+
+
+def _nanmean(t: torch.Tensor) -> float:
+    return float(t.double().nanmean())
+
+
+def _score(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    method: str,
+    dense_attr: torch.Tensor | None,
+    cfg: dict[str, Any],
+    seed: int,
+) -> tuple[dict[str, float], torch.Tensor]:
+    from pellucid import metrics
+
+    explain = _explainer(method, seed)
+    attr = explain(model, x, target=y)
+    gen = torch.Generator().manual_seed(seed)
+    kw: dict[str, Any] = {"target": y, "output": _probabilities}
+    out = {
+        "deletion_auc": _nanmean(metrics.deletion_auc(model, x, attr, **kw)),
+        "insertion_auc": _nanmean(metrics.insertion_auc(model, x, attr, **kw)),
+        "faithfulness": _nanmean(
+            metrics.faithfulness_correlation(
+                model, x, attr, n_samples=cfg["faithfulness_samples"], generator=gen, **kw
+            )
+        ),
+        "sparseness": _nanmean(metrics.sparseness(attr)),
+        "complexity": _nanmean(metrics.complexity(attr)),
+        "max_sensitivity": _nanmean(
+            metrics.max_sensitivity(
+                model,
+                x,
+                explain,
+                target=y,
+                radius=cfg["radius"],
+                n_samples=cfg["sensitivity_samples"],
+                generator=gen,
+            )
+        ),
+    }
+    if dense_attr is not None:
+        out["agreement"] = _nanmean(metrics.spearman(dense_attr, attr))
+        out["top_k_agreement"] = _nanmean(metrics.top_k_overlap(dense_attr, attr, k=0.2))
+    return out, attr
+
+
+def _train_clipped(ctx: StudyContext, key: str, seed: int, clip: str) -> nn.Module:
+    from pellucid.clipping import GradientClipper
+    from pellucid.training import fit
+
+    spec = REFERENCE_MODELS[key]
+    ds = ctx.dataset(spec.dataset, model=spec.model, seed=seed)
+    model = spec.build(ds, seed)
+    fit(
+        model,
+        ds.train,
+        epochs=spec.quick_epochs if ctx.quick else spec.epochs,
+        lr=spec.lr,
+        batch_size=spec.batch_size,
+        seed=seed,
+        loss="cross_entropy",
+        progress=False,
+        clipper=GradientClipper(CLIPPERS[clip]()),
+    )
+    return model.eval()
+
+
+def _variants(ctx: StudyContext, key: str, seed: int, cfg: dict[str, Any]):
+    """Yield ``(name, family, level, model, accuracy)`` for every variant of one model."""
+    from pellucid.pruning import prune_and_finetune
+    from pellucid.training import evaluate
+
+    spec = REFERENCE_MODELS[key]
+    dense, ds, record = ctx.trained(key, seed)
+    yield "dense", "dense", 0.0, dense, record["test"].get("accuracy", math.nan)
+    if key in cfg["clip_models"]:
+        for clip in cfg["clipping"]:
+            model = _train_clipped(ctx, key, seed, clip)
+            yield f"clip:{clip}", "clipped", 0.0, model, evaluate(model, ds.test)["accuracy"]
+    for kind in ("unstructured", "structured"):
+        for amount in cfg[kind]:
+            res = prune_and_finetune(
+                dense,
+                ds,
+                kind=kind,
+                amount=float(amount),
+                epochs=cfg["finetune_epochs"],
+                lr=spec.lr,
+                seed=seed,
+            )
+            yield (
+                f"{kind}:{amount:g}",
+                kind,
+                float(amount),
+                res.model.eval(),
+                res.metrics.get("accuracy", math.nan),
+            )
+
+
+def _methods(cfg: dict[str, Any], image: bool) -> list[str]:
+    known = set(list_methods())
+    kind = "image" if image else "tabular"
+    return [
+        m
+        for m in cfg["methods"]
+        if m in known and kind in get_method(m).input_kinds and not get_method(m).needs_layer
+    ]
+
+
+class InterpretabilityStage(Stage):
+    """Scores explanation methods on dense, clipped and pruned variants of the models."""
+
+    name = "interpretability"
+    title = "Explanation quality of dense, clipped and pruned models"
+    defaults = {
+        "models": ["breast_cancer/MLP", "digits/SmallCNN"],
+        "clip_models": ["breast_cancer/MLP"],
+        "methods": [
+            "saliency",
+            "input_x_gradient",
+            "integrated_gradients",
+            "smoothgrad",
+            "guided_backprop",
+            "deeplift",
+            "occlusion",
+        ],
+        "clipping": ["global_norm", "agc"],
+        "unstructured": [0.5, 0.8, 0.95],
+        "structured": [0.3, 0.6],
+        "finetune_epochs": 2,
+        "n_explain": 32,
+        "faithfulness_samples": 32,
+        "sensitivity_samples": 3,
+        "radius": 0.1,
+        "surrogate_depth": 4,
+        "randomization_examples": 16,
+    }
+    quick = {
+        "models": ["breast_cancer/MLP"],
+        "methods": ["saliency", "integrated_gradients", "occlusion"],
+        "clipping": ["global_norm"],
+        "unstructured": [0.8],
+        "structured": [0.5],
+        "finetune_epochs": 1,
+        "n_explain": 16,
+        "faithfulness_samples": 16,
+        "sensitivity_samples": 2,
+        "randomization_examples": 8,
+    }
+
+    def validate(self, cfg: dict[str, Any]) -> None:
+        from pellucid.study.config import ConfigError
+
+        check_model_keys("interpretability.models", cfg["models"])
+        check_model_keys("interpretability.clip_models", cfg["clip_models"])
+        for clip in cfg["clipping"]:
+            if clip not in CLIPPERS:
+                raise ConfigError(
+                    f"`interpretability.clipping` entries must be one of "
+                    f"{', '.join(CLIPPERS)}; got {clip!r}."
+                )
+        for kind in ("unstructured", "structured"):
+            if not all(0.0 < float(a) < 1.0 for a in cfg[kind]):
+                raise ConfigError(
+                    f"`interpretability.{kind}` levels must be in (0, 1); got {cfg[kind]!r}."
+                )
+        for method in cfg["methods"]:
+            if method not in list_methods():
+                raise ConfigError(
+                    f"`interpretability.methods` entries must be registered "
+                    f"methods ({', '.join(list_methods())}); got {method!r}."
+                )
+        if int(cfg["n_explain"]) < 2:
+            raise ConfigError("`interpretability.n_explain` must be >= 2.")
+
+    def run(self, ctx: StudyContext, cfg: dict[str, Any]) -> dict[str, Any]:
+        from pellucid.inspection import GlobalSurrogate
+        from pellucid.metrics import model_randomization_check
+        from pellucid.pruning.measure import count_nonzeros, count_parameters
+
+        start = time.perf_counter()
+        out: dict[str, Any] = {"models": {}, "errors": []}
+        for key in cfg["models"]:
+            spec = REFERENCE_MODELS[key]
+            entry: dict[str, Any] = {"variants": {}, "randomization": {}}
+            for seed in ctx.seeds:
+                dense, ds, _ = ctx.trained(key, seed)
+                x = ds.X_test[: cfg["n_explain"]]
+                y = ds.y_test[: cfg["n_explain"]]
+                methods = _methods(cfg, image=x.ndim > 2)
+                entry["methods"] = methods
+                dense_params = count_parameters(dense)
+                dense_attr: dict[str, torch.Tensor] = {}
+                for name, family, level, model, acc in _variants(ctx, key, seed, cfg):
+                    ctx.log(f"interpretability: {key} seed {seed} {name}")
+                    sparsity = 1.0 - count_nonzeros(model) / dense_params
+                    surrogate = GlobalSurrogate(
+                        model, kind="tree", max_depth=cfg["surrogate_depth"], random_state=seed
+                    ).fit(ds.X_train, validation=ds.X_test)
+                    run: dict[str, Any] = {
+                        "seed": seed,
+                        "sparsity": sparsity,
+                        "accuracy": acc,
+                        "fidelity": surrogate.fidelity_,
+                        "leaves": surrogate.complexity_["leaves"],
+                        "methods": {},
+                    }
+                    for method in methods:
+                        try:
+                            scores, attr = _score(
+                                model, x, y, method, dense_attr.get(method), cfg, seed
+                            )
+                        except (ValueError, TypeError, RuntimeError) as exc:
+                            out["errors"].append(f"{key} {name} {method}: {exc}")
+                            continue
+                        if name == "dense":
+                            dense_attr[method] = attr
+                        run["methods"][method] = scores
+                    variant = entry["variants"].setdefault(
+                        name, {"family": family, "level": level, "runs": []}
+                    )
+                    variant["runs"].append(run)
+                n_rand = min(cfg["randomization_examples"], x.shape[0])
+                for method in dense_attr:
+                    check = model_randomization_check(
+                        dense,
+                        x[:n_rand],
+                        _explainer(method, seed),
+                        target=y[:n_rand],
+                        generator=torch.Generator().manual_seed(seed),
+                    )
+                    entry["randomization"].setdefault(method, []).append(
+                        {
+                            "seed": seed,
+                            "layers": list(check.layers),
+                            "median": [float(c.nanmedian()) for c in check.correlations],
+                            "fraction_passed": check.fraction_passed,
+                        }
+                    )
+            entry["task"] = ds.task
+            entry["model"] = spec.model
+            out["models"][key] = entry
+        out["seconds"] = time.perf_counter() - start
+        return out
+
+    def report(self, ctx: StudyContext, cfg: dict[str, Any], result: dict[str, Any]) -> Section:
+        blocks: list[Any] = [
+            Paragraph(
+                "Each method explains the first test examples (their true class) of every model "
+                "variant. Deletion/insertion AUC use the target class probability with removed "
+                "features set to 0 (the training mean); faithfulness is the correlation of "
+                "Bhatt et al. (2020); max-sensitivity follows Yeh et al. (2019); agreement is the "
+                "Spearman correlation of |attributions| with the dense model's explanation. Values "
+                "are means over seeds with 95% confidence half-widths."
+            )
+        ]
+        for key, entry in result["models"].items():
+            rows = []
+            for name, variant in entry["variants"].items():
+                runs = variant["runs"]
+                for method in entry.get("methods", []):
+                    vals = [r["methods"][method] for r in runs if method in r["methods"]]
+                    if not vals:
+                        continue
+                    row: list[Any] = [name, method]
+                    for metric in (
+                        "faithfulness",
+                        "deletion_auc",
+                        "sparseness",
+                        "max_sensitivity",
+                        "agreement",
+                    ):
+                        mean, half = mean_ci([v.get(metric, math.nan) for v in vals])
+                        row.append(_pm(mean, half))
+                    rows.append(row)
+            blocks.append(
+                Table(
+                    [
+                        "variant",
+                        "method",
+                        "faithfulness ↑",
+                        "deletion AUC ↓",
+                        "sparseness",
+                        "max-sensitivity ↓",
+                        "agreement w/ dense",
+                    ],
+                    rows,
+                    caption=f"{key}: explanation quality per variant",
+                )
+            )
+            if entry["randomization"]:
+                blocks.append(
+                    Figure(
+                        _randomization_png(key, entry),
+                        f"{key}: cascading randomization check (dense model).",
+                    )
+                )
+        if result.get("errors"):
+            blocks.append(
+                Paragraph("Not scored: " + "; ".join(result["errors"][:8]), kind="warning")
+            )
+        return Section(self.title, blocks)
+
+
+def _pm(mean: float, half: float) -> str:
+    if math.isnan(mean):
+        return "–"
+    return f"{mean:.3g}" if math.isnan(half) else f"{mean:.3g} ± {half:.2g}"
+
+
+def _randomization_png(key: str, entry: dict[str, Any]) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 3.6))
+    for method, runs in entry["randomization"].items():
+        curves = torch.tensor([r["median"] for r in runs], dtype=torch.float64)
+        ax.plot(
+            range(curves.shape[1] + 1), [1.0, *curves.nanmean(0).tolist()], marker="o", label=method
+        )
+    layers = next(iter(entry["randomization"].values()))[0]["layers"]
+    ax.set_xticks(range(len(layers) + 1))
+    ax.set_xticklabels(["none", *layers], rotation=45, ha="right", fontsize=7)
+    ax.axhline(0.5, color="crimson", ls="--", lw=1)
+    ax.set(
+        xlabel="randomized up to layer (output first)", ylabel="Spearman with original", title=key
+    )
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return figure_png(fig)

@@ -1,0 +1,134 @@
+"""Attention maps and rollout: captured weights equal a manual computation, model untouched."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from pellucid import attention, attention_maps, attention_rollout
+from pellucid.models import TinyTransformer
+
+D = torch.float64
+
+
+def _net(n_layers: int = 2, **kw) -> TinyTransformer:
+    torch.manual_seed(0)
+    return TinyTransformer(3, 2, d_model=8, n_heads=2, n_layers=n_layers, **kw).to(D).eval()
+
+
+def _manual_weights(block, h: torch.Tensor) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d)) per head, from the layer's own projection weights."""
+    attn = block.attn
+    z = block.norm1(h)
+    q, k, _ = nn.functional.linear(z, attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)
+    n, t, d = q.shape
+    heads = attn.num_heads
+    q = q.view(n, t, heads, d // heads).transpose(1, 2)
+    k = k.view(n, t, heads, d // heads).transpose(1, 2)
+    return torch.softmax(q @ k.transpose(-1, -2) / (d // heads) ** 0.5, dim=-1)
+
+
+def test_captured_weights_equal_manual_computation_and_outputs_unchanged():
+    net = _net()
+    x = torch.randn(4, 5, 3, dtype=D)
+    with torch.no_grad():
+        before = net(x)
+        maps = attention_maps(net, x)
+        h = net.embedding(x) + net.position[:, :5]
+        expected = []
+        for block in net.blocks:
+            expected.append(_manual_weights(block, h))
+            h = block(h)
+    assert maps.weights.shape == (2, 4, 2, 5, 5)
+    assert maps.layers == ["blocks.0.attn", "blocks.1.attn"]
+    torch.testing.assert_close(maps.weights, torch.stack(expected))
+    torch.testing.assert_close(maps.outputs, before)
+    with torch.no_grad():
+        torch.testing.assert_close(net(x), before, rtol=0, atol=0)
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in net.modules())
+
+
+def test_caller_still_gets_what_it_asked_for():
+    torch.manual_seed(1)
+    mha = nn.MultiheadAttention(4, 2, batch_first=True).to(D)
+
+    class Wants(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.mha = mha
+            self.seen = None
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            out, weights = self.mha(x, x, x)  # default: head-averaged weights
+            self.seen = weights
+            return out.mean(1)
+
+    model = Wants().eval()
+    x = torch.randn(2, 3, 4, dtype=D)
+    maps = attention_maps(model, x)
+    torch.testing.assert_close(model.seen, maps.weights[0].mean(1))
+
+
+def test_attention_scores_and_layers():
+    net = _net()
+    x = torch.randn(3, 5, 3, dtype=D)
+    e = attention(net, x, layer=0, head_fusion="max")
+    w = e.extras["weights"][0].amax(1).mean(1)  # (N, S)
+    torch.testing.assert_close(e.attributions, w.unsqueeze(-1).expand(3, 5, 3))
+    assert e.attributions.dtype == D and e.params["layer"] == 0
+
+
+def test_rollout_recurrence_and_single_layer():
+    net = _net()
+    x = torch.randn(3, 5, 3, dtype=D)
+    e = attention_rollout(net, x)
+    a = e.extras["weights"] if "weights" in e.extras else attention_maps(net, x).weights
+    eye = torch.eye(5, dtype=D)
+    steps = [(0.5 * layer.mean(1) + 0.5 * eye) for layer in a]
+    torch.testing.assert_close(e.extras["rollout"], steps[1] @ steps[0])
+    torch.testing.assert_close(e.extras["rollout"].sum(-1), torch.ones(3, 5, dtype=D))
+    torch.testing.assert_close(e.attributions[..., 0], (steps[1] @ steps[0]).mean(1))
+    one = _net(n_layers=1)
+    raw = attention_rollout(one, x, residual=False, query=2)
+    torch.testing.assert_close(
+        raw.attributions[..., 0], attention_maps(one, x).weights[0].mean(1)[:, 2]
+    )
+
+
+def test_token_ids_and_target_validation():
+    net = _net(vocab_size=11)
+    ids = torch.randint(0, 11, (3, 6))
+    e = attention_rollout(net, ids, target=1)
+    assert e.attributions.shape == (3, 6) and e.attributions.dtype == torch.float32
+    assert torch.equal(e.target, torch.ones(3, dtype=torch.long))
+    with pytest.raises(ValueError, match="target"):
+        attention(net, ids, target=7)
+
+
+def test_no_attention_layer_and_other_bad_input():
+    with pytest.raises(ValueError, match="has no nn.MultiheadAttention layer"):
+        attention(nn.Sequential(nn.Linear(3, 2)), torch.randn(2, 4, 3))
+    with pytest.raises(TypeError, match="must be an nn.Module"):
+        attention_rollout(lambda x: x, torch.randn(2, 4, 3))
+    net = _net()
+    x = torch.randn(2, 5, 3, dtype=D)
+    with pytest.raises(ValueError, match="`layer` must be an integer <= 1"):
+        attention(net, x, layer=2)
+    with pytest.raises(ValueError, match="`head_fusion` must be one of"):
+        attention_rollout(net, x, head_fusion="median")
+    with pytest.raises(ValueError, match="`query` must be an integer <= 4"):
+        attention_rollout(net, x, query=5)
+
+
+def test_heatmap_plot():
+    from pellucid.plot.attention import attention_heatmap
+
+    net = _net()
+    x = torch.randn(2, 5, 3, dtype=D)
+    ax = attention_heatmap(attention(net, x), layer=1, head=0, tokens=list("abcde"))
+    assert ax.get_title() == "layer 1, head 0"
+    ax = attention_heatmap(attention_rollout(net, x), example=1)
+    assert ax.get_title() == "rollout"
+    with pytest.raises(TypeError, match="2-D tensor, AttentionMaps"):
+        attention_heatmap("nope")

@@ -1,0 +1,299 @@
+"""Structured pruning: the physically pruned model equals the masked original; peers agree."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from pellucid.models import MLP, SmallCNN, TinyResNet, TinyTransformer
+from pellucid.pruning import make_permanent_, plan_channel_pruning, prune_magnitude_
+
+
+def _randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            with torch.no_grad():
+                m.weight.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
+                m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.1)
+                m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g) * 0.1)
+                m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
+    return model
+
+
+def _masked_reference(model: nn.Module, plan, x: torch.Tensor) -> torch.Tensor:
+    """The original model with the removed units' outputs forced to zero."""
+    modules = dict(model.named_modules())
+    handles = []
+    for name, removed in plan.removed_outputs().items():
+        module = modules[name]
+        last = isinstance(module, nn.Linear | nn.LayerNorm)
+
+        def zero(mod, args, out, removed=removed, last=last):
+            out = out.clone()
+            if last:
+                out[..., removed] = 0
+            else:
+                out[:, removed] = 0
+            return out
+
+        handles.append(module.register_forward_hook(zero))
+    try:
+        with torch.no_grad():
+            return model(x)
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _check_equivalence(model: nn.Module, x: torch.Tensor, **kwargs) -> nn.Module:
+    model = model.double().eval()
+    x = x.double()
+    original_out = model(x)
+    plan = plan_channel_pruning(model, x[:1], **kwargs)
+    expected = _masked_reference(model, plan, x)
+    pruned = plan.apply_(copy.deepcopy(model))
+    with torch.no_grad():
+        out = pruned(x)
+    assert out.shape == original_out.shape
+    # float64 end to end: only summation order differs, far below 1e-5
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-5)
+    assert sum(p.numel() for p in pruned.parameters()) == plan.params_after
+    assert plan.params_after < plan.params_before
+    return pruned
+
+
+def test_tiny_resnet_residual_adds_equal_masked_original():
+    torch.manual_seed(0)
+    model = _randomize_bn(TinyResNet(in_channels=3, width=8, n_blocks=3))
+    pruned = _check_equivalence(model, torch.randn(4, 3, 8, 8), amount=0.5)
+    # both sides of every residual addition shrank together
+    assert pruned.stem[0].out_channels == 4 == pruned.layers[0].conv2.out_channels
+    assert pruned.layers[1].shortcut[0].out_channels == pruned.layers[1].conv2.out_channels == 8
+    assert pruned.fc.out_features == 10
+
+
+class ConcatNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(2, 6, 3, padding=1)
+        self.b = nn.Conv2d(2, 4, 1)
+        self.bn = nn.BatchNorm2d(10)
+        self.dw = nn.Conv2d(10, 10, 3, padding=1, groups=10)
+        self.c = nn.Conv2d(10, 8, 1)
+        self.d = nn.Conv2d(8, 8, 3, padding=1, groups=2)
+        self.head = nn.Linear(8 * 16, 5)
+
+    def forward(self, x):
+        h = torch.cat([torch.relu(self.a(x)), self.b(x)], dim=1)
+        h = self.dw(torch.relu(self.bn(h)))
+        h = torch.relu(self.c(torch.relu(h) * 1.0))
+        return self.head(torch.flatten(torch.relu(self.d(h)), 1))
+
+
+def test_concat_depthwise_grouped_equal_masked_original():
+    torch.manual_seed(1)
+    model = _randomize_bn(ConcatNet())
+    pruned = _check_equivalence(model, torch.randn(3, 2, 4, 4), amount=0.5)
+    assert (pruned.a.out_channels, pruned.b.out_channels) == (3, 2)
+    assert pruned.bn.num_features == 5 == pruned.dw.groups
+    # the grouped conv's input stays (its groups need every input); its output is pruned
+    # evenly per group
+    assert pruned.c.out_channels == 8 and pruned.c.in_channels == 5
+    assert pruned.d.groups == 2 and pruned.d.out_channels == 4
+    assert pruned.head.in_features == 4 * 16
+
+
+class LayerNormMLP(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(5, 12)
+        self.norm = nn.LayerNorm(12)
+        self.fc2 = nn.Linear(12, 7)
+        self.fc3 = nn.Linear(7, 3)
+
+    def forward(self, x):
+        h = self.norm(self.fc1(x))
+        return self.fc3(torch.relu(self.fc2(torch.relu(h))) + torch.relu(self.fc2(h)) * 0)
+
+
+def test_layernorm_linear_chain():
+    torch.manual_seed(2)
+    with pytest.raises(ValueError, match="called more than once"):
+        plan_channel_pruning(LayerNormMLP(), torch.randn(2, 5), amount=0.5)
+    model = nn.Sequential(nn.Linear(5, 12), nn.LayerNorm(12), nn.GELU(), nn.Linear(12, 3))
+    plan = plan_channel_pruning(model, torch.randn(2, 5), amount=0.25)
+    plan.apply_(model)
+    assert model[1].normalized_shape == (9,) and model[3].in_features == 9
+    assert model(torch.randn(4, 5)).shape == (4, 3)
+
+
+def test_transformer_prunes_mlp_hidden_and_keeps_residual_stream():
+    model = TinyTransformer(5, 3).eval()
+    x = torch.randn(2, 7, 5)
+    plan = plan_channel_pruning(model, x, amount=0.5)
+    text = str(plan)
+    assert "position" in text
+    plan.apply_(model)
+    assert model.blocks[0].mlp[0].out_features == 32 and model.embedding.out_features == 32
+    assert model(x).shape == (2, 3)
+
+
+@pytest.mark.peer
+@pytest.mark.parametrize("ratio", [0.25, 0.5])
+def test_kept_channels_equal_torch_pruning_magnitude(ratio):
+    tp = pytest.importorskip("torch_pruning")
+    torch.manual_seed(3)
+    net = _randomize_bn(SmallCNN(channels=(12, 20))).eval()
+    x = torch.randn(1, 1, 8, 8)
+    ours, peer = copy.deepcopy(net), copy.deepcopy(net)
+    plan_channel_pruning(ours, x, amount=ratio, importance="l2").apply_(ours)
+    tp.pruner.MagnitudePruner(
+        peer,
+        x,
+        importance=tp.importance.MagnitudeImportance(p=2),
+        pruning_ratio=ratio,
+        ignored_layers=[peer.classifier[3]],
+    ).step()
+    ours_sd, peer_sd = ours.state_dict(), peer.state_dict()
+    assert ours_sd.keys() == peer_sd.keys()
+    for key in ours_sd:
+        assert torch.equal(ours_sd[key], peer_sd[key]), key
+
+
+@pytest.mark.peer
+def test_tiny_resnet_matches_torch_pruning():
+    tp = pytest.importorskip("torch_pruning")
+    torch.manual_seed(4)
+    net = _randomize_bn(TinyResNet(width=8)).eval()
+    x = torch.randn(1, 1, 8, 8)
+    ours, peer = copy.deepcopy(net), copy.deepcopy(net)
+    plan_channel_pruning(ours, x, amount=0.5).apply_(ours)
+    tp.pruner.MagnitudePruner(
+        peer,
+        x,
+        importance=tp.importance.MagnitudeImportance(p=2),
+        pruning_ratio=0.5,
+        ignored_layers=[peer.fc],
+    ).step()
+    for (k, a), b in zip(ours.state_dict().items(), peer.state_dict().values(), strict=True):
+        assert torch.equal(a, b), k
+
+
+def test_ignore_round_to_per_layer_amount_and_printing():
+    model = MLP(6, 2, hidden=(16, 16, 10))
+    x = torch.randn(1, 6)
+    plan = plan_channel_pruning(model, x, amount=0.5, ignore=["net.2"], round_to=3)
+    widths = {
+        name: int(keep.numel())
+        for name, (keep, _) in ((n, plan.kept(n)) for n in ("net.0", "net.4"))
+        if keep is not None
+    }
+    assert widths == {"net.0": 6, "net.4": 3}
+    assert plan.kept("net.2")[0] is None and plan.kept("net.2")[1].numel() == 6
+    assert "ignored" in str(plan)
+    plan = plan_channel_pruning(model, x, amount={"net.4": 4})
+    assert plan.kept("net.4")[0].numel() == 6 and plan.kept("net.0") == (None, None)
+
+
+def test_importance_criteria_run():
+    model = _randomize_bn(SmallCNN()).eval()
+    x = torch.randn(16, 1, 8, 8)
+    data = (x, torch.randint(0, 10, (16,)))
+    keeps = {}
+    for crit in ("l1", "l2", "bn_scale", "random", "taylor", "activation"):
+        plan = plan_channel_pruning(
+            model,
+            x[:1],
+            amount=0.5,
+            importance=crit,
+            data=data,
+            generator=torch.Generator().manual_seed(0),
+        )
+        keeps[crit] = plan.kept("features.0")[0]
+        assert keeps[crit].numel() == 8
+    bn = model.features[1].weight.detach()
+    assert torch.equal(keeps["bn_scale"], torch.sort(torch.topk(bn, 8).indices).values)
+    custom = {"features.0": torch.arange(16.0)}
+    plan = plan_channel_pruning(model, x[:1], amount=0.5, importance=custom)
+    assert plan.kept("features.0")[0].tolist() == list(range(8, 16))
+
+
+class Untraceable(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x):
+        if x.sum() > 0:
+            return self.fc(x)
+        return x
+
+
+class Unsupported(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 6)
+        self.gn = nn.GroupNorm(2, 6)
+        self.out = nn.Linear(6, 2)
+
+    def forward(self, x):
+        return self.out(self.gn(self.fc(x)))
+
+
+def _state(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize(
+    ("model", "kwargs", "error", "match"),
+    [
+        (SmallCNN(), {"amount": 1.0}, ValueError, r"`amount` must be < 1.0"),
+        (SmallCNN(), {"amount": 16}, ValueError, r"remove every unit of layer 'features.0'"),
+        (SmallCNN(), {"amount": 0.5, "ignore": ["features.9"]}, ValueError, r"Did you mean"),
+        (SmallCNN(), {"amount": 0.5, "importance": "taylor"}, ValueError, r"needs `data="),
+        (SmallCNN(), {"amount": {"nope": 0.5}}, ValueError, r"`amount` keys must name"),
+        (Untraceable(), {"amount": 0.5}, ValueError, r"cannot be traced by torch.fx at .*py:\d+"),
+        (Unsupported(), {"amount": 0.5}, ValueError, r"node 'gn' \(GroupNorm\).*ignore=.*'fc'"),
+    ],
+)
+def test_bad_input_leaves_model_untouched(model, kwargs, error, match):
+    x = torch.randn(1, 1, 8, 8) if isinstance(model, SmallCNN) else torch.randn(1, 4)
+    before = _state(model)
+    with pytest.raises(error, match=match):
+        plan_channel_pruning(model, x, **kwargs)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+def test_unsupported_node_can_be_ignored():
+    model = Unsupported()
+    plan_channel_pruning(model, torch.randn(1, 4), amount=0.5, ignore=["fc"]).apply_(model)
+    assert model.fc.out_features == 6
+
+
+def test_plan_on_another_model_or_masked_model_is_refused_untouched():
+    model = SmallCNN()
+    plan = plan_channel_pruning(model, torch.randn(1, 1, 8, 8), amount=0.5)
+    other = SmallCNN(channels=(16, 24))
+    before = _state(other)
+    with pytest.raises(ValueError, match="does not fit `model`.*features.3"):
+        plan.apply_(other)
+    assert all(torch.equal(v, before[k]) for k, v in other.state_dict().items())
+    assert other.features[0].out_channels == 16
+    masked = prune_magnitude_(SmallCNN(), amount=0.5)
+    with pytest.raises(ValueError, match="make_permanent_"):
+        plan.apply_(masked)
+    with pytest.raises(ValueError, match="make_permanent_"):
+        plan_channel_pruning(masked, torch.randn(1, 1, 8, 8), amount=0.5)
+    plan_channel_pruning(make_permanent_(masked), torch.randn(1, 1, 8, 8), amount=0.5)
+
+
+def test_planning_does_not_change_model_state():
+    model = SmallCNN().train()
+    before = _state(model)
+    plan_channel_pruning(model, torch.randn(2, 1, 8, 8), amount=0.5)
+    assert model.training and all(m.training for m in model.modules())
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
