@@ -1,6 +1,6 @@
 """Clipping and monitoring cost: pellucid vs torch / a plain loop, same work, one process.
 
-Prints, per case, the median time per call of each side (interleaved repeats), the ratio
+Prints, per case, the best time per call of each side (interleaved repeats), the ratio
 to the peer and to a compute floor (one norm + one scale over the same numbers, already
 flattened into one tensor).
 
@@ -16,7 +16,6 @@ Run: ``PYTHONPATH=src python benchmarks/bench_clipping.py [--quick]``
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 from collections.abc import Callable
 
@@ -30,17 +29,23 @@ from pellucid.training import TrainState
 
 
 def bench(fns: dict[str, Callable[[], object]], *, repeat: int, number: int) -> dict[str, float]:
-    """Median seconds per call of each function, the functions interleaved per repeat."""
+    """Best (minimum) seconds per call of each function over ``repeat`` interleaved rounds.
+
+    The minimum is the least disturbed by other processes sharing the CPU (timeit's advice).
+    """
     for f in fns.values():
         f()  # warm-up
     times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(repeat):
-        for name, f in fns.items():
+    names = list(fns)
+    for r in range(repeat):
+        # rotate the order each round so no side always runs on a cache warmed by another
+        for name in names[r % len(names):] + names[: r % len(names)]:
+            f = fns[name]
             start = time.perf_counter()
             for _ in range(number):
                 f()
             times[name].append((time.perf_counter() - start) / number)
-    return {k: statistics.median(v) for k, v in times.items()}
+    return {k: min(v) for k, v in times.items()}
 
 
 def _with_grads(model: torch.nn.Module) -> list[torch.nn.Parameter]:
@@ -154,7 +159,8 @@ def main() -> None:
     torch.manual_seed(0)
     torch.set_num_threads(1)
     r = 5 if args.quick else 31
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), median of {r} repeats")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), best of {r} interleaved "
+          "repeats")
     case_global_norm(r, 20 if args.quick else 200)
     case_agc(r, 10 if args.quick else 100)
     case_monitor(r, 3 if args.quick else 20)

@@ -28,13 +28,17 @@ from pellucid.models import MLP, SmallCNN, TinyResNet
 warnings.filterwarnings("ignore")
 
 
-def best_time(fn: Callable[[], Any], repeats: int) -> float:
-    fn()  # warm-up
-    best = float("inf")
+def best_times(fns: list[Callable[[], Any]], repeats: int) -> list[float]:
+    """Best-of-``repeats`` time of each function, runs interleaved so that load from other
+    processes on a shared machine hits all of them alike."""
+    for fn in fns:
+        fn()  # warm-up
+    best = [float("inf")] * len(fns)
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
+        for i, fn in enumerate(fns):
+            start = time.perf_counter()
+            fn()
+            best[i] = min(best[i], time.perf_counter() - start)
     return best
 
 
@@ -63,40 +67,77 @@ def cases(model: nn.Module, x: torch.Tensor, layer: nn.Module | None) -> list[tu
     )
 
     n, t = x.shape[0], 1
-    std = 0.15 * float((x.max() - x.min()))
-    noise = 0.15 * float((x.max() - x.min())) / float(
-        (x.flatten(1).max(1).values - x.flatten(1).min(1).values).mean()
+    std = 0.15 * float(x.max() - x.min())
+    noise = (
+        0.15
+        * float(x.max() - x.min())
+        / float((x.flatten(1).max(1).values - x.flatten(1).min(1).values).mean())
     )
     out = [
-        ("saliency", n, lambda: pellucid.saliency(model, x, target=t),
-         lambda: Saliency(model).attribute(x, target=t)),
-        ("input_x_gradient", n, lambda: pellucid.input_x_gradient(model, x, target=t),
-         lambda: InputXGradient(model).attribute(x, target=t)),
+        (
+            "saliency",
+            n,
+            lambda: pellucid.saliency(model, x, target=t),
+            lambda: Saliency(model).attribute(x, target=t),
+        ),
+        (
+            "input_x_gradient",
+            n,
+            lambda: pellucid.input_x_gradient(model, x, target=t),
+            lambda: InputXGradient(model).attribute(x, target=t),
+        ),
     ]
     for method in ("gausslegendre", "riemann_trapezoid"):
-        out.append((
-            f"ig-50 {method}", 50 * n,
-            lambda m=method: pellucid.integrated_gradients(model, x, target=t, n_steps=50,
-                                                           method=m),
-            lambda m=method: IntegratedGradients(model).attribute(x, target=t, n_steps=50,
-                                                                  method=m),
-        ))
-    out.append((
-        "smoothgrad-20", 20 * n,
-        lambda: pellucid.smoothgrad(model, x, target=t, n_samples=20, noise=noise,
-                                    generator=torch.Generator().manual_seed(0)),
-        lambda: NoiseTunnel(Saliency(model)).attribute(x, target=t, nt_type="smoothgrad",
-                                                       nt_samples=20, stdevs=std),
-    ))
+        out.append(
+            (
+                f"ig-50 {method}",
+                50 * n,
+                lambda m=method: pellucid.integrated_gradients(
+                    model, x, target=t, n_steps=50, method=m
+                ),
+                lambda m=method: IntegratedGradients(model).attribute(
+                    x, target=t, n_steps=50, method=m
+                ),
+            )
+        )
+    out.append(
+        (
+            "smoothgrad-20",
+            20 * n,
+            lambda: pellucid.smoothgrad(
+                model,
+                x,
+                target=t,
+                n_samples=20,
+                noise=noise,
+                generator=torch.Generator().manual_seed(0),
+            ),
+            lambda: NoiseTunnel(Saliency(model)).attribute(
+                x, target=t, nt_type="smoothgrad", nt_samples=20, stdevs=std
+            ),
+        )
+    )
     if layer is not None:
-        out.append((
-            "grad_cam", n, lambda: pellucid.grad_cam(model, x, target=t, layer=layer),
-            lambda: LayerAttribution.interpolate(
-                LayerGradCam(model, layer).attribute(x, target=t, relu_attributions=True),
-                x.shape[2:], "bilinear"),
-        ))
-    out.append(("deeplift", 2 * n, lambda: pellucid.deeplift(model, x, target=t),
-                lambda: DeepLift(model).attribute(x, target=t)))
+        out.append(
+            (
+                "grad_cam",
+                n,
+                lambda: pellucid.grad_cam(model, x, target=t, layer=layer),
+                lambda: LayerAttribution.interpolate(
+                    LayerGradCam(model, layer).attribute(x, target=t, relu_attributions=True),
+                    x.shape[2:],
+                    "bilinear",
+                ),
+            )
+        )
+    out.append(
+        (
+            "deeplift",
+            2 * n,
+            lambda: pellucid.deeplift(model, x, target=t),
+            lambda: DeepLift(model).attribute(x, target=t),
+        )
+    )
     return out
 
 
@@ -104,8 +145,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="one repeat, small CNN only")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads (1 by default: stable timings on a shared machine)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (1 by default: stable timings on a shared machine)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     repeats = 1 if args.quick else args.repeats
@@ -114,26 +159,35 @@ def main() -> None:
 
     models = [
         ("SmallCNN 1x8x8, batch 32", SmallCNN().eval(), torch.randn(32, 1, 8, 8), "features.3"),
-        ("TinyResNet 3x32x32, batch 16", TinyResNet(in_channels=3).eval(),
-         torch.randn(16, 3, 32, 32), "layers.1"),
+        (
+            "TinyResNet 3x32x32, batch 16",
+            TinyResNet(in_channels=3).eval(),
+            torch.randn(16, 3, 32, 32),
+            "layers.1",
+        ),
         ("MLP 30 features, batch 32", MLP(30, 2).eval(), torch.randn(32, 30), None),
     ]
     if args.quick:
         models = models[:1]
-    print(f"torch {torch.__version__}, captum {captum.__version__}, "
-          f"{torch.get_num_threads()} threads, best of {repeats}")
+    print(
+        f"torch {torch.__version__}, captum {captum.__version__}, "
+        f"{torch.get_num_threads()} threads, best of {repeats}"
+    )
     for title, model, x, layer_name in models:
         layer = dict(model.named_modules())[layer_name] if layer_name else None
         print(f"\n{title}")
-        print(f"{'method':<26}{'ms/ex ours':>11}{'ms/ex captum':>13}{'speed-up':>10}"
-              f"{'vs floor':>10}")
+        print(
+            f"{'method':<26}{'ms/ex ours':>11}{'ms/ex captum':>13}{'speed-up':>10}{'vs floor':>10}"
+        )
         for name, rows, ours, theirs in cases(model, x, layer):
-            t_ours = best_time(ours, repeats)
-            t_theirs = best_time(theirs, repeats)
-            t_floor = best_time(floor_fn(model, x, rows, 1), repeats)
+            t_ours, t_theirs, t_floor = best_times(
+                [ours, theirs, floor_fn(model, x, rows, 1)], repeats
+            )
             n = x.shape[0]
-            print(f"{name:<26}{1e3 * t_ours / n:11.3f}{1e3 * t_theirs / n:13.3f}"
-                  f"{t_theirs / t_ours:9.2f}x{t_ours / t_floor:9.2f}x")
+            print(
+                f"{name:<26}{1e3 * t_ours / n:11.3f}{1e3 * t_theirs / n:13.3f}"
+                f"{t_theirs / t_ours:9.2f}x{t_ours / t_floor:9.2f}x"
+            )
 
 
 if __name__ == "__main__":

@@ -83,8 +83,12 @@ def _hook_counts(model: nn.Module) -> list[int]:
     return [
         len(getattr(m, attr))
         for m in model.modules()
-        for attr in ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks",
-                     "_backward_pre_hooks")
+        for attr in (
+            "_forward_hooks",
+            "_forward_pre_hooks",
+            "_backward_hooks",
+            "_backward_pre_hooks",
+        )
     ]
 
 
@@ -110,8 +114,9 @@ def test_batch_invariance(info):
         pytest.skip("stochastic methods draw noise for the whole batch; see determinism")
     model, x, layer = _setup(info)
     whole = _explain(info, model, x, layer).attributions
-    rows = torch.cat([_explain(info, model, x[i : i + 1], layer).attributions
-                      for i in range(x.shape[0])])
+    rows = torch.cat(
+        [_explain(info, model, x[i : i + 1], layer).attributions for i in range(x.shape[0])]
+    )
     # float64 throughout: only summation order differs between a batch and single rows.
     torch.testing.assert_close(whole, rows, rtol=1e-7, atol=1e-9)
 
@@ -203,7 +208,7 @@ def test_no_side_effects_when_the_model_fails_midway(info):
     wrapped = _FailsLater(model).eval()
     _dirty(wrapped)
     before = _snapshot(wrapped)
-    with pytest.raises(Exception):  # noqa: B017 (whatever the method lets through)
+    with pytest.raises(Exception):
         _explain(info, wrapped, x, "inner." + layer)
     _assert_untouched(wrapped, before)
 
@@ -213,8 +218,7 @@ def test_training_mode_warns(info):
     if not has_mode_dependent_layers(model):
         pytest.skip("this input kind's reference model has no dropout or batch norm")
     model.train()
-    with pytest.warns(pellucid.PellucidWarning, match="training mode"), \
-            warnings.catch_warnings():
+    with pytest.warns(pellucid.PellucidWarning, match="training mode"), warnings.catch_warnings():
         warnings.simplefilter("default")
         try:
             _explain(info, model, x, layer)

@@ -32,8 +32,13 @@ class _Cnn(nn.Module):
     def __init__(self, pool: nn.Module, bias: bool = True) -> None:
         super().__init__()
         self.f = nn.Sequential(
-            nn.Conv2d(1, 4, 3, padding=1, bias=bias), nn.BatchNorm2d(4), nn.ReLU(), pool,
-            nn.Conv2d(4, 6, 3, bias=bias), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+            nn.Conv2d(1, 4, 3, padding=1, bias=bias),
+            nn.BatchNorm2d(4),
+            nn.ReLU(),
+            pool,
+            nn.Conv2d(4, 6, 3, bias=bias),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1),
         )
         self.h = nn.Sequential(nn.Linear(6, 8, bias=bias), nn.ReLU(), nn.Linear(8, 3, bias=bias))
 
@@ -115,8 +120,9 @@ def test_lrp_alpha_beta_closed_form_on_one_layer():
 
 def test_lrp_composite_by_layer_type_and_batch_norm():
     net, x = _cnn(), _images()
-    e = lrp(net, x, target=1, composite={"conv": "gamma", nn.Linear: "epsilon",
-                                         "batch_norm": "zero"})
+    e = lrp(
+        net, x, target=1, composite={"conv": "gamma", nn.Linear: "epsilon", "batch_norm": "zero"}
+    )
     rules = e.extras["rules"]
     assert rules["f.0: conv2d"] == "gamma(0.25)"
     assert rules["h.0: linear"] == "epsilon(1e-06)"
@@ -231,8 +237,10 @@ def test_unsupported_operations_are_refused_by_name_and_leave_the_model_untouche
 def test_batch_norm_in_training_mode_is_refused():
     net, x = _cnn(), _images()
     net.train()
-    with pytest.warns(UserWarning, match="training mode"), \
-            pytest.raises(UnsupportedOperationError, match="batch_norm.*training mode"):
+    with (
+        pytest.warns(UserWarning, match="training mode"),
+        pytest.raises(UnsupportedOperationError, match="batch_norm.*training mode"),
+    ):
         deeplift(net, x, target=0)
     assert net.training
     e = deeplift(net, x, target=0, eval_mode=True)
@@ -280,7 +288,15 @@ def test_guided_backprop_and_deconvolution_match_captum():
     from captum.attr import Deconvolution, GuidedBackprop
 
     net, x = _cnn(), _images()
-    torch.testing.assert_close(guided_backprop(net, x, target=0).attributions,
-                               GuidedBackprop(net).attribute(x, target=0), rtol=1e-6, atol=1e-6)
-    torch.testing.assert_close(deconvolution(net, x, target=0).attributions,
-                               Deconvolution(net).attribute(x, target=0), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(
+        guided_backprop(net, x, target=0).attributions,
+        GuidedBackprop(net).attribute(x, target=0),
+        rtol=1e-6,
+        atol=1e-6,
+    )
+    torch.testing.assert_close(
+        deconvolution(net, x, target=0).attributions,
+        Deconvolution(net).attribute(x, target=0),
+        rtol=1e-6,
+        atol=1e-6,
+    )

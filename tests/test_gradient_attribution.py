@@ -38,10 +38,19 @@ def _smooth(seed: int = 0) -> nn.Module:
 
 def _cnn(seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
-    return nn.Sequential(
-        nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 6, 3, padding=1), nn.ReLU(),
-        nn.MaxPool2d(2), nn.Flatten(), nn.Linear(6 * 16, 3),
-    ).to(D).eval()
+    return (
+        nn.Sequential(
+            nn.Conv2d(1, 4, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(4, 6, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Flatten(),
+            nn.Linear(6 * 16, 3),
+        )
+        .to(D)
+        .eval()
+    )
 
 
 # ---------------------------------------------------------------- closed forms (float64)
@@ -52,8 +61,9 @@ def test_ig_equals_w_times_delta_on_a_linear_model(method):
     w = net.weight.detach()
     # Every quadrature integrates a constant exactly: weights sum to 1 (up to rounding).
     torch.testing.assert_close(e.attributions, w * (x - b), rtol=0, atol=1e-12)
-    torch.testing.assert_close(e.extras["completeness_gap"], torch.zeros(4, dtype=D),
-                               rtol=0, atol=1e-12)
+    torch.testing.assert_close(
+        e.extras["completeness_gap"], torch.zeros(4, dtype=D), rtol=0, atol=1e-12
+    )
 
 
 def test_saliency_and_input_x_gradient_closed_forms():
@@ -77,8 +87,14 @@ def test_smoothgrad_of_a_linear_model_is_its_gradient():
     g = torch.Generator().manual_seed(0)
     e = smoothgrad(net, x, method_kwargs={"absolute": False}, n_samples=8, generator=g)
     torch.testing.assert_close(e.attributions, net.weight.detach().expand_as(x))
-    var = smoothgrad(net, x, variant="vargrad", method_kwargs={"absolute": False},
-                     n_samples=8, generator=torch.Generator().manual_seed(0))
+    var = smoothgrad(
+        net,
+        x,
+        variant="vargrad",
+        method_kwargs={"absolute": False},
+        n_samples=8,
+        generator=torch.Generator().manual_seed(0),
+    )
     torch.testing.assert_close(var.attributions, torch.zeros_like(x))
 
 
@@ -113,26 +129,41 @@ def test_ig_is_memory_bounded_by_batch_size():
 def test_smoothgrad_equals_mean_of_saliency_on_the_same_noise():
     net = _smooth()
     x = torch.randn(3, 5, dtype=D)
-    e = smoothgrad(net, x, target=1, n_samples=6, noise=0.2,
-                   generator=torch.Generator().manual_seed(3))
+    e = smoothgrad(
+        net, x, target=1, n_samples=6, noise=0.2, generator=torch.Generator().manual_seed(3)
+    )
     eps = torch.randn((3, 6, 5), generator=torch.Generator().manual_seed(3), dtype=D)
     sigma = 0.2 * (x.max(dim=1).values - x.min(dim=1).values)
     noisy = x[:, None] + sigma[:, None, None] * eps
-    manual = torch.stack([saliency(net, noisy[i], target=1).attributions.mean(0)
-                          for i in range(3)])
+    manual = torch.stack([saliency(net, noisy[i], target=1).attributions.mean(0) for i in range(3)])
     torch.testing.assert_close(e.attributions, manual)
-    sq = smoothgrad(net, x, target=1, n_samples=6, noise=0.2, variant="smoothgrad_sq",
-                    generator=torch.Generator().manual_seed(3))
-    manual_sq = torch.stack([(saliency(net, noisy[i], target=1).attributions ** 2).mean(0)
-                             for i in range(3)])
+    sq = smoothgrad(
+        net,
+        x,
+        target=1,
+        n_samples=6,
+        noise=0.2,
+        variant="smoothgrad_sq",
+        generator=torch.Generator().manual_seed(3),
+    )
+    manual_sq = torch.stack(
+        [(saliency(net, noisy[i], target=1).attributions ** 2).mean(0) for i in range(3)]
+    )
     torch.testing.assert_close(sq.attributions, manual_sq)
 
 
 def test_smoothgrad_wraps_integrated_gradients():
     net = _smooth()
     x = torch.randn(2, 5, dtype=D)
-    e = smoothgrad(net, x, target="predicted", method="integrated_gradients", n_samples=3,
-                   method_kwargs={"n_steps": 8}, generator=torch.Generator().manual_seed(0))
+    e = smoothgrad(
+        net,
+        x,
+        target="predicted",
+        method="integrated_gradients",
+        n_samples=3,
+        method_kwargs={"n_steps": 8},
+        generator=torch.Generator().manual_seed(0),
+    )
     assert e.attributions.shape == x.shape
     assert e.params["method"] == "integrated_gradients"
     assert e.params["method_kwargs"]["n_steps"] == 8
@@ -162,8 +193,9 @@ def test_ig_through_the_embedding_of_a_token_model():
     e_pad = integrated_gradients(model, tokens, target=1, layer="embedding", baseline=pad)
     torch.testing.assert_close(e_pad.baseline[0], model.embedding.weight[0].detach().expand(6, 4))
     # Equal to IG of the head on the embeddings directly.
-    direct = integrated_gradients(lambda h: model.head(h.mean(dim=1)), e.inputs, target=1,
-                                  n_steps=64)
+    direct = integrated_gradients(
+        lambda h: model.head(h.mean(dim=1)), e.inputs, target=1, n_steps=64
+    )
     torch.testing.assert_close(e.attributions, direct.attributions)
 
 
@@ -185,10 +217,12 @@ def test_baselines():
     torch.testing.assert_close(e.baseline, bg.mean(0, keepdim=True).expand_as(x))
     blur = integrated_gradients(net, x, target=0, baseline="blur", n_steps=4).baseline
     assert blur.shape == x.shape and blur.std() < x.std()
-    u1 = integrated_gradients(net, x, target=0, baseline="uniform", n_steps=4,
-                              generator=torch.Generator().manual_seed(1))
-    u2 = integrated_gradients(net, x, target=0, baseline="uniform", n_steps=4,
-                              generator=torch.Generator().manual_seed(1))
+    u1 = integrated_gradients(
+        net, x, target=0, baseline="uniform", n_steps=4, generator=torch.Generator().manual_seed(1)
+    )
+    u2 = integrated_gradients(
+        net, x, target=0, baseline="uniform", n_steps=4, generator=torch.Generator().manual_seed(1)
+    )
     torch.testing.assert_close(u1.attributions, u2.attributions, rtol=0, atol=0)
     scalar = integrated_gradients(net, x, target=0, baseline=0.5, n_steps=4).baseline
     torch.testing.assert_close(scalar, torch.full_like(x, 0.5))
@@ -204,11 +238,17 @@ def test_forward_args_and_tuple_outputs():
 
     x = torch.randn(3, 5, dtype=D)
     scale = torch.tensor([[1.0], [2.0], [3.0]], dtype=D)
-    e = integrated_gradients(WithArgs(), x, target=0, forward_args=(scale,), output=0,
-                             n_steps=16, batch_size=5)
-    ref = torch.cat([integrated_gradients(lambda z, s=s: net(z) * s, x[i:i + 1], target=0,
-                                          n_steps=16).attributions
-                     for i, s in enumerate(scale)])
+    e = integrated_gradients(
+        WithArgs(), x, target=0, forward_args=(scale,), output=0, n_steps=16, batch_size=5
+    )
+    ref = torch.cat(
+        [
+            integrated_gradients(
+                lambda z, s=s: net(z) * s, x[i : i + 1], target=0, n_steps=16
+            ).attributions
+            for i, s in enumerate(scale)
+        ]
+    )
     torch.testing.assert_close(e.attributions, ref)
 
 
@@ -276,13 +316,24 @@ def test_saliency_input_x_gradient_match_captum():
 
     net = _cnn()
     x = torch.rand(3, 1, 8, 8, dtype=D)
-    torch.testing.assert_close(saliency(net, x, target=1).attributions,
-                               Saliency(net).attribute(x, target=1), rtol=1e-6, atol=1e-6)
-    torch.testing.assert_close(saliency(net, x, target=1, absolute=False).attributions,
-                               Saliency(net).attribute(x, target=1, abs=False),
-                               rtol=1e-6, atol=1e-6)
-    torch.testing.assert_close(input_x_gradient(net, x, target=1).attributions,
-                               InputXGradient(net).attribute(x, target=1), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(
+        saliency(net, x, target=1).attributions,
+        Saliency(net).attribute(x, target=1),
+        rtol=1e-6,
+        atol=1e-6,
+    )
+    torch.testing.assert_close(
+        saliency(net, x, target=1, absolute=False).attributions,
+        Saliency(net).attribute(x, target=1, abs=False),
+        rtol=1e-6,
+        atol=1e-6,
+    )
+    torch.testing.assert_close(
+        input_x_gradient(net, x, target=1).attributions,
+        InputXGradient(net).attribute(x, target=1),
+        rtol=1e-6,
+        atol=1e-6,
+    )
 
 
 @pytest.mark.peer
@@ -307,10 +358,12 @@ def test_smoothgrad_matches_captum_noise_tunnel_in_expectation():
     x = torch.randn(2, 5, dtype=D)
     sigma = 0.1
     rel = sigma / float((x.max(1).values - x.min(1).values)[0])
-    ours = smoothgrad(net, x[:1], target=0, n_samples=4000, noise=rel,
-                      generator=torch.Generator().manual_seed(0)).attributions
+    ours = smoothgrad(
+        net, x[:1], target=0, n_samples=4000, noise=rel, generator=torch.Generator().manual_seed(0)
+    ).attributions
     torch.manual_seed(0)
-    theirs = NoiseTunnel(Saliency(net)).attribute(x[:1], target=0, nt_type="smoothgrad",
-                                                  nt_samples=4000, stdevs=sigma)
+    theirs = NoiseTunnel(Saliency(net)).attribute(
+        x[:1], target=0, nt_type="smoothgrad", nt_samples=4000, stdevs=sigma
+    )
     # Two independent Monte Carlo means of 4000 samples: agree to a few standard errors.
     torch.testing.assert_close(ours, theirs, rtol=0.05, atol=5e-3)

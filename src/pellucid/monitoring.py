@@ -1,10 +1,11 @@
 """GradientMonitor: per-layer gradient statistics during training, and a diagnosis.
 
-Every step the monitor records, per parameter tensor, the gradient norm and max |g| (two
-multi-tensor kernels, shared with the clipper and the non-finite guard through
-:class:`~pellucid.clipping.GradNorms`) and keeps them on the device; every ``log_every``
-steps it also samples weight norms, the update-to-weight ratio ``||dW|| / ||W||`` and which
-units received any gradient, and moves everything to the host in one transfer. Layers are
+Every step the monitor records, per parameter tensor, the gradient norm (one multi-tensor
+kernel, shared with the clipper and the non-finite guard through
+:class:`~pellucid.clipping.GradNorms`; a NaN/inf gradient makes it non-finite, which is how
+non-finite steps are counted) and keeps it on the device; every ``log_every`` steps it also
+samples max |g|, weight norms, the update-to-weight ratio ``||dW|| / ||W||`` and which units
+received any gradient, and moves everything to the host in one transfer. Layers are
 the modules that own parameters; a layer's gradient norm is the norm over its tensors.
 
 :meth:`GradientMonitor.diagnose` turns the history into findings a person can act on:
@@ -73,6 +74,7 @@ class GradientMonitor(Callback):
         self._snapshot: list[torch.Tensor] | None = None
         self._alive: dict[int, torch.Tensor] = {}
         self._sampled_step: int | None = None
+        self._sample_max = torch.zeros(0)
         if model is not None:
             self.attach(model)
 
@@ -109,25 +111,21 @@ class GradientMonitor(Callback):
     def on_before_step(self, state: TrainState) -> bool | None:
         params = self._params
         grads = [p.grad for p in params]
-        if any(g is None for g in grads):
-            present = [g for g in grads if g is not None]
-            norms = GradNorms(present)
-            n2, ninf = iter(norms.norms(2.0)), iter(norms.norms(math.inf))
-            nan = torch.tensor(math.nan)
-            two = [next(n2) if g is not None else nan for g in grads]
-            inf = [next(ninf) if g is not None else nan for g in grads]
-        else:
-            norms = GradNorms(grads)  # type: ignore[arg-type]
-            two, inf = norms.norms(2.0), norms.norms(math.inf)
-        state.info[_NORMS_KEY] = norms
+        complete = all(g is not None for g in grads)
+        norms = GradNorms(grads if complete else [g for g in grads if g is not None])  # type: ignore[misc]
+        state.info[_NORMS_KEY] = norms  # the clipper and the non-finite guard reuse these
+        sampled = state.step % self.log_every == 0
+        two = self._full(norms.norms(2.0), grads, complete)
         loss = state.loss.detach().reshape(()) if state.loss is not None else torch.tensor(math.nan)
-        values = (*two, *inf, loss)
+        values = (*two, loss)
         if not all(v.device == loss.device for v in values):
             values = tuple(v.to(loss.device) for v in values)
         self._pending.append(torch.stack(values))  # stack promotes to the widest dtype
         self._pending_steps.append(state.step)
-        if state.step % self.log_every == 0:
+        if sampled:
             self._sampled_step = state.step
+            self._sample_max = torch.stack(
+                [v.to(loss.device) for v in self._full(norms.norms(math.inf), grads, complete)])
             self._snapshot = list(torch._foreach_mul([p.detach() for p in params], 1.0))
             for j, indices in self._unit_params.items():
                 for i in indices:
@@ -138,14 +136,26 @@ class GradientMonitor(Callback):
                         self._alive[j] = moved if prev is None else prev | moved
         return None
 
+    @staticmethod
+    def _full(values: list[torch.Tensor], grads: list[Any], complete: bool) -> list[torch.Tensor]:
+        if complete:
+            return values
+        it = iter(values)
+        nan = torch.tensor(math.nan)
+        return [next(it) if g is not None else nan for g in grads]
+
     @torch.no_grad()
     def on_after_step(self, state: TrainState) -> None:
         if self._snapshot is not None and self._sampled_step is not None:
             weights = torch._foreach_norm([p.detach() for p in self._params])
             deltas = torch._foreach_norm(
                 torch._foreach_sub([p.detach() for p in self._params], self._snapshot))
-            self._samples[self._sampled_step] = torch.stack(
-                [torch.stack(list(weights)), torch.stack(list(deltas))]).to(torch.float64)
+            device = self._sample_max.device
+            self._samples[self._sampled_step] = torch.stack([
+                torch.stack(list(weights)).to(device, torch.float64),
+                torch.stack(list(deltas)).to(device, torch.float64),
+                self._sample_max.to(torch.float64),
+            ])
             self._snapshot = None
         if (state.step + 1) % self.log_every == 0:
             self.flush()
@@ -165,54 +175,57 @@ class GradientMonitor(Callback):
             self._samples[step] = self._samples[step].cpu()
 
     # -- views ---------------------------------------------------------------------------
-    def _matrix(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(layer grad norms [steps, layers], layer max |g| [steps, layers], losses [steps])."""
+    def _matrix(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(layer gradient norms [steps, layers], losses [steps]) on the host."""
         self.flush()
         n = len(self._params)
         if not self._rows:
-            empty = torch.zeros(0, len(self.layers), dtype=torch.float64)
-            return empty, empty.clone(), torch.zeros(0, dtype=torch.float64)
+            return (torch.zeros(0, len(self.layers), dtype=torch.float64),
+                    torch.zeros(0, dtype=torch.float64))
         rows = torch.stack(self._rows)
         index = torch.tensor(self._layer_of)
         sq = torch.zeros(rows.shape[0], len(self.layers), dtype=torch.float64)
-        sq.index_add_(1, index, rows[:, :n] ** 2)
-        maxima = rows[:, n:2 * n]
-        columns = [[i for i, j in enumerate(self._layer_of) if j == layer]
-                   for layer in range(len(self.layers))]
-        mx = torch.stack([maxima[:, cols].amax(dim=1) for cols in columns], dim=1)  # NaN-propagating
-        return sq.sqrt(), mx, rows[:, -1]
+        sq.index_add_(1, index, rows[:, :n] ** 2)  # NaN/inf in a tensor spread to its layer
+        return sq.sqrt(), rows[:, n]
 
     def layer_norms(self) -> dict[str, list[float]]:
         """Per-layer gradient norm over the recorded steps."""
-        norms, _, _ = self._matrix()
+        norms, _ = self._matrix()
         return {name: norms[:, j].tolist() for j, name in enumerate(self.layers)}
 
-    def _layer_samples(self) -> dict[int, tuple[list[float], list[float]]]:
+    def _layer_samples(self) -> dict[int, tuple[list[float], list[float], list[float]]]:
+        """step -> per-layer (weight norm, update-to-weight ratio, max |g|)."""
+        self.flush()
         index = torch.tensor(self._layer_of)
+        columns = [[i for i, j in enumerate(self._layer_of) if j == layer]
+                   for layer in range(len(self.layers))]
         out = {}
         for step, sample in self._samples.items():
             w = torch.zeros(len(self.layers), dtype=torch.float64).index_add_(
                 0, index, sample[0] ** 2).sqrt()
             d = torch.zeros(len(self.layers), dtype=torch.float64).index_add_(
                 0, index, sample[1] ** 2).sqrt()
-            out[step] = (w.tolist(), (d / w.clamp_min(1e-30)).tolist())
+            mx = torch.stack([sample[2, cols].amax() for cols in columns])  # NaN-propagating
+            out[step] = (w.tolist(), (d / w.clamp_min(1e-30)).tolist(), mx.tolist())
         return out
 
     def records(self) -> list[dict[str, Any]]:
-        """One row per (step, layer): grad_norm, grad_max, weight_norm, update_ratio
-        (NaN where not sampled), nonfinite (0/1) and the step's loss."""
-        norms, maxima, losses = self._matrix()
+        """One row per (step, layer): grad_norm, nonfinite (0/1) and the step's loss every
+        step; grad_max, weight_norm and update_ratio on sampled steps (NaN otherwise)."""
+        norms, losses = self._matrix()
         samples = self._layer_samples()
         rows = []
+        nan3 = (None, None, None)
         for i, step in enumerate(self.steps):
-            weight, ratio = samples.get(step, (None, None))
+            weight, ratio, maxima = samples.get(step, nan3)
             for j, layer in enumerate(self.layers):
+                norm = float(norms[i, j])
                 rows.append({
-                    "step": step, "layer": layer, "grad_norm": float(norms[i, j]),
-                    "grad_max": float(maxima[i, j]),
+                    "step": step, "layer": layer, "grad_norm": norm,
+                    "grad_max": maxima[j] if maxima else math.nan,
                     "weight_norm": weight[j] if weight else math.nan,
                     "update_ratio": ratio[j] if ratio else math.nan,
-                    "nonfinite": int(not math.isfinite(float(maxima[i, j]))),
+                    "nonfinite": int(not math.isfinite(norm)),
                     "loss": float(losses[i]),
                 })
         return rows
@@ -234,12 +247,12 @@ class GradientMonitor(Callback):
         """
         ratio = check_float("ratio", ratio, min_value=1.0, min_inclusive=False)
         growth = check_float("growth", growth, min_value=1.0, min_inclusive=False)
-        norms, maxima, losses = self._matrix()
+        norms, losses = self._matrix()
         sizes = [0] * len(self.layers)
         for p, j in zip(self._params, self._layer_of, strict=True):
             sizes[j] += p.numel()
         return diagnose_history(
-            layers=self.layers, steps=self.steps, norms=norms, maxima=maxima, losses=losses,
+            layers=self.layers, steps=self.steps, norms=norms, losses=losses,
             sizes=sizes, dead=self.dead_units(), ratio=ratio, growth=growth,
         )
 
@@ -303,9 +316,9 @@ def _median(x: torch.Tensor) -> float:
     return float(x.median()) if x.numel() else math.nan
 
 
-def _nonfinite(layers: list[str], steps: list[int], maxima: torch.Tensor, losses: torch.Tensor,
+def _nonfinite(layers: list[str], steps: list[int], losses: torch.Tensor,
                norms: torch.Tensor) -> Finding | None:
-    bad = ~torch.isfinite(maxima)
+    bad = ~torch.isfinite(norms)
     rows = torch.nonzero(bad.any(dim=1)).flatten()
     if not rows.numel():
         return None
@@ -426,12 +439,12 @@ def _dead(dead: dict[str, tuple[int, int]]) -> list[Finding]:
 
 
 def diagnose_history(*, layers: list[str], steps: list[int], norms: torch.Tensor,
-                     maxima: torch.Tensor, losses: torch.Tensor, sizes: list[int],
+                     losses: torch.Tensor, sizes: list[int],
                      dead: dict[str, tuple[int, int]], ratio: float, growth: float
                      ) -> list[Finding]:
     """The findings of :meth:`GradientMonitor.diagnose` from host-side arrays."""
     findings: list[Finding] = []
-    nonfinite = _nonfinite(layers, steps, maxima, losses, norms)
+    nonfinite = _nonfinite(layers, steps, losses, norms)
     if nonfinite is not None:
         findings.append(nonfinite)
     grew = _growth(layers, steps, norms, growth, nonfinite is not None)

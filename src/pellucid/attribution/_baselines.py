@@ -83,9 +83,12 @@ def resolve_baseline(
                 raise ValueError(
                     "`baseline='mean'` needs `background=`: a tensor of reference examples."
                 )
-            return to_explained_space(background, prep, name="background").mean(
-                dim=0, keepdim=True
-            ).expand_as(inputs).clone()
+            return (
+                to_explained_space(background, prep, name="background")
+                .mean(dim=0, keepdim=True)
+                .expand_as(inputs)
+                .clone()
+            )
         if baseline == "blur":
             return gaussian_blur(inputs)
         flat = inputs.reshape(inputs.shape[0], -1)

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-
 from torch import nn
 
 from pellucid._targets import Forward, ResolvedTarget, Target, resolve_target
@@ -92,20 +91,32 @@ def _shape(value: Any) -> Any:
 
 
 def layer_activations(
-    forward: Forward, layer: nn.Module, raw: torch.Tensor, example_index: torch.Tensor | None = None
+    forward: Forward,
+    layer: nn.Module,
+    raw: torch.Tensor,
+    example_index: torch.Tensor | None = None,
+    *,
+    track: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Run ``forward`` on ``raw`` and return ``(output, layer output)``, both detached.
 
+    With ``track``, the layer's output is replaced by a leaf that requires grad and the
+    returned output keeps the graph from that leaf (the second value).
     Raises when the layer runs other than exactly once or returns something else than a tensor.
     """
     captured: list[Any] = []
 
-    def capture(module: nn.Module, args: Any, out: Any) -> None:
+    def capture(module: nn.Module, args: Any, out: Any) -> Any:
+        if track and isinstance(out, torch.Tensor) and out.is_floating_point():
+            out = out.detach().requires_grad_(True)
+            captured.append(out)
+            return out
         captured.append(out)
+        return None
 
     handle = layer.register_forward_hook(capture)
     try:
-        with torch.no_grad():
+        with torch.set_grad_enabled(track):
             try:
                 out = Forward.__call__(forward, raw, example_index)
             except (RuntimeError, ValueError, IndexError) as exc:
@@ -123,6 +134,8 @@ def layer_activations(
             f"`layer` must return a floating-point tensor to be explained; it returned "
             f"{_shape(activations)}. Choose a layer with a single tensor output."
         )
+    if track:
+        return out, activations
     return out.detach(), activations.detach()
 
 
@@ -146,8 +159,8 @@ def prepare(
     output and ``forward`` takes such activations (see :class:`LayerForward`); the model's
     own inputs may then be token ids (any dtype).
 
-    With ``track_grad`` (no ``layer``), this first forward records the autograd graph from
-    ``leaf`` (the inputs, followed by ``paired`` rows of the same examples if given) to
+    With ``track_grad``, this first forward records the autograd graph from
+    ``leaf`` (the inputs or the layer's output; the inputs may be followed by ``paired`` rows of the same examples if given) to
     ``graph_output``, so that a method needing one backward pass does not run the model
     twice. ``wrap`` changes how that forward calls the model (e.g. rule engines).
     """
@@ -168,7 +181,8 @@ def prepare(
     )
     try:
         if layer is not None:
-            out, activations = layer_activations(forward, module, inputs)
+            graph, leaf = layer_activations(forward, module, inputs, track=track_grad)
+            out, activations = graph.detach(), leaf.detach()
         else:
             call = wrap(forward) if wrap is not None else forward
             rows, index = inputs, None
@@ -208,10 +222,18 @@ def prepare(
             inputs=activations,
             raw_inputs=inputs,
             layer_name=names.get(id(module), ""),
+            leaf=leaf if track_grad else None,
+            graph_output=graph if track_grad else None,
         )
     if track_grad:
-        return Prepared(forward=forward, target=resolved, output=out.detach(), inputs=inputs,
-                        leaf=leaf, graph_output=graph)
+        return Prepared(
+            forward=forward,
+            target=resolved,
+            output=out.detach(),
+            inputs=inputs,
+            leaf=leaf,
+            graph_output=graph,
+        )
     return Prepared(forward=forward, target=resolved, output=out.detach(), inputs=inputs)
 
 

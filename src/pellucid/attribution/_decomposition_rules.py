@@ -52,12 +52,12 @@ class Rescale(Rule):
         x_in, x_ref = _halves(x)
         y_in, y_ref = _halves(y)
         dx = x_in - x_ref
+        close = dx.abs() < self.eps
         if self.relu:
             local = (x_in > 0).to(x_in.dtype)
         else:
             local = vjp(op, x_in, torch.ones_like(x_in))
-        safe = torch.where(dx.abs() < self.eps, torch.ones_like(dx), dx)
-        slope = torch.where(dx.abs() < self.eps, local, (y_in - y_ref) / safe)
+        slope = torch.where(close, local, (y_in - y_ref) / dx.masked_fill(close, 1.0))
         return y, slope
 
     def backward(self, op: Op, state: Any, grad: torch.Tensor) -> torch.Tensor:
@@ -77,8 +77,9 @@ class DeepLiftMaxPool(Rule):
 
     label = "rescale (max pool)"
 
-    def __init__(self, func: Any, rest: tuple[Any, ...], kwargs: dict[str, Any],
-                 eps: float = 1e-10) -> None:
+    def __init__(
+        self, func: Any, rest: tuple[Any, ...], kwargs: dict[str, Any], eps: float = 1e-10
+    ) -> None:
         self.func, self.rest, self.kwargs, self.eps = func, rest[:5], dict(kwargs), eps
         self.kwargs["return_indices"] = True
 
@@ -96,9 +97,8 @@ class DeepLiftMaxPool(Rule):
         shape = x_in.shape
         routed = _unpool(g * (top - y_ref), i_in, shape) + _unpool(g * (y_in - top), i_ref, shape)
         dx = x_in - x_ref
-        plain = _unpool(g, i_in, shape)
-        safe = torch.where(dx.abs() < self.eps, torch.ones_like(dx), dx)
-        m = torch.where(dx.abs() < self.eps, plain, routed / safe)
+        close = dx.abs() < self.eps
+        m = torch.where(close, _unpool(g, i_in, shape), routed / dx.masked_fill(close, 1.0))
         return torch.cat([m, m])
 
 
@@ -129,9 +129,15 @@ class AlphaBeta(Rule):
     ``beta``; biases are ignored, so with ``alpha - beta = 1`` relevance is conserved.
     """
 
-    def __init__(self, weighted: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-                 weight: torch.Tensor, alpha: float, beta: float, label: str = "",
-                 epsilon: float = 1e-9) -> None:
+    def __init__(
+        self,
+        weighted: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+        weight: torch.Tensor,
+        alpha: float,
+        beta: float,
+        label: str = "",
+        epsilon: float = 1e-9,
+    ) -> None:
         self.weighted, self.weight, self.alpha, self.beta = weighted, weight, alpha, beta
         self.epsilon = epsilon
         self.label = label or f"alpha_beta({alpha:g},{beta:g})"

@@ -63,7 +63,9 @@ SCALE_OPS = frozenset(
 )
 _DENOMINATOR_OPS = frozenset("div __truediv__ __itruediv__ div_ divide true_divide".split())
 #: Dropout is the identity when not training.
-DROPOUT_OPS = frozenset("dropout dropout1d dropout2d dropout3d alpha_dropout feature_alpha_dropout".split())
+DROPOUT_OPS = frozenset(
+    "dropout dropout1d dropout2d dropout3d alpha_dropout feature_alpha_dropout".split()
+)
 
 RELU_OPS = frozenset({"relu", "relu_"})
 #: Element-wise non-linearities (DeepLIFT's rescale rule applies to all of them).
@@ -103,13 +105,14 @@ class Rule:
 
     label = "rule"
 
-    def forward(self, op: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> tuple[
-        torch.Tensor, Any
-    ]:
+    def forward(
+        self, op: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor
+    ) -> tuple[torch.Tensor, Any]:
         return op(x), None
 
-    def backward(self, op: Callable[[torch.Tensor], torch.Tensor], state: Any, grad: torch.Tensor
-                 ) -> torch.Tensor:
+    def backward(
+        self, op: Callable[[torch.Tensor], torch.Tensor], state: Any, grad: torch.Tensor
+    ) -> torch.Tensor:
         raise TypeError(f"{type(self).__name__} must implement backward.")
 
 
@@ -125,14 +128,16 @@ class _RuleFunction(torch.autograd.Function):
         return ctx.rule.backward(ctx.op, ctx.state, grad), None, None
 
 
-def apply_rule(rule: Rule, op: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor
-               ) -> torch.Tensor:
+def apply_rule(
+    rule: Rule, op: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor
+) -> torch.Tensor:
     """``op(x)`` whose backward is ``rule``'s."""
     return _RuleFunction.apply(x, rule, op)
 
 
-def vjp(op: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, v: torch.Tensor
-        ) -> torch.Tensor:
+def vjp(
+    op: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, v: torch.Tensor
+) -> torch.Tensor:
     """``v^T d op / d x`` at ``x`` (the ordinary gradient of ``op``)."""
     with torch.enable_grad():
         xx = x.detach().requires_grad_(True)
@@ -153,8 +158,11 @@ def eval_batch_norm(engine: RuleEngine, name: str, func: Any, args: Any, kwargs:
     """Handler: batch norm is affine (ordinary gradient) in eval mode; refused in training."""
     training = kwargs.get("training", args[5] if len(args) > 5 else False)
     if training:
-        raise engine.unsupported(name, " in training mode (it mixes the rows of a batch); call "
-                                 "model.eval() or pass eval_mode=True")
+        raise engine.unsupported(
+            name,
+            " in training mode (it mixes the rows of a batch); call "
+            "model.eval() or pass eval_mode=True",
+        )
     return None
 
 
@@ -197,7 +205,8 @@ class RuleEngine:
         self.handlers = dict(handlers)
         self.names = (
             {id(m): n or type(m).__name__ for n, m in model.named_modules()}
-            if isinstance(model, nn.Module) else {}
+            if isinstance(model, nn.Module)
+            else {}
         )
         self.stack: list[nn.Module] = []
         self.records: dict[str, str] = {}
@@ -247,8 +256,13 @@ class RuleEngine:
             with self.active():
                 return model(*args, **kwargs)
 
-        return Forward(call, n_examples=forward.n_examples, forward_args=forward.args,
-                       forward_kwargs=forward.kwargs, output=forward.output)
+        return Forward(
+            call,
+            n_examples=forward.n_examples,
+            forward_args=forward.args,
+            forward_kwargs=forward.kwargs,
+            output=forward.output,
+        )
 
     # ------------------------------------------------------------------ dispatch
     def unsupported(self, name: str, why: str = "") -> UnsupportedOperationError:
@@ -287,11 +301,13 @@ class RuleEngine:
             training = kwargs.get("training", args[2] if len(args) > 2 else True)
             p = kwargs.get("p", args[1] if len(args) > 1 else 0.5)
             if training and p > 0:
-                raise self.unsupported(name, " in training mode; call model.eval() or pass "
-                                       "eval_mode=True")
+                raise self.unsupported(
+                    name, " in training mode; call model.eval() or pass eval_mode=True"
+                )
 
-    def _run_rule(self, name: str, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any],
-                  rule: Rule) -> Any:
+    def _run_rule(
+        self, name: str, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], rule: Rule
+    ) -> Any:
         x = args[0]
         if not isinstance(x, torch.Tensor) or not x.requires_grad or _depends((args[1:], kwargs)):
             raise self.unsupported(name, " (its input-dependent argument is not the first one)")

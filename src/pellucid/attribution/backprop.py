@@ -44,9 +44,9 @@ class GuidedReLU(Rule):
 
     label = "guided"
 
-    def forward(self, op: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> tuple[
-        torch.Tensor, Any
-    ]:
+    def forward(
+        self, op: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor
+    ) -> tuple[torch.Tensor, Any]:
         return op(x), x > 0
 
     def backward(self, op: Any, state: Any, grad: torch.Tensor) -> torch.Tensor:
@@ -87,14 +87,22 @@ def rule_gradients(
     """
     freeze_parameters(model)
     engine = RuleEngine(method, handlers, model)
-    prep = prepare(model, inputs, target=target, forward_args=forward_args,
-                   forward_kwargs=forward_kwargs, output=output, wrap=engine.wrap,
-                   track_grad=track_first_forward(inputs, batch_size))
+    prep = prepare(
+        model,
+        inputs,
+        target=target,
+        forward_args=forward_args,
+        forward_kwargs=forward_kwargs,
+        output=output,
+        wrap=engine.wrap,
+        track_grad=track_first_forward(inputs, batch_size),
+    )
     if prep.graph_output is not None:
         grad = prepared_gradients(prep, batch_size)
     else:
-        grad = input_gradients(engine.wrap(prep.forward), prep.target, prep.inputs,
-                               batch_size=batch_size)
+        grad = input_gradients(
+            engine.wrap(prep.forward), prep.target, prep.inputs, batch_size=batch_size
+        )
     return prep, grad, engine
 
 
@@ -135,9 +143,18 @@ def guided_backprop(
         >>> guided_backprop(net, torch.ones(2, 3)).attributions.shape
         torch.Size([2, 3])
     """
-    return _run("guided_backprop", GuidedReLU(), model, inputs, target=target,
-                batch_size=batch_size, forward_args=forward_args,
-                forward_kwargs=forward_kwargs, output=output, eval_mode=eval_mode)
+    return _run(
+        "guided_backprop",
+        GuidedReLU(),
+        model,
+        inputs,
+        target=target,
+        batch_size=batch_size,
+        forward_args=forward_args,
+        forward_kwargs=forward_kwargs,
+        output=output,
+        eval_mode=eval_mode,
+    )
 
 
 @register(kind="decomposition")
@@ -160,6 +177,15 @@ def deconvolution(
         >>> deconvolution(net, torch.ones(2, 3)).attributions.shape
         torch.Size([2, 3])
     """
-    return _run("deconvolution", DeconvReLU(), model, inputs, target=target,
-                batch_size=batch_size, forward_args=forward_args,
-                forward_kwargs=forward_kwargs, output=output, eval_mode=eval_mode)
+    return _run(
+        "deconvolution",
+        DeconvReLU(),
+        model,
+        inputs,
+        target=target,
+        batch_size=batch_size,
+        forward_args=forward_args,
+        forward_kwargs=forward_kwargs,
+        output=output,
+        eval_mode=eval_mode,
+    )

@@ -22,7 +22,11 @@ from pellucid._targets import Target
 from pellucid._validation import check_choice
 from pellucid.attribution._common import prepare
 from pellucid.attribution.backprop import GuidedReLU, _relu_handlers, rule_gradients
-from pellucid.attribution.gradients import _check_bool, input_gradients
+from pellucid.attribution.gradients import (
+    _check_bool,
+    prepared_gradients,
+    track_first_forward,
+)
 from pellucid.explanation import Explanation
 
 __all__ = ["grad_cam", "guided_grad_cam"]
@@ -30,16 +34,18 @@ __all__ = ["grad_cam", "guided_grad_cam"]
 _MODES = {1: "linear", 2: "bilinear", 3: "trilinear"}
 
 
-def _cam(model: Any, inputs: torch.Tensor, layer: Any, relu: bool, **kw: Any) -> tuple[
-    Any, torch.Tensor
-]:
+def _cam(
+    model: Any, inputs: torch.Tensor, layer: Any, relu: bool, **kw: Any
+) -> tuple[Any, torch.Tensor]:
     if layer is None:
         raise ValueError(
             "`layer` is required: the convolutional layer (or its name) whose output map is "
             "weighted, usually the last conv block, e.g. layer='features.3'."
         )
     batch_size = kw.pop("batch_size")
-    prep = prepare(model, inputs, layer=layer, **kw)
+    prep = prepare(
+        model, inputs, layer=layer, track_grad=track_first_forward(inputs, batch_size, layer), **kw
+    )
     if not prep.inputs.is_floating_point() or prep.raw_inputs is None:
         raise TypeError("Grad-CAM needs a layer with a floating-point output.")
     acts = prep.inputs
@@ -48,7 +54,7 @@ def _cam(model: Any, inputs: torch.Tensor, layer: Any, relu: bool, **kw: Any) ->
             f"`layer` must output feature maps (N, C, *spatial) for Grad-CAM; "
             f"{prep.layer_name!r} outputs shape {tuple(acts.shape)}. Choose a conv layer."
         )
-    grads = input_gradients(prep.forward, prep.target, acts, batch_size=batch_size)
+    grads = prepared_gradients(prep, batch_size)
     weights = grads.mean(dim=tuple(range(2, acts.ndim)), keepdim=True)
     cam = (weights * acts).sum(dim=1, keepdim=True)
     return prep, cam.clamp(min=0) if relu else cam
@@ -108,8 +114,17 @@ def grad_cam(
     _check_bool("relu", relu)
     upsample = check_choice("upsample", upsample, ("linear", "nearest"))
     with model_guard(model, eval_mode=eval_mode, method="grad_cam"):
-        prep, cam = _cam(model, inputs, layer, relu, target=target, batch_size=batch_size,
-                         forward_args=forward_args, forward_kwargs=forward_kwargs, output=output)
+        prep, cam = _cam(
+            model,
+            inputs,
+            layer,
+            relu,
+            target=target,
+            batch_size=batch_size,
+            forward_args=forward_args,
+            forward_kwargs=forward_kwargs,
+            output=output,
+        )
         raw = prep.raw_inputs
         attributions = _upsample(cam, raw, upsample).to(raw.dtype)
     return Explanation(
@@ -117,8 +132,12 @@ def grad_cam(
         inputs=raw,
         method="grad_cam",
         target=prep.target.describe(),
-        params={"layer": prep.layer_name, "relu": relu, "upsample": upsample,
-                "batch_size": batch_size},
+        params={
+            "layer": prep.layer_name,
+            "relu": relu,
+            "upsample": upsample,
+            "batch_size": batch_size,
+        },
         extras={"cam": cam.detach()},
     )
 
@@ -150,17 +169,21 @@ def guided_grad_cam(
         torch.Size([2, 1, 8, 8])
     """
     upsample = check_choice("upsample", upsample, ("linear", "nearest"))
-    common = {"target": target, "batch_size": batch_size, "forward_args": forward_args,
-              "forward_kwargs": forward_kwargs, "output": output}
+    common = {
+        "target": target,
+        "batch_size": batch_size,
+        "forward_args": forward_args,
+        "forward_kwargs": forward_kwargs,
+        "output": output,
+    }
     with model_guard(model, eval_mode=eval_mode, method="guided_grad_cam"):
         prep, cam = _cam(model, inputs, layer, True, **common)
         raw = prep.raw_inputs
         if not raw.is_floating_point():
-            raise TypeError(
-                f"Guided Grad-CAM needs floating-point inputs; got dtype {raw.dtype}."
-            )
-        _, guided, engine = rule_gradients("guided_grad_cam", _relu_handlers(GuidedReLU()),
-                                           model, raw, **common)
+            raise TypeError(f"Guided Grad-CAM needs floating-point inputs; got dtype {raw.dtype}.")
+        _, guided, engine = rule_gradients(
+            "guided_grad_cam", _relu_handlers(GuidedReLU()), model, raw, **common
+        )
         attributions = guided * _upsample(cam, raw, upsample).to(raw.dtype)
     return Explanation(
         attributions=attributions,
@@ -168,6 +191,9 @@ def guided_grad_cam(
         method="guided_grad_cam",
         target=prep.target.describe(),
         params={"layer": prep.layer_name, "upsample": upsample, "batch_size": batch_size},
-        extras={"cam": cam.detach(), "rules": dict(engine.records),
-                "rule_calls": dict(engine.calls)},
+        extras={
+            "cam": cam.detach(),
+            "rules": dict(engine.records),
+            "rule_calls": dict(engine.calls),
+        },
     )

@@ -67,8 +67,9 @@ def _deeplift_handlers() -> dict[str, Handler]:
     return handlers
 
 
-def _deeplift_chunks(forward: Any, target: Any, x: torch.Tensor, base: torch.Tensor, size: int
-                     ) -> tuple[torch.Tensor, torch.Tensor]:
+def _deeplift_chunks(
+    forward: Any, target: Any, x: torch.Tensor, base: torch.Tensor, size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     grads, diffs = [], []
     for start, stop in chunks(x.shape[0], size):
         index = torch.arange(start, stop, device=x.device)
@@ -129,18 +130,29 @@ def deeplift(
         raise ValueError("`baseline='uniform'` is random; pass the drawn tensor to deeplift.")
     with model_guard(model, eval_mode=eval_mode, method="deeplift"):
         x = check_tensor("inputs", inputs, min_ndim=1, floating=True, finite=True).detach()
-        base = resolve_baseline(baseline, Prepared(None, None, None, x),  # type: ignore[arg-type]
-                                background=background)
+        base = resolve_baseline(
+            baseline,
+            Prepared(None, None, None, x),  # type: ignore[arg-type]
+            background=background,
+        )
         freeze_parameters(model)
         engine = RuleEngine("deeplift", _deeplift_handlers(), model)
         n = x.shape[0]
         size = max(1, resolve_batch_size(batch_size, 2 * x[0].numel(), total=2 * n) // 2)
         if batch_size is not None and batch_size < 2:
             size = 1
-        prep = prepare(model, x, target=target, forward_args=forward_args,
-                       forward_kwargs=forward_kwargs, output=output, wrap=engine.wrap,
-                       track_grad=size >= n, paired=base)
-        if prep.graph_output is not None:  # one chunk: the first forward has the graph
+        prep = prepare(
+            model,
+            x,
+            target=target,
+            forward_args=forward_args,
+            forward_kwargs=forward_kwargs,
+            output=output,
+            wrap=engine.wrap,
+            track_grad=size >= n,
+            paired=base,
+        )
+        if prep.graph_output is not None and prep.leaf is not None:  # one chunk: reuse graph
             pair_index = torch.arange(n, device=x.device).repeat(2)
             with torch.enable_grad():
                 scores = prep.target.scores(prep.graph_output, pair_index)
@@ -156,10 +168,16 @@ def deeplift(
         method="deeplift",
         target=prep.target.describe(),
         baseline=base,
-        params={"rule": "rescale", "batch_size": batch_size,
-                "baseline": baseline if isinstance(baseline, str | int | float) else None},
-        extras={"completeness_gap": gap, "rules": dict(engine.records),
-                "rule_calls": dict(engine.calls)},
+        params={
+            "rule": "rescale",
+            "batch_size": batch_size,
+            "baseline": baseline if isinstance(baseline, str | int | float) else None,
+        },
+        extras={
+            "completeness_gap": gap,
+            "rules": dict(engine.records),
+            "rule_calls": dict(engine.calls),
+        },
     )
 
 
@@ -179,10 +197,22 @@ def _family(name: str) -> str:
 class _LrpRules:
     """Chooses the LRP rule of each executed op: composite entry, else the default."""
 
-    def __init__(self, rule: str, composite: Mapping[Any, str] | None, epsilon: float,
-                 gamma: float, alpha: float, beta: float) -> None:
+    def __init__(
+        self,
+        rule: str,
+        composite: Mapping[Any, str] | None,
+        epsilon: float,
+        gamma: float,
+        alpha: float,
+        beta: float,
+    ) -> None:
         self.rule, self.epsilon, self.gamma, self.alpha, self.beta = (
-            rule, epsilon, gamma, alpha, beta)
+            rule,
+            epsilon,
+            gamma,
+            alpha,
+            beta,
+        )
         self.composite = dict(composite or {})
         for key, value in self.composite.items():
             if isinstance(key, str):
@@ -204,8 +234,7 @@ class _LrpRules:
             return self.composite[family]
         return self.rule if family in ("linear", "conv") else "epsilon"
 
-    def __call__(self, engine: RuleEngine, name: str, func: Any, args: Any, kwargs: Any
-                 ) -> Rule:
+    def __call__(self, engine: RuleEngine, name: str, func: Any, args: Any, kwargs: Any) -> Rule:
         if name == "batch_norm":
             eval_batch_norm(engine, name, func, args, kwargs)
         choice = self.choose(engine, name)
@@ -220,8 +249,10 @@ class _LrpRules:
         rest = list(args[1:])
         weight = rest[0] if rest else kwargs.get("weight")
         bias = rest[1] if len(rest) > 1 else kwargs.get("bias")
-        tail, tail_kwargs = rest[2:], {k: v for k, v in kwargs.items()
-                                       if k not in ("weight", "bias")}
+        tail, tail_kwargs = (
+            rest[2:],
+            {k: v for k, v in kwargs.items() if k not in ("weight", "bias")},
+        )
 
         def weighted(t: torch.Tensor, w: torch.Tensor, b: Any = None) -> torch.Tensor:
             return func(t, w, b, *tail, **tail_kwargs)
@@ -229,11 +260,20 @@ class _LrpRules:
         if choice == "gamma":
             w_g = weight + self.gamma * weight.clamp(min=0)
             b_g = None if bias is None else bias + self.gamma * bias.clamp(min=0)
-            return Epsilon(self.epsilon, modified=lambda t: weighted(t, w_g, b_g),
-                           label=f"gamma({self.gamma:g})")
+            return Epsilon(
+                self.epsilon,
+                modified=lambda t: weighted(t, w_g, b_g),
+                label=f"gamma({self.gamma:g})",
+            )
         alpha, beta = (1.0, 0.0) if choice == "zplus" else (self.alpha, self.beta)
-        return AlphaBeta(weighted, weight, alpha, beta,
-                         label="zplus" if choice == "zplus" else "", epsilon=self.epsilon)
+        return AlphaBeta(
+            weighted,
+            weight,
+            alpha,
+            beta,
+            label="zplus" if choice == "zplus" else "",
+            epsilon=self.epsilon,
+        )
 
 
 @register(kind="decomposition")
@@ -290,9 +330,17 @@ def lrp(
     }
     handlers.update({name: unchanged for name in RELU_OPS})
     with model_guard(model, eval_mode=eval_mode, method="lrp"):
-        prep, grad, engine = rule_gradients("lrp", handlers, model, inputs, target=target,
-                                            batch_size=batch_size, forward_args=forward_args,
-                                            forward_kwargs=forward_kwargs, output=output)
+        prep, grad, engine = rule_gradients(
+            "lrp",
+            handlers,
+            model,
+            inputs,
+            target=target,
+            batch_size=batch_size,
+            forward_args=forward_args,
+            forward_kwargs=forward_kwargs,
+            output=output,
+        )
     relevance = prep.inputs * grad
     f_x = prep.target.scores(prep.output, None)
     return Explanation(
@@ -300,10 +348,18 @@ def lrp(
         inputs=prep.inputs,
         method="lrp",
         target=prep.target.describe(),
-        params={"rule": rule, "composite": {getattr(k, "__name__", k): v
-                                            for k, v in chooser.composite.items()},
-                "epsilon": epsilon, "gamma": gamma, "alpha": alpha, "beta": beta,
-                "batch_size": batch_size},
-        extras={"conservation_error": _sum(relevance) - f_x, "rules": dict(engine.records),
-                "rule_calls": dict(engine.calls)},
+        params={
+            "rule": rule,
+            "composite": {getattr(k, "__name__", k): v for k, v in chooser.composite.items()},
+            "epsilon": epsilon,
+            "gamma": gamma,
+            "alpha": alpha,
+            "beta": beta,
+            "batch_size": batch_size,
+        },
+        extras={
+            "conservation_error": _sum(relevance) - f_x,
+            "rules": dict(engine.records),
+            "rule_calls": dict(engine.calls),
+        },
     )

@@ -106,8 +106,9 @@ def path_gradients(
 
 def track_first_forward(inputs: Any, batch_size: int | None, layer: Any = None) -> bool:
     """True when one backward over all rows fits ``batch_size``: then ``prepare`` keeps the
-    graph of its forward and the method needs no second one."""
-    if layer is not None or not isinstance(inputs, torch.Tensor) or inputs.ndim == 0:
+    graph of its forward and the method needs no second one. (With ``layer``, the budget is
+    counted on the inputs; layers rarely make rows much larger.)"""
+    if not isinstance(inputs, torch.Tensor) or inputs.ndim == 0:
         return False
     if inputs.shape[0] == 0:
         return False
@@ -117,7 +118,7 @@ def track_first_forward(inputs: Any, batch_size: int | None, layer: Any = None) 
 
 def prepared_gradients(prep: Any, batch_size: int | None) -> torch.Tensor:
     """d score / d inputs, from the graph ``prepare(track_grad=True)`` kept, else chunked."""
-    if prep.graph_output is None:
+    if prep.graph_output is None or prep.leaf is None:
         return input_gradients(prep.forward, prep.target, prep.inputs, batch_size=batch_size)
     with torch.enable_grad():
         scores = prep.target.scores(prep.graph_output, None)
@@ -176,9 +177,16 @@ def saliency(
     """
     _check_bool("absolute", absolute)
     with model_guard(model, eval_mode=eval_mode, method="saliency"):
-        prep = prepare(model, inputs, target=target, forward_args=forward_args,
-                       forward_kwargs=forward_kwargs, output=output, layer=layer,
-                       track_grad=track_first_forward(inputs, batch_size, layer))
+        prep = prepare(
+            model,
+            inputs,
+            target=target,
+            forward_args=forward_args,
+            forward_kwargs=forward_kwargs,
+            output=output,
+            layer=layer,
+            track_grad=track_first_forward(inputs, batch_size, layer),
+        )
         grad = prepared_gradients(prep, batch_size)
     return Explanation(
         attributions=grad.abs() if absolute else grad,
@@ -214,9 +222,16 @@ def input_x_gradient(
         True
     """
     with model_guard(model, eval_mode=eval_mode, method="input_x_gradient"):
-        prep = prepare(model, inputs, target=target, forward_args=forward_args,
-                       forward_kwargs=forward_kwargs, output=output, layer=layer,
-                       track_grad=track_first_forward(inputs, batch_size, layer))
+        prep = prepare(
+            model,
+            inputs,
+            target=target,
+            forward_args=forward_args,
+            forward_kwargs=forward_kwargs,
+            output=output,
+            layer=layer,
+            track_grad=track_first_forward(inputs, batch_size, layer),
+        )
         grad = prepared_gradients(prep, batch_size)
     return Explanation(
         attributions=prep.inputs * grad,

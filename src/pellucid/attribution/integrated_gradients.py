@@ -20,7 +20,7 @@ from pellucid._targets import Forward, ResolvedTarget, Target
 from pellucid._validation import check_int
 from pellucid.attribution._baselines import resolve_baseline, to_explained_space
 from pellucid.attribution._common import prepare
-from pellucid.attribution._quadrature import METHODS, quadrature
+from pellucid.attribution._quadrature import quadrature
 from pellucid.attribution.gradients import _layer_params, path_gradients
 from pellucid.explanation import Explanation
 
@@ -53,8 +53,9 @@ def _mean_reference_scores(
     size = resolve_batch_size(batch_size, refs[0].numel(), total=refs.shape[0])
     index = torch.zeros(refs.shape[0], dtype=torch.long, device=refs.device)
     with torch.no_grad():
-        out = map_chunks(lambda a, b: forward(refs[a:b], index[a:b]), refs.shape[0], size,
-                         grad=True)
+        out = map_chunks(
+            lambda a, b: forward(refs[a:b], index[a:b]), refs.shape[0], size, grad=True
+        )
     if target.kind == "index" and target.index is not None:
         return out.reshape(out.shape[0], -1)[:, target.index.to(out.device)].mean(dim=0)
     return target.scores(out, None).mean().expand(n)
@@ -113,8 +114,15 @@ def integrated_gradients(
     """
     alphas, weights = quadrature(method, n_steps)
     with model_guard(model, eval_mode=eval_mode, method="integrated_gradients"):
-        prep = prepare(model, inputs, target=target, forward_args=forward_args,
-                       forward_kwargs=forward_kwargs, output=output, layer=layer)
+        prep = prepare(
+            model,
+            inputs,
+            target=target,
+            forward_args=forward_args,
+            forward_kwargs=forward_kwargs,
+            output=output,
+            layer=layer,
+        )
         x = prep.inputs
         base = resolve_baseline(baseline, prep, background=background, generator=generator)
         alphas = alphas.to(device=x.device, dtype=x.dtype)
@@ -128,8 +136,15 @@ def integrated_gradients(
         def combine(grad: torch.Tensor, example: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
             return grad * weights[step].view(view)
 
-        total = path_gradients(prep.forward, prep.target, x, per_example=alphas.numel(),
-                               make_rows=make_rows, combine=combine, batch_size=batch_size)
+        total = path_gradients(
+            prep.forward,
+            prep.target,
+            x,
+            per_example=alphas.numel(),
+            make_rows=make_rows,
+            combine=combine,
+            batch_size=batch_size,
+        )
         attributions = total * delta
         index = torch.arange(x.shape[0], device=x.device)
         f_base = target_scores(prep.forward, prep.target, base, index, batch_size=batch_size)
@@ -141,11 +156,18 @@ def integrated_gradients(
         method="integrated_gradients",
         target=prep.target.describe(),
         baseline=base,
-        params={"n_steps": alphas.numel(), "method": method,
-                "baseline": baseline if isinstance(baseline, str | int | float) else None,
-                "batch_size": batch_size, **_layer_params(prep)},
-        extras={"completeness_gap": gap.detach(), "output": f_x.detach(),
-                "baseline_output": f_base.detach()},
+        params={
+            "n_steps": alphas.numel(),
+            "method": method,
+            "baseline": baseline if isinstance(baseline, str | int | float) else None,
+            "batch_size": batch_size,
+            **_layer_params(prep),
+        },
+        extras={
+            "completeness_gap": gap.detach(),
+            "output": f_x.detach(),
+            "baseline_output": f_base.detach(),
+        },
     )
 
 
@@ -193,23 +215,30 @@ def expected_gradients(
     if isinstance(noise, bool) or not isinstance(noise, int | float) or not noise >= 0:
         raise ValueError(f"`noise` must be a number >= 0; got {noise!r}.")
     with model_guard(model, eval_mode=eval_mode, method="expected_gradients"):
-        prep = prepare(model, inputs, target=target, forward_args=forward_args,
-                       forward_kwargs=forward_kwargs, output=output, layer=layer)
+        prep = prepare(
+            model,
+            inputs,
+            target=target,
+            forward_args=forward_args,
+            forward_kwargs=forward_kwargs,
+            output=output,
+            layer=layer,
+        )
         x = prep.inputs
         if background is None:
             refs = torch.zeros_like(x[:1])
         else:
             refs = to_explained_space(background, prep, name="background")
         n = x.shape[0]
-        choice = torch.randint(refs.shape[0], (n, n_samples), generator=generator,
-                               device=x.device)
+        choice = torch.randint(refs.shape[0], (n, n_samples), generator=generator, device=x.device)
         alpha = torch.rand((n, n_samples), generator=generator, dtype=x.dtype, device=x.device)
         flat = x.reshape(n, -1)
         scale = (flat.max(dim=1).values - flat.min(dim=1).values) * float(noise)
         eps = None
         if noise > 0:
-            eps = torch.randn((n, n_samples, *x.shape[1:]), generator=generator,
-                              dtype=x.dtype, device=x.device)
+            eps = torch.randn(
+                (n, n_samples, *x.shape[1:]), generator=generator, dtype=x.dtype, device=x.device
+            )
         view = (-1,) + (1,) * (x.ndim - 1)
 
         def make_rows(example: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
@@ -222,9 +251,15 @@ def expected_gradients(
         def combine(grad: torch.Tensor, example: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
             return grad * (x[example] - refs[choice[example, step]]) / n_samples
 
-        attributions = path_gradients(prep.forward, prep.target, x, per_example=n_samples,
-                                      make_rows=make_rows, combine=combine,
-                                      batch_size=batch_size)
+        attributions = path_gradients(
+            prep.forward,
+            prep.target,
+            x,
+            per_example=n_samples,
+            make_rows=make_rows,
+            combine=combine,
+            batch_size=batch_size,
+        )
         f_refs = _mean_reference_scores(prep.forward, prep.target, refs, n, batch_size)
     f_x = prep.target.scores(prep.output, None)
     gap = _per_example_sum(attributions) - (f_x - f_refs)
@@ -234,7 +269,11 @@ def expected_gradients(
         method="expected_gradients",
         target=prep.target.describe(),
         baseline=refs,
-        params={"n_samples": n_samples, "noise": float(noise), "batch_size": batch_size,
-                **_layer_params(prep)},
+        params={
+            "n_samples": n_samples,
+            "noise": float(noise),
+            "batch_size": batch_size,
+            **_layer_params(prep),
+        },
         extras={"completeness_gap": gap.detach()},
     )

@@ -24,19 +24,15 @@ from typing import Any
 
 import torch
 
-from pellucid._batching import map_chunks, resolve_batch_size
+from pellucid._batching import map_chunks
 from pellucid._registry import register
 from pellucid._state import model_guard
 from pellucid._targets import Target
 from pellucid._validation import check_float, check_int, check_tensor
-from pellucid.attribution._coalitions import (
-    CoalitionValues,
-    grid_segments,
-    resolve_feature_mask,
-    slic_segments,
-)
+from pellucid.attribution._coalitions import CoalitionValues, chunk_rows, resolve_feature_mask
 from pellucid.attribution._common import Prepared, broadcast_baseline, prepare
 from pellucid.attribution._linear_fit import weighted_ridge
+from pellucid.attribution.segmentation import grid_segments, slic_segments
 from pellucid.explanation import Explanation
 
 __all__ = ["grid_segments", "lime", "slic_segments"]
@@ -72,7 +68,7 @@ def _tabular(
     eps = torch.randn(n_samples, d, generator=generator).to(device=x.device, dtype=x.dtype)
     eps[0] = 0  # the example itself, as lime does
     flat_x = x.reshape(n, -1)
-    size = resolve_batch_size(batch_size, d, total=n * n_samples)
+    size = chunk_rows(batch_size, d, total=n * n_samples, device=x.device)
 
     def evaluate(start: int, stop: int) -> torch.Tensor:
         idx = torch.arange(start, stop, device=x.device)

@@ -98,20 +98,28 @@ def smoothgrad(
         raise TypeError(f"`method` must be a method name or a function; got {method!r}.")
     fast = name in _FAST and fn is get_method(name).fn and set(kwargs) <= {"absolute"}
     with model_guard(model, eval_mode=eval_mode, method="smoothgrad"):
-        prep = prepare(model, inputs, target=target, forward_args=forward_args,
-                       forward_kwargs=forward_kwargs, output=output)
+        prep = prepare(
+            model,
+            inputs,
+            target=target,
+            forward_args=forward_args,
+            forward_kwargs=forward_kwargs,
+            output=output,
+        )
         x = prep.inputs
         n = x.shape[0]
         flat = x.reshape(n, -1)
         sigma = (flat.max(dim=1).values - flat.min(dim=1).values) * noise
-        eps = torch.randn((n, n_samples, *x.shape[1:]), generator=generator, dtype=x.dtype,
-                          device=x.device)
+        eps = torch.randn(
+            (n, n_samples, *x.shape[1:]), generator=generator, dtype=x.dtype, device=x.device
+        )
         view = (n, 1) + (1,) * (x.ndim - 1)
         noisy = (x.unsqueeze(1) + sigma.view(view) * eps).reshape(n * n_samples, *x.shape[1:])
         example = torch.arange(n, device=x.device).repeat_interleave(n_samples)
         if fast:
-            grad = input_gradients(prep.forward, prep.target, noisy, example_index=example,
-                                   batch_size=batch_size)
+            grad = input_gradients(
+                prep.forward, prep.target, noisy, example_index=example, batch_size=batch_size
+            )
             if name == "input_x_gradient":
                 samples = noisy * grad
             else:
@@ -119,15 +127,20 @@ def smoothgrad(
             inner: dict[str, Any] = dict(kwargs)
         else:
             repeated_target: Any = target
-            if prep.target.kind == "index":
-                repeated_target = prep.target.index.index_select(0, example.to(
-                    prep.target.index.device))
+            index = prep.target.index
+            if prep.target.kind == "index" and index is not None:
+                repeated_target = index.index_select(0, example.to(index.device))
             align = prep.forward._align
             inner_expl = fn(
-                model, noisy, target=repeated_target, batch_size=batch_size,
+                model,
+                noisy,
+                target=repeated_target,
+                batch_size=batch_size,
                 forward_args=[align(a, example) for a in prep.forward.args] or None,
                 forward_kwargs={k: align(v, example) for k, v in prep.forward.kwargs.items()},
-                output=output, eval_mode=False, **kwargs,
+                output=output,
+                eval_mode=False,
+                **kwargs,
             )
             samples = inner_expl.attributions
             inner = dict(inner_expl.params)
@@ -138,8 +151,17 @@ def smoothgrad(
         inputs=x,
         method="smoothgrad",
         target=prep.target.describe(),
-        params={"method": name, "variant": variant, "n_samples": n_samples, "noise": noise,
-                "method_kwargs": inner, "batch_size": batch_size},
-        extras={"standard_error": samples.std(dim=1) / n_samples**0.5 if n_samples > 1
-                else torch.zeros_like(attributions)},
+        params={
+            "method": name,
+            "variant": variant,
+            "n_samples": n_samples,
+            "noise": noise,
+            "method_kwargs": inner,
+            "batch_size": batch_size,
+        },
+        extras={
+            "standard_error": samples.std(dim=1) / n_samples**0.5
+            if n_samples > 1
+            else torch.zeros_like(attributions)
+        },
     )

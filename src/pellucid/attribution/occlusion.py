@@ -13,12 +13,12 @@ from typing import Any
 
 import torch
 
-from pellucid._batching import map_chunks, resolve_batch_size
+from pellucid._batching import map_chunks
 from pellucid._registry import register
 from pellucid._state import model_guard
 from pellucid._targets import Target
 from pellucid._validation import check_int
-from pellucid.attribution._coalitions import CoalitionValues, resolve_feature_mask
+from pellucid.attribution._coalitions import CoalitionValues, chunk_rows, mix, resolve_feature_mask
 from pellucid.attribution._common import broadcast_baseline, prepare
 from pellucid.explanation import Explanation
 
@@ -128,13 +128,13 @@ def occlusion(
         n = x.shape[0]
         flat_x, flat_b = x.reshape(n, -1), base.reshape(n, -1)
         full = prep.target.scores(prep.output)
-        size = resolve_batch_size(batch_size, flat_x.shape[1], total=n * n_win)
+        size = chunk_rows(batch_size, flat_x.shape[1], total=n * n_win, device=x.device)
 
         def evaluate(start: int, stop: int) -> torch.Tensor:
             idx = torch.arange(start, stop, device=x.device)
             ex = idx // n_win
-            occluded = _window_masks(idx % n_win, counts, win, step, shape)
-            rows = torch.where(occluded, flat_b.index_select(0, ex), flat_x.index_select(0, ex))
+            occluded = _window_masks(idx % n_win, counts, win, step, shape).to(x.dtype)
+            rows = mix(occluded, flat_b.index_select(0, ex), flat_x.index_select(0, ex))
             return prep.target.scores(prep.forward(rows.view(-1, *shape), ex), ex)
 
         drops = full.unsqueeze(1) - map_chunks(evaluate, n * n_win, size).view(n, n_win)

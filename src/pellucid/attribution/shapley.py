@@ -20,15 +20,16 @@ import torch
 from pellucid._registry import register
 from pellucid._state import model_guard
 from pellucid._targets import Target
-from pellucid._validation import check_finite_tensor, check_int, check_tensor
+from pellucid._validation import check_int
 from pellucid.attribution._coalitions import (
     CoalitionValues,
     FeatureMask,
     all_coalitions,
+    build_game,
     kernel_coalitions,
-    resolve_feature_mask,
+    summarize_background,
 )
-from pellucid.attribution._common import Prepared, broadcast_baseline, prepare
+from pellucid.attribution._common import Prepared, prepare
 from pellucid.attribution._linear_fit import efficient_wls
 from pellucid.explanation import Explanation
 

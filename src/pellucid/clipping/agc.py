@@ -21,7 +21,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -65,54 +65,50 @@ def classifier_parameters(model: nn.Module) -> list[nn.Parameter]:
     return list(linears[-1].parameters())
 
 
-class _Rows(NamedTuple):
-    order: list[int]  # gradient index of each row block
-    rows: list[torch.Tensor]  # each gradient as (units, unit size); views when contiguous
-    mults: tuple[torch.Tensor, ...]  # (units, 1) multiplier of each row block
+class _Plan(NamedTuple):
+    order: list[int]  # gradient index of each multiplier
+    mults: list[torch.Tensor]  # broadcasts against grads[order[k]]: (units, 1, ...) or 0-d
     before: torch.Tensor
     after: torch.Tensor
 
 
-def _agc_rows(grads: list[torch.Tensor], params: list[torch.Tensor], clip_factor: float,
-              eps: float, norm_type: float) -> _Rows:
+def _agc_plan(grads: list[torch.Tensor], params: list[torch.Tensor], clip_factor: float,
+              eps: float, norm_type: float) -> _Plan:
+    # Group tensors whose units have the same shape: matrices/convs by their trailing shape
+    # (concatenated along dim 0), vectors by length (stacked, one unit each).
     first = grads[0].device
-    by_width: dict[tuple[int, torch.device], list[int]] = {}
-    shapes = []
+    groups: dict[tuple[Any, ...], list[int]] = {}
     for i, g in enumerate(grads):
-        units = g.shape[0] if g.ndim > 1 else 1  # a vector is one unit
-        width = g.numel() // units if units else 0
-        shapes.append((units, width))
-        by_width.setdefault((width, g.device), []).append(i)
+        key = (g.ndim <= 1, g.shape[1:] if g.ndim > 1 else g.numel(), g.device, g.dtype)
+        groups.setdefault(key, []).append(i)
     order: list[int] = []
-    rows_out: list[torch.Tensor] = []
-    counts: list[int] = []
-    g_parts: list[torch.Tensor] = []
-    w_parts: list[torch.Tensor] = []
-    for (width, device), indices in by_width.items():
-        rows = [grads[i].reshape(shapes[i]) for i in indices]
-        half = sum(shapes[i][0] for i in indices)
-        if width == 0:  # no entries: nothing to clip
-            norms = torch.zeros(2 * half, dtype=grads[indices[0]].dtype, device=device)
+    parts: list[torch.Tensor] = []  # per group: (2, units) = gradient and weight unit norms
+    shapes: list[tuple[tuple[int, ...], list[int], torch.device | None]] = []
+    for (is_vector, trail, device, _), indices in groups.items():
+        gs = [grads[i] for i in indices]
+        both = (torch.stack if is_vector else torch.cat)(gs + [params[i] for i in indices])
+        if both.numel() == 0:
+            norms = both.new_zeros(both.shape[0])
         else:
-            weights = [params[i].detach().reshape(shapes[i]) for i in indices]
-            norms = torch.linalg.vector_norm(torch.cat(rows + weights), norm_type, dim=1)
-        if device != first:
-            norms = norms.to(first)
-        g_parts.append(norms[:half])
-        w_parts.append(norms[half:])
+            norms = torch.linalg.vector_norm(both.view(both.shape[0], -1), norm_type, dim=1)
+        parts.append(norms.view(2, -1) if device == first else norms.view(2, -1).to(first))
+        units = [] if is_vector else [g.shape[0] for g in gs]
+        shapes.append(((-1,) + (1,) * len(trail) if units else (), units,
+                       device if device != first else None))
         order += indices
-        rows_out += rows
-        counts += [shapes[i][0] for i in indices]
-    g_norm = g_parts[0] if len(g_parts) == 1 else torch.cat(g_parts)
-    w_norm = w_parts[0] if len(w_parts) == 1 else torch.cat(w_parts)
+    norms = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+    g_norm, w_norm = norms.unbind()
     bound = w_norm.clamp(min=eps).mul_(clip_factor)
     coef = (bound / g_norm.clamp(min=1e-6)).clamp_(max=1.0)
-    mults = coef.unsqueeze(1).split(counts)
-    if len(by_width) > 1 and any(r.device != first for r in rows_out):
-        mults = tuple(m.to(r.device) for m, r in zip(mults, rows_out, strict=True))
+    mults: list[torch.Tensor] = []
+    pieces = coef.split([p.shape[1] for p in parts]) if len(parts) > 1 else (coef,)
+    for piece, (view, units, device) in zip(pieces, shapes, strict=True):
+        if device is not None:
+            piece = piece.to(device)
+        mults += piece.view(view).split(units) if units else piece.unbind()
     before = torch.linalg.vector_norm(g_norm, norm_type)
     after = torch.linalg.vector_norm(g_norm * coef, norm_type)
-    return _Rows(order, rows_out, mults, before, after)
+    return _Plan(order, mults, before, after)
 
 
 @torch.no_grad()
@@ -128,22 +124,21 @@ def agc_coefficients(
 
     Returns ``(multipliers, total_norm_before, total_norm_after)``: for each gradient a
     tensor that broadcasts against it (shape ``(units, 1, ...)``, or 0-d for vectors), and
-    the total ``norm_type`` norm of the gradients before and after scaling. Gradients and
-    weights with the same unit size share one norm kernel (a vector is one unit); the
-    bounds of all units are then computed in one pass.
+    the total ``norm_type`` norm of the gradients before and after scaling. Tensors whose
+    units have the same shape share one norm kernel (a vector is one unit); the bounds of
+    all units are then computed in one pass.
 
     Example:
         >>> g, w = torch.full((2, 2), 10.0), torch.ones(2, 2)
         >>> m, before, after = agc_coefficients([g], [w], clip_factor=0.1, eps=1e-3,
         ...                                     norm_type=2.0)
-        >>> m[0].flatten().tolist(), round(float(after), 4)
-        [0.01, 0.01], 0.2828)
+        >>> [round(v, 6) for v in m[0].flatten().tolist()], round(float(after), 4)
+        ([0.01, 0.01], 0.2828)
     """
-    plan = _agc_rows(grads, params, clip_factor, eps, norm_type)
+    plan = _agc_plan(grads, params, clip_factor, eps, norm_type)
     multipliers: list[torch.Tensor | None] = [None] * len(grads)
     for i, m in zip(plan.order, plan.mults, strict=True):
-        g = grads[i]
-        multipliers[i] = m.view((-1,) + (1,) * (g.ndim - 1)) if g.ndim > 1 else m.view(())
+        multipliers[i] = m
     return multipliers, plan.before, plan.after  # type: ignore[return-value]
 
 
@@ -197,12 +192,7 @@ def adaptive_clip_grad_(
     if not params:
         return torch.tensor(0.0)
     grads: list[torch.Tensor] = [p.grad for p in params]  # type: ignore[misc]
-    if all(g.is_contiguous() for g in grads):
-        plan = _agc_rows(grads, params, clip_factor, eps, norm_type)
-        torch._foreach_mul_(plan.rows, plan.mults)  # the rows are views of the gradients
-        return plan.before
-    multipliers, before, _ = agc_coefficients(
-        grads, params, clip_factor=clip_factor, eps=eps, norm_type=norm_type
-    )
-    torch._foreach_mul_(grads, multipliers)
+    plan = _agc_plan(grads, params, clip_factor, eps, norm_type)
+    torch._foreach_mul_([grads[i] for i in plan.order], plan.mults)
+    before = plan.before
     return before

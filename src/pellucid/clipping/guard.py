@@ -6,10 +6,11 @@
 * ``"zero"``: replace NaN/inf entries by 0, then clip as usual.
 * ``"propagate"``: torch's behaviour (a NaN norm makes every gradient NaN).
 
-Detection is a device-side flag from the per-tensor max-norms (exact: it never overflows,
-unlike a sum of squares). ``"raise"`` and ``"skip"`` must read that flag on the host (one
-synchronisation per step, as a Python branch needs it); ``"zero"`` and ``"propagate"`` never
-synchronise.
+Detection is a device-side flag: the total 2-norm is non-finite exactly when some entry is
+NaN/inf (or, rarely, when huge finite values overflow it); ``"raise"`` and ``"skip"`` read
+that flag on the host (one synchronisation per step, as a Python branch needs it) and
+confirm a suspect step with the exact per-tensor max-norms (:func:`nonfinite_flags`).
+``"zero"`` and ``"propagate"`` never synchronise (their flag may also mark an overflow).
 
 Example:
     >>> import torch
@@ -89,21 +90,25 @@ def guard_(
     """
     if not grads:
         return torch.zeros((), dtype=torch.bool), False, norms
-    flags = nonfinite_flags(norms)
-    found = flags.any()
-    if policy == "raise":
-        if bool(found):
+    # Any NaN/inf entry makes the 2-norm NaN/inf, so a finite 2-norm (usually computed for
+    # clipping anyway) proves every entry finite; only then-suspect steps pay for the exact
+    # per-tensor max-norm check (a huge but finite gradient can overflow the 2-norm).
+    suspect = ~torch.isfinite(norms.total(2.0))
+    if policy in ("raise", "skip"):
+        if not bool(suspect):
+            return suspect, False, norms
+        flags = nonfinite_flags(norms)
+        found = flags.any()
+        if policy == "raise" and bool(found):
             raise NonFiniteGradientError(
                 "Non-finite gradient in " + _describe_first(grads, names, flags) + "; "
                 f"{int(flags.sum())} of {len(grads)} gradients hold NaN/inf. Gradients were "
                 "left unchanged. Lower the learning rate, clip earlier, check the loss for "
                 "log(0) or division by zero, or use nonfinite='skip' to drop such steps."
             )
-        return found, False, norms
-    if policy == "skip":
-        return found, bool(found), norms
+        return found, policy == "skip" and bool(found), norms
     if policy == "zero":
         for g in grads:
             torch.nan_to_num_(g, nan=0.0, posinf=0.0, neginf=0.0)
-        return found, False, GradNorms(grads, foreach=norms.foreach)
-    return found, False, norms
+        return suspect, False, GradNorms(grads, foreach=norms.foreach)
+    return suspect, False, norms

@@ -15,11 +15,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from pellucid._batching import map_chunks, resolve_batch_size
+from pellucid._batching import map_chunks
 from pellucid._state import model_guard
 from pellucid._targets import Forward
 from pellucid._validation import _describe, check_choice, check_int, check_model, check_tensor
-from pellucid.attribution._coalitions import resolve_feature_mask
+from pellucid.attribution._coalitions import chunk_rows, mix, resolve_feature_mask
 
 __all__ = ["SCORINGS", "PermutationImportance", "permutation_importance"]
 
@@ -163,7 +163,7 @@ def permutation_importance(
                 f"`feature_names` must have one name per feature or group ({p}); got {len(names)}."
             )
     shape, flat = tuple(inputs.shape[1:]), inputs.reshape(n, -1)
-    groups = torch.nn.functional.one_hot(fmask.ids[0], p).T.bool()  # (P, D)
+    groups = torch.nn.functional.one_hot(fmask.ids[0], p).T.to(inputs.dtype)  # (P, D) 0/1
     rp = n_repeats * p
     perms = torch.rand(rp, n, generator=generator).argsort(1).to(inputs.device)
     name = scoring if isinstance(scoring, str) else getattr(scoring, "__name__", "callable")
@@ -178,14 +178,14 @@ def permutation_importance(
         )
         with torch.inference_mode():
             base_rows = _row_scores(scoring, forward(inputs), labels)
-        size = resolve_batch_size(batch_size, flat.shape[1], total=rp * n)
+        size = chunk_rows(batch_size, flat.shape[1], total=rp * n, device=inputs.device)
 
         def evaluate(start: int, stop: int) -> torch.Tensor:
             idx = torch.arange(start, stop, device=inputs.device)
             which, row = idx // n, idx % n
             source = perms.view(-1).index_select(0, idx)
             shuffled = groups.index_select(0, which % p)
-            rows = torch.where(shuffled, flat.index_select(0, source), flat.index_select(0, row))
+            rows = mix(shuffled, flat.index_select(0, source), flat.index_select(0, row))
             return _row_scores(
                 scoring, forward(rows.view(-1, *shape), row), labels.index_select(0, row)
             )

@@ -22,7 +22,7 @@ __all__ = ["importance_bars"]
 
 def _values(source: Any) -> tuple[torch.Tensor, torch.Tensor | None, list[str] | None, str]:
     if hasattr(source, "importances_mean"):  # PermutationImportance
-        label = f"drop in {source.scoring}"
+        label = f"score drop ({source.scoring})"
         return (
             source.importances_mean.detach().cpu().double(),
             source.importances_std.detach().cpu().double(),

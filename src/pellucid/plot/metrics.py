@@ -21,6 +21,10 @@ def _axes(ax: Any, size: tuple[float, float] = (6.0, 3.6)) -> Any:
     return ax
 
 
+def _float(value: Any) -> float:
+    return math.nan if value is None else float(value)
+
+
 def perturbation_curves(curves: Any, *, ax: Any = None, examples: bool = True) -> Any:
     """Draw deletion/insertion curves: the mean per method, faint per-example lines.
 
@@ -143,7 +147,8 @@ def metric_vs_sparsity(
     """Draw one line per method: a metric's mean against sparsity, with its CI band.
 
     Args:
-        series: ``{label: rows}``, each row ``(sparsity, mean, ci_half_width)``.
+        series: ``{label: rows}``, each row ``(sparsity, mean, ci_half_width)`` (None is
+            read as NaN, as JSON stores it).
         ylabel: the metric's name.
 
     Example:
@@ -155,7 +160,7 @@ def metric_vs_sparsity(
         raise TypeError("`series` must be a dict {label: [(sparsity, mean, ci), ...]}.")
     ax = _axes(ax)
     for label, rows in series.items():
-        points = sorted((float(s), float(m), float(c)) for s, m, c in rows)
+        points = sorted((_float(s), _float(m), _float(c)) for s, m, c in rows)
         if not points:
             continue
         xs = [p[0] for p in points]

@@ -369,15 +369,17 @@ def prune_and_finetune(
         else:
             # every round keeps floor(C0 * (1 - amount) ** ((r + 1) / rounds)) channels of a
             # group that had C0, so the last round lands exactly where one-shot would
-            current = plan_channel_pruning(student, example, amount=0.0)
-            if r == 0:
-                original = {g.leader: g.channels for g in current.groups}
-            fraction = (1.0 - amount) ** ((r + 1) / rounds)
-            counts = {
-                g.leader: g.channels - max(1, math.floor(original[g.leader] * fraction + 1e-9))
-                for g in current.groups
-                if g.frozen is None
-            }
+            counts: float | dict[str, int] = amount
+            if rounds > 1:
+                current = plan_channel_pruning(student, example, amount=0.0)
+                if r == 0:
+                    original = {g.leader: g.channels for g in current.groups}
+                fraction = (1.0 - amount) ** ((r + 1) / rounds)
+                counts = {
+                    g.leader: g.channels - max(1, math.floor(original[g.leader] * fraction + 1e-9))
+                    for g in current.groups
+                    if g.frozen is None
+                }
             plan = plan_channel_pruning(
                 student,
                 example,

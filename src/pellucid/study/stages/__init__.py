@@ -3,9 +3,24 @@
 from __future__ import annotations
 
 from pellucid.study.stages.base import Stage
+from pellucid.study.stages.explanations import ExplanationsStage
+from pellucid.study.stages.findings import FindingsStage
+from pellucid.study.stages.interpretability import InterpretabilityStage
+from pellucid.study.stages.model_agnostic import ModelAgnosticStage
+from pellucid.study.stages.pruning import PruningStage
 from pellucid.study.stages.training import TrainingStage
 
 #: Every known stage, in run order.
-STAGES: dict[str, Stage] = {stage.name: stage for stage in (TrainingStage(),)}
+STAGES: dict[str, Stage] = {
+    stage.name: stage
+    for stage in (
+        TrainingStage(),
+        ExplanationsStage(),
+        ModelAgnosticStage(),
+        PruningStage(),
+        InterpretabilityStage(),
+        FindingsStage(),
+    )
+}
 
 __all__ = ["STAGES", "Stage"]

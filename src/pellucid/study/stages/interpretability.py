@@ -28,17 +28,20 @@ from pellucid.study.context import REFERENCE_MODELS, StudyContext, check_model_k
 from pellucid.study.stages.base import Stage
 from pellucid.study.stats import mean_ci
 
-__all__ = ["CLIPPERS", "METHOD_KWARGS", "InterpretabilityStage"]
+__all__ = ["CLIPPERS", "IMAGE_KWARGS", "METHOD_KWARGS", "InterpretabilityStage"]
 
 #: Budgets of the sampling methods inside the study.
 METHOD_KWARGS: dict[str, dict[str, Any]] = {
-    "integrated_gradients": {"n_steps": 32},
-    "smoothgrad": {"n_samples": 16},
-    "expected_gradients": {"n_samples": 16},
+    "integrated_gradients": {"n_steps": 16},
+    "smoothgrad": {"n_samples": 8},
+    "expected_gradients": {"n_samples": 8},
     "kernel_shap": {"n_samples": 256},
     "lime": {"n_samples": 256},
     "sampling_shapley": {"n_samples": 8},
 }
+
+#: Extra keyword arguments for image inputs (2x2 occlusion patches on 8x8 digits).
+IMAGE_KWARGS: dict[str, dict[str, Any]] = {"occlusion": {"window": 2, "stride": 2}}
 
 #: Clipping variants: name -> transform factory.
 CLIPPERS: dict[str, Callable[[], Any]] = {
@@ -64,10 +67,12 @@ def _probabilities(out: torch.Tensor) -> torch.Tensor:
     return out.softmax(dim=-1)
 
 
-def _explainer(method: str, seed: int) -> Callable[..., torch.Tensor]:
+def _explainer(method: str, seed: int, *, image: bool = False) -> Callable[..., torch.Tensor]:
     """``explain(model, inputs, *, target)`` with the study's budget and a fixed seed."""
     info = get_method(method)
     kwargs = dict(METHOD_KWARGS.get(method, {}))
+    if image:
+        kwargs.update(IMAGE_KWARGS.get(method, {}))
 
     def explain(model: Any, inputs: torch.Tensor, *, target: Any = None) -> torch.Tensor:
         extra = dict(kwargs)
@@ -94,7 +99,7 @@ def _score(
 ) -> tuple[dict[str, float], torch.Tensor]:
     from pellucid import metrics
 
-    explain = _explainer(method, seed)
+    explain = _explainer(method, seed, image=x.ndim > 2)
     attr = explain(model, x, target=y)
     gen = torch.Generator().manual_seed(seed)
     kw: dict[str, Any] = {"target": y, "output": _probabilities}
@@ -206,11 +211,11 @@ class InterpretabilityStage(Stage):
             "deeplift",
             "occlusion",
         ],
-        "clipping": ["global_norm", "agc"],
+        "clipping": ["agc", "autoclip"],
         "unstructured": [0.5, 0.8, 0.95],
         "structured": [0.3, 0.6],
         "finetune_epochs": 2,
-        "n_explain": 32,
+        "n_explain": 24,
         "faithfulness_samples": 32,
         "sensitivity_samples": 3,
         "radius": 0.1,
@@ -220,7 +225,7 @@ class InterpretabilityStage(Stage):
     quick = {
         "models": ["breast_cancer/MLP"],
         "methods": ["saliency", "integrated_gradients", "occlusion"],
-        "clipping": ["global_norm"],
+        "clipping": ["autoclip"],
         "unstructured": [0.8],
         "structured": [0.5],
         "finetune_epochs": 1,
@@ -307,7 +312,7 @@ class InterpretabilityStage(Stage):
                     check = model_randomization_check(
                         dense,
                         x[:n_rand],
-                        _explainer(method, seed),
+                        _explainer(method, seed, image=x.ndim > 2),
                         target=y[:n_rand],
                         generator=torch.Generator().manual_seed(seed),
                     )
@@ -352,7 +357,7 @@ class InterpretabilityStage(Stage):
                         "max_sensitivity",
                         "agreement",
                     ):
-                        mean, half = mean_ci([v.get(metric, math.nan) for v in vals])
+                        mean, half = mean_ci([_num(v.get(metric)) for v in vals])
                         row.append(_pm(mean, half))
                     rows.append(row)
             blocks.append(
@@ -384,6 +389,10 @@ class InterpretabilityStage(Stage):
         return Section(self.title, blocks)
 
 
+def _num(value: Any) -> float:
+    return math.nan if value is None else float(value)
+
+
 def _pm(mean: float, half: float) -> str:
     if math.isnan(mean):
         return "–"
@@ -398,7 +407,7 @@ def _randomization_png(key: str, entry: dict[str, Any]) -> bytes:
 
     fig, ax = plt.subplots(figsize=(6.5, 3.6))
     for method, runs in entry["randomization"].items():
-        curves = torch.tensor([r["median"] for r in runs], dtype=torch.float64)
+        curves = torch.tensor([[_num(v) for v in r["median"]] for r in runs], dtype=torch.float64)
         ax.plot(
             range(curves.shape[1] + 1), [1.0, *curves.nanmean(0).tolist()], marker="o", label=method
         )

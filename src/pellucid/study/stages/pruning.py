@@ -36,11 +36,17 @@ def _metric(metrics: dict[str, float]) -> float:
 
 
 def _measure(model: torch.nn.Module, x: torch.Tensor, cfg: dict[str, Any]) -> dict[str, Any]:
-    from pellucid.pruning.measure import count_nonzeros, count_parameters, latency, macs
-    from pellucid.pruning.measure import serialized_size
+    from pellucid.pruning.measure import (
+        count_nonzeros,
+        count_parameters,
+        latency,
+        macs,
+        serialized_size,
+    )
 
-    lat = latency(model, x, batch_size=cfg["latency_batch"], warmup=2,
-                  repeats=cfg["latency_repeats"])
+    lat = latency(
+        model, x, batch_size=cfg["latency_batch"], warmup=2, repeats=cfg["latency_repeats"]
+    )
     return {
         "parameters": count_parameters(model),
         "nonzeros": count_nonzeros(model),
@@ -100,38 +106,63 @@ class PruningStage(Stage):
                 loss = "cross_entropy" if ds.task == "classification" else "mse"
                 x = ds.X_test[:1]
                 base = _measure(dense, x, cfg)
-                runs.append({"seed": seed, "kind": "dense", "amount": 0.0,
-                             "metric": _metric(record["test"]), **base})
+                runs.append(
+                    {
+                        "seed": seed,
+                        "kind": "dense",
+                        "amount": 0.0,
+                        "metric": _metric(record["test"]),
+                        **base,
+                    }
+                )
                 for kind in ("unstructured", "structured"):
                     for amount in cfg[kind]:
                         ctx.log(f"pruning {key} seed {seed}: {kind} {amount:g}")
                         with ctx.timer() as timer:
                             res = prune_and_finetune(
-                                dense, ds, kind=kind, amount=float(amount),
-                                epochs=cfg["finetune_epochs"], lr=cfg["finetune_lr"],
-                                batch_size=spec.batch_size, seed=seed, loss=loss,
+                                dense,
+                                ds,
+                                kind=kind,
+                                amount=float(amount),
+                                epochs=cfg["finetune_epochs"],
+                                lr=cfg["finetune_lr"],
+                                batch_size=spec.batch_size,
+                                seed=seed,
+                                loss=loss,
                                 schedule="gradual" if kind == "unstructured" else "one_shot",
                             )
-                        row = {"seed": seed, "kind": kind, "amount": float(amount),
-                               "metric": _metric(res.metrics), "seconds": timer.seconds,
-                               **_measure(res.model, x, cfg)}
+                        row = {
+                            "seed": seed,
+                            "kind": kind,
+                            "amount": float(amount),
+                            "metric": _metric(res.metrics),
+                            "seconds": timer.seconds,
+                            **_measure(res.model, x, cfg),
+                        }
                         row["speedup"] = base["latency_ms"] / row["latency_ms"]
                         runs.append(row)
                         if seed == seeds[0]:
                             if kind == "unstructured":
                                 profiles[f"{kind}:{amount:g}"] = sparsity(res.model).layers
                             else:
-                                dense_layers = {n: m.weight.numel() for n, m in
-                                                dense.named_modules() if hasattr(m, "weight")
-                                                and isinstance(m.weight, torch.Tensor)}
+                                dense_layers = {
+                                    n: m.weight.numel()
+                                    for n, m in dense.named_modules()
+                                    if hasattr(m, "weight") and isinstance(m.weight, torch.Tensor)
+                                }
                                 profiles[f"{kind}:{amount:g}"] = {
                                     n: 1.0 - m.weight.numel() / dense_layers[n]
                                     for n, m in res.model.named_modules()
-                                    if n in dense_layers and isinstance(
-                                        m, torch.nn.Linear | torch.nn.modules.conv._ConvNd)
+                                    if n in dense_layers
+                                    and isinstance(
+                                        m, torch.nn.Linear | torch.nn.modules.conv._ConvNd
+                                    )
                                 }
-            out[key] = {"task": "classification" if loss == "cross_entropy" else "regression",
-                        "runs": runs, "profiles": profiles}
+            out[key] = {
+                "task": "classification" if loss == "cross_entropy" else "regression",
+                "runs": runs,
+                "profiles": profiles,
+            }
         return out
 
     def report(self, ctx: StudyContext, cfg: dict[str, Any], result: dict[str, Any]) -> Section:
@@ -141,11 +172,21 @@ class PruningStage(Stage):
             dense_metric = summary[("dense", 0.0)]["metric"][0]
             for (kind, amount), s in summary.items():
                 m, sd = s["metric"]
-                rows.append([
-                    key, kind, amount, m, sd, (m - dense_metric) * 100, s["parameters"],
-                    s["nonzeros"], s["bytes"] / 1024, s["latency_ms"],
-                    s["speedup"] if kind != "dense" else 1.0,
-                ])
+                rows.append(
+                    [
+                        key,
+                        kind,
+                        amount,
+                        m,
+                        sd,
+                        (m - dense_metric) * 100,
+                        s["parameters"],
+                        s["nonzeros"],
+                        s["bytes"] / 1024,
+                        s["latency_ms"],
+                        s["speedup"] if kind != "dense" else 1.0,
+                    ]
+                )
             for kind, amount in (("unstructured", 0.9), ("structured", 0.5)):
                 if (kind, amount) in summary:
                     s = summary[(kind, amount)]
@@ -167,15 +208,32 @@ class PruningStage(Stage):
             ),
             *[Paragraph(text, kind="finding") for text in findings],
             Table(
-                ["model", "kind", "amount", "test mean", "test std", "Δ points", "params",
-                 "non-zeros", "file KiB", "latency ms", "speed-up"],
+                [
+                    "model",
+                    "kind",
+                    "amount",
+                    "test mean",
+                    "test std",
+                    "Δ points",
+                    "params",
+                    "non-zeros",
+                    "file KiB",
+                    "latency ms",
+                    "speed-up",
+                ],
                 rows,
                 caption=f"Mean over seeds; latency at batch {cfg['latency_batch']}.",
             ),
-            Figure(_plot_tradeoffs(result), "Accuracy, measured latency and file size vs "
-                   "pruning level (solid: unstructured, dashed: structured)."),
-            Figure(_plot_profiles(result), "Per-layer sparsity (first seed): fraction of zero "
-                   "weights (unstructured) or of removed weights (structured)."),
+            Figure(
+                _plot_tradeoffs(result),
+                "Accuracy, measured latency and file size vs "
+                "pruning level (solid: unstructured, dashed: structured).",
+            ),
+            Figure(
+                _plot_profiles(result),
+                "Per-layer sparsity (first seed): fraction of zero "
+                "weights (unstructured) or of removed weights (structured).",
+            ),
         ]
         return Section(self.title, blocks)
 
@@ -188,8 +246,10 @@ def _summarize(runs: list[dict[str, Any]]) -> dict[tuple[str, float], dict[str, 
     for k, items in groups.items():
         summary[k] = {
             "metric": mean_std([r["metric"] for r in items]),
-            **{f: sum(r[f] for r in items) / len(items)
-               for f in ("parameters", "nonzeros", "bytes", "latency_ms")},
+            **{
+                f: sum(r[f] for r in items) / len(items)
+                for f in ("parameters", "nonzeros", "bytes", "latency_ms")
+            },
             "speedup": sum(r.get("speedup", 1.0) for r in items) / len(items),
         }
     return summary
@@ -215,12 +275,20 @@ def _plot_tradeoffs(result: dict[str, Any]) -> bytes:
             axes[0].plot(xs, [p["metric"][0] for p in pts], style, color=f"C{i}", label=label)
             axes[1].plot(xs, [p["latency_ms"] for p in pts], style, color=f"C{i}")
             axes[2].plot(xs, [p["bytes"] / 1024 for p in pts], style, color=f"C{i}")
-    axes[0].set(xlabel="pruned fraction (weights or channels)", ylabel="test accuracy / R²",
-                title="Accuracy vs sparsity")
-    axes[1].set(xlabel="pruned fraction", ylabel="latency (ms, batch)", yscale="log",
-                title="Measured latency")
-    axes[2].set(xlabel="pruned fraction", ylabel="file size (KiB)", yscale="log",
-                title="Saved file size")
+    axes[0].set(
+        xlabel="pruned fraction (weights or channels)",
+        ylabel="test accuracy / R²",
+        title="Accuracy vs sparsity",
+    )
+    axes[1].set(
+        xlabel="pruned fraction",
+        ylabel="latency (ms, batch)",
+        yscale="log",
+        title="Measured latency",
+    )
+    axes[2].set(
+        xlabel="pruned fraction", ylabel="file size (KiB)", yscale="log", title="Saved file size"
+    )
     axes[0].legend(fontsize=6)
     return figure_png(fig)
 
@@ -235,13 +303,22 @@ def _plot_profiles(result: dict[str, Any]) -> bytes:
     fig, axes = plt.subplots(1, n, figsize=(4.4 * n, 3.6), squeeze=False)
     for ax, (key, entry) in zip(axes[0], result.items(), strict=False):
         profiles = entry["profiles"]
-        layers = sorted({layer for p in profiles.values() for layer in p},
-                        key=lambda name: list(next(iter(profiles.values()))).index(name)
-                        if name in next(iter(profiles.values())) else 0)
+        layers = sorted(
+            {layer for p in profiles.values() for layer in p},
+            key=lambda name: (
+                list(next(iter(profiles.values()))).index(name)
+                if name in next(iter(profiles.values()))
+                else 0
+            ),
+        )
         width = 0.8 / max(len(profiles), 1)
         for j, (label, profile) in enumerate(profiles.items()):
-            ax.bar([i + j * width for i in range(len(layers))],
-                   [profile.get(layer, 0.0) for layer in layers], width=width, label=label)
+            ax.bar(
+                [i + j * width for i in range(len(layers))],
+                [profile.get(layer, 0.0) for layer in layers],
+                width=width,
+                label=label,
+            )
         ax.set_xticks([i + 0.4 - width / 2 for i in range(len(layers))])
         ax.set_xticklabels(layers, rotation=60, fontsize=6, ha="right")
         ax.set(ylim=(0, 1), ylabel="pruned fraction", title=key)

@@ -1,0 +1,304 @@
+"""Stage "findings": the study's verdict, in plain sentences backed by numbers.
+
+It reads the "interpretability" stage's per-seed scores and answers: does pruning (and does
+clipping) make the explanations more or less faithful, sparser, more stable; which method
+is most faithful; which methods fail the randomization check. Every comparison is paired
+over seeds (same seed, same test examples, same perturbations): the mean difference with
+its 95% t-interval, called significant only when the interval excludes zero.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from pellucid.report.html import Figure, Paragraph, Section, Table, figure_png
+from pellucid.study.context import StudyContext
+from pellucid.study.stages.base import Stage
+from pellucid.study.stats import compare, mean_ci
+
+__all__ = ["ORIENTATION", "FindingsStage"]
+
+
+def _num(value: Any) -> float:
+    """A stored number (NaN is stored as null in JSON)."""
+    return math.nan if value is None else float(value)
+
+
+#: metric -> (label, +1 when higher is "more", the word for more, the word for less)
+ORIENTATION: dict[str, tuple[str, int, str, str]] = {
+    "faithfulness": ("faithfulness correlation", +1, "more faithful", "less faithful"),
+    "deletion_auc": ("deletion AUC", -1, "more faithful", "less faithful"),
+    "insertion_auc": ("insertion AUC", +1, "more faithful", "less faithful"),
+    "sparseness": ("sparseness (Gini)", +1, "sparser", "less sparse"),
+    "complexity": ("complexity (entropy)", -1, "simpler", "more complex"),
+    "max_sensitivity": ("max-sensitivity", -1, "more stable", "less stable"),
+}
+QUESTIONS = ("faithfulness", "deletion_auc", "sparseness", "max_sensitivity")
+
+
+def _seed_means(runs: list[dict[str, Any]], metric: str, methods: list[str]) -> dict[int, float]:
+    """Per seed: the metric averaged over the given methods (NaN when one is missing)."""
+    out = {}
+    for run in runs:
+        vals = [_num(run["methods"].get(m, {}).get(metric)) for m in methods]
+        out[run["seed"]] = sum(vals) / len(vals) if vals else math.nan
+    return out
+
+
+def _paired(dense: dict[int, float], other: dict[int, float]) -> dict[str, Any]:
+    seeds = sorted(s for s in dense if s in other and not math.isnan(dense[s] + other[s]))
+    a = [dense[s] for s in seeds]
+    b = [other[s] for s in seeds]
+    result = (
+        compare(a, b)
+        if seeds
+        else {"diff": math.nan, "ci": math.nan, "significant": False, "n": 0.0}
+    )
+    result["before"] = sum(a) / len(a) if a else math.nan
+    result["after"] = sum(b) / len(b) if b else math.nan
+    return result
+
+
+def _sentence(model: str, what: str, metric: str, cmp: dict[str, Any]) -> str:
+    label, sign, more, less = ORIENTATION[metric]
+    if math.isnan(cmp["diff"]):
+        return f"{model}, {what}: no {label} values to compare."
+    direction = more if cmp["diff"] * sign > 0 else less
+    ci = "" if math.isnan(cmp["ci"]) else f", 95% CI ±{cmp['ci']:.3f}"
+    n = int(cmp["n"])
+    if cmp["significant"]:
+        verdict = f"{direction} (significant over {n} seeds)"
+    elif cmp["diff"] == 0:
+        return (
+            f"{model}, {what}: the {label} of the explanations does not change "
+            f"({cmp['before']:.3f}; mean over methods)."
+        )
+    else:
+        verdict = (
+            f"{direction} on average, but the difference is not significant "
+            f"({n} seed{'s' if n != 1 else ''})"
+        )
+    return (
+        f"{model}, {what}: explanations are {verdict} by {label}: {cmp['before']:.3f} → "
+        f"{cmp['after']:.3f} (difference {cmp['diff']:+.3f}{ci}; mean over methods)."
+    )
+
+
+def _describe_variant(name: str, variant: dict[str, Any]) -> str:
+    sparsity = [_num(r["sparsity"]) for r in variant["runs"]]
+    mean = sum(sparsity) / len(sparsity) if sparsity else math.nan
+    family = variant["family"]
+    if family == "clipped":
+        return f"training with {name.split(':', 1)[1]} clipping"
+    return f"{family} pruning at {variant['level']:g} ({100 * mean:.0f}% of weights removed)"
+
+
+def _model_findings(key: str, entry: dict[str, Any]) -> dict[str, Any]:
+    methods = entry.get("methods", [])
+    variants = entry["variants"]
+    dense_runs = variants["dense"]["runs"]
+    sentences: list[str] = []
+    rows: list[list[Any]] = []
+    focus = {}
+    for family in ("unstructured", "structured"):
+        levels = [(v["level"], n) for n, v in variants.items() if v["family"] == family]
+        if levels:
+            focus[max(levels)[1]] = family
+    focus.update({n: "clipped" for n, v in variants.items() if v["family"] == "clipped"})
+    for name, variant in variants.items():
+        if name == "dense":
+            continue
+        for metric in ORIENTATION:
+            cmp = _paired(
+                _seed_means(dense_runs, metric, methods),
+                _seed_means(variant["runs"], metric, methods),
+            )
+            rows.append(
+                [
+                    name,
+                    ORIENTATION[metric][0],
+                    cmp["before"],
+                    cmp["after"],
+                    cmp["diff"],
+                    cmp["ci"],
+                    cmp["significant"],
+                ]
+            )
+            if name in focus and metric in QUESTIONS:
+                sentences.append(_sentence(key, _describe_variant(name, variant), metric, cmp))
+    # Most faithful method on the dense model.
+    ranking = []
+    for method in methods:
+        per_seed = {
+            r["seed"]: _num(r["methods"].get(method, {}).get("faithfulness")) for r in dense_runs
+        }
+        mean, half = mean_ci([v for v in per_seed.values() if not math.isnan(v)])
+        ranking.append((mean, half, method, per_seed))
+    ranking = sorted((r for r in ranking if not math.isnan(r[0])), reverse=True)
+    if ranking:
+        best = ranking[0]
+        text = (
+            f"{key}: the most faithful method on the dense model is {best[2]} "
+            f"(faithfulness correlation {best[0]:.3f}"
+            + ("" if math.isnan(best[1]) else f" ± {best[1]:.3f}")
+            + ")"
+        )
+        if len(ranking) > 1:
+            second = ranking[1]
+            cmp = _paired(second[3], best[3])
+            text += f"; ahead of {second[2]} ({second[0]:.3f}) by {cmp['diff']:+.3f}, " + (
+                "a significant margin."
+                if cmp["significant"]
+                else "which is not a significant margin."
+            )
+        sentences.append(text)
+    # Randomization check.
+    failing, passing = [], []
+    for method, runs in entry.get("randomization", {}).items():
+        frac = sum(_num(r["fraction_passed"]) for r in runs) / len(runs)
+        final = sum(_num(r["median"][-1]) for r in runs) / len(runs)
+        (failing if frac < 0.5 else passing).append(f"{method} ({final:.2f})")
+    if failing:
+        sentences.append(
+            f"{key}: {', '.join(failing)} fail the randomization check: with every layer "
+            "re-initialized, their explanations still correlate with the original ones above "
+            "0.5 for most examples (median Spearman in brackets), so they reflect the input "
+            "more than the learned weights."
+        )
+    if passing:
+        sentences.append(
+            f"{key}: {', '.join(passing)} pass the randomization check (median "
+            "Spearman after full randomization in brackets)."
+        )
+    return {"sentences": sentences, "rows": rows, "series": _series(entry, methods)}
+
+
+def _point(variant: dict[str, Any], values: list[float]) -> list[float]:
+    sparsity = [_num(r["sparsity"]) for r in variant["runs"]]
+    finite = [v for v in values if not math.isnan(v)]
+    mean, half = mean_ci(finite) if finite else (math.nan, math.nan)
+    return [sum(sparsity) / len(sparsity), mean, half]
+
+
+def _series(entry: dict[str, Any], methods: list[str]) -> dict[str, Any]:
+    """Figure data: ``{metric: {label: [[sparsity, mean, ci], ...]}}``."""
+    out: dict[str, dict[str, list[list[float]]]] = {}
+    metrics = ("faithfulness", "deletion_auc", "agreement", "sparseness")
+    for metric in metrics:
+        lines: dict[str, list[list[float]]] = {}
+        for name, variant in entry["variants"].items():
+            if variant["family"] not in ("dense", "unstructured", "structured"):
+                continue
+            for method in methods:
+                values = [_num(r["methods"].get(method, {}).get(metric)) for r in variant["runs"]]
+                if metric == "agreement" and name == "dense":
+                    values = [1.0 for _ in values]
+                if variant["family"] in ("dense", "unstructured"):
+                    lines.setdefault(method, []).append(_point(variant, values))
+            if variant["family"] in ("dense", "structured"):
+                means = _seed_means(variant["runs"], metric, methods)
+                if metric == "agreement" and name == "dense":
+                    means = {s: 1.0 for s in means}
+                lines.setdefault("structured (mean of methods)", []).append(
+                    _point(variant, list(means.values()))
+                )
+        out[metric] = lines
+    fidelity: dict[str, list[list[float]]] = {}
+    for variant in entry["variants"].values():
+        family = variant["family"]
+        values = [_num(r["fidelity"]) for r in variant["runs"]]
+        for line in ("unstructured", "structured"):
+            if family in ("dense", line):
+                fidelity.setdefault(line, []).append(_point(variant, values))
+    out["fidelity"] = fidelity
+    return out
+
+
+class FindingsStage(Stage):
+    """The verdict of the study on pruning, clipping and explanation quality."""
+
+    name = "findings"
+    title = "Findings: pruning, clipping and explanation quality"
+    defaults: dict[str, Any] = {"source": "interpretability"}
+    quick: dict[str, Any] = {}
+
+    def run(self, ctx: StudyContext, cfg: dict[str, Any]) -> dict[str, Any]:
+        source = ctx.results.get(cfg["source"])
+        if not source or not source.get("models"):
+            return {"available": False, "models": {}}
+        models = {key: _model_findings(key, entry) for key, entry in source["models"].items()}
+        return {"available": True, "models": models, "seeds": list(ctx.seeds)}
+
+    def report(self, ctx: StudyContext, cfg: dict[str, Any], result: dict[str, Any]) -> Section:
+        if not result.get("available"):
+            return Section(
+                self.title,
+                [
+                    Paragraph(
+                        f"No findings: the {cfg['source']!r} stage did not run in this study.",
+                        kind="warning",
+                    )
+                ],
+            )
+        n = len(result.get("seeds", []))
+        blocks: list[Any] = [
+            Paragraph(
+                f"Comparisons are paired over {n} seed(s): the same seed trains the dense and the "
+                "changed model, and both are explained on the same test examples with the same "
+                "perturbations. A difference is called significant when its 95% t-interval "
+                "excludes zero."
+                + (
+                    " With one seed no interval exists, so nothing is significant." if n < 2 else ""
+                ),
+                kind="note",
+            )
+        ]
+        for key, found in result["models"].items():
+            blocks.extend(Paragraph(s, kind="finding") for s in found["sentences"])
+            blocks.append(
+                Figure(
+                    _figure(key, found["series"]),
+                    f"{key}: metrics against sparsity (unstructured pruning per "
+                    "method; structured as the mean over methods), mean and 95% "
+                    "CI over seeds.",
+                )
+            )
+            blocks.append(
+                Table(
+                    [
+                        "variant",
+                        "metric",
+                        "dense",
+                        "variant value",
+                        "difference",
+                        "95% CI ±",
+                        "significant",
+                    ],
+                    found["rows"],
+                    caption=f"{key}: every variant against the dense model (mean over methods)",
+                )
+            )
+        return Section(self.title, blocks)
+
+
+def _figure(key: str, series: dict[str, Any]) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from pellucid.plot.metrics import metric_vs_sparsity
+
+    fig, axes = plt.subplots(2, 2, figsize=(11, 7.5))
+    panels = (
+        ("faithfulness", "faithfulness correlation ↑"),
+        ("deletion_auc", "deletion AUC ↓"),
+        ("agreement", "Spearman agreement with dense"),
+        ("fidelity", "tree surrogate fidelity"),
+    )
+    for ax, (metric, label) in zip(axes.flat, panels, strict=True):
+        metric_vs_sparsity(series.get(metric, {}), ax=ax, ylabel=label)
+    fig.suptitle(key)
+    fig.tight_layout()
+    return figure_png(fig)
