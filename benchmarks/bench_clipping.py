@@ -39,7 +39,7 @@ def bench(fns: dict[str, Callable[[], object]], *, repeat: int, number: int) -> 
     names = list(fns)
     for r in range(repeat):
         # rotate the order each round so no side always runs on a cache warmed by another
-        for name in names[r % len(names):] + names[: r % len(names)]:
+        for name in names[r % len(names) :] + names[: r % len(names)]:
             f = fns[name]
             start = time.perf_counter()
             for _ in range(number):
@@ -79,24 +79,36 @@ def _report(title: str, t: dict[str, float], ours: str, peer: str, floor: str | 
 def case_global_norm(repeat: int, number: int) -> None:
     for label, model, calls in (
         ("TinyResNet (many small tensors)", TinyResNet(width=16, n_blocks=2), number),
-        ("few large tensors (4 x 1M)", torch.nn.ParameterList(
-            [torch.nn.Parameter(torch.zeros(1000, 1000)) for _ in range(4)]),
-         max(1, number // 20)),
+        (
+            "few large tensors (4 x 1M)",
+            torch.nn.ParameterList([torch.nn.Parameter(torch.zeros(1000, 1000)) for _ in range(4)]),
+            max(1, number // 20),
+        ),
     ):
         params = _with_grads(model)  # both sides clip the same gradients
         n = sum(p.numel() for p in params)
-        t = bench({
-            "pellucid clip_grad_norm_": lambda p=params: clip_grad_norm_(p, 1.0),
-            "torch clip_grad_norm_": lambda p=params: torch.nn.utils.clip_grad_norm_(p, 1.0),
-            "floor (flat norm + mul)": _floor(params),
-        }, repeat=repeat, number=calls)
+        t = bench(
+            {
+                "pellucid clip_grad_norm_": lambda p=params: clip_grad_norm_(p, 1.0),
+                "torch clip_grad_norm_": lambda p=params: torch.nn.utils.clip_grad_norm_(p, 1.0),
+                "floor (flat norm + mul)": _floor(params),
+            },
+            repeat=repeat,
+            number=calls,
+        )
         ours = params
-        _report(f"[1] global-norm clipping, {label}: {len(ours)} tensors, {n} numbers", t,
-                "pellucid clip_grad_norm_", "torch clip_grad_norm_", "floor (flat norm + mul)")
+        _report(
+            f"[1] global-norm clipping, {label}: {len(ours)} tensors, {n} numbers",
+            t,
+            "pellucid clip_grad_norm_",
+            "torch clip_grad_norm_",
+            "floor (flat norm + mul)",
+        )
 
 
-def _agc_loop(params: list[torch.nn.Parameter], clip_factor: float = 0.01,
-              eps: float = 1e-3) -> None:
+def _agc_loop(
+    params: list[torch.nn.Parameter], clip_factor: float = 0.01, eps: float = 1e-3
+) -> None:
     """The straightforward per-parameter AGC loop (as in timm)."""
     with torch.no_grad():
         for p in params:
@@ -111,14 +123,25 @@ def _agc_loop(params: list[torch.nn.Parameter], clip_factor: float = 0.01,
 def case_agc(repeat: int, number: int) -> None:
     model = TinyResNet(width=16, n_blocks=2)
     params = _with_grads(model)
-    t = bench({
-        "pellucid adaptive_clip_grad_": lambda: adaptive_clip_grad_(params, 0.01),
-        "per-parameter loop": lambda: _agc_loop(params),
-        "floor (flat norm + mul)": _floor(params),
-    }, repeat=repeat, number=number)
-    _report(f"[2] AGC, TinyResNet: {len(params)} tensors", t, "pellucid adaptive_clip_grad_",
-            "per-parameter loop", "floor (flat norm + mul)")
-    print(f"  speed-up over the loop: x{t['per-parameter loop'] / t['pellucid adaptive_clip_grad_']:.2f}")
+    t = bench(
+        {
+            "pellucid adaptive_clip_grad_": lambda: adaptive_clip_grad_(params, 0.01),
+            "per-parameter loop": lambda: _agc_loop(params),
+            "floor (flat norm + mul)": _floor(params),
+        },
+        repeat=repeat,
+        number=number,
+    )
+    _report(
+        f"[2] AGC, TinyResNet: {len(params)} tensors",
+        t,
+        "pellucid adaptive_clip_grad_",
+        "per-parameter loop",
+        "floor (flat norm + mul)",
+    )
+    print(
+        f"  speed-up over the loop: x{t['per-parameter loop'] / t['pellucid adaptive_clip_grad_']:.2f}"
+    )
 
 
 def case_monitor(repeat: int, number: int) -> None:
@@ -142,12 +165,21 @@ def case_monitor(repeat: int, number: int) -> None:
             monitor.on_after_step(state)
         state.step += 1
 
-    t = bench({
-        "train step + GradientMonitor": lambda: step(True),
-        "train step": lambda: step(False),
-    }, repeat=repeat, number=number)
-    _report("[3] TinyResNet training step, digits batch of 64 (log_every=10)", t,
-            "train step + GradientMonitor", "train step", None)
+    t = bench(
+        {
+            "train step + GradientMonitor": lambda: step(True),
+            "train step": lambda: step(False),
+        },
+        repeat=repeat,
+        number=number,
+    )
+    _report(
+        "[3] TinyResNet training step, digits batch of 64 (log_every=10)",
+        t,
+        "train step + GradientMonitor",
+        "train step",
+        None,
+    )
     overhead = t["train step + GradientMonitor"] / t["train step"] - 1
     print(f"  monitor overhead: {overhead * 100:+.1f}% (floor: <= 5%)")
 
@@ -159,8 +191,10 @@ def main() -> None:
     torch.manual_seed(0)
     torch.set_num_threads(1)
     r = 5 if args.quick else 31
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), best of {r} interleaved "
-          "repeats")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), best of {r} interleaved "
+        "repeats"
+    )
     case_global_norm(r, 20 if args.quick else 200)
     case_agc(r, 10 if args.quick else 100)
     case_monitor(r, 3 if args.quick else 20)

@@ -8,7 +8,7 @@ prints the time per example of both, captum's time over pellucid's (speed-up), a
 pellucid's time over the compute floor: the same number of rows through one batched
 forward plus a backward to the inputs (DeepLIFT: inputs and baselines, 2N rows).
 
-    PYTHONPATH=src python benchmarks/bench_gradient_attribution.py [--repeats 5] [--threads 1]
+    PYTHONPATH=src python benchmarks/bench_gradient_attribution.py [--repeats 3] [--threads 1]
 """
 
 from __future__ import annotations
@@ -143,7 +143,7 @@ def cases(model: nn.Module, x: torch.Tensor, layer: nn.Module | None) -> list[tu
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="one repeat, small CNN only")
     parser.add_argument(
         "--threads",

@@ -140,6 +140,21 @@ def main() -> None:
         n,
     )
 
+    # ---- occlusion on the MLP rows (window 3, stride 1: 28 windows)
+    ours = best_time(lambda: pellucid.occlusion(mlp, x, target=1, window=3, baseline=base), r)
+    make = lambda p: Occlusion(mlp).attribute(  # noqa: E731
+        x, sliding_window_shapes=(3,), baselines=base, target=1, perturbations_per_eval=p
+    )
+    call, p = captum_best(make, [8, 28])
+    report(
+        "occlusion 3 (MLP, 30)",
+        ours,
+        best_time(call, r),
+        f"captum Occlusion ppe={p}",
+        floor_time(mlp, x, n * 28, r),
+        n,
+    )
+
     # ---- feature ablation on the MLP
     ours = best_time(lambda: pellucid.feature_ablation(mlp, x, target=1, baseline=base), r)
     make = lambda p: FeatureAblation(mlp).attribute(  # noqa: E731
@@ -264,6 +279,15 @@ def main() -> None:
         n,
         err,
     )
+
+    # ---- larger batches: the fixed costs (validation, coalitions, the solve) amortize
+    x64 = ds.X_test[:64]
+    for method, kw in (("kernel_shap", {"n_samples": 1000}), ("lime", {"n_samples": 1000})):
+        fn = getattr(pellucid, method)
+        ours = best_time(
+            lambda fn=fn, kw=kw: fn(mlp, x64, target=1, baseline=base, generator=gen(), **kw), r
+        )
+        report(f"{method} (1000, 64 rows)", ours, None, "-", floor_time(mlp, x64, 64 * 1002, r), 64)
 
     # ---- KernelSHAP, 200 samples, 50-row background
     bg = ds.X_train[:50]

@@ -30,8 +30,13 @@ NORM_TYPES = [1.0, 2.0, 3.0, 0.5, math.inf]
 def _params(seed: int = 0, scale: float = 10.0) -> list[torch.nn.Parameter]:
     """Mixed shapes and dtypes, one parameter without a gradient."""
     g = torch.Generator().manual_seed(seed)
-    specs = [((5, 3), torch.float32), ((7,), torch.float64), ((2, 2, 3), torch.float32),
-             ((3,), torch.float32), ((4, 1, 2, 2), torch.float64)]
+    specs = [
+        ((5, 3), torch.float32),
+        ((7,), torch.float64),
+        ((2, 2, 3), torch.float32),
+        ((3,), torch.float32),
+        ((4, 1, 2, 2), torch.float64),
+    ]
     params = []
     for i, (shape, dtype) in enumerate(specs):
         p = torch.nn.Parameter(torch.randn(shape, generator=g, dtype=dtype))
@@ -64,8 +69,9 @@ def test_clip_grad_norm_bitwise_equal_to_torch(norm_type, max_norm, foreach):
     ours, theirs = _params(), None
     theirs = _copy(ours)
     got = clip_grad_norm_(ours, max_norm, norm_type=norm_type, foreach=foreach)
-    expected = torch.nn.utils.clip_grad_norm_(theirs, max_norm, norm_type=norm_type,
-                                              foreach=foreach)
+    expected = torch.nn.utils.clip_grad_norm_(
+        theirs, max_norm, norm_type=norm_type, foreach=foreach
+    )
     assert torch.equal(got, expected)
     assert got.dtype == expected.dtype
     _same_grads(ours, theirs)
@@ -74,8 +80,9 @@ def test_clip_grad_norm_bitwise_equal_to_torch(norm_type, max_norm, foreach):
 @pytest.mark.parametrize("norm_type", NORM_TYPES)
 def test_total_norm_equals_torch_get_total_norm(norm_type):
     grads = [p.grad for p in _params() if p.grad is not None]
-    assert torch.equal(total_norm(grads, norm_type=norm_type),
-                       torch.nn.utils.get_total_norm(grads, norm_type))
+    assert torch.equal(
+        total_norm(grads, norm_type=norm_type), torch.nn.utils.get_total_norm(grads, norm_type)
+    )
 
 
 def test_tensor_norms_in_input_order():
@@ -106,8 +113,9 @@ def test_single_tensor_and_module_are_accepted():
     assert float(clip_grad_norm_(p, 1.0)) == 5.0
     net = torch.nn.Linear(2, 1)
     net(torch.ones(1, 2)).sum().backward()
-    torch.testing.assert_close(clip_grad_norm_(net, 10.0), total_norm([q.grad for q in
-                                                                         net.parameters()]))
+    torch.testing.assert_close(
+        clip_grad_norm_(net, 10.0), total_norm([q.grad for q in net.parameters()])
+    )
 
 
 @pytest.mark.parametrize("foreach", [None, False])

@@ -13,8 +13,9 @@ from pellucid.clipping import AutoClip, GradientClipper, ZClip, apply_, chain, c
 from pellucid.training import fit
 
 # A norm sequence with a slow trend and a few spikes.
-NORMS = [1.0 + 0.05 * i + (40.0 if i in (30, 31, 45) else 0.0) + 0.3 * math.sin(i)
-         for i in range(60)]
+NORMS = [
+    1.0 + 0.05 * i + (40.0 if i in (30, 31, 45) else 0.0) + 0.3 * math.sin(i) for i in range(60)
+]
 
 
 def _param(norm: float) -> torch.nn.Parameter:
@@ -104,8 +105,10 @@ def _roundtrip(state):
     return torch.load(buffer, weights_only=True)
 
 
-@pytest.mark.parametrize("make", [lambda: AutoClip(25), lambda: AutoClip(25, history_size=8),
-                                  lambda: ZClip(warmup_steps=10)])
+@pytest.mark.parametrize(
+    "make",
+    [lambda: AutoClip(25), lambda: AutoClip(25, history_size=8), lambda: ZClip(warmup_steps=10)],
+)
 def test_state_survives_a_checkpoint(make):
     a = make()
     for n in NORMS[:20]:

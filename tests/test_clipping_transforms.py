@@ -42,8 +42,13 @@ def test_transforms_are_pure():
     params = list(net.parameters())
     grads = [p.grad for p in params]
     copies = _grads(net)
-    for t in (clip_by_global_norm(0.1), clip_by_value(0.01), clip_by_norm(0.1),
-              adaptive_clip(0.01), chain(adaptive_clip(0.01), clip_by_global_norm(0.1))):
+    for t in (
+        clip_by_global_norm(0.1),
+        clip_by_value(0.01),
+        clip_by_norm(0.1),
+        adaptive_clip(0.01),
+        chain(adaptive_clip(0.01), clip_by_global_norm(0.1)),
+    ):
         out = t(grads, params)
         assert len(out.grads) == len(grads)
         for g, c in zip(grads, copies, strict=True):
@@ -223,11 +228,20 @@ class _Poison(torch.nn.Module):
 def test_fit_with_clipper_skips_nonfinite_steps_and_records_stats():
     torch.manual_seed(0)
     x, y = torch.randn(64, 4), torch.randint(0, 2, (64,))
-    net = torch.nn.Sequential(torch.nn.Linear(4, 8), _Poison({2, 5}), torch.nn.ReLU(),
-                              torch.nn.Linear(8, 2))
+    net = torch.nn.Sequential(
+        torch.nn.Linear(4, 8), _Poison({2, 5}), torch.nn.ReLU(), torch.nn.Linear(8, 2)
+    )
     clipper = GradientClipper(clip_by_global_norm(0.05), nonfinite="skip")
-    history = fit(net, (x, y), epochs=2, batch_size=16, clipper=clipper, progress=False,
-                  optimizer="sgd", lr=0.1)
+    history = fit(
+        net,
+        (x, y),
+        epochs=2,
+        batch_size=16,
+        clipper=clipper,
+        progress=False,
+        optimizer="sgd",
+        lr=0.1,
+    )
     assert history.skipped_steps == 2  # steps 2 and 5 poison the first layer's gradient
     summary = clipper.summary()
     assert summary["steps"] == 8
@@ -249,9 +263,15 @@ def test_clipper_reuses_monitor_norms():
 
     torch._foreach_norm = counting
     try:
-        fit(MLP(4, 2), (x, y), epochs=1, batch_size=32, progress=False,
-            monitor=GradientMonitor(log_every=100), clipper=GradientClipper(
-                clip_by_global_norm(1.0), nonfinite="skip"))
+        fit(
+            MLP(4, 2),
+            (x, y),
+            epochs=1,
+            batch_size=32,
+            progress=False,
+            monitor=GradientMonitor(log_every=100),
+            clipper=GradientClipper(clip_by_global_norm(1.0), nonfinite="skip"),
+        )
     finally:
         torch._foreach_norm = original
     # one step: the 2-norm and the max-norm, each once, shared by monitor, guard and clipper

@@ -136,6 +136,12 @@ def _snapshot(model: nn.Module):
         "requires_grad": [p.requires_grad for p in model.parameters()],
         "training": [m.training for m in model.modules()],
         "hooks": _hook_counts(model),
+        "global_hooks": [
+            len(nn.modules.module._global_forward_hooks),
+            len(nn.modules.module._global_forward_pre_hooks),
+            len(nn.modules.module._global_backward_hooks),
+            torch._C._len_torch_function_stack(),  # no TorchFunctionMode left active
+        ],
     }
 
 
@@ -149,6 +155,7 @@ def _assert_untouched(model: nn.Module, before) -> None:
     assert before["requires_grad"] == after["requires_grad"]
     assert before["training"] == after["training"]
     assert before["hooks"] == after["hooks"]
+    assert before["global_hooks"] == after["global_hooks"]
 
 
 def _dirty(model: nn.Module) -> None:

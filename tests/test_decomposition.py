@@ -6,6 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 from pellucid import (
@@ -300,3 +302,18 @@ def test_guided_backprop_and_deconvolution_match_captum():
         rtol=1e-6,
         atol=1e-6,
     )
+
+
+# ---------------------------------------------------------------- properties
+@settings(max_examples=15, deadline=None)
+@given(seed=st.integers(0, 10_000), width=st.integers(1, 12), n=st.integers(1, 5))
+def test_deeplift_completeness_property(seed, width, n):
+    torch.manual_seed(seed)
+    net = nn.Sequential(
+        nn.Linear(4, width), nn.ReLU(), nn.Linear(width, width), nn.Tanh(), nn.Linear(width, 2)
+    ).to(D)
+    x, b = torch.randn(n, 4, dtype=D), torch.randn(n, 4, dtype=D)
+    e = deeplift(net, x, target=1, baseline=b)
+    diff = (net(x) - net(b))[:, 1].detach()
+    # Rescale multipliers make the decomposition exact up to float64 rounding.
+    torch.testing.assert_close(_sum(e.attributions), diff, rtol=1e-9, atol=1e-9)

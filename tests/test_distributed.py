@@ -24,14 +24,16 @@ def _free_port() -> int:
 
 def _model() -> torch.nn.Module:
     torch.manual_seed(0)
-    return torch.nn.Sequential(torch.nn.Linear(5, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3)
-                               ).double()
+    return torch.nn.Sequential(
+        torch.nn.Linear(5, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3)
+    ).double()
 
 
 def _batch() -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(1)
-    return torch.randn(12, 5, generator=g, dtype=torch.float64), torch.randint(0, 3, (12,),
-                                                                                generator=g)
+    return torch.randn(12, 5, generator=g, dtype=torch.float64), torch.randint(
+        0, 3, (12,), generator=g
+    )
 
 
 def _train(model, x, y, steps=3):
@@ -61,18 +63,26 @@ def _worker(rank: int, world: int, port: int, folder: str) -> None:
         shard = params[:2] if rank == 0 else params[2:]
         local = total_norm([p.grad for p in shard])
         inf_norm = global_norm(shard, norm_type=float("inf"))
-        one_norm = all_reduce_norm(total_norm([p.grad for p in shard], norm_type=1.0),
-                                   norm_type=1.0, process_group=True)
+        one_norm = all_reduce_norm(
+            total_norm([p.grad for p in shard], norm_type=1.0), norm_type=1.0, process_group=True
+        )
         transform = clip_by_global_norm(MAX_NORM, process_group=True)
         out = transform([p.grad for p in shard], shard)  # pure: grads unchanged
         sharded = clip_grad_norm_(shard, MAX_NORM, process_group=True)
-        torch.save({
-            "ddp_params": [p.detach() for p in ddp.module.parameters()],
-            "ddp_norms": norms,
-            "local": local, "sharded": sharded, "shard_grads": [p.grad for p in shard],
-            "transform_coef": out.stats.clip_coef, "inf": inf_norm, "one": one_norm,
-            "initialized": is_initialized(),
-        }, os.path.join(folder, f"rank{rank}.pt"))
+        torch.save(
+            {
+                "ddp_params": [p.detach() for p in ddp.module.parameters()],
+                "ddp_norms": norms,
+                "local": local,
+                "sharded": sharded,
+                "shard_grads": [p.grad for p in shard],
+                "transform_coef": out.stats.clip_coef,
+                "inf": inf_norm,
+                "one": one_norm,
+                "initialized": is_initialized(),
+            },
+            os.path.join(folder, f"rank{rank}.pt"),
+        )
     finally:
         dist.destroy_process_group()
 

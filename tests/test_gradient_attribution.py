@@ -6,6 +6,8 @@ import warnings
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 import pellucid
@@ -367,3 +369,14 @@ def test_smoothgrad_matches_captum_noise_tunnel_in_expectation():
     )
     # Two independent Monte Carlo means of 4000 samples: agree to a few standard errors.
     torch.testing.assert_close(ours, theirs, rtol=0.05, atol=5e-3)
+
+
+@settings(max_examples=15, deadline=None)
+@given(seed=st.integers(0, 10_000), scale=st.floats(0.1, 3.0), n=st.integers(1, 4))
+def test_ig_completeness_property(seed, scale, n):
+    net = _smooth(seed)
+    x = scale * torch.randn(n, 5, dtype=D)
+    e = integrated_gradients(net, x, target=0, n_steps=50)
+    diff = (e.extras["output"] - e.extras["baseline_output"]).abs()
+    # Gauss-Legendre with 50 nodes on a tanh network: far below 1e-3 relative (+ rounding).
+    assert (e.extras["completeness_gap"].abs() <= 1e-3 * diff + 1e-12).all()

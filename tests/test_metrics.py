@@ -6,6 +6,8 @@ import math
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 import pellucid
@@ -89,6 +91,23 @@ def test_blur_fill_on_images():
     torch.testing.assert_close(curve.scores, curve.scores[:, :1].expand_as(curve.scores))
     with pytest.raises(ValueError, match="blur.*image-like"):
         metrics.deletion_curve(linear4(), ONES, ONES, baseline="blur")
+
+
+def test_feature_mask_removes_groups_together():
+    # Two channels x two pixels, f = sum(w * x); a pixel is both of its channels.
+    net = nn.Sequential(nn.Flatten(), nn.Linear(4, 1, bias=False)).to(DT)
+    with torch.no_grad():
+        net[1].weight.copy_(torch.tensor([[1.0, 5.0, 2.0, 1.0]], dtype=DT))
+    x = torch.ones(1, 2, 2, dtype=DT)  # (C=2, L=2): elements c0p0, c0p1, c1p0, c1p1
+    attr = x * net[1].weight.detach().reshape(1, 2, 2)
+    pixels = torch.tensor([[0, 1], [0, 1]])  # pixel 0 sums to 3, pixel 1 to 6
+    curve = metrics.deletion_curve(net, x, attr, feature_mask=pixels, step=1)
+    torch.testing.assert_close(curve.scores, torch.tensor([[9.0, 3.0, 0.0]], dtype=DT))
+    torch.testing.assert_close(curve.fractions, torch.tensor([0.0, 0.5, 1.0], dtype=DT))
+    with pytest.raises(ValueError, match=r"`feature_mask` must have the shape of one example"):
+        metrics.deletion_curve(net, x, attr, feature_mask=torch.zeros(2, dtype=torch.long))
+    with pytest.raises(TypeError, match="`feature_mask` must hold integer group ids"):
+        metrics.deletion_curve(net, x, attr, feature_mask=torch.zeros(2, 2))
 
 
 def test_batched_equals_unbatched_and_targets():
@@ -318,7 +337,7 @@ def test_bad_fill_step_masks_and_parameters():
         metrics.faithfulness_correlation(net, ONES, ONES, n_samples=1)
     with pytest.raises(ValueError, match="`noise_scale` must be > 0"):
         metrics.infidelity(net, ONES, ONES, noise_scale=0.0)
-    with pytest.raises(ValueError, match="registered attribution method.*Did you mean 'saliency'"):
+    with pytest.raises(ValueError, match="registered attribution method.*Did you mean.*'saliency'"):
         metrics.max_sensitivity(net, ONES, "saliancy")
     with pytest.raises(TypeError, match="`explain` must be a registered method name"):
         metrics.max_sensitivity(net, ONES, 3)
@@ -338,3 +357,56 @@ def test_explanation_objects_are_accepted_everywhere():
     assert metrics.complexity(e).shape == (3,)
     assert metrics.agreement(e, e).shape == (3,)
     assert metrics.completeness_gap(net, x, e).shape == (3,)
+
+
+# --------------------------------------------------------------------------- properties
+rows = st.integers(min_value=2, max_value=12).flatmap(
+    lambda d: st.lists(
+        st.lists(st.floats(-100, 100, allow_nan=False), min_size=d, max_size=d),
+        min_size=1,
+        max_size=4,
+    )
+)
+
+
+@settings(max_examples=40, deadline=None)
+@given(rows)
+def test_property_complexity_and_sparseness_bounds(values):
+    a = torch.tensor(values, dtype=DT)
+    d = a.shape[1]
+    nonzero = a.abs().sum(1) > 0
+    s, c = metrics.sparseness(a), metrics.complexity(a)
+    assert torch.isnan(s[~nonzero]).all() and torch.isnan(c[~nonzero]).all()
+    assert (s[nonzero] >= -1e-12).all() and (s[nonzero] <= 1 - 1 / d + 1e-12).all()
+    assert (c[nonzero] >= -1e-12).all() and (c[nonzero] <= math.log(d) + 1e-9).all()
+    # scale invariance
+    torch.testing.assert_close(metrics.sparseness(a * 3.5), s, equal_nan=True)
+
+
+@settings(max_examples=40, deadline=None)
+@given(rows, st.randoms(use_true_random=False))
+def test_property_agreement_symmetric_and_bounded(values, rnd):
+    a = torch.tensor(values, dtype=DT)
+    b = a[:, torch.tensor(rnd.sample(range(a.shape[1]), a.shape[1]))]
+    for measure in ("spearman", "kendall"):
+        ab = metrics.agreement(a, b, measure=measure)
+        torch.testing.assert_close(ab, metrics.agreement(b, a, measure=measure), equal_nan=True)
+        finite = ab[~torch.isnan(ab)]
+        assert (finite.abs() <= 1 + 1e-9).all()
+        self_agree = metrics.agreement(a, a, measure=measure)
+        assert torch.all(torch.isnan(self_agree) | (self_agree - 1).abs().lt(1e-9))
+
+
+@settings(max_examples=25, deadline=None)
+@given(rows)
+def test_property_deletion_curve_endpoints(values):
+    a = torch.tensor(values, dtype=DT)
+    d = a.shape[1]
+    torch.manual_seed(0)
+    net = nn.Linear(d, 1).to(DT)
+    x = torch.randn(a.shape[0], d, dtype=DT)
+    curve = metrics.deletion_curve(net, x, a, step=1)
+    torch.testing.assert_close(curve.scores[:, 0], net(x)[:, 0].detach())
+    torch.testing.assert_close(curve.scores[:, -1], net(torch.zeros_like(x))[:, 0].detach())
+    ins = metrics.insertion_curve(net, x, a, step=1)
+    torch.testing.assert_close(ins.scores.flip(1)[:, 0], curve.scores[:, 0])

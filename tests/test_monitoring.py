@@ -34,10 +34,14 @@ def test_records_match_manual_norms():
     loss = torch.nn.functional.cross_entropy(net(x), y)
     loss.backward()
     state = TrainState(model=net, optimizer=opt, loss=loss)
-    manual = {name: torch.cat([p.grad.flatten() for p in layer.parameters()])
-              for name, layer in (("net.0", net.net[0]), ("net.2", net.net[2]))}
-    weights = {k: torch.cat([p.detach().flatten() for p in net.net[int(k[-1])].parameters()])
-               for k in manual}
+    manual = {
+        name: torch.cat([p.grad.flatten() for p in layer.parameters()])
+        for name, layer in (("net.0", net.net[0]), ("net.2", net.net[2]))
+    }
+    weights = {
+        k: torch.cat([p.detach().flatten() for p in net.net[int(k[-1])].parameters()])
+        for k in manual
+    }
     monitor.on_before_step(state)
     opt.step()
     monitor.on_after_step(state)
@@ -68,8 +72,15 @@ def test_syncs_only_every_log_every_steps():
         def on_after_step(self, state):
             seen.append(len(monitor.steps))
 
-    fit(MLP(6, 3), (x, y), epochs=1, batch_size=8, monitor=monitor, callbacks=[Spy()],
-        progress=False)
+    fit(
+        MLP(6, 3),
+        (x, y),
+        epochs=1,
+        batch_size=8,
+        monitor=monitor,
+        callbacks=[Spy()],
+        progress=False,
+    )
     # host copies happen after steps 2, 5 (every 3rd) and at the end
     assert seen == [0, 0, 3, 3, 3, 6, 6, 6]
     assert monitor.steps == list(range(8))
@@ -102,13 +113,26 @@ class _Amplify(torch.nn.Module):
 
 def test_finds_the_layer_whose_gradient_explodes_over_time():
     torch.manual_seed(0)
-    net = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.Tanh(),
-                              torch.nn.Linear(16, 16), _Amplify(1.6), torch.nn.Tanh(),
-                              torch.nn.Linear(16, 3))
+    net = torch.nn.Sequential(
+        torch.nn.Linear(6, 16),
+        torch.nn.Tanh(),
+        torch.nn.Linear(16, 16),
+        _Amplify(1.6),
+        torch.nn.Tanh(),
+        torch.nn.Linear(16, 3),
+    )
     x, y = _data(128)
     monitor = GradientMonitor(log_every=5)
-    fit(net, (x, y), epochs=5, batch_size=16, optimizer="sgd", lr=1e-6, monitor=monitor,
-        progress=False)
+    fit(
+        net,
+        (x, y),
+        epochs=5,
+        batch_size=16,
+        optimizer="sgd",
+        lr=1e-6,
+        monitor=monitor,
+        progress=False,
+    )
     findings = monitor.diagnose()
     exploding = [f for f in findings if f.kind == "exploding"]
     assert exploding, [str(f) for f in findings]
@@ -124,12 +148,25 @@ def test_names_the_first_layer_to_go_nonfinite():
                 x.register_hook(lambda g: g * math.nan)
             return x
 
-    net = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.Tanh(), torch.nn.Linear(8, 8),
-                              Poison(), torch.nn.Tanh(), torch.nn.Linear(8, 3))
+    net = torch.nn.Sequential(
+        torch.nn.Linear(6, 8),
+        torch.nn.Tanh(),
+        torch.nn.Linear(8, 8),
+        Poison(),
+        torch.nn.Tanh(),
+        torch.nn.Linear(8, 3),
+    )
     x, y = _data(32)
     monitor = GradientMonitor(log_every=2)
-    fit(net, (x, y), epochs=1, batch_size=16, monitor=monitor, progress=False,
-        stop_on_nonfinite=False)
+    fit(
+        net,
+        (x, y),
+        epochs=1,
+        batch_size=16,
+        monitor=monitor,
+        progress=False,
+        stop_on_nonfinite=False,
+    )
     finding = next(f for f in monitor.diagnose() if f.kind == "nonfinite")
     assert finding.layers[0] == "2" and set(finding.layers) == {"0", "2"}
     assert finding.step == 0
@@ -139,8 +176,16 @@ def test_names_the_first_layer_to_go_nonfinite():
 def test_diverging_deep_plain_net_is_diagnosed(digits):
     net = DeepPlainNet(64, 10, depth=8, width=32, activation="relu", init_scale=3.0)
     monitor = GradientMonitor(log_every=4)
-    fit(net, digits.train, epochs=1, batch_size=64, optimizer="sgd", lr=0.05, monitor=monitor,
-        progress=False)
+    fit(
+        net,
+        digits.train,
+        epochs=1,
+        batch_size=64,
+        optimizer="sgd",
+        lr=0.05,
+        monitor=monitor,
+        progress=False,
+    )
     kinds = [f.kind for f in monitor.diagnose()]
     assert kinds[0] == "nonfinite"
     assert "exploding" in kinds or "non-finite" in monitor.diagnose()[0].message
@@ -149,8 +194,16 @@ def test_diverging_deep_plain_net_is_diagnosed(digits):
 def test_finds_vanishing_layers(digits):
     net = DeepPlainNet(64, 10, depth=10, width=32, activation="tanh", init_scale=0.3)
     monitor = GradientMonitor(log_every=5)
-    fit(net, digits.train, epochs=1, batch_size=128, optimizer="sgd", lr=0.01, monitor=monitor,
-        progress=False)
+    fit(
+        net,
+        digits.train,
+        epochs=1,
+        batch_size=128,
+        optimizer="sgd",
+        lr=0.01,
+        monitor=monitor,
+        progress=False,
+    )
     vanishing = [f for f in monitor.diagnose() if f.kind == "vanishing"]
     assert vanishing
     assert vanishing[0].layers[0] in ("body.0", "body.2")
@@ -173,8 +226,14 @@ def test_finds_dead_units():
 def test_healthy_training_has_no_findings():
     x, y = _data(64)
     monitor = GradientMonitor(log_every=2)
-    fit(MLP(6, 3, activation="tanh"), (x, y), epochs=3, batch_size=16, monitor=monitor,
-        progress=False)
+    fit(
+        MLP(6, 3, activation="tanh"),
+        (x, y),
+        epochs=3,
+        batch_size=16,
+        monitor=monitor,
+        progress=False,
+    )
     assert monitor.diagnose() == []
 
 
@@ -184,8 +243,16 @@ def test_csv_json_and_figure(tmp_path):
     fit(MLP(6, 3), (x, y), epochs=1, batch_size=8, monitor=monitor, progress=False)
     rows = list(csv.DictReader(open(monitor.to_csv(tmp_path / "h.csv"), encoding="utf-8")))
     assert len(rows) == 4 * len(monitor.layers)
-    assert set(rows[0]) == {"step", "layer", "grad_norm", "grad_max", "weight_norm",
-                            "update_ratio", "nonfinite", "loss"}
+    assert set(rows[0]) == {
+        "step",
+        "layer",
+        "grad_norm",
+        "grad_max",
+        "weight_norm",
+        "update_ratio",
+        "nonfinite",
+        "loss",
+    }
     data = json.loads((monitor.to_json(tmp_path / "h.json")).read_text())
     assert data["layers"] == monitor.layers and data["steps"] == [0, 1, 2, 3]
     assert len(data["layer_norms"]["net.0"]) == 4

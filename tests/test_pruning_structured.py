@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import copy
+import math
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 from pellucid.models import MLP, SmallCNN, TinyResNet, TinyTransformer
@@ -297,3 +300,24 @@ def test_planning_does_not_change_model_state():
     plan_channel_pruning(model, torch.randn(2, 1, 8, 8), amount=0.5)
     assert model.training and all(m.training for m in model.modules())
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+@settings(max_examples=12, deadline=None)
+@given(
+    widths=st.lists(st.integers(1, 12), min_size=1, max_size=3),
+    amount=st.floats(0.0, 0.95),
+    seed=st.integers(0, 5),
+)
+def test_kept_counts_and_equivalence_property(widths, amount, seed):
+    torch.manual_seed(seed)
+    model = MLP(5, 3, hidden=tuple(widths)).double().eval()
+    x = torch.randn(6, 5, dtype=torch.float64)
+    plan = plan_channel_pruning(model, x[:1], amount=amount)
+    for i, width in enumerate(widths):
+        keep, _ = plan.kept(f"net.{2 * i}")
+        kept = width if keep is None else keep.numel()
+        assert kept == max(1, math.floor(width * (1 - amount) + 1e-9))
+    expected = _masked_reference(model, plan, x)
+    plan.apply_(model)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), expected, rtol=0, atol=1e-10)

@@ -7,6 +7,8 @@ keys of every hook dictionary, and restores all of them on exit, also when the b
 
 from __future__ import annotations
 
+import os
+import sys
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -48,19 +50,21 @@ class ModelSnapshot:
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model
-        self.modes = [(m, m.training) for m in model.modules()]
+        modules = list(model.modules())
+        self.modes = [(m, m.training) for m in modules]
         self.params = [(p, p.requires_grad, p.grad) for p in model.parameters()]
         self.hooks = [
-            (m, attr, dict(getattr(m, attr)))
-            for m in model.modules()
+            (m, attr, dict(hooks))
+            for m in modules
             for attr in _HOOK_DICTS
-            if hasattr(m, attr)
+            if (hooks := getattr(m, attr, None)) is not None
         ]
         self.buffers = [(b, b._version) for b in model.buffers()]
 
     def restore(self) -> None:
         for module, training in self.modes:
-            module.training = training
+            if module.training != training:
+                module.training = training
         for param, requires_grad, grad in self.params:
             if param.requires_grad != requires_grad:
                 param.requires_grad_(requires_grad)
@@ -68,9 +72,27 @@ class ModelSnapshot:
                 param.grad = grad
         for module, attr, saved in self.hooks:
             current = getattr(module, attr)
-            for key in list(current.keys()):
-                if key not in saved:
-                    del current[key]
+            if current and (len(current) != len(saved) or any(k not in saved for k in current)):
+                for key in list(current.keys()):
+                    if key not in saved:
+                        del current[key]
+
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def _user_stacklevel() -> int:
+    """The ``stacklevel`` that points a warning at the first frame outside pellucid (and
+    outside ``contextlib``), i.e. at the user's call, however deep the method nests."""
+    frame = sys._getframe(1)  # the function that will call warnings.warn: stacklevel 1
+    level = 1
+    while frame.f_back is not None and (
+        frame.f_code.co_filename.startswith(_PACKAGE_DIR)
+        or frame.f_code.co_filename.endswith("contextlib.py")
+    ):
+        frame = frame.f_back
+        level += 1
+    return level
 
 
 @contextmanager
@@ -112,7 +134,7 @@ def model_guard(
                 f"{method} depends on randomness or on the batch. Call `model.eval()` first, "
                 "or pass `eval_mode=True` to explain it in eval mode for this call only.",
                 TrainingModeWarning,
-                stacklevel=3,
+                stacklevel=_user_stacklevel(),
             )
         yield model
     finally:

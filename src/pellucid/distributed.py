@@ -41,8 +41,9 @@ def _group(process_group: Any) -> Any:
 
 
 @torch.no_grad()
-def all_reduce_norm(local_norm: torch.Tensor, *, norm_type: float = 2.0,
-                    process_group: Any = None) -> torch.Tensor:
+def all_reduce_norm(
+    local_norm: torch.Tensor, *, norm_type: float = 2.0, process_group: Any = None
+) -> torch.Tensor:
     """The global p-norm from each rank's local p-norm (a collective: every rank calls it).
 
     ``process_group=True`` means the default (world) group.
@@ -59,8 +60,12 @@ def all_reduce_norm(local_norm: torch.Tensor, *, norm_type: float = 2.0,
 
 
 @torch.no_grad()
-def global_norm(parameters: Iterable[torch.Tensor] | torch.Tensor, *, norm_type: float = 2.0,
-                process_group: Any = True) -> torch.Tensor:
+def global_norm(
+    parameters: Iterable[torch.Tensor] | torch.Tensor,
+    *,
+    norm_type: float = 2.0,
+    process_group: Any = True,
+) -> torch.Tensor:
     """The total gradient norm of this rank's ``parameters`` combined over the group."""
     from pellucid.clipping.functional import GradNorms, as_tensor_list, check_norm_type
 

@@ -30,23 +30,32 @@ import csv
 import math
 import os
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from pellucid._gradient_diagnosis import Finding, diagnose_history
 from pellucid._io import atomic_write, atomic_write_json
 from pellucid._validation import check_float, check_int
-from pellucid.clipping.functional import GradNorms, layer_groups
+from pellucid.clipping.functional import GradNorms
+from pellucid.clipping.grouped import layer_groups
 from pellucid.training import Callback, TrainState
 
 __all__ = ["Finding", "GradientMonitor", "diagnose_history"]
 
 _NORMS_KEY = "grad_norms"
-_COLUMNS = ("step", "layer", "grad_norm", "grad_max", "weight_norm", "update_ratio",
-            "nonfinite", "loss")
+_COLUMNS = (
+    "step",
+    "layer",
+    "grad_norm",
+    "grad_max",
+    "weight_norm",
+    "update_ratio",
+    "nonfinite",
+    "loss",
+)
 
 
 class GradientMonitor(Callback):
@@ -73,6 +82,7 @@ class GradientMonitor(Callback):
         self._samples: dict[int, torch.Tensor] = {}  # step -> [weight_norm, update_norm] per tensor
         self._snapshot: list[torch.Tensor] | None = None
         self._alive: dict[int, torch.Tensor] = {}
+        self._alive_samples: dict[int, int] = {}
         self._sampled_step: int | None = None
         self._sample_max = torch.zeros(0)
         if model is not None:
@@ -92,19 +102,25 @@ class GradientMonitor(Callback):
         self._unit_params: dict[int, list[int]] = {}
         for j in range(len(self.layers)):
             indices = [i for i, layer in enumerate(self._layer_of) if layer == j]
-            units = next((self._params[i].shape[0] for i in indices
-                          if self._params[i].ndim >= 2), None)
+            units = next(
+                (self._params[i].shape[0] for i in indices if self._params[i].ndim >= 2), None
+            )
             if units is not None:
-                self._unit_params[j] = [i for i in indices if self._params[i].ndim >= 1
-                                        and self._params[i].shape[0] == units]
+                self._unit_params[j] = [
+                    i
+                    for i in indices
+                    if self._params[i].ndim >= 1 and self._params[i].shape[0] == units
+                ]
         self.steps, self._rows, self._pending, self._pending_steps = [], [], [], []
         self._samples, self._alive, self._snapshot = {}, {}, None
+        self._alive_samples: dict[int, int] = {}
         return self
 
     # -- training-loop hooks -------------------------------------------------------------
     def on_train_begin(self, state: TrainState) -> None:
-        if not self._params or not any(p is q for p in state.model.parameters()
-                                       for q in self._params[:1]):
+        if not self._params or not any(
+            p is q for p in state.model.parameters() for q in self._params[:1]
+        ):
             self.attach(state.model)
 
     @torch.no_grad()
@@ -125,7 +141,8 @@ class GradientMonitor(Callback):
         if sampled:
             self._sampled_step = state.step
             self._sample_max = torch.stack(
-                [v.to(loss.device) for v in self._full(norms.norms(math.inf), grads, complete)])
+                [v.to(loss.device) for v in self._full(norms.norms(math.inf), grads, complete)]
+            )
             self._snapshot = list(torch._foreach_mul([p.detach() for p in params], 1.0))
             for j, indices in self._unit_params.items():
                 for i in indices:
@@ -134,6 +151,7 @@ class GradientMonitor(Callback):
                         moved = (g.reshape(g.shape[0], -1) != 0).any(dim=1)  # NaN: alive
                         prev = self._alive.get(j)
                         self._alive[j] = moved if prev is None else prev | moved
+                self._alive_samples[j] = self._alive_samples.get(j, 0) + 1
         return None
 
     @staticmethod
@@ -149,13 +167,16 @@ class GradientMonitor(Callback):
         if self._snapshot is not None and self._sampled_step is not None:
             weights = torch._foreach_norm([p.detach() for p in self._params])
             deltas = torch._foreach_norm(
-                torch._foreach_sub([p.detach() for p in self._params], self._snapshot))
+                torch._foreach_sub([p.detach() for p in self._params], self._snapshot)
+            )
             device = self._sample_max.device
-            self._samples[self._sampled_step] = torch.stack([
-                torch.stack(list(weights)).to(device, torch.float64),
-                torch.stack(list(deltas)).to(device, torch.float64),
-                self._sample_max.to(torch.float64),
-            ])
+            self._samples[self._sampled_step] = torch.stack(
+                [
+                    torch.stack(list(weights)).to(device, torch.float64),
+                    torch.stack(list(deltas)).to(device, torch.float64),
+                    self._sample_max.to(torch.float64),
+                ]
+            )
             self._snapshot = None
         if (state.step + 1) % self.log_every == 0:
             self.flush()
@@ -180,8 +201,10 @@ class GradientMonitor(Callback):
         self.flush()
         n = len(self._params)
         if not self._rows:
-            return (torch.zeros(0, len(self.layers), dtype=torch.float64),
-                    torch.zeros(0, dtype=torch.float64))
+            return (
+                torch.zeros(0, len(self.layers), dtype=torch.float64),
+                torch.zeros(0, dtype=torch.float64),
+            )
         rows = torch.stack(self._rows)
         index = torch.tensor(self._layer_of)
         sq = torch.zeros(rows.shape[0], len(self.layers), dtype=torch.float64)
@@ -197,14 +220,22 @@ class GradientMonitor(Callback):
         """step -> per-layer (weight norm, update-to-weight ratio, max |g|)."""
         self.flush()
         index = torch.tensor(self._layer_of)
-        columns = [[i for i, j in enumerate(self._layer_of) if j == layer]
-                   for layer in range(len(self.layers))]
+        columns = [
+            [i for i, j in enumerate(self._layer_of) if j == layer]
+            for layer in range(len(self.layers))
+        ]
         out = {}
         for step, sample in self._samples.items():
-            w = torch.zeros(len(self.layers), dtype=torch.float64).index_add_(
-                0, index, sample[0] ** 2).sqrt()
-            d = torch.zeros(len(self.layers), dtype=torch.float64).index_add_(
-                0, index, sample[1] ** 2).sqrt()
+            w = (
+                torch.zeros(len(self.layers), dtype=torch.float64)
+                .index_add_(0, index, sample[0] ** 2)
+                .sqrt()
+            )
+            d = (
+                torch.zeros(len(self.layers), dtype=torch.float64)
+                .index_add_(0, index, sample[1] ** 2)
+                .sqrt()
+            )
             mx = torch.stack([sample[2, cols].amax() for cols in columns])  # NaN-propagating
             out[step] = (w.tolist(), (d / w.clamp_min(1e-30)).tolist(), mx.tolist())
         return out
@@ -220,21 +251,29 @@ class GradientMonitor(Callback):
             weight, ratio, maxima = samples.get(step, nan3)
             for j, layer in enumerate(self.layers):
                 norm = float(norms[i, j])
-                rows.append({
-                    "step": step, "layer": layer, "grad_norm": norm,
-                    "grad_max": maxima[j] if maxima else math.nan,
-                    "weight_norm": weight[j] if weight else math.nan,
-                    "update_ratio": ratio[j] if ratio else math.nan,
-                    "nonfinite": int(not math.isfinite(norm)),
-                    "loss": float(losses[i]),
-                })
+                rows.append(
+                    {
+                        "step": step,
+                        "layer": layer,
+                        "grad_norm": norm,
+                        "grad_max": maxima[j] if maxima else math.nan,
+                        "weight_norm": weight[j] if weight else math.nan,
+                        "update_ratio": ratio[j] if ratio else math.nan,
+                        "nonfinite": int(not math.isfinite(norm)),
+                        "loss": float(losses[i]),
+                    }
+                )
         return rows
 
-    def dead_units(self) -> dict[str, tuple[int, int]]:
+    def dead_units(self, *, min_samples: int = 3) -> dict[str, tuple[int, int]]:
         """``{layer: (dead units, units)}``: output units whose weight row and bias never got
-        a nonzero gradient on a sampled step (layers with a 2+-dim weight)."""
-        return {self.layers[j]: (int((~alive).sum()), alive.numel())
-                for j, alive in self._alive.items()}
+        a nonzero gradient on a sampled step (layers with a 2+-dim weight, sampled at least
+        ``min_samples`` times)."""
+        return {
+            self.layers[j]: (int((~alive).sum()), alive.numel())
+            for j, alive in self._alive.items()
+            if self._alive_samples.get(j, 0) >= min_samples
+        }
 
     def diagnose(self, *, ratio: float = 100.0, growth: float = 100.0) -> list[Finding]:
         """Findings about exploding, vanishing and dead gradients, most severe first.
@@ -252,8 +291,14 @@ class GradientMonitor(Callback):
         for p, j in zip(self._params, self._layer_of, strict=True):
             sizes[j] += p.numel()
         return diagnose_history(
-            layers=self.layers, steps=self.steps, norms=norms, losses=losses,
-            sizes=sizes, dead=self.dead_units(), ratio=ratio, growth=growth,
+            layers=self.layers,
+            steps=self.steps,
+            norms=norms,
+            losses=losses,
+            sizes=sizes,
+            dead=self.dead_units(),
+            ratio=ratio,
+            growth=growth,
         )
 
     # -- files and figures ---------------------------------------------------------------
@@ -288,169 +333,3 @@ class GradientMonitor(Callback):
         from pellucid.plot.gradients import gradient_flow
 
         return gradient_flow(self, ax=ax, layers=layers)
-
-
-@dataclass(frozen=True)
-class Finding:
-    """One diagnosis: ``kind`` is ``nonfinite``, ``exploding``, ``vanishing`` or
-    ``dead_units``; ``layers`` are the culprits (most affected first); ``value`` is the
-    evidence (growth factor, ratio to the median layer, fraction of dead units)."""
-
-    kind: str
-    layers: tuple[str, ...]
-    message: str
-    step: int | None = None
-    value: float = math.nan
-
-    def __str__(self) -> str:
-        return self.message
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-able dict."""
-        out = asdict(self)
-        out["layers"] = list(self.layers)
-        return out
-
-
-def _median(x: torch.Tensor) -> float:
-    return float(x.median()) if x.numel() else math.nan
-
-
-def _nonfinite(layers: list[str], steps: list[int], losses: torch.Tensor,
-               norms: torch.Tensor) -> Finding | None:
-    bad = ~torch.isfinite(norms)
-    rows = torch.nonzero(bad.any(dim=1)).flatten()
-    if not rows.numel():
-        return None
-    r = int(rows[0])
-    hit = [layers[j] for j in torch.nonzero(bad[r]).flatten().tolist()]
-    if not math.isfinite(float(losses[r])) or len(hit) == len(layers):
-        before = norms[:r][torch.isfinite(norms[:r]).all(dim=1)]
-        lead = ""
-        if before.shape[0] >= 2:
-            growth = before[-1] / before[0].clamp_min(1e-30)
-            j = int(torch.nan_to_num(growth, nan=-1.0).argmax())
-            hit = [layers[j]] + [n for n in hit if n != layers[j]]
-            lead = f" Before that, {layers[j]} grew fastest (x{float(growth[j]):.3g})."
-        return Finding(
-            "nonfinite", tuple(hit),
-            f"The loss and every layer's gradient became non-finite at step {steps[r]}: the "
-            f"forward pass overflowed.{lead} Clip the gradients (clip_by_global_norm) or lower "
-            "the learning rate; use nonfinite='skip' to drop such steps.", steps[r],
-        )
-    origin = hit[-1]  # backward reaches the layer closest to the output first
-    ordered = (origin, *[n for n in hit if n != origin])
-    return Finding(
-        "nonfinite", ordered,
-        f"Gradients first became non-finite at step {steps[r]} in {origin} (the layer nearest "
-        f"the output among the {len(hit)} affected: {', '.join(hit[:6])}). Look for an "
-        "overflow or a log/division by zero there; clip or use nonfinite='skip'.", steps[r],
-    )
-
-
-def _growth(layers: list[str], steps: list[int], norms: torch.Tensor, growth: float,
-            blew_up: bool) -> Finding | None:
-    finite_rows = torch.isfinite(norms).all(dim=1)
-    good = norms[finite_rows]
-    good_steps = [s for s, ok in zip(steps, finite_rows.tolist(), strict=True) if ok]
-    if good.shape[0] < 4:
-        return None
-    w = max(1, good.shape[0] // 10)
-    total = good.pow(2).sum(dim=1).sqrt()
-    early, late = _median(total[:w]), _median(total[-w:])
-    factor = late / max(early, 1e-30)
-    if factor < growth and not (blew_up and factor > math.sqrt(growth)):
-        return None
-    per_layer = good[-w:].median(dim=0).values / good[:w].median(dim=0).values.clamp_min(1e-30)
-    order = torch.argsort(per_layer, descending=True).tolist()[:3]
-    top = ", ".join(f"{layers[j]} (x{float(per_layer[j]):.3g})" for j in order)
-    return Finding(
-        "exploding", tuple(layers[j] for j in order),
-        f"The gradient norm grew x{factor:.3g} between steps {good_steps[0]}-"
-        f"{good_steps[w - 1]} and {good_steps[-w]}-{good_steps[-1]}; fastest-growing layers: "
-        f"{top}. Clip the global norm (e.g. clip_by_global_norm({early:.3g}), the early "
-        "median) or lower the learning rate.", good_steps[-1], factor,
-    )
-
-
-def _depth(layers: list[str], norms: torch.Tensor, sizes: list[int], ratio: float
-           ) -> list[Finding]:
-    if len(layers) < 2 or norms.shape[0] == 0:
-        return []
-    rms = torch.stack([
-        _finite_median(norms[:, j]) / math.sqrt(max(sizes[j], 1)) for j in range(len(layers))
-    ])
-    out = []
-    high, low = [], []
-    # the reference is the output side, which receives the loss gradient directly
-    tail = rms[-max(1, math.ceil(len(layers) / 4)):]
-    ref = _median(tail[torch.isfinite(tail)])
-    if not math.isfinite(ref) or ref <= 0:
-        return []
-    for j in range(len(layers)):
-        value = float(rms[j])
-        if not math.isfinite(value):
-            continue
-        if value > ratio * ref:
-            high.append((j, value / ref))
-        elif value * ratio < ref:
-            low.append((j, ref / max(value, 1e-300)))
-    if high:
-        high.sort(key=lambda t: -t[1])
-        names = ", ".join(f"{layers[j]} (x{r:.3g})" for j, r in high[:4])
-        out.append(Finding(
-            "exploding", tuple(layers[j] for j, _ in high),
-            f"Gradients explode through depth: {names} above the gradient RMS of the "
-            "output-side layers. They grow as they flow back (weights initialised too large, no "
-            "normalisation). Rescale the init or add normalisation; AGC or a global-norm "
-            "clip keeps training stable meanwhile.", None, high[0][1],
-        ))
-    if low:
-        low.sort(key=lambda t: -t[1])
-        names = ", ".join(f"{layers[j]} (1/{r:.3g})" for j, r in low[:4])
-        out.append(Finding(
-            "vanishing", tuple(layers[j] for j, _ in low),
-            f"Gradients vanish in {names} of the output-side layers' "
-            "gradient RMS: these layers "
-            "barely learn. Use a variance-preserving init (Kaiming/Xavier), non-saturating "
-            "activations, normalisation or residual connections.", None, low[0][1],
-        ))
-    return out
-
-
-def _finite_median(x: torch.Tensor) -> torch.Tensor:
-    x = x[torch.isfinite(x)]
-    return x.median() if x.numel() else torch.tensor(math.nan, dtype=torch.float64)
-
-
-def _dead(dead: dict[str, tuple[int, int]]) -> list[Finding]:
-    hit = sorted(((n_dead / n_units, layer, n_dead, n_units)
-                  for layer, (n_dead, n_units) in dead.items() if n_dead and n_units),
-                 reverse=True)
-    if not hit:
-        return []
-    parts = ", ".join(f"{layer} {d}/{u} ({frac:.0%})" for frac, layer, d, u in hit[:6])
-    return [Finding(
-        "dead_units", tuple(layer for _, layer, _, _ in hit),
-        f"Dead units (no gradient on any sampled step): {parts}. If these are ReLUs that "
-        "died, lower the learning rate, check the bias init, or use LeakyReLU/GELU.",
-        None, hit[0][0],
-    )]
-
-
-def diagnose_history(*, layers: list[str], steps: list[int], norms: torch.Tensor,
-                     losses: torch.Tensor, sizes: list[int],
-                     dead: dict[str, tuple[int, int]], ratio: float, growth: float
-                     ) -> list[Finding]:
-    """The findings of :meth:`GradientMonitor.diagnose` from host-side arrays."""
-    findings: list[Finding] = []
-    nonfinite = _nonfinite(layers, steps, losses, norms)
-    if nonfinite is not None:
-        findings.append(nonfinite)
-    grew = _growth(layers, steps, norms, growth, nonfinite is not None)
-    if grew is not None:
-        findings.append(grew)
-    findings.extend(_depth(layers, norms, sizes, ratio))
-    findings.extend(_dead(dead))
-    return findings
-

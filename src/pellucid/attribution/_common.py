@@ -169,7 +169,7 @@ def prepare(
         module = check_layer(model, layer)
         floating = False
     inputs = check_tensor("inputs", inputs, min_ndim=1, floating=floating, finite=floating)
-    if inputs.is_floating_point():
+    if not floating and inputs.is_floating_point():
         check_finite_tensor("inputs", inputs)
     inputs = inputs.detach()
     forward = Forward(

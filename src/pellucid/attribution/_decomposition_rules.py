@@ -53,16 +53,13 @@ class Rescale(Rule):
         y_in, y_ref = _halves(y)
         dx = x_in - x_ref
         close = dx.abs() < self.eps
-        if self.relu:
-            local = (x_in > 0).to(x_in.dtype)
-        else:
-            local = vjp(op, x_in, torch.ones_like(x_in))
-        slope = torch.where(close, local, (y_in - y_ref) / dx.masked_fill(close, 1.0))
-        return y, slope
+        local = (x_in > 0) if self.relu else vjp(op, x_in, torch.ones_like(x_in))
+        secant = (y_in - y_ref) / dx  # inf/nan where dx == 0: replaced by the local slope
+        slope = torch.where(close, local, secant).to(x.dtype)
+        return y, torch.cat([slope, slope])  # both halves get the inputs' multipliers
 
     def backward(self, op: Op, state: Any, grad: torch.Tensor) -> torch.Tensor:
-        g = _halves(grad)[0] * state
-        return torch.cat([g, g])
+        return grad * state
 
 
 def _unpool(values: torch.Tensor, indices: torch.Tensor, shape: torch.Size) -> torch.Tensor:

@@ -79,8 +79,8 @@ def weighted_ridge(
         >>> import torch
         >>> x = torch.tensor([[0.0], [1.0], [2.0]])
         >>> fit = weighted_ridge(x, torch.tensor([[1.0, 3.0, 5.0]]), torch.ones(3))
-        >>> fit.coef.tolist(), fit.intercept.tolist()
-        ([[2.0]], [1.0])
+        >>> round(fit.coef.item(), 9), round(fit.intercept.item(), 9)
+        (2.0, 1.0)
     """
     x, y, w = (t.to(torch.float64) for t in (x, y, w))
     s, p = x.shape

@@ -51,7 +51,7 @@ __all__ = [
 PASS_OPS = frozenset(
     """add __add__ __radd__ __iadd__ add_ sub __sub__ __rsub__ __isub__ sub_ rsub neg __neg__
     neg_ negative positive __pos__ flatten unflatten reshape view view_as permute transpose t
-    contiguous squeeze unsqueeze __getitem__ cat concat concatenate stack hstack vstack split
+    contiguous T mT squeeze unsqueeze __getitem__ cat concat concatenate stack hstack vstack split
     chunk narrow select expand expand_as repeat clone to type float double half sum mean pad
     identity movedim swapaxes unbind tensor_split split_with_sizes flip roll index_select
     gather __setitem__ _reshape_alias zero_pad2d constant_pad_nd""".split()
@@ -275,6 +275,8 @@ class RuleEngine:
 
     def dispatch(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         name = getattr(func, "__name__", repr(func))
+        if name == "__get__":  # a tensor property such as x.T: name it by the property
+            name = getattr(getattr(func, "__self__", None), "__name__", name)
         if not _depends((args, kwargs)):
             return func(*args, **kwargs)
         handler = self.handlers.get(name)

@@ -332,6 +332,7 @@ def attention_rollout(
         a = a / a.sum(-1, keepdim=True).clamp_min(1e-12)
         rollout = a @ rollout
     scores = rollout.mean(1) if query is None else rollout[:, query]
+    rollout = rollout.to(inputs.dtype if inputs.is_floating_point() else torch.float32)
     return _token_explanation(
         "attention_rollout",
         inputs.detach(),

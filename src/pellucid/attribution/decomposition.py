@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from pellucid._batching import chunks, resolve_batch_size
+from pellucid._batching import chunks
 from pellucid._registry import register
 from pellucid._state import model_guard
 from pellucid._targets import Target
@@ -39,6 +39,7 @@ from pellucid.attribution._rules import (
     unchanged,
 )
 from pellucid.attribution.backprop import rule_gradients
+from pellucid.attribution.gradients import grad_batch_size
 from pellucid.explanation import Explanation
 
 __all__ = ["LRP_RULES", "deeplift", "lrp"]
@@ -138,7 +139,7 @@ def deeplift(
         freeze_parameters(model)
         engine = RuleEngine("deeplift", _deeplift_handlers(), model)
         n = x.shape[0]
-        size = max(1, resolve_batch_size(batch_size, 2 * x[0].numel(), total=2 * n) // 2)
+        size = max(1, grad_batch_size(batch_size, x[0].numel(), total=2 * n) // 2)
         if batch_size is not None and batch_size < 2:
             size = 1
         prep = prepare(

@@ -22,6 +22,8 @@ from pellucid.attribution._common import prepare
 from pellucid.explanation import Explanation
 
 __all__ = [
+    "GRAD_BUDGET_FACTOR",
+    "grad_batch_size",
     "input_gradients",
     "input_x_gradient",
     "path_gradients",
@@ -29,6 +31,18 @@ __all__ = [
     "saliency",
     "track_first_forward",
 ]
+
+
+#: Without ``batch_size``, a backward chunk holds 1/16 of the forward-only element budget:
+#: the activations kept for the backward pass are many times the inputs.
+GRAD_BUDGET_FACTOR = 16
+
+
+def grad_batch_size(batch_size: int | None, row_numel: int, *, total: int) -> int:
+    """Rows per forward+backward chunk: ``batch_size``, or a default bounded in memory."""
+    if batch_size is not None:
+        return resolve_batch_size(batch_size, row_numel, total=total)
+    return resolve_batch_size(None, row_numel * GRAD_BUDGET_FACTOR, total=total)
 
 
 def _gradient(
@@ -58,7 +72,7 @@ def input_gradients(
     batch_size: int | None = None,
 ) -> torch.Tensor:
     """d score / d rows for every row (rows may repeat examples, see ``example_index``)."""
-    size = resolve_batch_size(batch_size, rows[0].numel(), total=rows.shape[0])
+    size = grad_batch_size(batch_size, rows[0].numel(), total=rows.shape[0])
     grads = []
     for start, stop in chunks(rows.shape[0], size):
         index = example_index[start:stop] if example_index is not None else None
@@ -89,7 +103,7 @@ def path_gradients(
     """
     n = like.shape[0]
     total = n * per_example
-    size = resolve_batch_size(batch_size, like[0].numel(), total=total)
+    size = grad_batch_size(batch_size, like[0].numel(), total=total)
     result = torch.zeros_like(like)
     for start, stop in chunks(total, size):
         rows_index = torch.arange(start, stop, device=like.device)
@@ -113,7 +127,7 @@ def track_first_forward(inputs: Any, batch_size: int | None, layer: Any = None) 
     if inputs.shape[0] == 0:
         return False
     n = inputs.shape[0]
-    return resolve_batch_size(batch_size, inputs[0].numel(), total=n) >= n
+    return grad_batch_size(batch_size, inputs[0].numel(), total=n) >= n
 
 
 def prepared_gradients(prep: Any, batch_size: int | None) -> torch.Tensor:

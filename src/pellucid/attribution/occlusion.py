@@ -130,10 +130,21 @@ def occlusion(
         full = prep.target.scores(prep.output)
         size = chunk_rows(batch_size, flat_x.shape[1], total=n * n_win, device=x.device)
 
+        # all window masks at once when small (the usual case), else built per chunk
+        cached = None
+        if n_win * flat_x.shape[1] <= 1 << 22:
+            ids = torch.arange(n_win, device=x.device)
+            cached = _window_masks(ids, counts, win, step, shape).to(x.dtype)
+
+        def masks_of(ids: torch.Tensor) -> torch.Tensor:
+            if cached is not None:
+                return cached.index_select(0, ids)
+            return _window_masks(ids, counts, win, step, shape).to(x.dtype)
+
         def evaluate(start: int, stop: int) -> torch.Tensor:
             idx = torch.arange(start, stop, device=x.device)
             ex = idx // n_win
-            occluded = _window_masks(idx % n_win, counts, win, step, shape).to(x.dtype)
+            occluded = masks_of(idx % n_win)
             rows = mix(occluded, flat_b.index_select(0, ex), flat_x.index_select(0, ex))
             return prep.target.scores(prep.forward(rows.view(-1, *shape), ex), ex)
 
@@ -141,11 +152,10 @@ def occlusion(
         drops = drops.to(x.dtype)
         total = torch.zeros_like(flat_x)
         covered = torch.zeros(flat_x.shape[1], dtype=x.dtype, device=x.device)
-        mask_rows = max(1, size // max(1, n))
+        mask_rows = n_win if cached is not None else max(1, size // max(1, n))
         for lo in range(0, n_win, mask_rows):
-            ids = torch.arange(lo, min(n_win, lo + mask_rows), device=x.device)
-            masks = _window_masks(ids, counts, win, step, shape).to(x.dtype)
-            total += drops[:, lo : lo + ids.shape[0]] @ masks
+            masks = masks_of(torch.arange(lo, min(n_win, lo + mask_rows), device=x.device))
+            total += drops[:, lo : lo + masks.shape[0]] @ masks
             covered += masks.sum(0)
         attr = torch.where(covered > 0, total / covered.clamp_min(1), torch.zeros_like(total))
     return Explanation(

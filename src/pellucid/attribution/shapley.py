@@ -39,12 +39,14 @@ __all__ = ["exact_shapley", "kernel_shap", "sampling_shapley", "summarize_backgr
 MAX_EXACT_PLAYERS = 20
 
 
-def _ends(game: CoalitionValues, p: int, device: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    """v(empty) and v(full), each (N,)."""
-    z = torch.zeros(2, p, dtype=torch.bool, device=device)
-    z[1] = True
-    v = game(z).to(torch.float64)
-    return v[:, 0], v[:, 1]
+def _with_ends(
+    game: CoalitionValues, z: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(v(z), v(empty), v(full))`` in float64 from one batched evaluation."""
+    ends = torch.zeros(2, z.shape[1], dtype=torch.bool, device=z.device)
+    ends[1] = True
+    v = game(torch.cat([z, ends])).to(torch.float64)
+    return v[:, :-2], v[:, -2], v[:, -1]
 
 
 def _result(
@@ -150,7 +152,7 @@ def exact_shapley(
             size = z.sum(1)
             coef = torch.where(z, w_in[size].unsqueeze(1), -w_out[size].unsqueeze(1))
             values += game(z).to(torch.float64) @ coef
-        empty, full = _ends(game, p, device)
+        _, empty, full = _with_ends(game, z_all[:0])
     return _result(
         "exact_shapley",
         prep,
@@ -250,8 +252,8 @@ def sampling_shapley(
         n_perm = ranks.shape[0]
         steps = torch.arange(1, p, device=device).view(1, p - 1, 1)
         z = (ranks.unsqueeze(1) < steps).reshape(-1, p)  # prefixes of size 1..P-1
-        empty, full = _ends(game, p, device)
-        inner = game(z).to(torch.float64).view(n, n_perm, p - 1)
+        inner, empty, full = _with_ends(game, z)
+        inner = inner.view(n, n_perm, p - 1)
         chain = torch.cat(
             [
                 empty.view(n, 1, 1).expand(n, n_perm, 1),
@@ -366,17 +368,14 @@ def kernel_shap(
                 hint=f" The regression over {p} players needs at least {p} coalitions "
                 f"(use {2 * p + 2048} or more for a reliable estimate).",
             )
-        empty, full = _ends(game, p, device)
         if p == 1:
             z = torch.zeros(0, 1, dtype=torch.bool, device=device)
             weights = torch.zeros(0, dtype=torch.float64, device=device)
-            exact, y = (
-                True,
-                torch.zeros(prep.inputs.shape[0], 0, dtype=torch.float64, device=device),
-            )
+            exact = True
         else:
             z, weights, exact = kernel_coalitions(p, budget, generator=generator, device=device)
-            y = game(z).to(torch.float64) - empty.unsqueeze(1)
+        values, empty, full = _with_ends(game, z)
+        y = values - empty.unsqueeze(1)
         fit = efficient_wls(z, y, weights.to(device), full - empty, exact=exact)
     return _result(
         "kernel_shap",

@@ -34,13 +34,15 @@ from pellucid.clipping.callback import GradientClipper
 from pellucid.clipping.functional import (
     GradNorms,
     clip_grad_norm_,
-    clip_grad_norm_per_layer_,
-    clip_grad_norm_per_tensor_,
     clip_grad_value_,
     clip_grads_with_norm_,
-    layer_groups,
     tensor_norms,
     total_norm,
+)
+from pellucid.clipping.grouped import (
+    clip_grad_norm_per_layer_,
+    clip_grad_norm_per_tensor_,
+    layer_groups,
 )
 from pellucid.clipping.guard import NONFINITE_POLICIES, NonFiniteGradientError, nonfinite_flags
 from pellucid.clipping.stats import ClipStats

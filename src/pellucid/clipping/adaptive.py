@@ -75,7 +75,11 @@ class AutoClip(_Clipper):
         self, percentile: float = 10.0, *, history_size: int | None = None, norm_type: float = 2.0
     ) -> None:
         self.percentile = check_float(
-            "percentile", percentile, min_value=0.0, max_value=100.0, min_inclusive=False,
+            "percentile",
+            percentile,
+            min_value=0.0,
+            max_value=100.0,
+            min_inclusive=False,
             hint=" It is a percentile in (0, 100], e.g. 10.",
         )
         self.history_size = (
@@ -91,8 +95,12 @@ class AutoClip(_Clipper):
         needed = min(self.count + 1, self.history_size or self.count + 1)
         buf = self._buffer
         if buf is None:
-            buf = torch.full((max(64, needed),) if self.history_size is None else
-                             (self.history_size,), math.nan, dtype=torch.float64, device=device)
+            buf = torch.full(
+                (max(64, needed),) if self.history_size is None else (self.history_size,),
+                math.nan,
+                dtype=torch.float64,
+                device=device,
+            )
         elif buf.device != device:
             buf = buf.to(device)
         if buf.numel() < needed:
@@ -109,8 +117,9 @@ class AutoClip(_Clipper):
             return torch.zeros(0, dtype=torch.float64)
         return self._buffer[: min(self.count, self._buffer.numel())].clone()
 
-    def __call__(self, grads: list[torch.Tensor], params: list[torch.Tensor],
-                 norms: GradNorms | None = None) -> TransformResult:
+    def __call__(
+        self, grads: list[torch.Tensor], params: list[torch.Tensor], norms: GradNorms | None = None
+    ) -> TransformResult:
         total = _norms(grads, norms).total(self.norm_type)
         buf = self._ensure(total.device)
         slot = self.count % buf.numel() if self.history_size else self.count
@@ -119,8 +128,9 @@ class AutoClip(_Clipper):
         self.count += 1
         window = buf[: min(self.count, buf.numel())]
         threshold = torch.nanquantile(window, self.percentile / 100.0)
-        threshold = torch.where(torch.isnan(threshold), torch.full_like(threshold, math.inf),
-                                threshold)
+        threshold = torch.where(
+            torch.isnan(threshold), torch.full_like(threshold, math.inf), threshold
+        )
         coef = torch.clamp(threshold / (value + 1e-6), max=1.0).to(total.dtype)
         return TransformResult(_scaled(grads, coef), _stats(total, coef, threshold))
 
@@ -181,16 +191,26 @@ class ZClip(_Clipper):
         skip_update_on_spike: bool = False,
         eps: float = 1e-6,
     ) -> None:
-        self.alpha = check_float("alpha", alpha, min_value=0.0, max_value=1.0,
-                                 min_inclusive=False, max_inclusive=False,
-                                 hint=" The paper uses alpha=0.97.")
+        self.alpha = check_float(
+            "alpha",
+            alpha,
+            min_value=0.0,
+            max_value=1.0,
+            min_inclusive=False,
+            max_inclusive=False,
+            hint=" The paper uses alpha=0.97.",
+        )
         self.z_thresh = check_float("z_thresh", z_thresh, min_value=0.0, min_inclusive=False)
         self.warmup_steps = check_int("warmup_steps", warmup_steps, min_value=1)
-        self.max_norm = None if max_norm is None else check_float(
-            "max_norm", max_norm, min_value=0.0, min_inclusive=False)
+        self.max_norm = (
+            None
+            if max_norm is None
+            else check_float("max_norm", max_norm, min_value=0.0, min_inclusive=False)
+        )
         self.clip_option = check_choice("clip_option", clip_option, ("adaptive_scaling", "mean"))
-        self.clip_factor = check_float("clip_factor", clip_factor, min_value=0.0,
-                                       min_inclusive=False)
+        self.clip_factor = check_float(
+            "clip_factor", clip_factor, min_value=0.0, min_inclusive=False
+        )
         self.skip_update_on_spike = bool(skip_update_on_spike)
         self.eps = check_float("eps", eps, min_value=0.0)
         self.step = 0
@@ -208,15 +228,17 @@ class ZClip(_Clipper):
             bound = torch.clamp(bound, max=self.max_norm)
         return torch.where(value > bound, bound / (value + 1e-6), torch.ones_like(value))
 
-    def __call__(self, grads: list[torch.Tensor], params: list[torch.Tensor],
-                 norms: GradNorms | None = None) -> TransformResult:
+    def __call__(
+        self, grads: list[torch.Tensor], params: list[torch.Tensor], norms: GradNorms | None = None
+    ) -> TransformResult:
         total = _norms(grads, norms).total(2.0)
         value = total.detach().to(torch.float64)
         device = value.device
         finite = torch.isfinite(value)
         if self._warmup.device != device:
-            self._warmup, self.mean, self.var = (t.to(device) for t in
-                                                 (self._warmup, self.mean, self.var))
+            self._warmup, self.mean, self.var = (
+                t.to(device) for t in (self._warmup, self.mean, self.var)
+            )
         if not self.initialized:
             self._warmup[self.step] = torch.where(finite, value, torch.full_like(value, math.nan))
             self.step += 1
@@ -231,7 +253,9 @@ class ZClip(_Clipper):
             z = (value - self.mean) / (std + self.eps)
             spike = z > self.z_thresh
             if self.clip_option == "adaptive_scaling":
-                adaptive = (self.mean + self.z_thresh * std / (z / self.z_thresh)) * self.clip_factor
+                adaptive = (
+                    self.mean + self.z_thresh * std / (z / self.z_thresh)
+                ) * self.clip_factor
             else:
                 adaptive = self.mean
             clip_val = torch.where(spike, adaptive, value)
@@ -249,20 +273,29 @@ class ZClip(_Clipper):
     def state_dict(self) -> dict[str, Any]:
         """Settings, step count, warm-up norms and the EMA mean/variance (on CPU)."""
         return {
-            "alpha": self.alpha, "z_thresh": self.z_thresh, "warmup_steps": self.warmup_steps,
-            "max_norm": self.max_norm, "clip_option": self.clip_option,
-            "clip_factor": self.clip_factor, "skip_update_on_spike": self.skip_update_on_spike,
-            "eps": self.eps, "step": self.step, "warmup": self._warmup.cpu().clone(),
-            "mean": self.mean.cpu().clone(), "var": self.var.cpu().clone(),
+            "alpha": self.alpha,
+            "z_thresh": self.z_thresh,
+            "warmup_steps": self.warmup_steps,
+            "max_norm": self.max_norm,
+            "clip_option": self.clip_option,
+            "clip_factor": self.clip_factor,
+            "skip_update_on_spike": self.skip_update_on_spike,
+            "eps": self.eps,
+            "step": self.step,
+            "warmup": self._warmup.cpu().clone(),
+            "mean": self.mean.cpu().clone(),
+            "var": self.var.cpu().clone(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore from :meth:`state_dict`; settings are taken from ``state``."""
         _check_keys(state, ("alpha", "z_thresh", "warmup_steps", "step", "warmup", "mean", "var"))
         fresh = ZClip(
-            state["alpha"], state["z_thresh"], warmup_steps=state["warmup_steps"],
-            max_norm=state.get("max_norm"), clip_option=state.get("clip_option",
-                                                                   "adaptive_scaling"),
+            state["alpha"],
+            state["z_thresh"],
+            warmup_steps=state["warmup_steps"],
+            max_norm=state.get("max_norm"),
+            clip_option=state.get("clip_option", "adaptive_scaling"),
             clip_factor=state.get("clip_factor", 1.0),
             skip_update_on_spike=state.get("skip_update_on_spike", False),
             eps=state.get("eps", 1e-6),

@@ -72,8 +72,13 @@ class _Plan(NamedTuple):
     after: torch.Tensor
 
 
-def _agc_plan(grads: list[torch.Tensor], params: list[torch.Tensor], clip_factor: float,
-              eps: float, norm_type: float) -> _Plan:
+def _agc_plan(
+    grads: list[torch.Tensor],
+    params: list[torch.Tensor],
+    clip_factor: float,
+    eps: float,
+    norm_type: float,
+) -> _Plan:
     # Group tensors whose units have the same shape: matrices/convs by their trailing shape
     # (concatenated along dim 0), vectors by length (stacked, one unit each).
     first = grads[0].device
@@ -93,8 +98,9 @@ def _agc_plan(grads: list[torch.Tensor], params: list[torch.Tensor], clip_factor
             norms = torch.linalg.vector_norm(both.view(both.shape[0], -1), norm_type, dim=1)
         parts.append(norms.view(2, -1) if device == first else norms.view(2, -1).to(first))
         units = [] if is_vector else [g.shape[0] for g in gs]
-        shapes.append(((-1,) + (1,) * len(trail) if units else (), units,
-                       device if device != first else None))
+        shapes.append(
+            ((-1,) + (1,) * len(trail) if units else (), units, device if device != first else None)
+        )
         order += indices
     norms = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
     g_norm, w_norm = norms.unbind()
@@ -133,7 +139,7 @@ def agc_coefficients(
         >>> m, before, after = agc_coefficients([g], [w], clip_factor=0.1, eps=1e-3,
         ...                                     norm_type=2.0)
         >>> [round(v, 6) for v in m[0].flatten().tolist()], round(float(after), 4)
-        ([0.01, 0.01], 0.2828)
+        ([0.01, 0.01], 0.2)
     """
     plan = _agc_plan(grads, params, clip_factor, eps, norm_type)
     multipliers: list[torch.Tensor | None] = [None] * len(grads)
@@ -144,7 +150,10 @@ def agc_coefficients(
 
 def _check_agc_args(clip_factor: float, eps: float, norm_type: float) -> tuple[float, float, float]:
     clip_factor = check_float(
-        "clip_factor", clip_factor, min_value=0.0, min_inclusive=False,
+        "clip_factor",
+        clip_factor,
+        min_value=0.0,
+        min_inclusive=False,
         hint=" The paper uses 0.01 for large batches, up to 0.16 for small ones.",
     )
     eps = check_float("eps", eps, min_value=0.0)

@@ -67,8 +67,9 @@ class GradientClipper(Callback):
         self._rows: list[torch.Tensor] = []
         self.seconds = 0.0
 
-    def _identity(self, grads: list[torch.Tensor], params: list[torch.Tensor],
-                  norms: Any = None) -> Any:
+    def _identity(
+        self, grads: list[torch.Tensor], params: list[torch.Tensor], norms: Any = None
+    ) -> Any:
         from pellucid.clipping.transforms import TransformResult, _norms
 
         return TransformResult(list(grads), ClipStats.unclipped(_norms(grads, norms).total(2.0)))

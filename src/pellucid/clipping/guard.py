@@ -65,7 +65,9 @@ def nonfinite_flags(
     return ~torch.isfinite(maxima)
 
 
-def _describe_first(grads: Sequence[torch.Tensor], names: Sequence[str], flags: torch.Tensor) -> str:
+def _describe_first(
+    grads: Sequence[torch.Tensor], names: Sequence[str], flags: torch.Tensor
+) -> str:
     index = int(torch.nonzero(flags)[0])
     grad = grads[index]
     n_nan = int(torch.isnan(grad).sum())

@@ -84,13 +84,22 @@ def _scaled(grads: list[torch.Tensor], coef: torch.Tensor) -> list[torch.Tensor]
     return [g * coef.to(g.device) for g in grads]
 
 
-def _stats(before: torch.Tensor, after: torch.Tensor, threshold: Any, clipped: torch.Tensor,
-           nonfinite: torch.Tensor | None = None) -> ClipStats:
+def _stats(
+    before: torch.Tensor,
+    after: torch.Tensor,
+    threshold: Any,
+    clipped: torch.Tensor,
+    nonfinite: torch.Tensor | None = None,
+) -> ClipStats:
     coef = torch.where(before > 0, after / before, torch.ones_like(before))
     threshold = torch.as_tensor(threshold, dtype=before.dtype, device=before.device)
     return ClipStats(
-        norm_before=before, norm_after=after, clip_coef=coef, threshold=threshold,
-        clipped=clipped, nonfinite=~torch.isfinite(before) if nonfinite is None else nonfinite,
+        norm_before=before,
+        norm_after=after,
+        clip_coef=coef,
+        threshold=threshold,
+        clipped=clipped,
+        nonfinite=~torch.isfinite(before) if nonfinite is None else nonfinite,
         skipped=torch.zeros((), dtype=torch.bool, device=before.device),
     )
 
@@ -103,14 +112,16 @@ class ClipByGlobalNorm:
     norm_type: float = 2.0
     process_group: Any = None
 
-    def __call__(self, grads: list[torch.Tensor], params: list[torch.Tensor],
-                 norms: GradNorms | None = None) -> TransformResult:
+    def __call__(
+        self, grads: list[torch.Tensor], params: list[torch.Tensor], norms: GradNorms | None = None
+    ) -> TransformResult:
         total = _norms(grads, norms).total(self.norm_type)
         if self.process_group is not None:
             from pellucid.distributed import all_reduce_norm
 
-            total = all_reduce_norm(total, norm_type=self.norm_type,
-                                    process_group=self.process_group)
+            total = all_reduce_norm(
+                total, norm_type=self.norm_type, process_group=self.process_group
+            )
         coef = torch.clamp(self.max_norm / (total + 1e-6), max=1.0)
         stats = _stats(total, total * coef, self.max_norm, coef < 1.0)
         return TransformResult(_scaled(grads, coef), stats.replace(clip_coef=coef))
@@ -122,8 +133,9 @@ class ClipByValue:
 
     clip_value: float
 
-    def __call__(self, grads: list[torch.Tensor], params: list[torch.Tensor],
-                 norms: GradNorms | None = None) -> TransformResult:
+    def __call__(
+        self, grads: list[torch.Tensor], params: list[torch.Tensor], norms: GradNorms | None = None
+    ) -> TransformResult:
         cache = _norms(grads, norms)
         before = cache.total(2.0)
         new = list(torch._foreach_clamp_min(grads, -self.clip_value)) if grads else []
@@ -142,12 +154,14 @@ class ClipByNorm:
     max_norm: float
     norm_type: float = 2.0
 
-    def __call__(self, grads: list[torch.Tensor], params: list[torch.Tensor],
-                 norms: GradNorms | None = None) -> TransformResult:
+    def __call__(
+        self, grads: list[torch.Tensor], params: list[torch.Tensor], norms: GradNorms | None = None
+    ) -> TransformResult:
         cache = _norms(grads, norms)
         before = cache.total(2.0)
-        coefs = [self.max_norm / torch.clamp(n, min=self.max_norm)
-                 for n in cache.norms(self.norm_type)]
+        coefs = [
+            self.max_norm / torch.clamp(n, min=self.max_norm) for n in cache.norms(self.norm_type)
+        ]
         new = list(torch._foreach_mul(grads, coefs)) if grads else []
         after = GradNorms(new).total(2.0)
         clipped = torch.stack([c < 1.0 for c in coefs]).any() if coefs else before > math.inf
@@ -163,8 +177,9 @@ class AdaptiveClip:
     norm_type: float = 2.0
     exclude: tuple[torch.Tensor, ...] = field(default=(), repr=False)
 
-    def __call__(self, grads: list[torch.Tensor], params: list[torch.Tensor],
-                 norms: GradNorms | None = None) -> TransformResult:
+    def __call__(
+        self, grads: list[torch.Tensor], params: list[torch.Tensor], norms: GradNorms | None = None
+    ) -> TransformResult:
         if len(params) != len(grads):
             raise ValueError(
                 "`params` must match `grads` one to one for AGC; "
@@ -176,8 +191,11 @@ class AdaptiveClip:
         new = list(grads)
         if keep:
             mults, _, _ = agc_coefficients(
-                [grads[i] for i in keep], [params[i] for i in keep],
-                clip_factor=self.clip_factor, eps=self.eps, norm_type=self.norm_type,
+                [grads[i] for i in keep],
+                [params[i] for i in keep],
+                clip_factor=self.clip_factor,
+                eps=self.eps,
+                norm_type=self.norm_type,
             )
             scaled = torch._foreach_mul([grads[i] for i in keep], mults)
             for i, g in zip(keep, scaled, strict=True):
@@ -195,8 +213,9 @@ class Chain:
 
     transforms: tuple[Transform, ...]
 
-    def __call__(self, grads: list[torch.Tensor], params: list[torch.Tensor],
-                 norms: GradNorms | None = None) -> TransformResult:
+    def __call__(
+        self, grads: list[torch.Tensor], params: list[torch.Tensor], norms: GradNorms | None = None
+    ) -> TransformResult:
         results = []
         current = grads
         for i, transform in enumerate(self.transforms):
@@ -208,8 +227,7 @@ class Chain:
             return TransformResult(list(grads), ClipStats.unclipped(before))
         first, last = results[0].stats, results[-1].stats
         clipped = torch.stack([r.stats.clipped for r in results]).any()
-        stats = _stats(first.norm_before, last.norm_after, last.threshold, clipped,
-                       first.nonfinite)
+        stats = _stats(first.norm_before, last.norm_after, last.threshold, clipped, first.nonfinite)
         return TransformResult(current, stats)
 
 

@@ -17,10 +17,10 @@ from pellucid.metrics.faithfulness import (
     deletion_auc,
     deletion_curve,
     faithfulness_correlation,
-    infidelity,
     insertion_auc,
     insertion_curve,
 )
+from pellucid.metrics.infidelity import infidelity
 from pellucid.metrics.randomization import (
     RandomizationCheck,
     model_randomization_check,

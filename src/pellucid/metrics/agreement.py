@@ -14,7 +14,15 @@ from pellucid._batching import DEFAULT_ELEMENT_BUDGET
 from pellucid._validation import check_choice, check_int
 from pellucid.metrics._common import as_attributions, flat_features
 
-__all__ = ["MEASURES", "agreement", "kendall", "rank", "spearman", "top_k_overlap"]
+__all__ = [
+    "MEASURES",
+    "agreement",
+    "kendall",
+    "pearson_rows",
+    "rank",
+    "spearman",
+    "top_k_overlap",
+]
 
 MEASURES = ("spearman", "kendall", "top_k")
 
@@ -58,7 +66,8 @@ def rank(values: torch.Tensor) -> torch.Tensor:
     return (left + right + 1).to(dtype) / 2
 
 
-def _pearson_rows(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+def pearson_rows(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Row-wise Pearson correlation; NaN where a row is constant."""
     a = a - a.mean(dim=1, keepdim=True)
     b = b - b.mean(dim=1, keepdim=True)
     denom = a.norm(dim=1) * b.norm(dim=1)
@@ -77,7 +86,7 @@ def spearman(a: Any, b: Any, *, absolute: bool = True) -> torch.Tensor:
         tensor([1.])
     """
     ta, tb = _pair(a, b, absolute)
-    return _pearson_rows(rank(ta), rank(tb))
+    return pearson_rows(rank(ta), rank(tb))
 
 
 def kendall(a: Any, b: Any, *, absolute: bool = True) -> torch.Tensor:

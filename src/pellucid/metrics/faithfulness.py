@@ -4,8 +4,7 @@
   remove (or insert) features in order of attribution and follow the target score.
 * ``faithfulness_correlation`` (Bhatt et al. 2020): Pearson correlation between the sum of
   the attributions of random feature subsets and the drop in score when they are removed.
-* ``infidelity`` (Yeh et al. 2019): mean squared error between ``attributions . I`` and the
-  score change ``f(x) - f(x - I)`` for random perturbations ``I``.
+* ``infidelity`` (Yeh et al. 2019) lives in :mod:`pellucid.metrics.infidelity`.
 
 Every metric evaluates all examples x perturbations as batched forwards, returns one value
 per example and leaves the model as it was.
@@ -21,16 +20,16 @@ from typing import Any
 import torch
 
 from pellucid._state import model_guard
-from pellucid._validation import check_float, check_int
+from pellucid._validation import check_int, check_tensor
 from pellucid.metrics._common import flat_features, score_rows, setup_metric
 from pellucid.metrics._perturb import fill_values, per_example
+from pellucid.metrics.agreement import pearson_rows
 
 __all__ = [
     "PerturbationCurve",
     "deletion_auc",
     "deletion_curve",
     "faithfulness_correlation",
-    "infidelity",
     "insertion_auc",
     "insertion_curve",
 ]
@@ -57,6 +56,20 @@ class PerturbationCurve:
         return int(self.scores.shape[0])
 
 
+def _groups(feature_mask: Any, inputs: torch.Tensor) -> torch.Tensor:
+    """A shared ``feature_mask`` of one example's shape -> flat group ids ``0..G-1``."""
+    mask = check_tensor("feature_mask", feature_mask)
+    if mask.is_floating_point() or mask.dtype == torch.bool:
+        raise TypeError(f"`feature_mask` must hold integer group ids; got dtype {mask.dtype}.")
+    if tuple(mask.shape) != tuple(inputs.shape[1:]):
+        raise ValueError(
+            f"`feature_mask` must have the shape of one example {tuple(inputs.shape[1:])} "
+            f"(shared by all examples); got {tuple(mask.shape)}."
+        )
+    _, flat = torch.unique(mask.reshape(-1).to(inputs.device), return_inverse=True)
+    return flat
+
+
 def _curve(
     kind: str,
     model: Any,
@@ -67,6 +80,7 @@ def _curve(
     baseline: Any,
     step: int | None,
     absolute: bool,
+    feature_mask: torch.Tensor | None,
     blur_sigma: float,
     batch_size: int | None,
     forward_args: Any,
@@ -87,8 +101,17 @@ def _curve(
             output=output,
         )
         x = flat_features(setup.inputs)
-        n, d = x.shape
+        n = x.shape[0]
         fill = flat_features(fill_values(baseline, setup.inputs, blur_sigma=blur_sigma))
+        attr = flat_features(setup.attributions)
+        groups = None
+        if feature_mask is not None:
+            groups = _groups(feature_mask, setup.inputs)
+            total = int(groups.max()) + 1
+            attr = torch.zeros(n, total, dtype=attr.dtype, device=attr.device).index_add_(
+                1, groups, attr
+            )
+        d = attr.shape[1]
         if step is None:
             step = max(1, math.ceil(d / 50))
         step = check_int(
@@ -98,11 +121,12 @@ def _curve(
             max_value=d,
             hint=f" The inputs have {d} features per example.",
         )
-        attr = flat_features(setup.attributions)
         order = torch.argsort(attr.abs() if absolute else attr, dim=1, descending=True, stable=True)
         rank = torch.empty_like(order).scatter_(
             1, order, torch.arange(d, device=order.device).expand(n, d).contiguous()
         )
+        if groups is not None:  # every element takes its group's rank
+            rank = rank.index_select(1, groups)
         counts = torch.clamp(torch.arange(0, d + step, step, device=x.device), max=d)
         counts = counts[: math.ceil(d / step) + 1]
         points = counts.numel()
@@ -142,6 +166,9 @@ _CURVE_DOC = """
             image, ``blur_sigma`` pixels).
         step: features changed per point (default: about 50 points per curve).
         absolute: rank by ``|attribution|`` instead of the signed value.
+        feature_mask: optional integer group ids of one example's shape (e.g. the same id
+            for the channels of a pixel, or superpixels): groups are ranked by their summed
+            attribution and removed together; ``step`` and ``fractions`` count groups.
         batch_size: rows per forward pass.
 
     Returns:
@@ -158,6 +185,7 @@ def deletion_curve(
     baseline: Any = None,
     step: int | None = None,
     absolute: bool = False,
+    feature_mask: torch.Tensor | None = None,
     blur_sigma: float = 1.0,
     batch_size: int | None = None,
     forward_args: Any = None,
@@ -184,6 +212,7 @@ def deletion_curve(
         baseline=baseline,
         step=step,
         absolute=absolute,
+        feature_mask=feature_mask,
         blur_sigma=blur_sigma,
         batch_size=batch_size,
         forward_args=forward_args,
@@ -202,6 +231,7 @@ def insertion_curve(
     baseline: Any = None,
     step: int | None = None,
     absolute: bool = False,
+    feature_mask: torch.Tensor | None = None,
     blur_sigma: float = 1.0,
     batch_size: int | None = None,
     forward_args: Any = None,
@@ -228,6 +258,7 @@ def insertion_curve(
         baseline=baseline,
         step=step,
         absolute=absolute,
+        feature_mask=feature_mask,
         blur_sigma=blur_sigma,
         batch_size=batch_size,
         forward_args=forward_args,
@@ -271,15 +302,6 @@ def insertion_auc(
         tensor([2., 2.])
     """
     return insertion_curve(model, inputs, attributions, **kwargs).auc
-
-
-def _pearson(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Row-wise Pearson correlation; NaN where a row is constant."""
-    a = a - a.mean(dim=1, keepdim=True)
-    b = b - b.mean(dim=1, keepdim=True)
-    denom = a.norm(dim=1) * b.norm(dim=1)
-    corr = (a * b).sum(dim=1) / denom
-    return torch.where(denom > 0, corr, torch.full_like(corr, float("nan")))
 
 
 def faithfulness_correlation(
@@ -374,91 +396,4 @@ def faithfulness_correlation(
 
         perturbed = score_rows(setup, make_rows, n * n_samples, batch_size=batch_size)
     drops = setup.scores.unsqueeze(1) - perturbed.reshape(n, n_samples)
-    return _pearson(torch.cat(sums).reshape(n, n_samples), drops)
-
-
-def infidelity(
-    model: Any,
-    inputs: torch.Tensor,
-    attributions: Any,
-    *,
-    target: Any = None,
-    n_samples: int = 10,
-    noise_scale: float = 0.1,
-    normalize: bool = False,
-    perturbations: torch.Tensor | None = None,
-    generator: torch.Generator | None = None,
-    batch_size: int | None = None,
-    forward_args: Any = None,
-    forward_kwargs: Mapping[str, Any] | None = None,
-    output: Any = None,
-    eval_mode: bool | None = None,
-) -> torch.Tensor:
-    """Infidelity (Yeh et al. 2019), one value >= 0 per example; lower is more faithful.
-
-    ``mean_I (attributions . I - (f(x) - f(x - I)))^2`` over ``n_samples`` perturbations
-    ``I ~ N(0, noise_scale^2)`` (or the given ``perturbations``). With ``normalize=True`` the
-    attributions are first scaled by the best factor ``beta = E[a b] / E[a^2]`` (as in
-    captum), so only their direction is judged.
-
-    Args:
-        n_samples: perturbations per example.
-        noise_scale: standard deviation of the Gaussian perturbations.
-        normalize: scale the attributions optimally before scoring.
-        perturbations: optional perturbations ``I`` to use, shape ``(n_samples, *features)``
-            (shared) or ``(N, n_samples, *features)``.
-        generator: random source of the perturbations.
-
-    Example:
-        >>> import torch
-        >>> net = torch.nn.Linear(5, 1)
-        >>> x = torch.randn(4, 5)
-        >>> infidelity(net, x, net.weight.detach().expand(4, 5)).abs().max() < 1e-8
-        tensor(True)
-    """
-    if not isinstance(normalize, bool):
-        raise TypeError(f"`normalize` must be True or False; got {normalize!r}.")
-    with model_guard(model, eval_mode=eval_mode, method="infidelity"):
-        setup = setup_metric(
-            model,
-            inputs,
-            attributions,
-            target=target,
-            forward_args=forward_args,
-            forward_kwargs=forward_kwargs,
-            output=output,
-        )
-        x = flat_features(setup.inputs)
-        n, d = x.shape
-        attr = flat_features(setup.attributions)
-        if perturbations is not None:
-            given = per_example(perturbations, setup.inputs, name="perturbations", dtype=x.dtype)
-            given = given.reshape(n, given.shape[1], d)
-            n_samples = given.shape[1]
-        else:
-            n_samples = check_int("n_samples", n_samples, min_value=1)
-            scale = check_float("noise_scale", noise_scale, min_value=0.0, min_inclusive=False)
-        dots: list[torch.Tensor] = []
-        shape = setup.inputs.shape[1:]
-
-        def make_rows(start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
-            r = torch.arange(start, stop, device=x.device)
-            example = r // n_samples
-            if perturbations is not None:
-                noise = given[example, r % n_samples]
-            else:
-                noise = torch.randn(stop - start, d, generator=generator, dtype=x.dtype)
-                noise = noise.to(x.device) * scale
-            dots.append((attr.index_select(0, example) * noise).sum(dim=1))
-            return (x.index_select(0, example) - noise).reshape(-1, *shape), example
-
-        perturbed = score_rows(setup, make_rows, n * n_samples, batch_size=batch_size)
-    a = torch.cat(dots).reshape(n, n_samples)
-    b = setup.scores.unsqueeze(1) - perturbed.reshape(n, n_samples)
-    if normalize:
-        aa, ab = (a * a).mean(dim=1), (a * b).mean(dim=1)
-        beta = torch.where(
-            aa > 0, ab / aa.clamp_min(torch.finfo(a.dtype).tiny), torch.zeros_like(aa)
-        )
-        a = a * beta.unsqueeze(1)
-    return ((a - b) ** 2).mean(dim=1)
+    return pearson_rows(torch.cat(sums).reshape(n, n_samples), drops)

@@ -55,7 +55,9 @@ def gradient_flow(
     if layers is None:
         names = list(norms)
         if len(names) > max_layers:
-            pick = sorted({round(i * (len(names) - 1) / (max_layers - 1)) for i in range(max_layers)})
+            pick = sorted(
+                {round(i * (len(names) - 1) / (max_layers - 1)) for i in range(max_layers)}
+            )
             names = [names[i] for i in pick]
     else:
         unknown = [n for n in layers if n not in norms]

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 from pellucid.pruning import importance, io, measure
 from pellucid.pruning.distill import Distillation, distillation_loss
+from pellucid.pruning.finetune import PruneResult, prune_and_finetune
 from pellucid.pruning.schedules import (
     BNScaleL1,
     GroupLasso,
     PolynomialPruning,
-    PruneResult,
     ReapplyMasks,
     polynomial_sparsity,
-    prune_and_finetune,
     reapply_masks_,
 )
 from pellucid.pruning.structured import ChannelGroup, ChannelPruningPlan, plan_channel_pruning

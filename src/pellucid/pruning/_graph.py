@@ -15,7 +15,6 @@ from __future__ import annotations
 import math
 import operator
 import traceback
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -24,191 +23,23 @@ from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from pellucid._state import model_guard
+from pellucid.pruning._spaces import (
+    BINARY,
+    BINARY_METHODS,
+    PASS_FUNCTIONS,
+    PASS_METHODS,
+    PASS_MODULES,
+    POOL_FUNCTIONS,
+    POOL_MODULES,
+    REDUCE_FUNCTIONS,
+    REDUCE_METHODS,
+    ChannelGraph,
+    Member,
+    Segment,
+    Value,
+)
 
 __all__ = ["ChannelGraph", "Member", "Segment", "build_graph"]
-
-
-@dataclass(frozen=True)
-class Segment:
-    """``length`` channels of ``space``, each repeated ``repeat`` times (after a flatten)."""
-
-    space: int
-    length: int
-    repeat: int = 1
-
-
-@dataclass
-class Value:
-    layout: tuple[Segment, ...]
-    cdim: int
-    shape: tuple[int, ...]
-    free: bool = False  # a frozen tensor (input, attribute) whose channel dim is not known
-
-
-@dataclass
-class Member:
-    """A module slice tied to channel spaces: its output (``role="out"``: producers,
-    ``"elementwise"``: BN/LN/depthwise conv) or input (``role="in"``: consumers)."""
-
-    module: str
-    role: str
-    layout: tuple[Segment, ...]
-    node: str
-
-
-@dataclass
-class ChannelGraph:
-    """Spaces, their union-find parents, members and the reasons spaces are frozen."""
-
-    lengths: list[int] = field(default_factory=list)
-    parent: list[int] = field(default_factory=list)
-    frozen: dict[int, str] = field(default_factory=dict)
-    members: list[Member] = field(default_factory=list)
-    producers: dict[int, str] = field(default_factory=dict)
-    group_divisors: dict[int, list[int]] = field(default_factory=dict)
-    needs_frozen: list[tuple[int, str]] = field(default_factory=list)
-
-    def new_space(self, length: int, frozen: str | None = None) -> int:
-        self.lengths.append(length)
-        self.parent.append(len(self.parent))
-        space = len(self.lengths) - 1
-        if frozen:
-            self.frozen[space] = frozen
-        return space
-
-    def find(self, space: int) -> int:
-        while self.parent[space] != space:
-            self.parent[space] = self.parent[self.parent[space]]
-            space = self.parent[space]
-        return space
-
-    def union(self, a: int, b: int, node: str) -> None:
-        ra, rb = self.find(a), self.find(b)
-        if ra == rb:
-            return
-        if self.lengths[ra] != self.lengths[rb]:
-            raise ValueError(
-                f"Cannot prune through node {node!r}: it combines {self.lengths[ra]} and "
-                f"{self.lengths[rb]} channels."
-            )
-        self.parent[rb] = ra
-
-    def freeze(self, layout: tuple[Segment, ...], reason: str) -> None:
-        for seg in layout:
-            self.frozen.setdefault(seg.space, reason)
-
-    def require_frozen(self, layout: tuple[Segment, ...], message: str) -> None:
-        self.needs_frozen += [(seg.space, message) for seg in layout]
-
-    def frozen_reason(self, root: int) -> str | None:
-        for space, reason in self.frozen.items():
-            if self.find(space) == root:
-                return reason
-        return None
-
-
-_PASS_MODULES = (
-    nn.ReLU,
-    nn.ReLU6,
-    nn.LeakyReLU,
-    nn.GELU,
-    nn.SiLU,
-    nn.Sigmoid,
-    nn.Tanh,
-    nn.Hardswish,
-    nn.Hardsigmoid,
-    nn.ELU,
-    nn.SELU,
-    nn.Softplus,
-    nn.Mish,
-    nn.Identity,
-    nn.Hardtanh,
-    nn.modules.dropout._DropoutNd,
-)
-_POOL_MODULES = (
-    nn.modules.pooling._MaxPoolNd,
-    nn.modules.pooling._AvgPoolNd,
-    nn.modules.pooling._AdaptiveAvgPoolNd,
-    nn.modules.pooling._AdaptiveMaxPoolNd,
-    nn.Upsample,
-)
-_PASS_FUNCTIONS = {
-    torch.relu,
-    torch.sigmoid,
-    torch.tanh,
-    torch.abs,
-    torch.neg,
-    torch.exp,
-    F.relu,
-    F.relu6,
-    F.gelu,
-    F.silu,
-    F.leaky_relu,
-    F.hardswish,
-    F.hardsigmoid,
-    F.elu,
-    F.selu,
-    F.softplus,
-    F.mish,
-    F.dropout,
-    F.hardtanh,
-    torch.sigmoid,
-    operator.neg,
-    torch.clamp,
-    torch.square,
-}
-_PASS_METHODS = {
-    "relu",
-    "relu_",
-    "sigmoid",
-    "tanh",
-    "abs",
-    "neg",
-    "exp",
-    "contiguous",
-    "clone",
-    "float",
-    "double",
-    "half",
-    "to",
-    "detach",
-    "clamp",
-    "clamp_min",
-    "square",
-    "type_as",
-}
-_POOL_FUNCTIONS = {
-    F.adaptive_avg_pool1d,
-    F.adaptive_avg_pool2d,
-    F.adaptive_avg_pool3d,
-    F.adaptive_max_pool1d,
-    F.adaptive_max_pool2d,
-    F.adaptive_max_pool3d,
-    F.avg_pool1d,
-    F.avg_pool2d,
-    F.avg_pool3d,
-    F.max_pool1d,
-    F.max_pool2d,
-    F.max_pool3d,
-    F.interpolate,
-}
-_BINARY = {
-    operator.add,
-    operator.sub,
-    operator.mul,
-    operator.truediv,
-    operator.iadd,
-    operator.imul,
-    torch.add,
-    torch.sub,
-    torch.mul,
-    torch.div,
-    torch.maximum,
-    torch.minimum,
-}
-_BINARY_METHODS = {"add", "sub", "mul", "div", "add_", "mul_", "maximum", "minimum"}
-_REDUCE_METHODS = {"mean", "sum", "amax", "amin"}
-_REDUCE_FUNCTIONS = {torch.mean, torch.sum, torch.amax, torch.amin}
 
 
 def _trace(model: nn.Module) -> fx.GraphModule:
@@ -261,7 +92,7 @@ class _Walker:
         space = self.graph.new_space(x.shape[cdim], frozen=self.graph.frozen[x.layout[0].space])
         return Value((Segment(space, x.shape[cdim]),), cdim, x.shape, free=True)
 
-    def value(self, arg: Any) -> Value | None:
+    def value(self, arg: Any) -> Any:
         return self.env.get(arg) if isinstance(arg, fx.Node) else None
 
     def opaque(self, node: fx.Node, what: str) -> Value | None:
@@ -354,9 +185,9 @@ class _Walker:
             self.use(name, node)
             self.graph.members.append(Member(name, "elementwise", x.layout, node.name))
             return Value(x.layout, x.cdim, shape)
-        if isinstance(module, _PASS_MODULES):
+        if isinstance(module, PASS_MODULES):
             return Value(x.layout, x.cdim, shape)
-        if isinstance(module, _POOL_MODULES) and x.cdim == 1:
+        if isinstance(module, POOL_MODULES) and x.cdim == 1:
             return Value(x.layout, 1, shape)
         if isinstance(module, nn.Flatten):
             return self.flatten(node, x, module.start_dim, module.end_dim)
@@ -396,7 +227,7 @@ class _Walker:
         )
         if not full:
             return self.opaque(node, str(node.target))
-        base = self.value(full[0])
+        base: Any = self.value(full[0])
         rank = len(shape)
         for arg in args:
             if not isinstance(arg, fx.Node):
@@ -443,7 +274,7 @@ class _Walker:
 
     def cat(self, node: fx.Node, tensors: Any, dim: int) -> Value | None:
         shape = self.shape(node)
-        values = [self.value(t) for t in tensors]
+        values: list[Any] = [self.value(t) for t in tensors]
         if shape is None or any(v is None for v in values):
             return self.opaque(node, "cat")
         dim = dim % len(shape)
@@ -470,12 +301,13 @@ class _Walker:
     def call_function(self, node: fx.Node, fn: Any) -> Value | None:
         if "tensor_meta" not in node.meta:
             return None  # a shape, a dtype, a number: no channels
-        args = list(node.args)
+        args: list[Any] = list(node.args)
+        kwargs: dict[str, Any] = dict(node.kwargs)
         x = self.value(args[0]) if args else None
-        if fn in _BINARY:
+        if fn in BINARY:
             return self.binary(node, args)
         if fn in (torch.cat, torch.concat):
-            return self.cat(node, args[0], args[1] if len(args) > 1 else node.kwargs.get("dim", 0))
+            return self.cat(node, args[0], args[1] if len(args) > 1 else kwargs.get("dim", 0))
         if fn is operator.getitem and x is None:
             return self.fresh(node, f"output of {node.name!r}")
         tensors = [self.value(a) for a in node.all_input_nodes if self.value(a) is not None]
@@ -488,45 +320,46 @@ class _Walker:
                 or all(self.value(a) is None for a in node.all_input_nodes)
                 else self.opaque(node, getattr(fn, "__name__", str(fn)))
             )
-        if fn in _PASS_FUNCTIONS:
+        if fn in PASS_FUNCTIONS:
             return Value(x.layout, x.cdim, self.shape(node) or x.shape)
-        if fn in _POOL_FUNCTIONS and x.cdim == 1:
+        if fn in POOL_FUNCTIONS and x.cdim == 1:
             return Value(x.layout, 1, self.shape(node) or x.shape)
         if fn is torch.flatten:
-            start = args[1] if len(args) > 1 else node.kwargs.get("start_dim", 0)
-            end = args[2] if len(args) > 2 else node.kwargs.get("end_dim", -1)
+            start = args[1] if len(args) > 1 else kwargs.get("start_dim", 0)
+            end = args[2] if len(args) > 2 else kwargs.get("end_dim", -1)
             return self.flatten(node, x, start, end)
-        if fn in _REDUCE_FUNCTIONS:
-            dims = args[1] if len(args) > 1 else node.kwargs.get("dim")
-            return self.reduce(node, x, dims, bool(node.kwargs.get("keepdim", False)))
+        if fn in REDUCE_FUNCTIONS:
+            dims = args[1] if len(args) > 1 else kwargs.get("dim")
+            return self.reduce(node, x, dims, bool(kwargs.get("keepdim", False)))
         if fn in (F.softmax, F.log_softmax, torch.softmax, torch.log_softmax):
-            dim = args[1] if len(args) > 1 else node.kwargs.get("dim")
+            dim = args[1] if len(args) > 1 else kwargs.get("dim")
             if dim is not None and dim % len(x.shape) != x.cdim:
                 return Value(x.layout, x.cdim, self.shape(node) or x.shape)
         return self.opaque(node, getattr(fn, "__name__", str(fn)))
 
     def call_method(self, node: fx.Node) -> Value | None:
         method = str(node.target)
-        args = list(node.args)
+        args: list[Any] = list(node.args)
+        kwargs: dict[str, Any] = dict(node.kwargs)
         x = self.value(args[0]) if args else None
         if method in ("size", "dim", "numel") or "tensor_meta" not in node.meta:
             return None
         if x is None:
             return self.opaque(node, method)
         shape = self.shape(node)
-        if method in _PASS_METHODS:
+        if method in PASS_METHODS:
             return Value(x.layout, x.cdim, shape or x.shape)
-        if method in _BINARY_METHODS:
+        if method in BINARY_METHODS:
             return self.binary(node, args)
         if method == "flatten":
-            start = args[1] if len(args) > 1 else node.kwargs.get("start_dim", 0)
-            end = args[2] if len(args) > 2 else node.kwargs.get("end_dim", -1)
+            start = args[1] if len(args) > 1 else kwargs.get("start_dim", 0)
+            end = args[2] if len(args) > 2 else kwargs.get("end_dim", -1)
             return self.flatten(node, x, start, end)
         if method in ("view", "reshape"):
             return self.view(node, x)
-        if method in _REDUCE_METHODS:
-            dims = args[1] if len(args) > 1 else node.kwargs.get("dim")
-            return self.reduce(node, x, dims, bool(node.kwargs.get("keepdim", False)))
+        if method in REDUCE_METHODS:
+            dims = args[1] if len(args) > 1 else kwargs.get("dim")
+            return self.reduce(node, x, dims, bool(kwargs.get("keepdim", False)))
         if method in ("permute", "transpose") and shape is not None:
             rank = len(x.shape)
             if method == "permute":

@@ -23,13 +23,13 @@ SHRINKABLE: tuple[type[nn.Module], ...] = (
 )
 
 
-def _param(old: nn.Parameter | None, value: torch.Tensor) -> nn.Parameter:
+def _param(old: Any, value: torch.Tensor) -> nn.Parameter:
     requires_grad = old.requires_grad if old is not None else True
     return nn.Parameter(value.detach().clone(), requires_grad=requires_grad)
 
 
 def shrink_module(
-    module: nn.Module, out_keep: torch.Tensor | None, in_keep: torch.Tensor | None
+    module: Any, out_keep: torch.Tensor | None, in_keep: torch.Tensor | None
 ) -> nn.Module:
     """A copy of ``module`` keeping output units ``out_keep`` and inputs ``in_keep`` (None: all).
 
@@ -38,7 +38,7 @@ def shrink_module(
         >>> tuple(small.weight.shape)
         (2, 1)
     """
-    new = copy.deepcopy(module)
+    new: Any = copy.deepcopy(module)
     with torch.no_grad():
         if isinstance(module, nn.Linear):
             w = module.weight
@@ -80,7 +80,7 @@ def shrink_module(
                     new.bias = _param(module.bias, module.bias[keep])
                 if module.track_running_stats and module.running_mean is not None:
                     new.running_mean = module.running_mean[keep].clone()
-                    new.running_var = module.running_var[keep].clone()
+                    new.running_var = module.running_var[keep].clone()  # type: ignore[index]
         elif isinstance(module, nn.LayerNorm):
             keep = out_keep if out_keep is not None else in_keep
             if keep is not None:

@@ -39,7 +39,7 @@ __all__ = [
 PRUNABLE_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.modules.conv._ConvNd)
 
 
-def prunable_weights(model: nn.Module) -> dict[str, nn.Module]:
+def prunable_weights(model: nn.Module) -> dict[str, Any]:
     """The Linear and convolution modules whose ``weight`` pruning acts on, by name.
 
     Example:

@@ -58,9 +58,10 @@ def count_nonzeros(model: nn.Module) -> int:
     with torch.no_grad():
         for module in model.modules():
             for name, param in module.named_parameters(recurse=False):
+                value: torch.Tensor = param
                 if name.endswith("_orig") and hasattr(module, name[: -len("_orig")] + "_mask"):
-                    param = effective_weight(module, name[: -len("_orig")])
-                total += int((param != 0).sum())
+                    value = effective_weight(module, name[: -len("_orig")])
+                total += int((value != 0).sum())
     return total
 
 
@@ -85,7 +86,7 @@ def macs(model: nn.Module, example_inputs: Any, *, per_example: bool = True) -> 
     """
     total = 0
 
-    def hook(module: nn.Module, args: Any, out: torch.Tensor) -> None:
+    def hook(module: Any, args: Any, out: torch.Tensor) -> None:
         nonlocal total
         if isinstance(module, nn.Linear):
             total += out.numel() * module.in_features

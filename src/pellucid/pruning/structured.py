@@ -151,7 +151,7 @@ class ChannelPruningPlan:
         return model
 
 
-def _member_scores(module: nn.Module, role: str, p: int) -> torch.Tensor | None:
+def _member_scores(module: Any, role: str, p: int) -> torch.Tensor | None:
     """Per-feature magnitude of a member (outputs, or inputs for ``role="in"``)."""
     if isinstance(module, nn.modules.batchnorm._BatchNorm | nn.LayerNorm):
         w = getattr(module, "weight", None)
@@ -191,6 +191,7 @@ def _group_scores(
     found = False
     for member in members:
         module = modules[member.module]
+        feature: torch.Tensor | None
         if unit_scores is not None:
             if member.role == "in" or member.module not in unit_scores:
                 continue

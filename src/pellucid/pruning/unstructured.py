@@ -73,7 +73,7 @@ def _n_to_prune(amount: float | int, size: int, where: str) -> int:
     return n
 
 
-def _targets(model: nn.Module, layers: Any) -> dict[str, nn.Module]:
+def _targets(model: nn.Module, layers: Any) -> dict[str, Any]:
     if not isinstance(model, nn.Module):
         raise TypeError(f"`model` must be an nn.Module; got {type(model).__name__}.")
     modules = prunable_weights(model)
@@ -81,7 +81,7 @@ def _targets(model: nn.Module, layers: Any) -> dict[str, nn.Module]:
         if not modules:
             raise ValueError("`model` has no Linear or convolution weights to prune.")
         return modules
-    chosen: dict[str, nn.Module] = {}
+    chosen: dict[str, Any] = {}
     for name in layers:
         if name not in modules:
             raise ValueError(
@@ -115,7 +115,7 @@ def _scores(
     return weight.abs() if kind == "l1" else weight.pow(2)
 
 
-def _current_mask(module: nn.Module) -> torch.Tensor:
+def _current_mask(module: Any) -> torch.Tensor:
     mask = getattr(module, "weight_mask", None)
     return mask.detach() if mask is not None else torch.ones_like(module.weight)
 
@@ -229,7 +229,7 @@ def apply_masks_(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> nn.Modu
         (True, True)
     """
     modules = dict(model.named_modules())
-    checked: list[tuple[nn.Module, torch.Tensor]] = []
+    checked: list[tuple[Any, torch.Tensor]] = []
     for name, mask in masks.items():
         module = modules.get(name)
         if module is None or not hasattr(module, "weight"):

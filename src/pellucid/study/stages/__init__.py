@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pellucid.study.stages.base import Stage
+from pellucid.study.stages.clipping import ClippingStage
 from pellucid.study.stages.explanations import ExplanationsStage
 from pellucid.study.stages.findings import FindingsStage
 from pellucid.study.stages.interpretability import InterpretabilityStage
@@ -15,6 +16,7 @@ STAGES: dict[str, Stage] = {
     stage.name: stage
     for stage in (
         TrainingStage(),
+        ClippingStage(),
         ExplanationsStage(),
         ModelAgnosticStage(),
         PruningStage(),

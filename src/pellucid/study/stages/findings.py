@@ -247,7 +247,9 @@ class FindingsStage(Stage):
                 f"Comparisons are paired over {n} seed(s): the same seed trains the dense and the "
                 "changed model, and both are explained on the same test examples with the same "
                 "perturbations. A difference is called significant when its 95% t-interval "
-                "excludes zero."
+                "excludes zero. Deletion and insertion AUC follow the class probability, so a "
+                "less confident model scores a lower deletion AUC without its explanations being "
+                "more faithful; the faithfulness correlation is free of that scale."
                 + (
                     " With one seed no interval exists, so nothing is significant." if n < 2 else ""
                 ),

@@ -43,24 +43,20 @@ METHOD_KWARGS: dict[str, dict[str, Any]] = {
 #: Extra keyword arguments for image inputs (2x2 occlusion patches on 8x8 digits).
 IMAGE_KWARGS: dict[str, dict[str, Any]] = {"occlusion": {"window": 2, "stride": 2}}
 
-#: Clipping variants: name -> transform factory.
-CLIPPERS: dict[str, Callable[[], Any]] = {
-    "global_norm": lambda: __import__("pellucid.clipping", fromlist=["x"]).clip_by_global_norm(1.0),
-    "agc": lambda: __import__("pellucid.clipping", fromlist=["x"]).adaptive_clip(0.01),
-    "autoclip": lambda: __import__("pellucid.clipping", fromlist=["x"]).AutoClip(10.0),
-    "zclip": lambda: __import__("pellucid.clipping", fromlist=["x"]).ZClip(),
+#: Clipping variants: name -> (transform factory name, its arguments) in pellucid.clipping.
+CLIPPERS: dict[str, tuple[str, tuple[Any, ...]]] = {
+    "global_norm": ("clip_by_global_norm", (1.0,)),
+    "agc": ("adaptive_clip", (0.01,)),
+    "autoclip": ("AutoClip", (10.0,)),
+    "zclip": ("ZClip", ()),
 }
 
-METRICS = (
-    "deletion_auc",
-    "insertion_auc",
-    "faithfulness",
-    "sparseness",
-    "complexity",
-    "max_sensitivity",
-    "agreement",
-    "top_k_agreement",
-)
+
+def _clip_transform(name: str) -> Any:
+    import pellucid.clipping as clipping
+
+    factory, args = CLIPPERS[name]
+    return getattr(clipping, factory)(*args)
 
 
 def _probabilities(out: torch.Tensor) -> torch.Tensor:
@@ -147,7 +143,7 @@ def _train_clipped(ctx: StudyContext, key: str, seed: int, clip: str) -> nn.Modu
         seed=seed,
         loss="cross_entropy",
         progress=False,
-        clipper=GradientClipper(CLIPPERS[clip]()),
+        clipper=GradientClipper(_clip_transform(clip)),
     )
     return model.eval()
 
@@ -344,37 +340,14 @@ class InterpretabilityStage(Stage):
         for key, entry in result["models"].items():
             rows = []
             for name, variant in entry["variants"].items():
-                runs = variant["runs"]
                 for method in entry.get("methods", []):
-                    vals = [r["methods"][method] for r in runs if method in r["methods"]]
-                    if not vals:
-                        continue
-                    row: list[Any] = [name, method]
-                    for metric in (
-                        "faithfulness",
-                        "deletion_auc",
-                        "sparseness",
-                        "max_sensitivity",
-                        "agreement",
-                    ):
-                        mean, half = mean_ci([_num(v.get(metric)) for v in vals])
-                        row.append(_pm(mean, half))
-                    rows.append(row)
-            blocks.append(
-                Table(
-                    [
-                        "variant",
-                        "method",
-                        "faithfulness ↑",
-                        "deletion AUC ↓",
-                        "sparseness",
-                        "max-sensitivity ↓",
-                        "agreement w/ dense",
-                    ],
-                    rows,
-                    caption=f"{key}: explanation quality per variant",
-                )
-            )
+                    vals = [r["methods"][method] for r in variant["runs"] if method in r["methods"]]
+                    if vals:
+                        cells = [_pm(*mean_ci([_num(v.get(m)) for v in vals])) for m in TABLE]
+                        rows.append([name, method, *cells])
+            columns = ["variant", "method", *(TABLE[m] for m in TABLE)]
+            caption = f"{key}: explanation quality per variant"
+            blocks.append(Table(columns, rows, caption=caption))
             if entry["randomization"]:
                 blocks.append(
                     Figure(
@@ -387,6 +360,16 @@ class InterpretabilityStage(Stage):
                 Paragraph("Not scored: " + "; ".join(result["errors"][:8]), kind="warning")
             )
         return Section(self.title, blocks)
+
+
+#: Report table columns: metric -> heading.
+TABLE = {
+    "faithfulness": "faithfulness ↑",
+    "deletion_auc": "deletion AUC ↓",
+    "sparseness": "sparseness",
+    "max_sensitivity": "max-sensitivity ↓",
+    "agreement": "agreement w/ dense",
+}
 
 
 def _num(value: Any) -> float:
@@ -405,19 +388,23 @@ def _randomization_png(key: str, entry: dict[str, Any]) -> bytes:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.5, 3.6))
-    for method, runs in entry["randomization"].items():
-        curves = torch.tensor([[_num(v) for v in r["median"]] for r in runs], dtype=torch.float64)
-        ax.plot(
-            range(curves.shape[1] + 1), [1.0, *curves.nanmean(0).tolist()], marker="o", label=method
+    from pellucid.metrics import RandomizationCheck
+    from pellucid.plot.metrics import randomization_curves
+
+    checks = [  # one "example" per seed: the band spans the seeds' medians
+        RandomizationCheck(
+            method=method,
+            layers=tuple(runs[0]["layers"]),
+            correlations=torch.tensor(
+                [[_num(v) for v in r["median"]] for r in runs], dtype=torch.float64
+            ).T,
+            threshold=0.5,
+            measure="spearman",
         )
-    layers = next(iter(entry["randomization"].values()))[0]["layers"]
-    ax.set_xticks(range(len(layers) + 1))
-    ax.set_xticklabels(["none", *layers], rotation=45, ha="right", fontsize=7)
-    ax.axhline(0.5, color="crimson", ls="--", lw=1)
-    ax.set(
-        xlabel="randomized up to layer (output first)", ylabel="Spearman with original", title=key
-    )
-    ax.legend(fontsize=7)
+        for method, runs in entry["randomization"].items()
+    ]
+    fig, ax = plt.subplots(figsize=(6.5, 3.6))
+    randomization_curves(checks, ax=ax)
+    ax.set_title(key)
     fig.tight_layout()
     return figure_png(fig)

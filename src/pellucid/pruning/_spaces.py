@@ -1,0 +1,215 @@
+"""Channel spaces and layouts: the bookkeeping behind the channel dependency graph.
+
+A *space* is a set of channels created by one layer; a tensor's channel dimension is a
+*layout*, a tuple of :class:`Segment` (slices of spaces, repeated after a flatten). The
+:class:`ChannelGraph` joins spaces that must be pruned together (union-find) and records
+which are frozen and why. The op tables list what keeps a layout unchanged.
+"""
+
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = [
+    "BINARY",
+    "BINARY_METHODS",
+    "PASS_FUNCTIONS",
+    "PASS_METHODS",
+    "PASS_MODULES",
+    "POOL_FUNCTIONS",
+    "POOL_MODULES",
+    "REDUCE_FUNCTIONS",
+    "REDUCE_METHODS",
+    "ChannelGraph",
+    "Member",
+    "Segment",
+    "Value",
+]
+
+
+@dataclass(frozen=True)
+class Segment:
+    """``length`` channels of ``space``, each repeated ``repeat`` times (after a flatten)."""
+
+    space: int
+    length: int
+    repeat: int = 1
+
+
+@dataclass
+class Value:
+    layout: tuple[Segment, ...]
+    cdim: int
+    shape: tuple[int, ...]
+    free: bool = False  # a frozen tensor (input, attribute) whose channel dim is not known
+
+
+@dataclass
+class Member:
+    """A module slice tied to channel spaces: its output (``role="out"``: producers,
+    ``"elementwise"``: BN/LN/depthwise conv) or input (``role="in"``: consumers)."""
+
+    module: str
+    role: str
+    layout: tuple[Segment, ...]
+    node: str
+
+
+@dataclass
+class ChannelGraph:
+    """Spaces, their union-find parents, members and the reasons spaces are frozen."""
+
+    lengths: list[int] = field(default_factory=list)
+    parent: list[int] = field(default_factory=list)
+    frozen: dict[int, str] = field(default_factory=dict)
+    members: list[Member] = field(default_factory=list)
+    producers: dict[int, str] = field(default_factory=dict)
+    group_divisors: dict[int, list[int]] = field(default_factory=dict)
+    needs_frozen: list[tuple[int, str]] = field(default_factory=list)
+
+    def new_space(self, length: int, frozen: str | None = None) -> int:
+        self.lengths.append(length)
+        self.parent.append(len(self.parent))
+        space = len(self.lengths) - 1
+        if frozen:
+            self.frozen[space] = frozen
+        return space
+
+    def find(self, space: int) -> int:
+        while self.parent[space] != space:
+            self.parent[space] = self.parent[self.parent[space]]
+            space = self.parent[space]
+        return space
+
+    def union(self, a: int, b: int, node: str) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra == rb:
+            return
+        if self.lengths[ra] != self.lengths[rb]:
+            raise ValueError(
+                f"Cannot prune through node {node!r}: it combines {self.lengths[ra]} and "
+                f"{self.lengths[rb]} channels."
+            )
+        self.parent[rb] = ra
+
+    def freeze(self, layout: tuple[Segment, ...], reason: str) -> None:
+        for seg in layout:
+            self.frozen.setdefault(seg.space, reason)
+
+    def require_frozen(self, layout: tuple[Segment, ...], message: str) -> None:
+        self.needs_frozen += [(seg.space, message) for seg in layout]
+
+    def frozen_reason(self, root: int) -> str | None:
+        for space, reason in self.frozen.items():
+            if self.find(space) == root:
+                return reason
+        return None
+
+
+PASS_MODULES = (
+    nn.ReLU,
+    nn.ReLU6,
+    nn.LeakyReLU,
+    nn.GELU,
+    nn.SiLU,
+    nn.Sigmoid,
+    nn.Tanh,
+    nn.Hardswish,
+    nn.Hardsigmoid,
+    nn.ELU,
+    nn.SELU,
+    nn.Softplus,
+    nn.Mish,
+    nn.Identity,
+    nn.Hardtanh,
+    nn.modules.dropout._DropoutNd,
+)
+POOL_MODULES = (
+    nn.modules.pooling._MaxPoolNd,
+    nn.modules.pooling._AvgPoolNd,
+    nn.modules.pooling._AdaptiveAvgPoolNd,
+    nn.modules.pooling._AdaptiveMaxPoolNd,
+    nn.Upsample,
+)
+PASS_FUNCTIONS = {
+    torch.relu,
+    torch.sigmoid,
+    torch.tanh,
+    torch.abs,
+    torch.neg,
+    torch.exp,
+    F.relu,
+    F.relu6,
+    F.gelu,
+    F.silu,
+    F.leaky_relu,
+    F.hardswish,
+    F.hardsigmoid,
+    F.elu,
+    F.selu,
+    F.softplus,
+    F.mish,
+    F.dropout,
+    F.hardtanh,
+    torch.sigmoid,
+    operator.neg,
+    torch.clamp,
+    torch.square,
+}
+PASS_METHODS = {
+    "relu",
+    "relu_",
+    "sigmoid",
+    "tanh",
+    "abs",
+    "neg",
+    "exp",
+    "contiguous",
+    "clone",
+    "float",
+    "double",
+    "half",
+    "to",
+    "detach",
+    "clamp",
+    "clamp_min",
+    "square",
+    "type_as",
+}
+POOL_FUNCTIONS = {
+    F.adaptive_avg_pool1d,
+    F.adaptive_avg_pool2d,
+    F.adaptive_avg_pool3d,
+    F.adaptive_max_pool1d,
+    F.adaptive_max_pool2d,
+    F.adaptive_max_pool3d,
+    F.avg_pool1d,
+    F.avg_pool2d,
+    F.avg_pool3d,
+    F.max_pool1d,
+    F.max_pool2d,
+    F.max_pool3d,
+    F.interpolate,
+}
+BINARY = {
+    operator.add,
+    operator.sub,
+    operator.mul,
+    operator.truediv,
+    operator.iadd,
+    operator.imul,
+    torch.add,
+    torch.sub,
+    torch.mul,
+    torch.div,
+    torch.maximum,
+    torch.minimum,
+}
+BINARY_METHODS = {"add", "sub", "mul", "div", "add_", "mul_", "maximum", "minimum"}
+REDUCE_METHODS = {"mean", "sum", "amax", "amin"}
+REDUCE_FUNCTIONS = {torch.mean, torch.sum, torch.amax, torch.amin}
