@@ -6,7 +6,9 @@ Methods: saliency, input x gradient, integrated gradients with 50 steps (Gauss-L
 Riemann trapezoid), SmoothGrad with 20 samples, Grad-CAM (CNNs) and DeepLIFT. For each it
 prints the time per example of both, captum's time over pellucid's (speed-up), and
 pellucid's time over the compute floor: the same number of rows through one batched
-forward plus a backward to the inputs (DeepLIFT: inputs and baselines, 2N rows).
+forward plus a backward to the inputs (DeepLIFT: inputs and baselines, 2N rows). First it
+runs IG with 1000 steps on the residual CNN with ``batch_size=128`` and prints the largest
+forward (rows) and the peak memory growth: the steps are never materialized all at once.
 
     PYTHONPATH=src python benchmarks/bench_gradient_attribution.py [--repeats 3] [--threads 1]
 """
@@ -173,6 +175,8 @@ def main() -> None:
         f"torch {torch.__version__}, captum {captum.__version__}, "
         f"{torch.get_num_threads()} threads, best of {repeats}"
     )
+    if not args.quick:
+        memory_bound()  # first, so that the peak RSS growth is this run's own
     for title, model, x, layer_name in models:
         layer = dict(model.named_modules())[layer_name] if layer_name else None
         print(f"\n{title}")
@@ -188,6 +192,26 @@ def main() -> None:
                 f"{name:<26}{1e3 * t_ours / n:11.3f}{1e3 * t_theirs / n:13.3f}"
                 f"{t_theirs / t_ours:9.2f}x{t_ours / t_floor:9.2f}x"
             )
+
+
+def memory_bound() -> None:
+    """IG with 1000 steps on the residual CNN: rows per forward stay within ``batch_size``."""
+    import resource
+
+    model, x = TinyResNet(in_channels=3).eval(), torch.randn(2, 3, 32, 32)
+    seen: list[int] = []
+    handle = model.stem.register_forward_pre_hook(lambda m, a: seen.append(a[0].shape[0]))
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    start = time.perf_counter()
+    e = pellucid.integrated_gradients(model, x, target=1, n_steps=1000, batch_size=128)
+    seconds = time.perf_counter() - start
+    handle.remove()
+    grown = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    print(
+        f"IG 1000 steps, TinyResNet 3x32x32, 2 examples, batch_size=128: {seconds:.2f} s, "
+        f"largest forward {max(seen)} rows over {len(seen)} forwards, peak RSS growth "
+        f"{grown:.0f} MB, max |completeness gap| {float(e.extras['completeness_gap'].abs().max()):.2e}"
+    )
 
 
 if __name__ == "__main__":

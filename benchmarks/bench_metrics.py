@@ -2,11 +2,11 @@
 
 Same model (SmallCNN on 8x8 digits), same inputs, same attributions, one process. For each
 metric it prints the time per example of pellucid and of the peer, their ratio, pellucid's
-ratio to the compute floor (the same perturbed rows through the model in one batched call),
+ratio to the compute floor (the same perturbed rows through the model alone, same chunks),
 and how well the values agree (max |difference| where the perturbations are shared, the
 difference of the means where the peer draws its own).
 
-    PYTHONPATH=src python benchmarks/bench_metrics.py [--n 128] [--repeats 3]
+    PYTHONPATH=src python benchmarks/bench_metrics.py [--n 128] [--repeats 3] [--threads 1]
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import torch
 from pellucid import metrics
 from pellucid.attribution import saliency
 from pellucid.data import load_dataset
+from pellucid.metrics._common import CPU_ROWS
 from pellucid.models import build_model
 
 warnings.filterwarnings("ignore")
@@ -38,9 +39,15 @@ def best_time(fn: Callable[[], Any], repeats: int) -> tuple[float, Any]:
 
 
 def floor_time(model: torch.nn.Module, x: torch.Tensor, rows: int, repeats: int) -> float:
+    """The same number of rows through the model alone, in pellucid's CPU chunk size."""
     batch = x.repeat((rows + x.shape[0] - 1) // x.shape[0], 1, 1, 1)[:rows]
-    with torch.inference_mode():
-        return best_time(lambda: model(batch), repeats)[0]
+
+    def run() -> None:
+        with torch.inference_mode():
+            for start in range(0, rows, CPU_ROWS):
+                model(batch[start : start + CPU_ROWS])
+
+    return best_time(run, repeats)[0]
 
 
 def report(name: str, n: int, ours: float, peer: float, floor: float | None, agree: str) -> None:
@@ -51,30 +58,51 @@ def report(name: str, n: int, ours: float, peer: float, floor: float | None, agr
     )
 
 
+SETTINGS = {
+    # name: (dataset, model, reshape of one example for quantus, which wants image-like rows)
+    "digits/SmallCNN": ("digits", "SmallCNN", None),
+    "breast_cancer/MLP": ("breast_cancer", "MLP", (1, 1, 30)),
+}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=128, help="examples")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads")
+    parser.add_argument("--setting", choices=[*SETTINGS, "all"], default="all")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    quantus = __import__("quantus")
+    print(
+        f"torch {torch.__version__}, quantus {quantus.__version__}, "
+        f"{torch.get_num_threads()} threads, best of {args.repeats}"
+    )
+    for name in SETTINGS if args.setting == "all" else [args.setting]:
+        run_setting(name, args.n, args.repeats)
+
+
+def run_setting(name: str, n_examples: int, r: int) -> None:
     torch.manual_seed(0)
     quantus = __import__("quantus")
     from captum.attr import Saliency
     from captum.metrics import infidelity as captum_infidelity
     from captum.metrics import sensitivity_max
 
-    data = load_dataset("digits", seed=0)
-    model = build_model("SmallCNN", seed=0).eval()
-    x = data.X_test[: args.n].float()
+    dataset, arch, shape = SETTINGS[name]
+    data = load_dataset(dataset, seed=0)
+    kwargs = {"in_features": 30, "n_classes": 2} if arch == "MLP" else {}
+    model = build_model(arch, seed=0, **kwargs).eval()
+    x = data.X_test[:n_examples].float()
+    if shape is not None:
+        x = x.reshape(-1, *shape)
     n = x.shape[0]
     y = model(x).argmax(1).detach()
     attr = saliency(model, x, target=y, absolute=False).attributions
     xn, yn, an = x.numpy(), y.numpy(), attr.numpy()
     d = x[0].numel()
-    r = args.repeats
-    print(
-        f"torch {torch.__version__}, quantus {quantus.__version__}, {n} examples of {d} "
-        f"features, {torch.get_num_threads()} threads, best of {r}"
-    )
+    print(f"\n{name}: {n} examples of {d} features")
     print(
         f"{'metric (peer)':<34} {'ms/ex ours':>9} {'ms/ex peer':>10} {'speedup':>9} "
         f"{'vs floor':>7}   agreement"
@@ -88,7 +116,16 @@ def main() -> None:
         features_in_step=1, perturb_baseline=0.0, normalise=False, abs=False, disable_warnings=True
     )
     t_peer, qc = best_time(
-        lambda: pf(model=model, x_batch=xn, y_batch=yn, a_batch=an, softmax=False, batch_size=n), r
+        lambda: pf(
+            model=model,
+            x_batch=xn,
+            channel_first=True,
+            y_batch=yn,
+            a_batch=an,
+            softmax=False,
+            batch_size=n,
+        ),
+        r,
     )
     diff = float((curve.scores[:, 1:] - torch.tensor(np.array(qc))).abs().max())
     report(
@@ -113,7 +150,16 @@ def main() -> None:
     )
     np.random.seed(0)
     t_peer, qv = best_time(
-        lambda: fc(model=model, x_batch=xn, y_batch=yn, a_batch=an, softmax=False, batch_size=n), 1
+        lambda: fc(
+            model=model,
+            x_batch=xn,
+            channel_first=True,
+            y_batch=yn,
+            a_batch=an,
+            softmax=False,
+            batch_size=n,
+        ),
+        1,
     )
     np.random.seed(0)
     masks = torch.zeros(n, runs, d, dtype=torch.bool)
@@ -146,7 +192,12 @@ def main() -> None:
         t_ours, ours = best_time(lambda fn=ours_fn: fn(attr), r)
         t_peer, qv = best_time(
             lambda m=peer_metric: m(
-                model=model, x_batch=xn, y_batch=yn, a_batch=an.copy(), batch_size=n
+                model=model,
+                x_batch=xn,
+                channel_first=True,
+                y_batch=yn,
+                a_batch=an.copy(),
+                batch_size=n,
             ),
             r,
         )
@@ -189,7 +240,13 @@ def main() -> None:
     )
     t_peer, qv = best_time(
         lambda: ms(
-            model=model, x_batch=xn, y_batch=yn, a_batch=an, explain_func=explain, batch_size=n
+            model=model,
+            x_batch=xn,
+            channel_first=True,
+            y_batch=yn,
+            a_batch=an,
+            explain_func=explain,
+            batch_size=n,
         ),
         1,
     )

@@ -91,13 +91,17 @@ def main() -> None:
     )
     print(
         f"{'model':<14}{'params':>10}{'MACs/ex':>12}{'latency ms':>12}{'ms/example':>12}"
-        f"{'speed-up':>10}"
+        f"{'speed-up':>10}{'vs floor':>10}"
     )
+    dense_macs = macs(dense, x1)
     for key, model in (("dense", dense), ("pellucid", ours), ("torch_pruning", peer)):
         ms = lat[key] * 1e3
+        # compute floor: dense latency scaled by the MACs ratio (perfect scaling)
+        floor = lat["dense"] * macs(model, x1) / dense_macs
         print(
             f"{key:<14}{count_parameters(model):>10}{macs(model, x1):>12}{ms:>12.3f}"
             f"{ms / args.batch:>12.4f}{lat['dense'] / lat[key]:>10.2f}x"
+            f"{lat[key] / floor:>9.2f}x"
         )
     print(
         f"pellucid / torch_pruning latency ratio: {lat['pellucid'] / lat['torch_pruning']:.3f}"

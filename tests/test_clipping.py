@@ -281,3 +281,57 @@ def test_fresh_model_parameters_generator_is_fine():
     net(torch.ones(1, 2)).sum().backward()
     assert float(clip_grad_norm_(net.parameters(), 1e6)) > 0
     assert torch.isfinite(clip_grad_norm_([], 1.0))
+
+
+def test_agc_mixed_dtypes_empty_and_noncontiguous_tensors():
+    g = torch.Generator().manual_seed(3)
+    shapes = [
+        ((4, 3), torch.float64),
+        ((4, 3), torch.float32),
+        ((0, 5), torch.float64),
+        ((5,), torch.float32),
+        ((0,), torch.float64),
+        ((3, 2, 2), torch.float64),
+    ]
+    params = []
+    for shape, dtype in shapes:
+        p = torch.nn.Parameter(torch.randn(shape, generator=g, dtype=dtype))
+        p.grad = torch.randn(shape, generator=g, dtype=dtype) * 5
+        params.append(p)
+    params[5].grad = torch.randn(2, 2, 3, generator=g, dtype=torch.float64).permute(2, 0, 1) * 5
+    assert not params[5].grad.is_contiguous()
+    ref = []
+    for p in params:
+        r = torch.nn.Parameter(p.detach().clone())
+        r.grad = p.grad.clone()
+        ref.append(r)
+    adaptive_clip_grad_(params, 0.05)
+    _agc_reference([r for r in ref if r.numel()], 0.05, 1e-3)
+    for p, r in zip(params, ref, strict=True):
+        assert p.grad.dtype == r.grad.dtype and p.grad.shape == r.grad.shape
+        torch.testing.assert_close(p.grad, r.grad)
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    clip_factor=st.floats(1e-3, 1.0),
+    scale=st.floats(1e-4, 1e4),
+    seed=st.integers(0, 1000),
+)
+def test_agc_bounds_every_unit_property(clip_factor, scale, seed):
+    g = torch.Generator().manual_seed(seed)
+    params = []
+    for shape in ((3, 4), (5,), (2, 3, 2)):
+        p = torch.nn.Parameter(torch.randn(shape, generator=g, dtype=torch.float64))
+        p.grad = torch.randn(shape, generator=g, dtype=torch.float64) * scale
+        params.append(p)
+    before = [p.grad.clone() for p in params]
+    adaptive_clip_grad_(params, clip_factor)
+    for p, g0 in zip(params, before, strict=True):
+        bound = unitwise_norm(p.detach()).clamp(min=1e-3) * clip_factor
+        assert bool((unitwise_norm(p.grad) <= bound * (1 + 1e-9) + 1e-12).all())
+        # units already within the bound are untouched; the others keep their direction
+        inside = unitwise_norm(g0) < bound
+        assert torch.equal(torch.where(inside, p.grad, g0), g0)
+        cos = (p.grad * g0).sum() / (p.grad.norm() * g0.norm())
+        assert float(cos) > 0

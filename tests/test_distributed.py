@@ -89,7 +89,8 @@ def _worker(rank: int, world: int, port: int, folder: str) -> None:
 
 @pytest.mark.distributed
 def test_ddp_and_sharded_clipping_on_two_gloo_ranks(tmp_path):
-    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    mp.start_processes(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True,
+                       start_method="fork")
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
     x, y = _batch()
 

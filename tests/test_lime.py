@@ -160,3 +160,25 @@ def test_bad_input_messages():
         lime(net, x, alpha=-1.0)
     with pytest.raises(ValueError, match="must be finite"):
         lime(net, x, train_data=torch.full((3, 6), float("inf"), dtype=D))
+
+
+def test_batch_aligned_forward_args_follow_their_example():
+    class Scaled(nn.Module):
+        def forward(self, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+            return (scale * x.sum(1)).unsqueeze(1)
+
+    x, scale = torch.randn(3, 4, dtype=D), torch.tensor([1.0, -2.0, 3.0], dtype=D)
+    e = lime(Scaled(), x, forward_args=(scale,), alpha=0.0, n_samples=30, generator=_gen())
+    torch.testing.assert_close(e.attributions, scale[:, None] * x)
+    train = torch.randn(20, 4, dtype=D)
+    e = lime(
+        Scaled(),
+        x,
+        forward_args=(scale,),
+        alpha=0.0,
+        n_samples=30,
+        train_data=train,
+        generator=_gen(),
+        batch_size=7,
+    )
+    torch.testing.assert_close(e.attributions, scale[:, None] * (x - train.mean(0)))

@@ -410,3 +410,10 @@ def test_property_deletion_curve_endpoints(values):
     torch.testing.assert_close(curve.scores[:, -1], net(torch.zeros_like(x))[:, 0].detach())
     ins = metrics.insertion_curve(net, x, a, step=1)
     torch.testing.assert_close(ins.scores.flip(1)[:, 0], curve.scores[:, 0])
+
+
+def test_results_are_ordinary_tensors():
+    net = linear4()
+    curve = metrics.deletion_curve(net, ONES, ONES, step=1)
+    assert not curve.scores.is_inference() and not curve.auc.is_inference()
+    curve.scores[:, 0] = 0.0  # usable like any tensor

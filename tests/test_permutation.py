@@ -77,6 +77,7 @@ def test_groups_callable_scoring_determinism_and_batching():
 
 
 @pytest.mark.peer
+@pytest.mark.slow
 def test_agrees_with_scikit_learn():
     import numpy as np
     from sklearn.base import BaseEstimator, RegressorMixin
@@ -140,3 +141,18 @@ def test_importance_bars_plot():
     assert "accuracy" in ax.get_xlabel()
     with pytest.raises(ValueError, match="one entry per feature"):
         importance_bars([1.0, 2.0], names=["a"])
+
+
+def test_batch_aligned_forward_args_follow_their_row():
+    class Scaled(nn.Module):
+        def forward(self, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+            return (scale * x[:, 0]).unsqueeze(1)
+
+    torch.manual_seed(6)
+    x, scale = torch.randn(40, 3, dtype=D), torch.rand(40, dtype=D) + 0.5
+    y = scale * x[:, 0]
+    r = permutation_importance(
+        Scaled(), x, y, scoring="neg_mse", forward_args=(scale,), batch_size=9, generator=_gen(6)
+    )
+    assert r.baseline_score == 0.0
+    assert r.importances_mean[0] > 0 and torch.equal(r.importances[1:], torch.zeros(2, 5, dtype=D))

@@ -151,3 +151,14 @@ def test_bad_input_messages():
         feature_ablation(net, x, feature_mask="squares")
     with pytest.raises(ValueError, match="does not broadcast"):
         occlusion(net, x, baseline=torch.zeros(3, dtype=D))
+
+
+def test_batch_aligned_forward_args_follow_their_example():
+    class Scaled(nn.Module):
+        def forward(self, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+            return (scale * x.sum(1)).unsqueeze(1)
+
+    x, scale = torch.randn(3, 4, dtype=D), torch.tensor([1.0, -2.0, 3.0], dtype=D)
+    for fn in (occlusion, feature_ablation):
+        e = fn(Scaled(), x, forward_args=(scale,), batch_size=5)
+        torch.testing.assert_close(e.attributions, scale[:, None] * x)

@@ -10,6 +10,7 @@ from pellucid.study.config import ConfigError, build_config
 from pellucid.study.runner import run_study
 
 
+@pytest.mark.slow  # trains a small model, then prunes and fine-tunes it twice
 def test_pruning_stage_runs_and_reports(tmp_path):
     config = build_config(
         {

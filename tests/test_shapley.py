@@ -300,8 +300,9 @@ def test_summarize_background():
 
 
 def test_bad_input_messages():
-    net = _mlp(d=24)
+    net = _mlp(d=24).train()
     x = torch.randn(2, 24, dtype=D)
+    before = [p.detach().clone() for p in net.parameters()]
     with pytest.raises(ValueError, match=r"limited to 20 players; got 24.*kernel_shap"):
         exact_shapley(net, x, target=0)
     with pytest.raises(ValueError, match="at least one row; got an empty set"):
@@ -326,3 +327,28 @@ def test_bad_input_messages():
         kernel_shap(net, x, target=0, background_weights=torch.ones(3, dtype=D))
     with pytest.raises(ValueError, match="must be finite"):
         kernel_shap(net, x, target=0, background=torch.full((2, 24), float("nan"), dtype=D))
+    # the model is untouched by all of the above
+    assert net.training and all(m.training for m in net.modules())
+    assert all(torch.equal(a, p) for a, p in zip(before, net.parameters(), strict=True))
+    assert all(p.grad is None and p.requires_grad for p in net.parameters())
+
+
+class _Scaled(nn.Module):
+    """f(x, scale) = scale * (w . x): a batch-aligned extra argument."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = torch.arange(1.0, 5.0, dtype=D)
+
+    def forward(self, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        return (scale * (x @ self.w)).unsqueeze(1)
+
+
+@pytest.mark.parametrize("fn", METHODS)
+def test_batch_aligned_forward_args_follow_their_example(fn):
+    net = _Scaled()
+    x, scale = torch.randn(3, 4, dtype=D), torch.tensor([1.0, -2.0, 3.0], dtype=D)
+    for kwargs in ({"baseline": 0.5}, {"background": torch.randn(5, 4, dtype=D)}):
+        e = fn(net, x, forward_args=(scale,), **kwargs, **_kw(fn))
+        ref = kwargs.get("background", torch.full((1, 4), 0.5, dtype=D)).mean(0)
+        torch.testing.assert_close(e.attributions, scale[:, None] * net.w * (x - ref))

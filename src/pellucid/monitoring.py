@@ -113,7 +113,7 @@ class GradientMonitor(Callback):
                 ]
         self.steps, self._rows, self._pending, self._pending_steps = [], [], [], []
         self._samples, self._alive, self._snapshot = {}, {}, None
-        self._alive_samples: dict[int, int] = {}
+        self._alive_samples = {}
         return self
 
     # -- training-loop hooks -------------------------------------------------------------
@@ -128,7 +128,7 @@ class GradientMonitor(Callback):
         params = self._params
         grads = [p.grad for p in params]
         complete = all(g is not None for g in grads)
-        norms = GradNorms(grads if complete else [g for g in grads if g is not None])  # type: ignore[misc]
+        norms = GradNorms(grads if complete else [g for g in grads if g is not None])  # type: ignore[arg-type]
         state.info[_NORMS_KEY] = norms  # the clipper and the non-finite guard reuse these
         sampled = state.step % self.log_every == 0
         two = self._full(norms.norms(2.0), grads, complete)

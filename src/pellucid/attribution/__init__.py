@@ -14,9 +14,10 @@ from pellucid.attribution.cam import grad_cam, guided_grad_cam
 from pellucid.attribution.decomposition import deeplift, lrp
 from pellucid.attribution.gradients import input_x_gradient, saliency
 from pellucid.attribution.integrated_gradients import expected_gradients, integrated_gradients
-from pellucid.attribution.lime import grid_segments, lime, slic_segments
+from pellucid.attribution.lime import lime
 from pellucid.attribution.noise import smoothgrad
 from pellucid.attribution.occlusion import feature_ablation, occlusion
+from pellucid.attribution.segmentation import grid_segments, slic_segments
 from pellucid.attribution.shapley import (
     exact_shapley,
     kernel_shap,

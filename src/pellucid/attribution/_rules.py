@@ -29,7 +29,6 @@ from typing import Any
 import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
-from torch.utils._pytree import tree_flatten
 
 from pellucid._targets import Forward
 
@@ -88,8 +87,15 @@ class UnsupportedOperationError(ValueError):
 
 
 def _depends(value: Any) -> bool:
-    leaves, _ = tree_flatten(value)
-    return any(isinstance(t, torch.Tensor) and t.requires_grad for t in leaves)
+    """Whether ``value`` (a tensor, or tuples/lists/dicts of them) holds a tensor that
+    requires grad; a hand-written walk, cheaper than a pytree flatten on every operation."""
+    if isinstance(value, torch.Tensor):
+        return value.requires_grad
+    if isinstance(value, tuple | list):
+        return any(_depends(v) for v in value)
+    if isinstance(value, dict):
+        return any(_depends(v) for v in value.values())
+    return False
 
 
 def _is_inplace(name: str, kwargs: Mapping[str, Any]) -> bool:

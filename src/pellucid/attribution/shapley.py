@@ -21,13 +21,12 @@ from pellucid._registry import register
 from pellucid._state import model_guard
 from pellucid._targets import Target
 from pellucid._validation import check_int
+from pellucid.attribution._background import build_game, summarize_background
 from pellucid.attribution._coalitions import (
     CoalitionValues,
     FeatureMask,
     all_coalitions,
-    build_game,
     kernel_coalitions,
-    summarize_background,
 )
 from pellucid.attribution._common import Prepared, prepare
 from pellucid.attribution._linear_fit import efficient_wls

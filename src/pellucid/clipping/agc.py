@@ -72,6 +72,52 @@ class _Plan(NamedTuple):
     after: torch.Tensor
 
 
+class _Layout(NamedTuple):
+    groups: list[tuple[list[int], bool, tuple[int, ...], list[int], torch.device | None]]
+    order: list[int]
+    sizes: list[int]  # units per group
+    empty: bool  # some group has no entries (its norms are zeros)
+    pick: torch.Tensor  # positions of [gradient norms..., weight norms...] in the joint vector
+
+
+_LAYOUTS: dict[tuple[Any, ...], _Layout] = {}
+
+
+def _layout(grads: list[torch.Tensor]) -> _Layout:
+    """How to group ``grads`` (cached by shapes, dtypes and devices: the same every step)."""
+    key = tuple((g.shape, g.dtype, g.device) for g in grads)
+    layout = _LAYOUTS.get(key)
+    if layout is not None:
+        return layout
+    # Tensors whose units have the same shape share a kernel: matrices/convs by their
+    # trailing shape (concatenated along dim 0), vectors by length (stacked: one unit each).
+    first = grads[0].device
+    by_key: dict[tuple[Any, ...], list[int]] = {}
+    for i, g in enumerate(grads):
+        k = (g.ndim <= 1, g.shape[1:] if g.ndim > 1 else g.numel(), g.device, g.dtype)
+        by_key.setdefault(k, []).append(i)
+    groups = []
+    for (is_vector, trail, device, _), indices in by_key.items():
+        units = [] if is_vector else [grads[i].shape[0] for i in indices]
+        view = (-1,) + (1,) * len(trail) if units else ()
+        groups.append((indices, is_vector, view, units, device if device != first else None))
+    order = [i for indices, *_ in groups for i in indices]
+    sizes = [sum(units) if units else len(indices) for indices, _, _, units, _ in groups]
+    empty = any(grads[i].numel() == 0 for i in order)
+    g_pos: list[int] = []
+    w_pos: list[int] = []
+    offset = 0
+    for size in sizes:  # each group contributes [its gradient norms, its weight norms]
+        g_pos += range(offset, offset + size)
+        w_pos += range(offset + size, offset + 2 * size)
+        offset += 2 * size
+    pick = torch.tensor(g_pos + w_pos, device=first)
+    if len(_LAYOUTS) >= 32:
+        _LAYOUTS.clear()
+    layout = _LAYOUTS[key] = _Layout(groups, order, sizes, empty, pick)
+    return layout
+
+
 def _agc_plan(
     grads: list[torch.Tensor],
     params: list[torch.Tensor],
@@ -79,42 +125,30 @@ def _agc_plan(
     eps: float,
     norm_type: float,
 ) -> _Plan:
-    # Group tensors whose units have the same shape: matrices/convs by their trailing shape
-    # (concatenated along dim 0), vectors by length (stacked, one unit each).
     first = grads[0].device
-    groups: dict[tuple[Any, ...], list[int]] = {}
-    for i, g in enumerate(grads):
-        key = (g.ndim <= 1, g.shape[1:] if g.ndim > 1 else g.numel(), g.device, g.dtype)
-        groups.setdefault(key, []).append(i)
-    order: list[int] = []
-    parts: list[torch.Tensor] = []  # per group: (2, units) = gradient and weight unit norms
-    shapes: list[tuple[tuple[int, ...], list[int], torch.device | None]] = []
-    for (is_vector, trail, device, _), indices in groups.items():
-        gs = [grads[i] for i in indices]
-        both = (torch.stack if is_vector else torch.cat)(gs + [params[i] for i in indices])
-        if both.numel() == 0:
+    layout = _layout(grads)
+    parts: list[torch.Tensor] = []  # per group: its gradient unit norms, then its weights'
+    for indices, is_vector, _, _, moved in layout.groups:
+        tensors = [grads[i] for i in indices] + [params[i] for i in indices]
+        both = torch.stack(tensors) if is_vector else torch.cat(tensors)
+        if layout.empty and both.numel() == 0:
             norms = both.new_zeros(both.shape[0])
         else:
             norms = torch.linalg.vector_norm(both.view(both.shape[0], -1), norm_type, dim=1)
-        parts.append(norms.view(2, -1) if device == first else norms.view(2, -1).to(first))
-        units = [] if is_vector else [g.shape[0] for g in gs]
-        shapes.append(
-            ((-1,) + (1,) * len(trail) if units else (), units, device if device != first else None)
-        )
-        order += indices
-    norms = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
-    g_norm, w_norm = norms.unbind()
+        parts.append(norms if moved is None else norms.to(first))
+    joint = parts[0] if len(parts) == 1 else torch.cat(parts)
+    g_norm, w_norm = joint[layout.pick].view(2, -1).unbind()
     bound = w_norm.clamp(min=eps).mul_(clip_factor)
     coef = (bound / g_norm.clamp(min=1e-6)).clamp_(max=1.0)
     mults: list[torch.Tensor] = []
-    pieces = coef.split([p.shape[1] for p in parts]) if len(parts) > 1 else (coef,)
-    for piece, (view, units, device) in zip(pieces, shapes, strict=True):
-        if device is not None:
-            piece = piece.to(device)
+    pieces = coef.split(layout.sizes) if len(parts) > 1 else (coef,)
+    for piece, (_, _, view, units, moved) in zip(pieces, layout.groups, strict=True):
+        if moved is not None:
+            piece = piece.to(moved)
         mults += piece.view(view).split(units) if units else piece.unbind()
     before = torch.linalg.vector_norm(g_norm, norm_type)
     after = torch.linalg.vector_norm(g_norm * coef, norm_type)
-    return _Plan(order, mults, before, after)
+    return _Plan(layout.order, mults, before, after)
 
 
 @torch.no_grad()

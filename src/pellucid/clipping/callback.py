@@ -27,7 +27,7 @@ import torch
 
 from pellucid.clipping.guard import check_policy
 from pellucid.clipping.stats import ClipStats, stats_row
-from pellucid.clipping.transforms import Transform, apply_
+from pellucid.clipping.transforms import Transform, _apply
 from pellucid.training import Callback, TrainState
 
 __all__ = ["GradientClipper"]
@@ -79,7 +79,7 @@ class GradientClipper(Callback):
 
     def on_before_step(self, state: TrainState) -> bool | None:
         target = self.parameters if self.parameters is not None else state.model
-        stats = apply_(
+        stats, skip = _apply(
             self.transform if self.transform is not None else self._identity,  # type: ignore[arg-type]
             target,
             nonfinite=self.nonfinite,
@@ -87,7 +87,7 @@ class GradientClipper(Callback):
         )
         state.info[STATS_KEY] = stats
         self._rows.append(stats.stacked())
-        if self.nonfinite == "skip" and bool(stats.skipped):
+        if skip:
             return False
         return None
 

@@ -141,8 +141,10 @@ class GradNorms:
     def __init__(self, tensors: list[torch.Tensor], *, foreach: bool | None = None) -> None:
         self.tensors = tensors
         self.foreach = foreach
-        self._groups = (
-            _group_tensors_by_device_and_dtype([tensors], with_indices=True) if tensors else {}
+        self._groups: dict[Any, Any] = (
+            _group_tensors_by_device_and_dtype([tensors], with_indices=True)  # type: ignore[list-item]
+            if tensors
+            else {}
         )
         self._grouped: dict[float, list[torch.Tensor]] = {}
         self._ordered: dict[float, list[torch.Tensor]] = {}

@@ -335,6 +335,17 @@ def apply_(
         >>> float(apply_(clip_by_global_norm(1.0), [w]).norm_before)
         5.0
     """
+    return _apply(transform, parameters, nonfinite=nonfinite, norms=norms)[0]
+
+
+def _apply(
+    transform: Transform,
+    parameters: Parameters,
+    *,
+    nonfinite: str,
+    norms: GradNorms | None,
+) -> tuple[ClipStats, bool]:
+    """:func:`apply_`, also returning the host-side skip decision (no extra sync)."""
     if not callable(transform):
         raise TypeError(
             f"`transform` must be a gradient transform; got {type(transform).__name__}."
@@ -347,11 +358,10 @@ def apply_(
     cache = _norms(grads, norms)
     found, skip, cache = guard_(grads, [n for _, n in pairs], policy, cache)
     if skip:
-        return ClipStats.unclipped(cache.total(2.0), nonfinite=found).replace(
-            skipped=torch.ones((), dtype=torch.bool, device=found.device)
-        )
+        stats = ClipStats.unclipped(cache.total(2.0), nonfinite=found)
+        return stats.replace(skipped=torch.ones((), dtype=torch.bool, device=found.device)), True
     result = transform(grads, params, cache)
     changed = [(g, n) for g, n in zip(grads, result.grads, strict=True) if n is not g]
     if changed:
         torch._foreach_copy_([g for g, _ in changed], [n for _, n in changed])
-    return result.stats.replace(nonfinite=found.to(result.stats.nonfinite.device))
+    return result.stats.replace(nonfinite=found.to(result.stats.nonfinite.device)), False

@@ -138,7 +138,7 @@ def record_activations(
             )
         size = resolve_batch_size(batch_size, inputs[0].numel(), total=inputs.shape[0])
         map_chunks(lambda a, b: select_output(model(inputs[a:b])), inputs.shape[0], size)
-    return {n: torch.cat(v) if len(v) > 1 else v[0] for n, v in store.items() if v}
+    return {n: torch.cat(v) if len(v) > 1 else v[0].clone() for n, v in store.items() if v}
 
 
 def record_gradients(

@@ -108,15 +108,19 @@ class ExplanationsStage(Stage):
             for seed in ctx.seeds:
                 model, ds, _ = ctx.trained(key, seed)
                 x = ds.X_test[: cfg["n_examples"]].float()
-                image = x.ndim == 4
-                entry.update(
-                    kind="image" if image else "tabular", feature_names=list(ds.feature_names or [])
-                )
+                kind = {4: "image", 2: "tabular"}.get(x.ndim, "sequence")
+                entry.update(kind=kind, feature_names=list(ds.feature_names or []))
                 if seed == ctx.seeds[0]:
-                    entry["inputs"] = x[: cfg["grid_examples"]].squeeze(1).tolist() if image else []
+                    grid = x[: cfg["grid_examples"]]
+                    entry["inputs"] = grid.mean(1).tolist() if kind == "image" else []
                 for method in cfg["methods"]:
                     info = get_method(method)
-                    if ("image" if image else "tabular") not in info.input_kinds:
+                    kinds = info.input_kinds + (
+                        ("sequence",) if "tabular" in info.input_kinds else ()
+                    )
+                    if kind not in kinds or (
+                        info.needs_layer and type(model).__name__ not in CAM_LAYERS
+                    ):
                         continue
                     record = entry["methods"].setdefault(method, {"runs": []})
                     record["runs"].append(
@@ -157,7 +161,7 @@ class ExplanationsStage(Stage):
             e = info.fn(model, x, **kwargs)
         except (ValueError, TypeError) as exc:
             ctx.log(f"explanations: {method} on {key}: {exc}")
-            return {"error": str(exc).splitlines()[0][:200]}
+            return {"error": str(exc).splitlines()[0].split(". ")[0][:200]}
         seconds = time.perf_counter() - start
         with torch.no_grad(), model_guard(model, eval_mode=True):
             logits = model(x)
@@ -258,6 +262,9 @@ def _tabular(key: str, entry: dict[str, Any], top_k: int) -> list[Any]:
     from pellucid.plot import attribution_summary
 
     names = entry.get("feature_names") or None
+    first_run: dict[str, Any] = next(iter(entry["methods"].values()), {"runs": [{}]})["runs"][0]
+    if names and len(names) != len(first_run.get("mean_abs", names)):
+        names = None  # e.g. sequences: one value per (step, feature), not per feature
     rows = []
     for method, record in entry["methods"].items():
         ok = [r for r in record["runs"] if "error" not in r]

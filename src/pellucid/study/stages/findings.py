@@ -85,6 +85,34 @@ def _sentence(model: str, what: str, metric: str, cmp: dict[str, Any]) -> str:
     )
 
 
+def _best_method(key: str, metric: str, methods: list[str], runs: list[dict[str, Any]]) -> str:
+    """Which method scores best on the dense model, and is its lead over the next significant?"""
+    label, sign = ORIENTATION[metric][0], ORIENTATION[metric][1]
+    ranking = []
+    for method in methods:
+        per_seed = {r["seed"]: _num(r["methods"].get(method, {}).get(metric)) for r in runs}
+        mean, half = mean_ci([v for v in per_seed.values() if not math.isnan(v)])
+        if not math.isnan(mean):
+            ranking.append((sign * mean, half, method, per_seed))
+    if not ranking:
+        return ""
+    ranking.sort(key=lambda item: item[0], reverse=True)
+    score, half, method, per_seed = ranking[0]
+    ci = "" if math.isnan(half) else f" ± {half:.3f}"
+    text = (
+        f"{key}: by {label}, the most faithful method on the dense model is {method} "
+        f"({sign * score:.3f}{ci})"
+    )
+    if len(ranking) > 1:
+        runner = ranking[1]
+        cmp = _paired(runner[3], per_seed)
+        margin = "a significant margin" if cmp["significant"] else "not a significant margin"
+        text += (
+            f"; ahead of {runner[2]} ({sign * runner[0]:.3f}) by {abs(cmp['diff']):.3f}, {margin}"
+        )
+    return text + "."
+
+
 def _describe_variant(name: str, variant: dict[str, Any]) -> str:
     sparsity = [_num(r["sparsity"]) for r in variant["runs"]]
     mean = sum(sparsity) / len(sparsity) if sparsity else math.nan
@@ -127,34 +155,14 @@ def _model_findings(key: str, entry: dict[str, Any]) -> dict[str, Any]:
             )
             if name in focus and metric in QUESTIONS:
                 sentences.append(_sentence(key, _describe_variant(name, variant), metric, cmp))
-    # Most faithful method on the dense model.
-    ranking = []
-    for method in methods:
-        per_seed = {
-            r["seed"]: _num(r["methods"].get(method, {}).get("faithfulness")) for r in dense_runs
-        }
-        mean, half = mean_ci([v for v in per_seed.values() if not math.isnan(v)])
-        ranking.append((mean, half, method, per_seed))
-    ranking = sorted((r for r in ranking if not math.isnan(r[0])), reverse=True)
-    if ranking:
-        best = ranking[0]
-        text = (
-            f"{key}: the most faithful method on the dense model is {best[2]} "
-            f"(faithfulness correlation {best[0]:.3f}"
-            + ("" if math.isnan(best[1]) else f" ± {best[1]:.3f}")
-            + ")"
-        )
-        if len(ranking) > 1:
-            second = ranking[1]
-            cmp = _paired(second[3], best[3])
-            text += f"; ahead of {second[2]} ({second[0]:.3f}) by {cmp['diff']:+.3f}, " + (
-                "a significant margin."
-                if cmp["significant"]
-                else "which is not a significant margin."
-            )
-        sentences.append(text)
+    # Most faithful method on the dense model, by each faithfulness metric.
+    for metric in ("faithfulness", "deletion_auc"):
+        text = _best_method(key, metric, methods, dense_runs)
+        if text:
+            sentences.append(text)
     # Randomization check.
-    failing, passing = [], []
+    failing: list[str] = []
+    passing: list[str] = []
     for method, runs in entry.get("randomization", {}).items():
         frac = sum(_num(r["fraction_passed"]) for r in runs) / len(runs)
         final = sum(_num(r["median"][-1]) for r in runs) / len(runs)
@@ -220,8 +228,8 @@ class FindingsStage(Stage):
 
     name = "findings"
     title = "Findings: pruning, clipping and explanation quality"
-    defaults: dict[str, Any] = {"source": "interpretability"}
-    quick: dict[str, Any] = {}
+    defaults = {"source": "interpretability"}
+    quick = {}
 
     def run(self, ctx: StudyContext, cfg: dict[str, Any]) -> dict[str, Any]:
         source = ctx.results.get(cfg["source"])
