@@ -27,8 +27,8 @@ from pellucid.models import TinyResNet
 NORM_TYPES = [1.0, 2.0, 3.0, 0.5, math.inf]
 
 
-def _params(seed: int = 0, scale: float = 10.0) -> list[torch.nn.Parameter]:
-    """Mixed shapes and dtypes, one parameter without a gradient."""
+def _params(seed: int = 0, scale: float = 10.0, half: bool = True) -> list[torch.nn.Parameter]:
+    """Mixed shapes and dtypes (bf16/fp16 too when ``half``), one parameter without a grad."""
     g = torch.Generator().manual_seed(seed)
     specs = [
         ((5, 3), torch.float32),
@@ -36,12 +36,14 @@ def _params(seed: int = 0, scale: float = 10.0) -> list[torch.nn.Parameter]:
         ((2, 2, 3), torch.float32),
         ((3,), torch.float32),
         ((4, 1, 2, 2), torch.float64),
-    ]
+        ((6,), torch.bfloat16),
+        ((2, 3), torch.float16),
+    ][: None if half else 5]
     params = []
     for i, (shape, dtype) in enumerate(specs):
-        p = torch.nn.Parameter(torch.randn(shape, generator=g, dtype=dtype))
+        p = torch.nn.Parameter(torch.randn(shape, generator=g).to(dtype))
         if i != 3:
-            p.grad = torch.randn(shape, generator=g, dtype=dtype) * scale
+            p.grad = (torch.randn(shape, generator=g) * scale).to(dtype)
         params.append(p)
     return params
 
@@ -143,7 +145,7 @@ def test_non_finite_error_like_torch():
     seed=st.integers(0, 1000),
 )
 def test_clipped_norm_never_exceeds_bound(scale, max_norm, norm_type, seed):
-    params = _params(seed, scale)
+    params = _params(seed, scale, half=False)  # a 1e-5 bound needs single precision or better
     before = clip_grad_norm_(params, max_norm, norm_type=norm_type)
     after = total_norm([p.grad for p in params if p.grad is not None], norm_type=norm_type)
     # the coefficient uses total + 1e-6, so the result is at most max_norm (plus rounding)

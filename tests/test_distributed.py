@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import socket
+import sys
 
 import pytest
 import torch
@@ -49,6 +51,7 @@ def _train(model, x, y, steps=3):
 
 def _worker(rank: int, world: int, port: int, folder: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)  # as DataLoader workers do: no OpenMP pool shared across fork
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
         x, y = _batch()
@@ -89,8 +92,13 @@ def _worker(rank: int, world: int, port: int, folder: str) -> None:
 
 @pytest.mark.distributed
 def test_ddp_and_sharded_clipping_on_two_gloo_ranks(tmp_path):
-    mp.start_processes(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True,
-                       start_method="fork")
+    # Fork (on Linux) after importing what DDP imports lazily (torch._dynamo, seconds of
+    # work): the ranks start in milliseconds instead of re-importing torch and pellucid.
+    importlib.import_module("torch._dynamo")
+    method = "fork" if sys.platform == "linux" else "spawn"
+    mp.start_processes(
+        _worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True, start_method=method
+    )
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
     x, y = _batch()
 

@@ -352,3 +352,13 @@ def test_batch_aligned_forward_args_follow_their_example(fn):
         e = fn(net, x, forward_args=(scale,), **kwargs, **_kw(fn))
         ref = kwargs.get("background", torch.full((1, 4), 0.5, dtype=D)).mean(0)
         torch.testing.assert_close(e.attributions, scale[:, None] * net.w * (x - ref))
+
+
+def test_sampling_shapley_without_antithetic_pairs():
+    net = _mlp()
+    x = torch.randn(2, 8, dtype=D)
+    e = sampling_shapley(net, x, target=0, n_samples=5, antithetic=False, generator=_gen(7))
+    assert e.params == {**e.params, "n_samples": 5, "antithetic": False}
+    assert e.extras["efficiency_gap"].abs().max() < 1e-10 and (e.extras["stderr"] > 0).any()
+    with pytest.raises(TypeError, match="`antithetic` must be True or False"):
+        sampling_shapley(net, x, target=0, antithetic=1)

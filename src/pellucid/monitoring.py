@@ -39,13 +39,13 @@ from torch import nn
 from pellucid._gradient_diagnosis import Finding, diagnose_history
 from pellucid._io import atomic_write, atomic_write_json
 from pellucid._validation import check_float, check_int
+from pellucid.clipping.callback import NORMS_KEY
 from pellucid.clipping.functional import GradNorms
 from pellucid.clipping.grouped import layer_groups
 from pellucid.training import Callback, TrainState
 
 __all__ = ["Finding", "GradientMonitor", "diagnose_history"]
 
-_NORMS_KEY = "grad_norms"
 _COLUMNS = (
     "step",
     "layer",
@@ -129,7 +129,7 @@ class GradientMonitor(Callback):
         grads = [p.grad for p in params]
         complete = all(g is not None for g in grads)
         norms = GradNorms(grads if complete else [g for g in grads if g is not None])  # type: ignore[arg-type]
-        state.info[_NORMS_KEY] = norms  # the clipper and the non-finite guard reuse these
+        state.info[NORMS_KEY] = norms  # the clipper and the non-finite guard reuse these
         sampled = state.step % self.log_every == 0
         two = self._full(norms.norms(2.0), grads, complete)
         loss = state.loss.detach().reshape(()) if state.loss is not None else torch.tensor(math.nan)

@@ -65,7 +65,6 @@ class GradientClipper(Callback):
         self.nonfinite = check_policy(nonfinite)
         self.parameters = None if parameters is None else list(parameters)
         self._rows: list[torch.Tensor] = []
-        self.seconds = 0.0
 
     def _identity(
         self, grads: list[torch.Tensor], params: list[torch.Tensor], norms: Any = None

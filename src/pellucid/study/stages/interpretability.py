@@ -197,7 +197,7 @@ class InterpretabilityStage(Stage):
     title = "Explanation quality of dense, clipped and pruned models"
     defaults = {
         "models": ["breast_cancer/MLP", "digits/SmallCNN"],
-        "clip_models": ["breast_cancer/MLP"],
+        "clip_models": ["breast_cancer/MLP", "digits/SmallCNN"],
         "methods": [
             "saliency",
             "input_x_gradient",
@@ -257,6 +257,16 @@ class InterpretabilityStage(Stage):
             raise ConfigError("`interpretability.n_explain` must be >= 2.")
 
     def run(self, ctx: StudyContext, cfg: dict[str, Any]) -> dict[str, Any]:
+        # The models are tiny: intra-op threads only add synchronisation (and collapse when
+        # the cores are shared), so this stage runs single-threaded and restores the setting.
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            return self._run(ctx, cfg)
+        finally:
+            torch.set_num_threads(threads)
+
+    def _run(self, ctx: StudyContext, cfg: dict[str, Any]) -> dict[str, Any]:
         from pellucid.inspection import GlobalSurrogate
         from pellucid.metrics import model_randomization_check
         from pellucid.pruning.measure import count_nonzeros, count_parameters
