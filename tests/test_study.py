@@ -113,3 +113,15 @@ def test_cli_explain_writes_loadable_file(quick_study, tmp_path, capsys):
     assert main([*args[:-1], "salincy"]) == 2
     assert "'saliency'" in capsys.readouterr().err
     assert main([*args, "--n", "0"]) == 2
+
+
+def test_cli_diagnose_finds_the_explosion(tmp_path, capsys):
+    out = tmp_path / "monitor.json"
+    assert main(["diagnose", "--epochs", "1", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "[nonfinite]" in text or "[exploding]" in text
+    assert json.loads(out.read_text())
+    assert main(["diagnose", "--epochs", "1", "--clip", "norm:1.0"]) == 0
+    assert "non-finite" not in capsys.readouterr().out.split("\n")[1]
+    assert main(["diagnose", "--clip", "nrm"]) == 2
+    assert "Did you mean 'norm'" in capsys.readouterr().err

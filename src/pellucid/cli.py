@@ -70,6 +70,30 @@ def _parser() -> argparse.ArgumentParser:
     explain.add_argument("--out", default="explanation.safetensors", help="output file")
     explain.add_argument("--quick", action="store_true", help="train briefly (smoke run)")
 
+    diagnose = sub.add_parser(
+        "diagnose",
+        help="train a model with the gradient monitor and say which layer exploded or vanished",
+        description="Train a model on an embedded dataset with pellucid's GradientMonitor "
+        "(and optionally a clipper), then print the monitor's diagnosis. The default is the "
+        "classic failure: a deep plain ReLU net with a large init and SGD at lr 0.1.",
+    )
+    diagnose.add_argument("--dataset", default="digits", help="embedded dataset")
+    diagnose.add_argument(
+        "--model", default="DeepPlainNet", help="MLP, DeepPlainNet, SmallCNN or TinyResNet"
+    )
+    diagnose.add_argument("--depth", type=int, default=12, help="DeepPlainNet depth")
+    diagnose.add_argument("--init-scale", type=float, default=1.7, help="DeepPlainNet init")
+    diagnose.add_argument("--activation", default="relu", help="DeepPlainNet/MLP activation")
+    diagnose.add_argument("--optimizer", default="sgd", help="adam, adamw or sgd")
+    diagnose.add_argument("--lr", type=float, default=0.1, help="learning rate")
+    diagnose.add_argument("--epochs", type=int, default=2, help="epochs")
+    diagnose.add_argument(
+        "--clip", default="none", help="none, norm:MAX, value:V, agc:FACTOR, autoclip or zclip"
+    )
+    diagnose.add_argument("--log-every", type=int, default=5, help="monitor sampling period")
+    diagnose.add_argument("--seed", type=int, default=0, help="seed")
+    diagnose.add_argument("--out", default=None, help="write the monitor history (JSON or CSV)")
+
     stages = sub.add_parser("stages", help="list the study's stages and their config keys")
     stages.set_defaults(command="stages")
     return parser
@@ -96,7 +120,102 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command == "explain":
         return _explain(args)
+    if args.command == "diagnose":
+        return _diagnose(args)
     return _study(args)
+
+
+def _clipper(spec: str) -> object:
+    from pellucid import clipping
+
+    name, _, value = spec.partition(":")
+    makers = {
+        "none": lambda v: None,
+        "norm": lambda v: clipping.clip_by_global_norm(float(v or 1.0)),
+        "value": lambda v: clipping.clip_by_value(float(v or 0.5)),
+        "agc": lambda v: clipping.adaptive_clip(float(v or 0.01)),
+        "autoclip": lambda v: clipping.AutoClip(),
+        "zclip": lambda v: clipping.ZClip(),
+    }
+    if name not in makers:
+        from pellucid._validation import did_you_mean
+
+        raise ValueError(
+            f"`--clip` must be one of none, norm:MAX, value:V, agc:FACTOR, autoclip, zclip; "
+            f"got {spec!r}." + did_you_mean(name, makers)
+        )
+    try:
+        transform = makers[name](value)
+    except ValueError as exc:
+        raise ValueError(f"`--clip` {spec!r}: {exc}") from exc
+    return None if transform is None else clipping.GradientClipper(transform)
+
+
+def _diagnose(args: argparse.Namespace) -> int:
+    from pellucid.data import load_dataset
+    from pellucid.models import build_model
+    from pellucid.monitoring import GradientMonitor
+    from pellucid.training import evaluate, fit
+
+    try:
+        ds = load_dataset(args.dataset, seed=args.seed)
+        kwargs: dict[str, object] = {"n_classes": ds.n_classes}
+        flat = 1
+        for size in ds.input_shape:
+            flat *= size
+        if args.model == "DeepPlainNet":
+            kwargs.update(
+                in_features=flat,
+                depth=args.depth,
+                init_scale=args.init_scale,
+                activation=args.activation,
+            )
+        elif args.model == "MLP":
+            kwargs.update(in_features=flat, activation=args.activation)
+        elif args.model in ("SmallCNN", "TinyResNet"):
+            if len(ds.input_shape) != 3:
+                raise ValueError(f"`--model {args.model}` needs image data; use --dataset digits.")
+            kwargs.update(in_channels=ds.input_shape[0])
+        else:
+            raise ValueError(
+                f"`--model` must be MLP, DeepPlainNet, SmallCNN or TinyResNet; got {args.model!r}."
+            )
+        model = build_model(args.model, seed=args.seed, **kwargs)
+        clipper = _clipper(args.clip)
+        monitor = GradientMonitor(log_every=args.log_every)
+    except (ValueError, TypeError) as exc:
+        return _fail(str(exc))
+    loss = "cross_entropy" if ds.task == "classification" else "mse"
+    try:
+        history = fit(
+            model,
+            ds.train,
+            epochs=args.epochs,
+            optimizer=args.optimizer,
+            lr=args.lr,
+            loss=loss,
+            seed=args.seed,
+            monitor=monitor,
+            clipper=clipper,  # type: ignore[arg-type]
+            progress=None,
+        )
+    except ValueError as exc:
+        return _fail(str(exc))
+    result = evaluate(model, ds.test)
+    print(
+        f"{args.model} on {args.dataset}: {len(history.step_losses)} steps, "
+        f"{history.skipped_steps} skipped; test "
+        + ", ".join(f"{k} {v:.4f}" for k, v in result.items())
+    )
+    findings = monitor.diagnose()
+    if not findings:
+        print("diagnosis: no exploding, vanishing or dead-unit findings.")
+    for finding in findings:
+        print(f"- [{finding.kind}] {finding.message}")
+    if args.out:
+        path = monitor.to_csv(args.out) if args.out.endswith(".csv") else monitor.to_json(args.out)
+        print(f"monitor history: {path}")
+    return 0
 
 
 def _explain(args: argparse.Namespace) -> int:

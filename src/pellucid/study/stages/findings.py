@@ -137,6 +137,29 @@ def _model_findings(key: str, entry: dict[str, Any]) -> dict[str, Any]:
     for name, variant in variants.items():
         if name == "dense":
             continue
+        acc = _paired(
+            {r["seed"]: _num(r.get("accuracy")) for r in dense_runs},
+            {r["seed"]: _num(r.get("accuracy")) for r in variant["runs"]},
+        )
+        rows.append(
+            [
+                name,
+                "test accuracy",
+                acc["before"],
+                acc["after"],
+                acc["diff"],
+                acc["ci"],
+                acc["significant"],
+            ]
+        )
+        if name in focus:
+            sentences.append(
+                f"{key}, {_describe_variant(name, variant)}: test accuracy "
+                f"{acc['before']:.3f} → {acc['after']:.3f} (difference {acc['diff']:+.3f}"
+                + ("" if math.isnan(acc["ci"]) else f", 95% CI ±{acc['ci']:.3f}")
+                + ("; significant" if acc["significant"] else "; not significant")
+                + ")."
+            )
         for metric in ORIENTATION:
             cmp = _paired(
                 _seed_means(dense_runs, metric, methods),
