@@ -125,3 +125,15 @@ def test_cli_diagnose_finds_the_explosion(tmp_path, capsys):
     assert "non-finite" not in capsys.readouterr().out.split("\n")[1]
     assert main(["diagnose", "--clip", "nrm"]) == 2
     assert "Did you mean 'norm'" in capsys.readouterr().err
+
+
+def test_changed_upstream_stage_invalidates_later_ones(tmp_path):
+    from pellucid.study.runner import _stage_hash
+
+    config = build_config(quick=True)
+    first = _stage_hash("training", config)
+    later = _stage_hash("findings", config, first)
+    config["training"]["models"] = ["wine/MLP"]
+    changed = _stage_hash("training", config)
+    assert changed != first
+    assert _stage_hash("findings", config, changed) != later

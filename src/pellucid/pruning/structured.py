@@ -151,6 +151,27 @@ class ChannelPruningPlan:
         return model
 
 
+def _removed_params(module: Any, out_keep: Any, in_keep: Any) -> int:
+    """How many parameters shrinking ``module`` removes (arithmetic, nothing is copied)."""
+    before = sum(p.numel() for p in module.parameters(recurse=False))
+    if isinstance(module, nn.Linear | nn.modules.conv._ConvNd):
+        shape = list(module.weight.shape)
+        depthwise = isinstance(module, nn.modules.conv._ConvNd) and (
+            module.groups == module.in_channels == module.out_channels
+        )
+        keep = out_keep if out_keep is not None else (in_keep if depthwise else None)
+        if keep is not None:
+            shape[0] = keep.numel()
+        if in_keep is not None and not depthwise:
+            shape[1] = in_keep.numel()
+        after = math.prod(shape) + (shape[0] if module.bias is not None else 0)
+    else:
+        keep = out_keep if out_keep is not None else in_keep
+        n = sum(1 for p in module.parameters(recurse=False))
+        after = n * keep.numel() if keep is not None else before
+    return before - after
+
+
 def _member_scores(module: Any, role: str, p: int) -> torch.Tensor | None:
     """Per-feature magnitude of a member (outputs, or inputs for ``role="in"``)."""
     if isinstance(module, nn.modules.batchnorm._BatchNorm | nn.LayerNorm):
@@ -398,11 +419,7 @@ def plan_channel_pruning(
     before = sum(p.numel() for p in model.parameters())
     removed = 0
     for name in shapes:
-        module = modules[name]
-        small = shrink_module(module, out_keep.get(name), in_keep.get(name))
-        removed += sum(p.numel() for p in module.parameters(recurse=False)) - sum(
-            p.numel() for p in small.parameters(recurse=False)
-        )
+        removed += _removed_params(modules[name], out_keep.get(name), in_keep.get(name))
     return ChannelPruningPlan(
         groups=groups,
         amount=amount if not isinstance(amount, Mapping) else dict(amount),

@@ -37,10 +37,14 @@ def check_out_dir(out: str | os.PathLike[str]) -> Path:
     return path
 
 
-def _stage_hash(name: str, config: dict[str, Any]) -> str:
+def _stage_hash(name: str, config: dict[str, Any], upstream: str = "") -> str:
+    """Hash of what a stage's result depends on: its config, the seeds, the version and
+    (through ``upstream``) every stage that ran before it, so a changed earlier stage
+    invalidates the later ones."""
     from pellucid import __version__
 
     payload = {
+        "upstream": upstream,
         "stage": config[name],
         "seeds": config["seeds"],
         "quick": config["quick"],
@@ -74,10 +78,11 @@ def run_study(
     timings: dict[str, float] = {}
     cached: list[str] = []
     start = time.perf_counter()
+    digest = ""
     for name in config["stages"]:
         stage = STAGES[name]
         path = out_dir / "results" / f"{name}.json"
-        digest = _stage_hash(name, config)
+        digest = _stage_hash(name, config, digest)
         if resume and path.is_file():
             stored = json.loads(path.read_text())
             if stored.get("config_hash") == digest:
