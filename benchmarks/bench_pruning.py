@@ -27,10 +27,10 @@ from pellucid.pruning.measure import count_parameters, latency, macs
 def alternate_latency(models: dict, x: torch.Tensor, batch: int, repeats: int) -> dict:
     """Median latency of each model, measured in interleaved rounds (same machine load)."""
     samples: dict[str, list[float]] = {k: [] for k in models}
-    for _ in range(5):
+    for _ in range(9):
         for key, model in models.items():
             samples[key].append(
-                latency(model, x, batch_size=batch, warmup=3, repeats=max(1, repeats // 5)).median
+                latency(model, x, batch_size=batch, warmup=3, repeats=max(3, repeats // 9)).median
             )
     return {k: statistics.median(v) for k, v in samples.items()}
 
@@ -40,7 +40,7 @@ def main() -> None:
     parser.add_argument("--ratio", type=float, default=0.5)
     parser.add_argument("--width", type=int, default=32)
     parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--repeats", type=int, default=50)
+    parser.add_argument("--repeats", type=int, default=54)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

@@ -25,7 +25,7 @@ def test_pruning_stage_runs_and_reports(tmp_path):
         stages=["training", "pruning"],
     )
     report = run_study(config, tmp_path, progress=False)
-    stored = json.loads((tmp_path / "results" / "pruning.json").read_text())["result"]
+    stored = json.loads((tmp_path / "results" / "pruning.json").read_text())["result"]["models"]
     runs = stored["breast_cancer/MLP"]["runs"]
     assert [(r["kind"], r["amount"]) for r in runs] == [
         ("dense", 0.0),
