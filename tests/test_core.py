@@ -138,3 +138,11 @@ def test_attribute_dispatch_and_suggestion():
     assert e.method == "input_x_gradient"
     with pytest.raises(ValueError, match="Did you mean 'saliency'"):
         pellucid.attribute(net, torch.ones(2, 3), method="salency")
+
+
+def test_top_level_reexports_every_attribution_name():
+    from pellucid import attribution
+
+    assert set(attribution.__all__) <= set(pellucid.__all__)
+    for name in pellucid.list_methods():
+        assert getattr(pellucid, name) is pellucid.get_method(name).fn

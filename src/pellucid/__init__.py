@@ -3,28 +3,103 @@
 Train it stably (``pellucid.clipping``, ``pellucid.monitoring``), make it small
 (``pellucid.pruning``), explain it (``pellucid.attribute`` and the attribution functions,
 ``pellucid.inspection``) and check that the explanation is faithful (``pellucid.metrics``).
+
+Example:
+    >>> import torch, pellucid
+    >>> net = torch.nn.Linear(3, 1)
+    >>> e = pellucid.integrated_gradients(net, torch.ones(2, 3))
+    >>> e.method, tuple(e.attributions.shape)
+    ('integrated_gradients', (2, 3))
 """
 
 from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from pellucid import attribution  # noqa: F401  (registers the attribution methods)
+from pellucid import (
+    attribution,
+    clipping,
+    data,
+    inspection,
+    metrics,
+    models,
+    monitoring,
+    pruning,
+    training,
+)
 from pellucid._registry import MethodInfo, attribute, get_method, list_methods
 from pellucid._warnings import PellucidWarning
-from pellucid.attribution import *  # noqa: F403  (names listed in attribution.__all__)
-from pellucid.attribution import __all__ as _attribution_all
+from pellucid.attribution import (
+    AttentionMaps,
+    UnsupportedOperationError,
+    attention,
+    attention_maps,
+    attention_rollout,
+    deconvolution,
+    deeplift,
+    exact_shapley,
+    expected_gradients,
+    feature_ablation,
+    grad_cam,
+    grid_segments,
+    guided_backprop,
+    guided_grad_cam,
+    input_x_gradient,
+    integrated_gradients,
+    kernel_shap,
+    lime,
+    lrp,
+    occlusion,
+    saliency,
+    sampling_shapley,
+    slic_segments,
+    smoothgrad,
+    summarize_background,
+)
 from pellucid.explanation import Explanation
 from pellucid.monitoring import GradientMonitor
 
 __all__ = [
-    "__version__",
+    "AttentionMaps",
     "Explanation",
     "GradientMonitor",
     "MethodInfo",
     "PellucidWarning",
+    "UnsupportedOperationError",
+    "__version__",
+    "attention",
+    "attention_maps",
+    "attention_rollout",
     "attribute",
+    "attribution",
+    "clipping",
+    "data",
+    "deconvolution",
+    "deeplift",
+    "exact_shapley",
+    "expected_gradients",
+    "feature_ablation",
     "get_method",
+    "grad_cam",
+    "grid_segments",
+    "guided_backprop",
+    "guided_grad_cam",
+    "input_x_gradient",
+    "inspection",
+    "integrated_gradients",
+    "kernel_shap",
+    "lime",
     "list_methods",
-    *_attribution_all,
+    "lrp",
+    "metrics",
+    "models",
+    "monitoring",
+    "occlusion",
+    "pruning",
+    "saliency",
+    "sampling_shapley",
+    "slic_segments",
+    "smoothgrad",
+    "summarize_background",
+    "training",
 ]
