@@ -169,8 +169,8 @@ def kernel_coalitions(
     so the regression's weighted Gram matrix equals its population value almost exactly and
     only the residual's Monte-Carlo error remains; a uniform random relabelling of the players
     makes every coalition uniform within its size, so each size's average stays unbiased.
-    On a 30-feature MLP at 200 samples this halves the gap to the Monte-Carlo floor: about
-    0.044 relative L2 error against 0.063 for independent balanced draws (shap: ~0.08).
+    On a 30-feature MLP at 200 samples: 0.042 relative L2 error against exact Shapley (mean
+    over 40 seeds), 0.063 with independent draws within each size, ~0.08 for shap.
 
     Returns:
         ``(coalitions (S, P) bool, weights (S,) float64 summing to 1, exact)``.

@@ -320,7 +320,9 @@ def kernel_shap(
     """KernelSHAP (Lundberg & Lee 2017): Shapley values as a weighted linear regression.
 
     Coalition sizes the budget covers completely are enumerated (from size 1 and P-1
-    inward); the rest is sampled from the Shapley kernel as (coalition, complement) pairs.
+    inward); the rest is sampled from the Shapley kernel as (coalition, complement) pairs,
+    stratified by size, from a design whose weighted pairwise co-occurrences are balanced
+    (so the regression's Gram matrix is nearly exact) under a random relabelling of players.
     When ``n_samples >= 2**P - 2`` every coalition is enumerated and the result is exact
     Shapley. Efficiency is enforced exactly by the constrained fit. ``extras`` holds the
     local fit's weighted ``r2``, the coefficients' ``stderr`` and ``exact``.
