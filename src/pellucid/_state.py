@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.hooks import RemovableHandle
 
 from pellucid._warnings import TrainingModeWarning
 
@@ -50,16 +51,22 @@ class ModelSnapshot:
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model
-        modules = list(model.modules())
+        modules = _modules(model)
         self.modes = [(m, m.training) for m in modules]
-        self.params = [(p, p.requires_grad, p.grad) for p in model.parameters()]
-        self.hooks = [
-            (m, attr, dict(hooks))
+        self.params = [
+            (p, p.requires_grad, p.grad)
             for m in modules
-            for attr in _HOOK_DICTS
-            if (hooks := getattr(m, attr, None)) is not None
+            for p in m._parameters.values()
+            if p is not None
         ]
-        self.buffers = [(b, b._version) for b in model.buffers()]
+        # Every hook registered through torch's ``register_*`` methods is keyed by a
+        # ``RemovableHandle`` id drawn from one global counter: the hooks added inside the
+        # guard are exactly those whose key is at least the counter's value now. This
+        # avoids copying every hook dictionary of every module on entry.
+        self.first_new_hook = RemovableHandle.next_id
+        self.buffers = [
+            (b, b._version) for m in modules for b in m._buffers.values() if b is not None
+        ]
 
     def restore(self) -> None:
         for module, training in self.modes:
@@ -70,12 +77,31 @@ class ModelSnapshot:
                 param.requires_grad_(requires_grad)
             if param.grad is not grad:
                 param.grad = grad
-        for module, attr, saved in self.hooks:
-            current = getattr(module, attr)
-            if current and (len(current) != len(saved) or any(k not in saved for k in current)):
-                for key in list(current.keys()):
-                    if key not in saved:
+        first = self.first_new_hook
+        for module, _ in self.modes:
+            state = module.__dict__
+            for attr in _HOOK_DICTS:
+                current = state.get(attr)
+                if current:
+                    for key in [k for k in current if isinstance(k, int) and k >= first]:
                         del current[key]
+
+
+def _modules(model: nn.Module) -> list[nn.Module]:
+    """``list(model.modules())`` (same order, shared modules once), without building names."""
+    found: list[nn.Module] = []
+    seen: set[int] = set()
+
+    def visit(module: nn.Module) -> None:
+        if id(module) not in seen:
+            seen.add(id(module))
+            found.append(module)
+            for child in module._modules.values():
+                if child is not None:
+                    visit(child)
+
+    visit(model)
+    return found
 
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))

@@ -204,24 +204,28 @@ def resolve_target(target: Target, output: torch.Tensor) -> ResolvedTarget:
     if isinstance(target, bool):
         raise TypeError(f"`target` must be an int class index; got {target!r}.")
     if isinstance(target, numbers.Integral):
-        index = torch.full((n,), int(target), dtype=torch.long, device=output.device)
-    else:
-        try:
-            index = torch.as_tensor(target, device=output.device)
-        except (TypeError, ValueError, RuntimeError) as exc:
-            raise TypeError(
-                f"`target` must be an int, a sequence of ints, 'predicted' or a callable; "
-                f"got {_describe(target)}."
-            ) from exc
-        if index.is_floating_point() or index.dtype == torch.bool:
-            raise TypeError(f"`target` must hold integer class indices; got dtype {index.dtype}.")
-        index = index.to(torch.long).reshape(-1)
-        if index.numel() == 1:
-            index = index.expand(n).clone()
-        if index.shape[0] != n:
+        value = int(target)
+        if not -per_row <= value < per_row:
             raise ValueError(
-                f"`target` must have one entry per example ({n}); got {index.shape[0]}."
+                f"`target` must be a class index in [0, {per_row - 1}]; got {value} "
+                f"(the model has {per_row} outputs)."
             )
+        index = torch.full((n,), value % per_row, dtype=torch.long, device=output.device)
+        return ResolvedTarget("index", index=index)
+    try:
+        index = torch.as_tensor(target, device=output.device)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise TypeError(
+            f"`target` must be an int, a sequence of ints, 'predicted' or a callable; "
+            f"got {_describe(target)}."
+        ) from exc
+    if index.is_floating_point() or index.dtype == torch.bool:
+        raise TypeError(f"`target` must hold integer class indices; got dtype {index.dtype}.")
+    index = index.to(torch.long).reshape(-1)
+    if index.numel() == 1:
+        index = index.expand(n).clone()
+    if index.shape[0] != n:
+        raise ValueError(f"`target` must have one entry per example ({n}); got {index.shape[0]}.")
     low, high = int(index.min()), int(index.max())
     if low < -per_row or high >= per_row:
         bad = high if high >= per_row else low

@@ -8,6 +8,7 @@ with tensors.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -67,23 +68,34 @@ class LayerForward(Forward):
         else:
             raw = self.raw_inputs.index_select(0, example_index.to(self.raw_inputs.device))
 
+        grad_mode = torch.is_grad_enabled()
+
         def substitute(module: nn.Module, args: Any, out: Any) -> torch.Tensor:
             if not isinstance(out, torch.Tensor) or out.shape != x.shape:
                 raise ValueError(
                     f"`layer` output of shape {_shape(out)} cannot be replaced by activations of "
                     f"shape {tuple(x.shape)}."
                 )
+            torch.set_grad_enabled(grad_mode)  # gradients start at ``x``: no graph before it
             return x
 
         handle = self.layer.register_forward_hook(substitute)
         try:
-            return super().__call__(raw, example_index)
+            with torch.set_grad_enabled(False):
+                return super().__call__(raw, example_index)
         finally:
             handle.remove()
 
 
 class _ModelError(Exception):
     """The model itself failed (wrapped so that ``prepare`` can tell it from our checks)."""
+
+
+def _all_finite(value: torch.Tensor) -> bool:
+    """True when every entry is finite, from one sum (a NaN or inf entry makes the sum
+    non-finite; a finite sum proves them all finite). A non-finite sum may also be an
+    overflow: callers then run ``check_finite_tensor``, which decides and words the error."""
+    return math.isfinite(float(value.detach().sum()))
 
 
 def _shape(value: Any) -> Any:
@@ -108,6 +120,9 @@ def layer_activations(
 
     def capture(module: nn.Module, args: Any, out: Any) -> Any:
         if track and isinstance(out, torch.Tensor) and out.is_floating_point():
+            # Only the part of the model after the layer needs a graph: the forward runs
+            # without one up to here (cheaper), and records from the leaf on.
+            torch.set_grad_enabled(True)
             out = out.detach().requires_grad_(True)
             captured.append(out)
             return out
@@ -116,7 +131,7 @@ def layer_activations(
 
     handle = layer.register_forward_hook(capture)
     try:
-        with torch.set_grad_enabled(track):
+        with torch.set_grad_enabled(False):
             try:
                 out = Forward.__call__(forward, raw, example_index)
             except (RuntimeError, ValueError, IndexError) as exc:
@@ -168,8 +183,8 @@ def prepare(
     if layer is not None:
         module = check_layer(model, layer)
         floating = False
-    inputs = check_tensor("inputs", inputs, min_ndim=1, floating=floating, finite=floating)
-    if not floating and inputs.is_floating_point():
+    inputs = check_tensor("inputs", inputs, min_ndim=1, floating=floating)
+    if inputs.is_floating_point() and not _all_finite(inputs):
         check_finite_tensor("inputs", inputs)
     inputs = inputs.detach()
     forward = Forward(
@@ -210,7 +225,7 @@ def prepare(
             f"The model must return one row per example: `inputs` has {inputs.shape[0]} rows "
             f"but the output has shape {tuple(out.shape)}. Inputs must be batch first."
         )
-    if out.is_floating_point():
+    if out.is_floating_point() and not _all_finite(out):
         check_finite_tensor("model output", out)
     resolved = resolve_target(target, out)
     if layer is not None:

@@ -30,8 +30,18 @@ Op = Callable[[torch.Tensor], torch.Tensor]
 
 def stabilize(z: torch.Tensor, epsilon: float) -> torch.Tensor:
     """``z + epsilon * sign(z)`` (sign(0) = 1), with exact zeros mapped to 1 (so z / . = 0)."""
-    den = z + epsilon * torch.where(z >= 0, 1.0, -1.0).to(z.dtype)
+    den = z + torch.where(z >= 0, z.new_tensor(epsilon), z.new_tensor(-epsilon))
+    if float(torch.tensor(epsilon, dtype=z.dtype)) >= torch.finfo(z.dtype).tiny:  # never 0
+        return den
     return torch.where(den == 0, torch.ones_like(den), den)
+
+
+def _close(size: torch.Tensor, eps: float) -> torch.Tensor | None:
+    """The mask ``size < eps``, or None when no entry is that close: one float reduction
+    instead of element-wise boolean work in the usual case."""
+    if size.numel() and bool(size.amin() >= eps):
+        return None
+    return size < eps
 
 
 def _halves(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -52,14 +62,17 @@ class Rescale(Rule):
         x_in, x_ref = _halves(x)
         y_in, y_ref = _halves(y)
         dx = x_in - x_ref
-        close = dx.abs() < self.eps
+        secant = (y_in - y_ref).div_(dx)  # inf/nan where dx == 0: replaced by the local slope
+        close = _close(dx.abs_(), self.eps)
+        if close is None:
+            return y, secant
         local = (x_in > 0) if self.relu else vjp(op, x_in, torch.ones_like(x_in))
-        secant = (y_in - y_ref) / dx  # inf/nan where dx == 0: replaced by the local slope
-        slope = torch.where(close, local, secant).to(x.dtype)
-        return y, torch.cat([slope, slope])  # both halves get the inputs' multipliers
+        return y, torch.where(close, local, secant)  # the dtype of x (bool local promotes)
 
     def backward(self, op: Op, state: Any, grad: torch.Tensor) -> torch.Tensor:
-        return grad * state
+        # Both halves get the inputs' multipliers: ``grad * cat([slope, slope])``, without
+        # materialising the concatenation.
+        return (grad.unflatten(0, (2, -1)) * state).flatten(0, 1)
 
 
 def _unpool(values: torch.Tensor, indices: torch.Tensor, shape: torch.Size) -> torch.Tensor:
@@ -82,20 +95,26 @@ class DeepLiftMaxPool(Rule):
 
     def forward(self, op: Op, x: torch.Tensor) -> tuple[torch.Tensor, Any]:
         y, indices = self.func(x, *self.rest, **self.kwargs)
-        return y, (x.clone(), y.clone(), indices)
-
-    def backward(self, op: Op, state: Any, grad: torch.Tensor) -> torch.Tensor:
-        x, y, indices = state
+        # What the backward needs is computed now (no copies of ``x`` and ``y`` are kept,
+        # and later in-place operations of the model on them cannot change it).
         x_in, x_ref = _halves(x)
         y_in, y_ref = _halves(y)
-        i_in, i_ref = _halves(indices)
-        g = _halves(grad)[0]
         top = torch.maximum(y_in, y_ref)
-        shape = x_in.shape
-        routed = _unpool(g * (top - y_ref), i_in, shape) + _unpool(g * (y_in - top), i_ref, shape)
         dx = x_in - x_ref
-        close = dx.abs() < self.eps
-        m = torch.where(close, _unpool(g, i_in, shape), routed / dx.masked_fill(close, 1.0))
+        close = _close(dx.abs(), self.eps)
+        if close is not None:
+            dx.masked_fill_(close, 1.0)
+        return y, (top - y_ref, y_in - top, _halves(indices), dx, close)
+
+    def backward(self, op: Op, state: Any, grad: torch.Tensor) -> torch.Tensor:
+        up, down, (i_in, i_ref), dx, close = state
+        g = _halves(grad)[0]
+        shape = dx.shape
+        routed = _unpool(g * up, i_in, shape)
+        routed.view(*shape[:2], -1).scatter_add_(2, i_ref.flatten(2), (g * down).flatten(2))
+        m = routed.div_(dx)
+        if close is not None:
+            m = torch.where(close, _unpool(g, i_in, shape), m)
         return torch.cat([m, m])
 
 

@@ -7,6 +7,7 @@ system is factored once and solved for all N right-hand sides. Everything runs i
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -40,19 +41,19 @@ def solve_normal(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.
     """
     chol, info = torch.linalg.cholesky_ex(a)
     if int(info) == 0:
-        eye = torch.eye(a.shape[0], dtype=a.dtype, device=a.device)
-        inv = torch.cholesky_solve(eye, chol)
-        x = torch.cholesky_solve(b, chol)
-        if bool(torch.isfinite(x).all()):
+        inv = torch.cholesky_inverse(chol)
+        x = inv @ b
+        if math.isfinite(float(x.sum())):  # one reduction checks every entry
             return x, inv
     inv = torch.linalg.pinv(a, hermitian=True)
     return inv @ b, inv
 
 
-def _r2(y: torch.Tensor, fitted: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    mean = (y * w).sum(1, keepdim=True) / w.sum()
-    total = ((y - mean) ** 2 * w).sum(1)
-    resid = ((y - fitted) ** 2 * w).sum(1)
+def _r2(y: torch.Tensor, resid: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """Weighted R^2 from the responses ``y`` (N, S), the weighted residual sum of squares
+    ``resid`` (N,) and normalized weights ``w`` (S,) summing to 1."""
+    centered = y - (y @ w).unsqueeze(1)
+    total = (centered * centered) @ w
     return torch.where(total > 0, 1.0 - resid / total.clamp_min(1e-300), torch.ones_like(total))
 
 
@@ -97,11 +98,12 @@ def weighted_ridge(
     coef, inv = solve_normal(a, xw.T @ yc.T)
     coef = coef.T  # (N, P)
     intercept = ym - coef @ xm
-    fitted = intercept.unsqueeze(1) + coef @ x.T
-    resid = ((y - fitted) ** 2 * w).sum(1) / w.sum()
+    err = y - intercept.unsqueeze(1) - coef @ x.T
+    wn = w / w.sum()
+    resid = (err * err) @ wn
     dof = max(s - p - int(fit_intercept), 1)
     var = resid.unsqueeze(1) * (s / dof) * (torch.diagonal(inv) * w.sum() / s).unsqueeze(0)
-    return LinearFit(coef, intercept, _r2(y, fitted, w), var.clamp_min(0).sqrt())
+    return LinearFit(coef, intercept, _r2(y, resid, wn), var.clamp_min(0).sqrt())
 
 
 def efficient_wls(
@@ -133,20 +135,16 @@ def efficient_wls(
         return LinearFit(coef, torch.zeros_like(total), torch.ones_like(total), zero)
     last = z[:, -1:]
     xr = z[:, :-1] - last
-    yr = y - last.T * total.unsqueeze(1)
     xw = xr * w.unsqueeze(1)
-    head, inv = solve_normal(xr.T @ xw, xw.T @ yr.T)
-    head = head.T
-    coef = torch.cat([head, (total - head.sum(1)).unsqueeze(1)], dim=1)
-    fitted = coef @ z.T
+    yr = torch.addcmul(y, total.unsqueeze(1), last.T, value=-1.0)
+    head, inv = solve_normal(xr.T @ xw, xw.T @ yr.T)  # (P-1, N)
+    # phi = [head; total - sum(head)], so the fitted values are yr's fit plus last * total
+    err = yr - head.T @ xr.T
+    resid = (err * err) @ w
+    coef = torch.cat([head, (total - head.sum(0)).unsqueeze(0)]).T
     if exact:
         stderr = torch.zeros_like(coef)
     else:
-        resid = ((y - fitted) ** 2 * w).sum(1)
-        sigma2 = resid / max(s - (p - 1), 1)
-        var_head = torch.diagonal(inv)
-        var_last = inv.sum()
-        var = torch.cat([var_head, var_last.reshape(1)])
-        stderr = (sigma2.unsqueeze(1) * var.unsqueeze(0)).clamp_min(0).sqrt()
-    zero = torch.zeros_like(total)
-    return LinearFit(coef, zero, _r2(y, fitted, w), stderr)
+        var = torch.cat([torch.diagonal(inv), inv.sum().reshape(1)])
+        stderr = torch.outer(resid / max(s - (p - 1), 1), var).clamp_min(0).sqrt()
+    return LinearFit(coef, torch.zeros_like(total), _r2(y, resid, w), stderr)

@@ -20,9 +20,9 @@ from pellucid._batching import chunks
 from pellucid._registry import register
 from pellucid._state import model_guard
 from pellucid._targets import Target
-from pellucid._validation import check_choice, check_float, check_tensor
+from pellucid._validation import check_choice, check_finite_tensor, check_float, check_tensor
 from pellucid.attribution._baselines import resolve_baseline
-from pellucid.attribution._common import Prepared, prepare
+from pellucid.attribution._common import Prepared, _all_finite, prepare
 from pellucid.attribution._decomposition_rules import AlphaBeta, DeepLiftMaxPool, Epsilon, Rescale
 from pellucid.attribution._rules import (
     ACTIVATIONS,
@@ -130,7 +130,9 @@ def deeplift(
     if isinstance(baseline, str) and baseline == "uniform":
         raise ValueError("`baseline='uniform'` is random; pass the drawn tensor to deeplift.")
     with model_guard(model, eval_mode=eval_mode, method="deeplift"):
-        x = check_tensor("inputs", inputs, min_ndim=1, floating=True, finite=True).detach()
+        x = check_tensor("inputs", inputs, min_ndim=1, floating=True).detach()
+        if not _all_finite(x):
+            check_finite_tensor("inputs", x)
         base = resolve_baseline(
             baseline,
             Prepared(None, None, None, x),  # type: ignore[arg-type]

@@ -24,12 +24,16 @@ from typing import Any
 
 import torch
 
-from pellucid._batching import map_chunks
 from pellucid._registry import register
 from pellucid._state import model_guard
 from pellucid._targets import Target
 from pellucid._validation import check_float, check_int, check_tensor
-from pellucid.attribution._coalitions import CoalitionValues, chunk_rows, resolve_feature_mask
+from pellucid.attribution._coalitions import (
+    CoalitionValues,
+    block_scores,
+    chunk_rows,
+    resolve_feature_mask,
+)
 from pellucid.attribution._common import Prepared, broadcast_baseline, prepare
 from pellucid.attribution._linear_fit import weighted_ridge
 from pellucid.attribution.segmentation import grid_segments, slic_segments
@@ -69,14 +73,21 @@ def _tabular(
     eps[0] = 0  # the example itself, as lime does
     flat_x = x.reshape(n, -1)
     size = chunk_rows(batch_size, d, total=n * n_samples, device=x.device)
+    step = eps * std
 
-    def evaluate(start: int, stop: int) -> torch.Tensor:
-        idx = torch.arange(start, stop, device=x.device)
-        ex = idx // n_samples
-        rows = flat_x.index_select(0, ex) + eps.index_select(0, idx % n_samples) * std
-        return prep.target.scores(prep.forward(rows.view(-1, *shape), ex), ex)
+    def block(e0: int, e1: int, j0: int, j1: int) -> torch.Tensor:
+        return (flat_x[e0:e1].unsqueeze(1) + step[j0:j1].unsqueeze(0)).view(-1, *shape)
 
-    y = map_chunks(evaluate, n * n_samples, size).view(n, n_samples)
+    y = block_scores(
+        prep.forward,
+        prep.target,
+        block,
+        n,
+        n_samples,
+        size,
+        device=x.device,
+        balance=batch_size is None,
+    ).view(n, n_samples)
     weights = _kernel(eps.norm(dim=1), width)
     return eps, y, weights, mean, width, std
 

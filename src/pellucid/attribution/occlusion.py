@@ -18,7 +18,13 @@ from pellucid._registry import register
 from pellucid._state import model_guard
 from pellucid._targets import Target
 from pellucid._validation import check_int
-from pellucid.attribution._coalitions import CoalitionValues, chunk_rows, mix, resolve_feature_mask
+from pellucid.attribution._coalitions import (
+    CoalitionValues,
+    FeatureMask,
+    chunk_rows,
+    mix,
+    resolve_feature_mask,
+)
 from pellucid.attribution._common import broadcast_baseline, prepare
 from pellucid.explanation import Explanation
 
@@ -128,7 +134,6 @@ def occlusion(
         n = x.shape[0]
         flat_x, flat_b = x.reshape(n, -1), base.reshape(n, -1)
         full = prep.target.scores(prep.output)
-        size = chunk_rows(batch_size, flat_x.shape[1], total=n * n_win, device=x.device)
 
         # all window masks at once when small (the usual case), else built per chunk
         cached = None
@@ -141,15 +146,38 @@ def occlusion(
                 return cached.index_select(0, ids)
             return _window_masks(ids, counts, win, step, shape).to(x.dtype)
 
+        # a window whose features already equal the baseline leaves the input unchanged: its
+        # drop is exactly 0, so only the windows that change something are evaluated
+        live = None
+        if cached is not None:
+            live = ((flat_x != flat_b).to(x.dtype) @ cached.T).reshape(-1).nonzero().view(-1)
+        n_live = n * n_win if live is None else live.numel()
+        size = chunk_rows(batch_size, flat_x.shape[1], total=max(1, n_live), device=x.device)
+
         def evaluate(start: int, stop: int) -> torch.Tensor:
-            idx = torch.arange(start, stop, device=x.device)
+            if live is None:
+                idx = torch.arange(start, stop, device=x.device)
+            else:
+                idx = live[start:stop]
             ex = idx // n_win
             occluded = masks_of(idx % n_win)
             rows = mix(occluded, flat_b.index_select(0, ex), flat_x.index_select(0, ex))
             return prep.target.scores(prep.forward(rows.view(-1, *shape), ex), ex)
 
-        drops = full.unsqueeze(1) - map_chunks(evaluate, n * n_win, size).view(n, n_win)
-        drops = drops.to(x.dtype)
+        if live is not None and n_live == n * n_win:  # all evaluated: one broadcast per chunk
+            d = flat_x.shape[1]
+            players = FeatureMask(torch.arange(d, device=x.device).unsqueeze(0), d, True)
+            game = CoalitionValues(
+                prep.forward, prep.target, x, players, baseline=base, batch_size=batch_size
+            )
+            scores = game(cached == 0).reshape(-1)
+        elif live is None:
+            scores = map_chunks(evaluate, n * n_win, size)
+        else:
+            scores = full.repeat_interleave(n_win)
+            if n_live:
+                scores[live] = map_chunks(evaluate, n_live, size).to(scores.dtype)
+        drops = (full.unsqueeze(1) - scores.view(n, n_win)).to(x.dtype)
         total = torch.zeros_like(flat_x)
         covered = torch.zeros(flat_x.shape[1], dtype=x.dtype, device=x.device)
         mask_rows = n_win if cached is not None else max(1, size // max(1, n))
@@ -165,7 +193,7 @@ def occlusion(
         target=prep.target.describe(),
         baseline=base,
         params={"window": win, "stride": step, "batch_size": batch_size},
-        extras={"n_windows": n_win},
+        extras={"n_windows": n_win, "n_evaluations": n_live},
     )
 
 

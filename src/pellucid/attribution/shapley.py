@@ -39,13 +39,20 @@ MAX_EXACT_PLAYERS = 20
 
 
 def _with_ends(
-    game: CoalitionValues, z: torch.Tensor
+    game: CoalitionValues, z: torch.Tensor, full: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(v(z), v(empty), v(full))`` in float64 from one batched evaluation."""
-    ends = torch.zeros(2, z.shape[1], dtype=torch.bool, device=z.device)
-    ends[1] = True
+    """``(v(z), v(empty), v(full))`` in float64 from one batched evaluation.
+
+    ``full``, the scores of the unperturbed inputs when already known (every player keeps
+    its input value, so the model sees exactly the inputs), spares those rows.
+    """
+    ends = torch.zeros(1 if full is not None else 2, z.shape[1], dtype=torch.bool, device=z.device)
+    if full is None:
+        ends[1] = True
     v = game(torch.cat([z, ends])).to(torch.float64)
-    return v[:, :-2], v[:, -2], v[:, -1]
+    if full is None:
+        return v[:, :-2], v[:, -2], v[:, -1]
+    return v[:, :-1], v[:, -1], full.to(torch.float64)
 
 
 def _result(
@@ -251,7 +258,7 @@ def sampling_shapley(
         n_perm = ranks.shape[0]
         steps = torch.arange(1, p, device=device).view(1, p - 1, 1)
         z = (ranks.unsqueeze(1) < steps).reshape(-1, p)  # prefixes of size 1..P-1
-        inner, empty, full = _with_ends(game, z)
+        inner, empty, full = _with_ends(game, z, prep.target.scores(prep.output))
         inner = inner.view(n, n_perm, p - 1)
         chain = torch.cat(
             [
@@ -288,7 +295,7 @@ def sampling_shapley(
             "stderr": stderr.to(prep.inputs.dtype),
             "expected_value": empty,
             "efficiency_gap": values.sum(1) - (full - empty),
-            "n_evaluations": game.rows_per_eval(n_perm * (p - 1) + 2),
+            "n_evaluations": game.rows_per_eval(n_perm * (p - 1) + 1),
         },
     )
 
@@ -375,7 +382,7 @@ def kernel_shap(
             exact = True
         else:
             z, weights, exact = kernel_coalitions(p, budget, generator=generator, device=device)
-        values, empty, full = _with_ends(game, z)
+        values, empty, full = _with_ends(game, z, prep.target.scores(prep.output))
         y = values - empty.unsqueeze(1)
         fit = efficient_wls(z, y, weights.to(device), full - empty, exact=exact)
     return _result(
@@ -397,7 +404,7 @@ def kernel_shap(
             "exact": exact,
             "expected_value": empty,
             "efficiency_gap": fit.coef.sum(1) - (full - empty),
-            "n_evaluations": game.rows_per_eval(z.shape[0] + 2),
+            "n_evaluations": game.rows_per_eval(z.shape[0] + 1),
         },
     )
 

@@ -21,7 +21,9 @@ from pellucid.attribution._common import prepare
 from pellucid.explanation import Explanation
 
 __all__ = [
+    "CPU_ACTIVATIONS",
     "CPU_ROWS",
+    "MIN_CPU_ROWS",
     "MetricSetup",
     "as_attributions",
     "fixed_target",
@@ -33,8 +35,14 @@ __all__ = [
 ]
 
 
-#: Default rows per forward pass on a CPU (a whole big batch is slower: cache misses).
+#: Rows per forward pass on a CPU when the activations of a row are unknown.
 CPU_ROWS = 512
+
+#: Activation values per chunk on a CPU when the caller gives no ``batch_size``.
+CPU_ACTIVATIONS = 1 << 22
+
+#: Fewest rows per CPU chunk when the chunk is sized by activations.
+MIN_CPU_ROWS = 64
 
 
 def as_attributions(
@@ -112,6 +120,7 @@ class MetricSetup:
     attributions: torch.Tensor  # (N, ...) same shape, dtype and device as inputs
     scores: torch.Tensor  # (N,) target score of each unperturbed example
     explanation: Explanation | None
+    activations_per_row: int = 0  # values output by the model's leaf modules, 0: unknown
 
 
 def setup_metric(
@@ -134,13 +143,17 @@ def setup_metric(
             target = None  # a callable's name was stored; the caller must pass it again
             inherited = False
     try:
-        prep = prepare(
+        prep, per_row = _count_activations(
             model,
-            inputs,
-            target=target,
-            forward_args=forward_args,
-            forward_kwargs=forward_kwargs,
-            output=output,
+            lambda: prepare(
+                model,
+                inputs,
+                target=target,
+                forward_args=forward_args,
+                forward_kwargs=forward_kwargs,
+                output=output,
+            ),
+            inputs.shape[0],
         )
     except ValueError as exc:
         if inherited:
@@ -157,6 +170,7 @@ def setup_metric(
         attributions=attr,
         scores=scores.detach().to(inputs.dtype) if scores.is_floating_point() else scores,
         explanation=explanation,
+        activations_per_row=per_row,
     )
 
 
@@ -179,17 +193,41 @@ def score_rows(
     """Target scores of ``total`` virtual perturbed rows, built chunk by chunk.
 
     ``make_rows(start, stop)`` returns the rows and the example each row was made from.
+    Without ``batch_size`` on a CPU, a chunk holds about :data:`CPU_ACTIVATIONS` activation
+    values (counted on the unperturbed forward): cache-sized for a conv net, one big chunk for
+    a small MLP, whose cost is per call.
     """
     row_numel = max(1, setup.inputs[0].numel())
     size = resolve_batch_size(batch_size, row_numel, total=total)
     if batch_size is None and setup.inputs.device.type == "cpu":
-        size = min(size, CPU_ROWS)  # activations of a chunk stay cache-sized on a CPU
+        if setup.activations_per_row > 0:  # cache-sized chunks, or one if the model is small
+            size = min(total, max(MIN_CPU_ROWS, CPU_ACTIVATIONS // setup.activations_per_row))
+        else:
+            size = min(size, CPU_ROWS)
 
     def run(start: int, stop: int) -> torch.Tensor:
         rows, index = make_rows(start, stop)
         return setup.target.scores(setup.forward(rows, index), index).to(setup.inputs.dtype)
 
     return map_chunks(run, total, size).clone()  # a normal tensor, not an inference one
+
+
+def _count_activations(model: Any, call: Callable[[], Any], rows: int) -> tuple[Any, int]:
+    """``call()`` and the number of values the model's leaf modules output per row meanwhile."""
+    counted = [0]
+
+    def hook(module: Any, args: Any, out: Any) -> None:
+        if isinstance(out, torch.Tensor):
+            counted[0] += out.numel()
+
+    modules = list(model.modules()) if isinstance(model, torch.nn.Module) else []
+    handles = [m.register_forward_hook(hook) for m in modules if not any(m.children())]
+    try:
+        result = call()
+    finally:
+        for handle in handles:
+            handle.remove()
+    return result, counted[0] // max(1, rows)
 
 
 def make_explainer(

@@ -363,8 +363,8 @@ def faithfulness_correlation(
             chosen = per_example(masks, setup.inputs, name="masks")
             if chosen.dtype != torch.bool:
                 raise TypeError(f"`masks` must be a boolean tensor; got dtype {chosen.dtype}.")
-            chosen = chosen.reshape(n, chosen.shape[1], d)
             n_samples = chosen.shape[1]
+            chosen = chosen.reshape(n * n_samples, d)  # row r: example r // S, sample r % S
             size = None
         else:
             n_samples = check_int("n_samples", n_samples, min_value=2)
@@ -384,7 +384,7 @@ def faithfulness_correlation(
             r = torch.arange(start, stop, device=x.device)
             example = r // n_samples
             if size is None:
-                mask = chosen[example, r % n_samples]
+                mask = chosen[start:stop]
             else:
                 noise = torch.rand(stop - start, d, generator=generator, dtype=torch.float32)
                 top = noise.to(x.device).topk(size, dim=1).indices
