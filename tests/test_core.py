@@ -146,3 +146,14 @@ def test_top_level_reexports_every_attribution_name():
     assert set(attribution.__all__) <= set(pellucid.__all__)
     for name in pellucid.list_methods():
         assert getattr(pellucid, name) is pellucid.get_method(name).fn
+
+
+def test_guard_restores_batchnorm_running_stats_in_training_mode():
+    net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4), torch.nn.Linear(4, 2))
+    net.train()
+    before = [b.clone() for b in net.buffers()]
+    with pytest.warns(pellucid.PellucidWarning):
+        pellucid.saliency(net, torch.randn(8, 3), target=0)
+    for a, b in zip(before, net.buffers(), strict=True):
+        assert torch.equal(a, b)
+    assert net.training

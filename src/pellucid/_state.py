@@ -64,8 +64,15 @@ class ModelSnapshot:
         # guard are exactly those whose key is at least the counter's value now. This
         # avoids copying every hook dictionary of every module on entry.
         self.first_new_hook = RemovableHandle.next_id
+        # In training mode a forward pass updates batch-norm running statistics in place;
+        # keep copies of the buffers of modules in training mode so they come back exactly.
+        # (In eval mode nothing writes them, and nothing is copied.)
         self.buffers = [
-            (b, b._version) for m in modules for b in m._buffers.values() if b is not None
+            (b, b.detach().clone())
+            for m in modules
+            if m.training
+            for b in m._buffers.values()
+            if b is not None
         ]
 
     def restore(self) -> None:
@@ -77,6 +84,10 @@ class ModelSnapshot:
                 param.requires_grad_(requires_grad)
             if param.grad is not grad:
                 param.grad = grad
+        if self.buffers:
+            with torch.no_grad():
+                for buffer, saved in self.buffers:
+                    buffer.copy_(saved)
         first = self.first_new_hook
         for module, _ in self.modes:
             state = module.__dict__
