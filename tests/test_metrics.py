@@ -417,3 +417,15 @@ def test_results_are_ordinary_tensors():
     curve = metrics.deletion_curve(net, ONES, ONES, step=1)
     assert not curve.scores.is_inference() and not curve.auc.is_inference()
     curve.scores[:, 0] = 0.0  # usable like any tensor
+
+
+def test_default_cpu_chunks_match_explicit_batches_and_leave_no_hooks():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 64, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4096, 3))
+    net = net.to(DT)
+    x, attr = torch.randn(40, 1, 8, 8, dtype=DT), torch.randn(40, 1, 8, 8, dtype=DT)
+    pert = torch.randn(40, 30, 1, 8, 8, dtype=DT) * 0.1  # 1200 rows: several default chunks
+    default = metrics.infidelity(net, x, attr, target=0, perturbations=pert)
+    chunked = metrics.infidelity(net, x, attr, target=0, perturbations=pert, batch_size=100)
+    torch.testing.assert_close(default, chunked)
+    assert all(not m._forward_hooks for m in net.modules())

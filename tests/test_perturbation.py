@@ -162,3 +162,23 @@ def test_batch_aligned_forward_args_follow_their_example():
     for fn in (occlusion, feature_ablation):
         e = fn(Scaled(), x, forward_args=(scale,), batch_size=5)
         torch.testing.assert_close(e.attributions, scale[:, None] * x)
+
+
+def test_occlusion_skips_windows_that_change_nothing():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(12, 8), nn.Tanh(), nn.Linear(8, 3)).double()
+    x = torch.randn(5, 12, dtype=torch.float64)
+    x[:, :4] = 0.0  # equal to the baseline: those windows leave the input unchanged
+    x[2, 6:9] = 0.0
+    e = occlusion(net, x, target=1, window=3, stride=2)
+    expected = torch.zeros_like(x)
+    covered = torch.zeros(12, dtype=torch.float64)
+    for start in range(0, 12, 2):  # captum's positions: the last window is clipped
+        m = torch.zeros(12, dtype=torch.float64)
+        m[start : start + 3] = 1.0
+        drop = net(x)[:, 1] - net(x * (1 - m))[:, 1]
+        expected += drop.detach().unsqueeze(1) * m
+        covered += m
+    torch.testing.assert_close(e.attributions, expected / covered)
+    assert e.extras["n_evaluations"] == 5 * 6 - 5 - 1  # window 0 for all, window 6 for #2
+    assert e.attributions[:, :2].abs().max() == 0  # only window 0 covers them

@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from pellucid._batching import map_chunks, resolve_batch_size
+from pellucid._batching import block_scores, chunk_rows, map_chunks
 from pellucid._targets import Forward, ResolvedTarget
 from pellucid._validation import _describe
 from pellucid.attribution.segmentation import grid_segments, slic_segments
@@ -28,30 +27,12 @@ __all__ = [
     "CoalitionValues",
     "FeatureMask",
     "all_coalitions",
-    "block_scores",
     "chunk_rows",
     "kernel_coalitions",
     "mix",
     "resolve_feature_mask",
     "shapley_kernel_weights",
 ]
-
-
-#: On CPU, chunks of about this many input values keep the model's activations in cache:
-#: KernelSHAP on a 30-feature MLP evaluates 64,064 rows in 13.7 ms in chunks of ~4,000 rows,
-#: 19.0 ms in chunks of ~1,000 (more per-chunk overhead) and 27.4 ms in one call.
-CPU_CHUNK_ELEMENTS = 1 << 17
-
-
-def chunk_rows(batch_size: int | None, row_numel: int, *, total: int, device: Any) -> int:
-    """Rows per forward pass: ``batch_size`` if given, else a cache-friendly size on CPU
-    (64 to 4,096 rows, split into equal chunks) and
-    :func:`~pellucid._batching.resolve_batch_size`'s elsewhere."""
-    size = resolve_batch_size(batch_size, row_numel, total=total)
-    if batch_size is not None or torch.device(device).type != "cpu":
-        return size
-    size = min(size, max(64, min(4096, CPU_CHUNK_ELEMENTS // max(1, row_numel))))
-    return -(-total // -(-total // size)) if total > size else size  # equal chunks
 
 
 @dataclass(frozen=True)
@@ -377,7 +358,7 @@ class CoalitionValues:
         s = z.shape[0]
         total = self.n_examples * s
         size = chunk_rows(
-            self.batch_size, self.x.shape[1], total=total * self.n_ref, device=self.x.device
+            self.batch_size, self.shape, total=total * self.n_ref, device=self.x.device
         )
         pairs = max(1, size // self.n_ref)
         zf = z.to(self.x.dtype)  # float masks: a multiply-add is ~40x faster than where on CPU
@@ -427,38 +408,3 @@ class CoalitionValues:
             device=zf.device,
             balance=self.batch_size is None,
         ).view(self.n_examples, -1)
-
-
-def block_scores(
-    forward: Forward,
-    target: ResolvedTarget,
-    block: Callable[[int, int, int, int], torch.Tensor],
-    n: int,
-    s: int,
-    rows: int,
-    *,
-    device: Any = None,
-    balance: bool = True,
-) -> torch.Tensor:
-    """Scores (N * S,) of ``n`` examples x ``s`` perturbations, in blocks of about ``rows``.
-
-    ``block(e0, e1, j0, j1)`` builds the model rows ((e1 - e0) * (j1 - j0), ...) of examples
-    ``e0:e1`` and perturbations ``j0:j1``, example-major (whole examples per block when ``s <= rows``, else
-    one example at a time). With ``balance``, ``rows`` is a cache size, not a memory bound,
-    and the blocks are made equal. Runs under inference mode.
-    """
-    ex_all = torch.arange(n, device=device).repeat_interleave(s)
-    per = max(1, rows // s)  # whole examples per block, else perturbations per block
-    if balance and per < n:
-        per = -(-n // -(-n * s // rows))
-    step = min(rows, s)
-    outputs = []
-    with torch.inference_mode():
-        for e0 in range(0, n, per):
-            e1 = min(n, e0 + per)
-            for j0 in range(0, s, step):
-                j1 = min(s, j0 + step)
-                lo = e0 * s + j0
-                ex = ex_all[lo : lo + (e1 - e0) * (j1 - j0)]
-                outputs.append(target.scores(forward(block(e0, e1, j0, j1), ex), ex))
-    return outputs[0] if len(outputs) == 1 else torch.cat(outputs)

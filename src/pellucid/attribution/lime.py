@@ -24,13 +24,13 @@ from typing import Any
 
 import torch
 
+from pellucid._batching import block_scores
 from pellucid._registry import register
 from pellucid._state import model_guard
 from pellucid._targets import Target
 from pellucid._validation import check_float, check_int, check_tensor
 from pellucid.attribution._coalitions import (
     CoalitionValues,
-    block_scores,
     chunk_rows,
     resolve_feature_mask,
 )
@@ -72,7 +72,7 @@ def _tabular(
     eps = torch.randn(n_samples, d, generator=generator).to(device=x.device, dtype=x.dtype)
     eps[0] = 0  # the example itself, as lime does
     flat_x = x.reshape(n, -1)
-    size = chunk_rows(batch_size, d, total=n * n_samples, device=x.device)
+    size = chunk_rows(batch_size, shape, total=n * n_samples, device=x.device)
     step = eps * std
 
     def block(e0: int, e1: int, j0: int, j1: int) -> torch.Tensor:

@@ -13,14 +13,13 @@ from typing import Any
 
 import torch
 
-from pellucid._batching import map_chunks
+from pellucid._batching import block_scores, map_chunks
 from pellucid._registry import register
 from pellucid._state import model_guard
 from pellucid._targets import Target
 from pellucid._validation import check_int
 from pellucid.attribution._coalitions import (
     CoalitionValues,
-    FeatureMask,
     chunk_rows,
     mix,
     resolve_feature_mask,
@@ -149,10 +148,10 @@ def occlusion(
         # a window whose features already equal the baseline leaves the input unchanged: its
         # drop is exactly 0, so only the windows that change something are evaluated
         live = None
-        if cached is not None:
+        if cached is not None and not bool((flat_x != flat_b).all()):
             live = ((flat_x != flat_b).to(x.dtype) @ cached.T).reshape(-1).nonzero().view(-1)
         n_live = n * n_win if live is None else live.numel()
-        size = chunk_rows(batch_size, flat_x.shape[1], total=max(1, n_live), device=x.device)
+        size = chunk_rows(batch_size, shape, total=max(1, n_live), device=x.device)
 
         def evaluate(start: int, stop: int) -> torch.Tensor:
             if live is None:
@@ -164,13 +163,24 @@ def occlusion(
             rows = mix(occluded, flat_b.index_select(0, ex), flat_x.index_select(0, ex))
             return prep.target.scores(prep.forward(rows.view(-1, *shape), ex), ex)
 
-        if live is not None and n_live == n * n_win:  # all evaluated: one broadcast per chunk
-            d = flat_x.shape[1]
-            players = FeatureMask(torch.arange(d, device=x.device).unsqueeze(0), d, True)
-            game = CoalitionValues(
-                prep.forward, prep.target, x, players, baseline=base, batch_size=batch_size
+        if cached is not None and live is None:  # every window: one broadcast per block
+            kept = 1 - cached
+
+            def block(e0: int, e1: int, j0: int, j1: int) -> torch.Tensor:
+                off = flat_x[e0:e1].unsqueeze(1) * kept[j0:j1].unsqueeze(0)
+                on = cached[j0:j1].unsqueeze(0)
+                return torch.addcmul(off, flat_b[e0:e1].unsqueeze(1), on).view(-1, *shape)
+
+            scores = block_scores(
+                prep.forward,
+                prep.target,
+                block,
+                n,
+                n_win,
+                size,
+                device=x.device,
+                balance=batch_size is None,
             )
-            scores = game(cached == 0).reshape(-1)
         elif live is None:
             scores = map_chunks(evaluate, n * n_win, size)
         else:

@@ -8,6 +8,7 @@ An explanation must explain the very ``inputs`` given (its ``inputs`` are compar
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -134,7 +135,7 @@ def setup_metric(
     output: Any = None,
 ) -> MetricSetup:
     """Validate model/inputs/attributions and resolve ``target`` on the unperturbed inputs."""
-    inputs = check_tensor("inputs", inputs, min_ndim=1, floating=True, finite=True)
+    inputs = check_tensor("inputs", inputs, min_ndim=1, floating=True)  # prepare: finite
     attr, explanation = as_attributions(attributions, inputs)
     inherited = target is None and explanation is not None and explanation.target is not None
     if inherited:
@@ -145,6 +146,7 @@ def setup_metric(
     try:
         prep, per_row = _count_activations(
             model,
+            inputs,
             lambda: prepare(
                 model,
                 inputs,
@@ -153,7 +155,6 @@ def setup_metric(
                 forward_kwargs=forward_kwargs,
                 output=output,
             ),
-            inputs.shape[0],
         )
     except ValueError as exc:
         if inherited:
@@ -212,22 +213,43 @@ def score_rows(
     return map_chunks(run, total, size).clone()  # a normal tensor, not an inference one
 
 
-def _count_activations(model: Any, call: Callable[[], Any], rows: int) -> tuple[Any, int]:
-    """``call()`` and the number of values the model's leaf modules output per row meanwhile."""
+#: Activation values per row of each model seen, by row shape (counted once per model).
+_ACTIVATIONS: weakref.WeakKeyDictionary[Any, dict[tuple[int, ...], int]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _count_activations(
+    model: Any, inputs: torch.Tensor, call: Callable[[], Any]
+) -> tuple[Any, int]:
+    """``call()`` and the number of values the model's leaf modules output per row of inputs.
+
+    Counted with forward hooks on a model's first call for a row shape, then remembered; 0
+    where unknown (not an ``nn.Module``, or inputs not on a CPU, where chunks are not sized by
+    activations).
+    """
+    if not isinstance(model, torch.nn.Module) or inputs.device.type != "cpu":
+        return call(), 0
+    row_shape = tuple(inputs.shape[1:])
+    known = _ACTIVATIONS.get(model, {})
+    if row_shape in known:
+        return call(), known[row_shape]
     counted = [0]
 
     def hook(module: Any, args: Any, out: Any) -> None:
         if isinstance(out, torch.Tensor):
             counted[0] += out.numel()
 
-    modules = list(model.modules()) if isinstance(model, torch.nn.Module) else []
-    handles = [m.register_forward_hook(hook) for m in modules if not any(m.children())]
+    leaves = [m for m in model.modules() if not any(m.children())]
+    handles = [m.register_forward_hook(hook) for m in leaves]
     try:
         result = call()
     finally:
         for handle in handles:
             handle.remove()
-    return result, counted[0] // max(1, rows)
+    per_row = counted[0] // max(1, inputs.shape[0])
+    _ACTIVATIONS.setdefault(model, {})[row_shape] = per_row
+    return result, per_row
 
 
 def make_explainer(

@@ -364,7 +364,9 @@ def faithfulness_correlation(
             if chosen.dtype != torch.bool:
                 raise TypeError(f"`masks` must be a boolean tensor; got dtype {chosen.dtype}.")
             n_samples = chosen.shape[1]
-            chosen = chosen.reshape(n * n_samples, d)  # row r: example r // S, sample r % S
+            chosen = chosen.reshape(n, n_samples, d)
+            # row r is example r // S, sample r % S: contiguous slices of per-example masks
+            flat = chosen.reshape(n * n_samples, d) if chosen.stride(0) != 0 else None
             size = None
         else:
             n_samples = check_int("n_samples", n_samples, min_value=2)
@@ -384,7 +386,7 @@ def faithfulness_correlation(
             r = torch.arange(start, stop, device=x.device)
             example = r // n_samples
             if size is None:
-                mask = chosen[start:stop]
+                mask = chosen[0, r % n_samples] if flat is None else flat[start:stop]
             else:
                 noise = torch.rand(stop - start, d, generator=generator, dtype=torch.float32)
                 top = noise.to(x.device).topk(size, dim=1).indices

@@ -76,7 +76,9 @@ def infidelity(
         if perturbations is not None:
             given = per_example(perturbations, setup.inputs, name="perturbations", dtype=x.dtype)
             n_samples = given.shape[1]
-            given = given.reshape(n * n_samples, d)  # row r: example r // S, sample r % S
+            given = given.reshape(n, n_samples, d)
+            # row r is example r // S, sample r % S: contiguous slices of a per-example tensor
+            flat = given.reshape(n * n_samples, d) if given.stride(0) != 0 else None
         else:
             n_samples = check_int("n_samples", n_samples, min_value=1)
             scale = check_float("noise_scale", noise_scale, min_value=0.0, min_inclusive=False)
@@ -84,22 +86,20 @@ def infidelity(
         shape = setup.inputs.shape[1:]
 
         def make_rows(start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
-            example = torch.arange(start, stop, device=x.device).div_(
-                n_samples, rounding_mode="floor"
-            )
-            if perturbations is not None:
-                noise = given[start:stop]
-            else:
+            r = torch.arange(start, stop, device=x.device)
+            example = r.div(n_samples, rounding_mode="floor")
+            if perturbations is None:
                 noise = torch.randn(stop - start, d, generator=generator, dtype=x.dtype)
                 noise = noise.to(x.device).mul_(scale)
-                dots.append((attr.index_select(0, example) * noise).sum(dim=1))
+            elif flat is not None:
+                noise = flat[start:stop]
+            else:  # shared by all examples: an expanded view, never copied whole
+                noise = given[0].index_select(0, r.remainder_(n_samples))
+            dots.append((attr.index_select(0, example) * noise).sum(dim=1))
             return (x.index_select(0, example) - noise).reshape(-1, *shape), example
 
         perturbed = score_rows(setup, make_rows, n * n_samples, batch_size=batch_size)
-    if perturbations is not None:  # one batched product instead of one per chunk
-        a = (given.reshape(n, n_samples, d) * attr.unsqueeze(1)).sum(dim=2)
-    else:
-        a = torch.cat(dots).reshape(n, n_samples)
+    a = torch.cat(dots).reshape(n, n_samples)
     b = setup.scores.unsqueeze(1) - perturbed.reshape(n, n_samples)
     if normalize:
         aa, ab = (a * a).mean(dim=1), (a * b).mean(dim=1)
