@@ -165,7 +165,6 @@ def prepare(
     floating: bool = True,
     layer: Any = None,
     track_grad: bool = False,
-    paired: torch.Tensor | None = None,
     wrap: Callable[[Forward], Forward] | None = None,
 ) -> Prepared:
     """Validate ``model``/``inputs`` and resolve ``target`` on the unperturbed inputs.
@@ -175,8 +174,7 @@ def prepare(
     own inputs may then be token ids (any dtype).
 
     With ``track_grad``, this first forward records the autograd graph from
-    ``leaf`` (the inputs or the layer's output; the inputs may be followed by ``paired`` rows of the same examples if given) to
-    ``graph_output``, so that a method needing one backward pass does not run the model
+    ``leaf`` (the inputs or the layer's output) to ``graph_output``, so that a method needing one backward pass does not run the model
     twice. ``wrap`` changes how that forward calls the model (e.g. rule engines).
     """
     check_model("model", model)
@@ -200,21 +198,15 @@ def prepare(
             out, activations = graph.detach(), leaf.detach()
         else:
             call = wrap(forward) if wrap is not None else forward
-            rows, index = inputs, None
-            if paired is not None:
-                rows = torch.cat([inputs, paired.to(inputs.dtype)])
-                index = torch.arange(inputs.shape[0], device=inputs.device).repeat(2)
             with torch.set_grad_enabled(track_grad):
                 try:
-                    leaf = rows.detach().requires_grad_(track_grad)
-                    graph = call(leaf, index)
+                    leaf = inputs.detach().requires_grad_(track_grad)
+                    graph = call(leaf, None)
                 except UnsupportedOperationError:
                     raise
                 except (RuntimeError, ValueError, IndexError) as exc:
                     raise _ModelError(exc) from exc
             out = graph
-            if paired is not None and graph.ndim > 0 and graph.shape[0] == rows.shape[0]:
-                out = graph[: inputs.shape[0]]
     except _ModelError as wrapped:
         raise ValueError(
             f"The model could not run on `inputs` of shape {tuple(inputs.shape)} "

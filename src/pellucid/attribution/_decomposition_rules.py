@@ -4,8 +4,9 @@ All rules are written in the "modified gradient" form: the attribution at the in
 ``x * grad`` (LRP) or ``(x - baseline) * grad`` (DeepLIFT), where ``grad`` is obtained by a
 backward pass in which some operations use the rule's backward instead of their Jacobian.
 
-* DeepLIFT rows come in pairs: the first half of the batch is the inputs, the second half
-  the baselines. Non-linearities multiply the gradient by the secant slope
+* DeepLIFT pairs every row with its baseline row: the engine first runs the baselines
+  (without a graph) and keeps each non-linearity's reference input and output, then runs
+  the inputs, where non-linearities multiply the gradient by the secant slope
   ``(f(x) - f(x0)) / (x - x0)`` (the local derivative where ``x == x0``); max pooling routes
   ``f(x) - f(x0)`` through the argmax positions (as captum does); linear operations keep
   their ordinary gradient, which is their multiplier.
@@ -21,7 +22,7 @@ from typing import Any
 
 import torch
 
-from pellucid.attribution._rules import Rule, vjp
+from pellucid.attribution._rules import PairedRule, Rule, vjp
 
 __all__ = ["AlphaBeta", "DeepLiftMaxPool", "Epsilon", "Rescale", "stabilize"]
 
@@ -37,19 +38,21 @@ def stabilize(z: torch.Tensor, epsilon: float) -> torch.Tensor:
 
 
 def _close(size: torch.Tensor, eps: float) -> torch.Tensor | None:
-    """The mask ``size < eps``, or None when no entry is that close: one float reduction
-    instead of element-wise boolean work in the usual case."""
-    if size.numel() and bool(size.amin() >= eps):
+    """``1.0`` where ``size < eps`` and ``0.0`` elsewhere, or None when no entry is that close:
+    one float reduction in the usual case, and float arithmetic instead of boolean masks
+    otherwise (``torch.where``/``masked_fill`` on a 32x32x8x8 mask take ~400 us on the CPU
+    here, the three float operations ~40 us)."""
+    if size.numel() and float(size.amin()) >= eps:
         return None
-    return size < eps
+    return (eps - size).sign_().clamp_(min=0)
 
 
-def _halves(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    n = t.shape[0] // 2
-    return t[:n], t[n:]
+def _blend(a: torch.Tensor, b: torch.Tensor, where_b: torch.Tensor) -> torch.Tensor:
+    """``where(where_b, b, a)`` for a 0/1 float ``where_b`` and finite ``a``, ``b`` (exact)."""
+    return a * (1 - where_b) + b * where_b
 
 
-class Rescale(Rule):
+class Rescale(PairedRule):
     """DeepLIFT's rescale rule for an element-wise non-linearity."""
 
     label = "rescale"
@@ -57,22 +60,24 @@ class Rescale(Rule):
     def __init__(self, eps: float = 1e-10, relu: bool = False) -> None:
         self.eps, self.relu = eps, relu
 
-    def forward(self, op: Op, x: torch.Tensor) -> tuple[torch.Tensor, Any]:
+    def reference(self, op: Op, x: torch.Tensor) -> tuple[torch.Tensor, Any]:
         y = op(x)
-        x_in, x_ref = _halves(x)
-        y_in, y_ref = _halves(y)
-        dx = x_in - x_ref
-        secant = (y_in - y_ref).div_(dx)  # inf/nan where dx == 0: replaced by the local slope
-        close = _close(dx.abs_(), self.eps)
+        return y, (x.clone(), y.clone())
+
+    def forward_paired(self, op: Op, x: torch.Tensor, saved: Any) -> tuple[torch.Tensor, Any]:
+        x_ref, y_ref = saved
+        y = op(x)
+        dx = x - x_ref
+        close = _close(dx.abs(), self.eps)
         if close is None:
-            return y, secant
-        local = (x_in > 0) if self.relu else vjp(op, x_in, torch.ones_like(x_in))
-        return y, torch.where(close, local, secant)  # the dtype of x (bool local promotes)
+            return y, (y - y_ref).div_(dx)
+        # Where x == x_ref the secant is 0/0: the local slope there instead.
+        secant = (y - y_ref).div_(dx.add_(close))
+        local = x.sign().clamp_(min=0) if self.relu else vjp(op, x, torch.ones_like(x))
+        return y, _blend(secant, local, close)
 
     def backward(self, op: Op, state: Any, grad: torch.Tensor) -> torch.Tensor:
-        # Both halves get the inputs' multipliers: ``grad * cat([slope, slope])``, without
-        # materialising the concatenation.
-        return (grad.unflatten(0, (2, -1)) * state).flatten(0, 1)
+        return grad * state
 
 
 def _unpool(values: torch.Tensor, indices: torch.Tensor, shape: torch.Size) -> torch.Tensor:
@@ -82,7 +87,7 @@ def _unpool(values: torch.Tensor, indices: torch.Tensor, shape: torch.Size) -> t
     return out.view(shape)
 
 
-class DeepLiftMaxPool(Rule):
+class DeepLiftMaxPool(PairedRule):
     """DeepLIFT for max pooling: ``f(x) - f(x0)`` is routed through the argmax positions."""
 
     label = "rescale (max pool)"
@@ -93,29 +98,42 @@ class DeepLiftMaxPool(Rule):
         self.func, self.rest, self.kwargs, self.eps = func, rest[:5], dict(kwargs), eps
         self.kwargs["return_indices"] = True
 
-    def forward(self, op: Op, x: torch.Tensor) -> tuple[torch.Tensor, Any]:
-        y, indices = self.func(x, *self.rest, **self.kwargs)
-        # What the backward needs is computed now (no copies of ``x`` and ``y`` are kept,
-        # and later in-place operations of the model on them cannot change it).
-        x_in, x_ref = _halves(x)
-        y_in, y_ref = _halves(y)
-        top = torch.maximum(y_in, y_ref)
-        dx = x_in - x_ref
+    def _pool(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if x.ndim == 4 and x.device.type == "cpu":
+            # The CPU kernel is ~5x faster on channels-last tensors (32x32x8x8: 94 us with
+            # both conversions, 486 us as is; 32x32x32x32: 2.4 ms, 7.5 ms); same values.
+            y, indices = self.func(
+                x.contiguous(memory_format=torch.channels_last), *self.rest, **self.kwargs
+            )
+            return y.contiguous(), indices.contiguous()
+        return self.func(x, *self.rest, **self.kwargs)
+
+    def reference(self, op: Op, x: torch.Tensor) -> tuple[torch.Tensor, Any]:
+        y, indices = self._pool(x)
+        return y, (x.clone(), y.clone(), indices)
+
+    def forward_paired(self, op: Op, x: torch.Tensor, saved: Any) -> tuple[torch.Tensor, Any]:
+        x_ref, y_ref, i_ref = saved
+        y, i_in = self._pool(x)
+        # What the backward needs is computed now (later in-place operations of the model
+        # on ``x`` or ``y`` cannot change it).
+        top = torch.maximum(y, y_ref)
+        dx = x - x_ref
         close = _close(dx.abs(), self.eps)
         if close is not None:
-            dx.masked_fill_(close, 1.0)
-        return y, (top - y_ref, y_in - top, _halves(indices), dx, close)
+            dx.add_(close)  # 0/0 there (see backward): divide by ~1 instead
+        return y, (top - y_ref, y - top, i_in, i_ref, dx, close)
 
     def backward(self, op: Op, state: Any, grad: torch.Tensor) -> torch.Tensor:
-        up, down, (i_in, i_ref), dx, close = state
-        g = _halves(grad)[0]
+        up, down, i_in, i_ref, dx, close = state
         shape = dx.shape
-        routed = _unpool(g * up, i_in, shape)
-        routed.view(*shape[:2], -1).scatter_add_(2, i_ref.flatten(2), (g * down).flatten(2))
+        routed = _unpool(grad * up, i_in, shape)
+        i_ref = i_ref.expand(shape[0], *i_ref.shape[1:])  # one reference row, broadcast
+        routed.view(*shape[:2], -1).scatter_add_(2, i_ref.flatten(2), (grad * down).flatten(2))
         m = routed.div_(dx)
-        if close is not None:
-            m = torch.where(close, _unpool(g, i_in, shape), m)
-        return torch.cat([m, m])
+        if close is not None:  # where x == x_ref: the gradient, routed through x's argmax
+            m = _blend(m, _unpool(grad, i_in, shape), close)
+        return m
 
 
 class Epsilon(Rule):

@@ -35,6 +35,8 @@ from pellucid._targets import Forward
 __all__ = [
     "ACTIVATIONS",
     "RELU_OPS",
+    "BroadcastMismatch",
+    "PairedRule",
     "Rule",
     "RuleEngine",
     "UnsupportedOperationError",
@@ -86,16 +88,32 @@ class UnsupportedOperationError(ValueError):
     """A rule-based method met an operation it has no rule for."""
 
 
+class BroadcastMismatch(UnsupportedOperationError):
+    """A one-row reference does not broadcast against the batch at some operation (the
+    caller reruns the reference with one row per example)."""
+
+
 def _depends(value: Any) -> bool:
     """Whether ``value`` (a tensor, or tuples/lists/dicts of them) holds a tensor that
-    requires grad; a hand-written walk, cheaper than a pytree flatten on every operation."""
+    requires grad; a hand-written walk (it runs on every operation of the model), cheaper
+    than a pytree flatten or a generator per level."""
     if isinstance(value, torch.Tensor):
         return value.requires_grad
-    if isinstance(value, tuple | list):
-        return any(_depends(v) for v in value)
     if isinstance(value, dict):
-        return any(_depends(v) for v in value.values())
+        value = tuple(value.values())
+    elif not isinstance(value, tuple | list):
+        return False
+    for item in value:
+        if isinstance(item, torch.Tensor):
+            if item.requires_grad:
+                return True
+        elif isinstance(item, tuple | list | dict) and _depends(item):
+            return True
     return False
+
+
+def _call_depends(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+    return _depends(args) or (bool(kwargs) and _depends(kwargs))
 
 
 def _is_inplace(name: str, kwargs: Mapping[str, Any]) -> bool:
@@ -122,23 +140,48 @@ class Rule:
         raise TypeError(f"{type(self).__name__} must implement backward.")
 
 
+class PairedRule(Rule):
+    """A rule that compares every row with its reference row (DeepLIFT's multipliers).
+
+    The engine runs the reference rows first, without a graph: there ``reference(op, x_ref)``
+    returns ``(y_ref, saved)``. Then it runs the explained rows, and ``forward_paired(op, x,
+    saved)`` returns ``(y, state)`` for ``backward``. ``saved`` must not alias tensors the
+    model may still change in place (clone what is kept).
+    """
+
+    def reference(
+        self, op: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor
+    ) -> tuple[torch.Tensor, Any]:
+        raise TypeError(f"{type(self).__name__} must implement reference.")
+
+    def forward_paired(
+        self, op: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, saved: Any
+    ) -> tuple[torch.Tensor, Any]:
+        raise TypeError(f"{type(self).__name__} must implement forward_paired.")
+
+
 class _RuleFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, rule: Rule, op: Callable[..., Any]) -> torch.Tensor:
-        y, state = rule.forward(op, x.detach())
+    def forward(
+        ctx: Any, x: torch.Tensor, rule: Rule, op: Callable[..., Any], saved: Any
+    ) -> torch.Tensor:
+        if isinstance(rule, PairedRule):
+            y, state = rule.forward_paired(op, x.detach(), saved)
+        else:
+            y, state = rule.forward(op, x.detach())
         ctx.rule, ctx.op, ctx.state = rule, op, state
         return y
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
-        return ctx.rule.backward(ctx.op, ctx.state, grad), None, None
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None, None]:
+        return ctx.rule.backward(ctx.op, ctx.state, grad), None, None, None
 
 
 def apply_rule(
-    rule: Rule, op: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor
+    rule: Rule, op: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, saved: Any = None
 ) -> torch.Tensor:
-    """``op(x)`` whose backward is ``rule``'s."""
-    return _RuleFunction.apply(x, rule, op)
+    """``op(x)`` whose backward is ``rule``'s (``saved``: a :class:`PairedRule`'s reference)."""
+    return _RuleFunction.apply(x, rule, op, saved)
 
 
 def vjp(
@@ -206,9 +249,22 @@ class RuleEngine:
         model: the ``nn.Module`` (for layer names in :attr:`records`).
     """
 
-    def __init__(self, method: str, handlers: Mapping[str, Handler], model: Any) -> None:
+    def __init__(
+        self,
+        method: str,
+        handlers: Mapping[str, Handler],
+        model: Any,
+        *,
+        reference_ops: frozenset[str] = frozenset(),
+    ) -> None:
         self.method = method
         self.handlers = dict(handlers)
+        # Ops whose handlers return a PairedRule: see ``reference_pass``/``paired_pass``.
+        self.reference_ops = frozenset(reference_ops)
+        self._mode: str | None = None
+        self._broadcast = False
+        self._saved: list[tuple[str, tuple[int, ...], Any]] = []
+        self._position = 0
         self.names = (
             {id(m): n or type(m).__name__ for n, m in model.named_modules()}
             if isinstance(model, nn.Module)
@@ -254,6 +310,39 @@ class RuleEngine:
             post.remove()
             self.stack.clear()
 
+    @contextmanager
+    def reference_pass(self) -> Iterator[None]:
+        """Run the model on reference rows, without a graph: every op in ``reference_ops``
+        keeps what its :class:`PairedRule` needs, in the order the ops run."""
+        self._mode, self._saved = "reference", []
+        try:
+            with torch.no_grad():
+                yield
+        finally:
+            self._mode = None
+
+    @contextmanager
+    def paired_pass(self, *, broadcast: bool = False) -> Iterator[None]:
+        """Run the model on the explained rows: the ``k``-th op in ``reference_ops`` is paired
+        with the ``k``-th op of the reference pass (same op, same shape, else an error).
+        With ``broadcast`` the reference ran on one row, whose leading dimension must be 1
+        where the rows' is the batch (else :class:`BroadcastMismatch`)."""
+        self._mode, self._position, self._broadcast = "paired", 0, broadcast
+        try:
+            yield
+            if self._position != len(self._saved):
+                name, shape, _ = self._saved[self._position]
+                raise self._mismatch(f"`{name}` of shape {shape} never ran on the inputs")
+        finally:
+            self._mode, self._saved = None, []
+
+    def _mismatch(self, what: str) -> UnsupportedOperationError:
+        return UnsupportedOperationError(
+            f"{self.method} needs the model to run the same operations on the baseline as on "
+            f"the inputs, but operation {self._position} differs: {what} (in {self.where()}). "
+            "Data-dependent control flow cannot be decomposed; use integrated_gradients."
+        )
+
     def wrap(self, forward: Forward) -> Forward:
         """A copy of ``forward`` whose model calls run with the rules attached."""
         model = forward.model
@@ -283,8 +372,10 @@ class RuleEngine:
         name = getattr(func, "__name__", repr(func))
         if name == "__get__":  # a tensor property such as x.T: name it by the property
             name = getattr(getattr(func, "__self__", None), "__name__", name)
-        if not _depends((args, kwargs)):
-            return func(*args, **kwargs)
+        if self._mode is not None and name in self.reference_ops:
+            return self._dispatch_paired(name, func, args, kwargs)
+        if self._mode == "reference" or not _call_depends(args, kwargs):
+            return func(*args, **kwargs)  # (nothing requires grad in the reference pass)
         handler = self.handlers.get(name)
         if handler is not None:
             rule = handler(self, name, func, args, kwargs)
@@ -313,12 +404,43 @@ class RuleEngine:
                     name, " in training mode; call model.eval() or pass eval_mode=True"
                 )
 
-    def _run_rule(
-        self, name: str, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], rule: Rule
+    def _dispatch_paired(
+        self, name: str, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
-        x = args[0]
-        if not isinstance(x, torch.Tensor) or not x.requires_grad or _depends((args[1:], kwargs)):
-            raise self.unsupported(name, " (its input-dependent argument is not the first one)")
+        x = args[0] if args else None
+        if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+            return func(*args, **kwargs)
+        shape = tuple(x.shape)
+        if self._mode == "reference":
+            rule = self.handlers[name](self, name, func, args, kwargs)
+            if not isinstance(rule, PairedRule):
+                raise TypeError(f"The handler of `{name}` must return a PairedRule.")
+            op, inplace = self._op(name, func, args, kwargs)
+            y, saved = rule.reference(op, x)
+            self._saved.append((name, shape, saved))
+            return x.copy_(y) if inplace else y
+        if self._position >= len(self._saved):
+            raise self._mismatch(f"`{name}` of shape {shape} did not run on the baseline")
+        ref_name, ref_shape, saved = self._saved[self._position]
+        if self._broadcast and ref_name == name and ref_shape != shape:
+            if len(shape) == 0 or ref_shape != (1, *shape[1:]):
+                raise BroadcastMismatch(f"`{name}`: reference {ref_shape}, rows {shape}")
+        elif (ref_name, ref_shape) != (name, shape):
+            raise self._mismatch(
+                f"`{ref_name}` of shape {ref_shape} on the baseline, `{name}` of shape {shape} "
+                "on the inputs"
+            )
+        self._position += 1
+        if not _call_depends(args, kwargs):
+            return func(*args, **kwargs)
+        rule = self.handlers[name](self, name, func, args, kwargs)
+        return self._run_rule(name, func, args, kwargs, rule, saved)
+
+    def _op(
+        self, name: str, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[Callable[[torch.Tensor], torch.Tensor], bool]:
+        """The op as an out-of-place function of its first argument, and whether the model
+        called it in place."""
         inplace = _is_inplace(name, kwargs)
         rest = args[1:]
         call_kwargs = dict(kwargs)
@@ -333,8 +455,27 @@ class RuleEngine:
         def op(t: torch.Tensor) -> torch.Tensor:
             return target(t, *rest, **call_kwargs)
 
+        return op, inplace
+
+    def _run_rule(
+        self,
+        name: str,
+        func: Any,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        rule: Rule,
+        saved: Any = None,
+    ) -> Any:
+        x = args[0]
+        if (
+            not isinstance(x, torch.Tensor)
+            or not x.requires_grad
+            or _call_depends(args[1:], kwargs)
+        ):
+            raise self.unsupported(name, " (its input-dependent argument is not the first one)")
+        op, inplace = self._op(name, func, args, kwargs)
         self.record(name, rule.label)
-        y = apply_rule(rule, op, x)
+        y = apply_rule(rule, op, x, saved)
         if inplace:
             return x.copy_(y)
         return y

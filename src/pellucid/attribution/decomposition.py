@@ -19,7 +19,7 @@ from torch import nn
 from pellucid._batching import chunks
 from pellucid._registry import register
 from pellucid._state import model_guard
-from pellucid._targets import Target
+from pellucid._targets import Forward, Target
 from pellucid._validation import check_choice, check_finite_tensor, check_float, check_tensor
 from pellucid.attribution._baselines import resolve_baseline
 from pellucid.attribution._common import Prepared, _all_finite, prepare
@@ -30,6 +30,7 @@ from pellucid.attribution._rules import (
     MAX_POOL_OPS,
     RELU_OPS,
     WEIGHTED_OPS,
+    BroadcastMismatch,
     Handler,
     Rule,
     RuleEngine,
@@ -68,19 +69,82 @@ def _deeplift_handlers() -> dict[str, Handler]:
     return handlers
 
 
+def _is_shared(baseline: torch.Tensor, forward: Forward) -> bool:
+    """Whether every example has the same baseline row and no per-example model argument:
+    then one reference row serves every example."""
+    aligned = any(
+        isinstance(v, torch.Tensor) and v.ndim > 0 and v.shape[0] == forward.n_examples
+        for v in (*forward.args, *forward.kwargs.values())
+    )
+    return not aligned and torch.equal(baseline, baseline[:1].expand_as(baseline))
+
+
+class _PairedForward(Forward):
+    """Runs the baseline rows first (no graph; every non-linearity keeps its reference
+    input and output), then the rows themselves with the rules that compare the two. Only
+    the explained rows carry a graph, so the backward pass is over N rows, not 2N. When all
+    examples share one baseline (zeros, a number, the mean of a background set) the
+    reference pass runs on a single row whose activations broadcast against the batch;
+    a model whose intermediate shapes do not allow that is rerun with all baseline rows.
+    ``reference_output`` is the baselines' output of the last call, one row per input row."""
+
+    def __init__(self, engine: RuleEngine, forward: Forward, baseline: torch.Tensor) -> None:
+        super().__init__(
+            forward.model,
+            n_examples=forward.n_examples,
+            forward_args=forward.args,
+            forward_kwargs=forward.kwargs,
+            output=forward.output,
+        )
+        self.engine, self.baseline = engine, baseline
+        self.shared = _is_shared(baseline, forward)
+        self.reference_output: torch.Tensor | None = None
+
+    def __call__(self, x: torch.Tensor, example_index: torch.Tensor | None = None) -> torch.Tensor:
+        if self.shared:
+            try:
+                return self._pair(x, example_index, shared=True)
+            except BroadcastMismatch:
+                self.shared = False
+        return self._pair(x, example_index, shared=False)
+
+    def _pair(
+        self, x: torch.Tensor, example_index: torch.Tensor | None, *, shared: bool
+    ) -> torch.Tensor:
+        if shared:
+            base, base_index = self.baseline[:1], None
+        else:
+            base, base_index = self.baseline, example_index
+            if example_index is not None:
+                base = base.index_select(0, example_index.to(base.device))
+        with self.engine.active(), self.engine.reference_pass():
+            reference = super().__call__(base.to(x.dtype), base_index)
+        with self.engine.active(), self.engine.paired_pass(broadcast=shared):
+            out = super().__call__(x, example_index)
+        if shared and reference.ndim > 0:
+            reference = reference.expand(x.shape[0], *reference.shape[1:])
+        self.reference_output = reference
+        return out
+
+
+def _reference(forward: _PairedForward) -> torch.Tensor:
+    if forward.reference_output is None:
+        raise RuntimeError("deeplift: the reference pass did not run.")
+    return forward.reference_output
+
+
 def _deeplift_chunks(
-    forward: Any, target: Any, x: torch.Tensor, base: torch.Tensor, size: int
+    forward: _PairedForward, target: Any, x: torch.Tensor, size: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     grads, diffs = [], []
     for start, stop in chunks(x.shape[0], size):
         index = torch.arange(start, stop, device=x.device)
-        pair_index = torch.cat([index, index])
-        rows = torch.cat([x[start:stop], base[start:stop]]).requires_grad_(True)
+        rows = x[start:stop].detach().requires_grad_(True)
         with torch.enable_grad():
-            scores = target.scores(forward(rows, pair_index), pair_index)
-            s_in, s_ref = scores[: stop - start], scores[stop - start :]
+            s_in = target.scores(forward(rows, index), index)
             (grad,) = torch.autograd.grad(s_in.sum(), rows)
-        grads.append(grad[: stop - start])
+        s_ref = target.scores(_reference(forward), index)
+        grads.append(grad)
         diffs.append((s_in - s_ref).detach())
     return torch.cat(grads), torch.cat(diffs)
 
@@ -101,9 +165,10 @@ def deeplift(
 ) -> Explanation:
     """DeepLIFT with the rescale rule (Shrikumar et al. 2017): ``(x - b) * multipliers``.
 
-    Inputs and baselines run as one batch of pairs; every element-wise non-linearity
-    (ReLU, sigmoid, tanh, GELU, ...) multiplies the backward by its secant slope between
-    the two, max pooling routes the output difference through the argmax, and linear
+    Every chunk of inputs runs twice: first its baselines, without a graph, where every
+    non-linearity keeps its reference input and output, then the inputs, where every
+    element-wise non-linearity (ReLU, sigmoid, tanh, GELU, ...) multiplies the backward by
+    its secant slope between the two (one backward over the inputs only), max pooling routes the output difference through the argmax, and linear
     operations (linear, conv, eval-mode batch norm, average pooling, adds, reshapes) keep
     their gradient. Attributions sum to ``f(x) - f(b)`` up to rounding;
     ``extras["completeness_gap"]`` reports the difference per example.
@@ -115,7 +180,7 @@ def deeplift(
         baseline: the reference: None/``"zeros"``, a number, a tensor, ``"mean"`` (of
             ``background``), ``"blur"``.
         background: reference examples for ``baseline="mean"``.
-        batch_size: rows (inputs plus baselines) per backward pass.
+        batch_size: input rows per backward pass (their baselines run just before them).
         forward_args: extra positional model arguments; forward_kwargs: keyword ones.
         output: which part of a tuple/dict return value to explain.
         eval_mode: True explains in eval mode for this call; None warns in training mode.
@@ -139,11 +204,17 @@ def deeplift(
             background=background,
         )
         freeze_parameters(model)
-        engine = RuleEngine("deeplift", _deeplift_handlers(), model)
+        engine = RuleEngine(
+            "deeplift", _deeplift_handlers(), model, reference_ops=ACTIVATIONS | MAX_POOL_OPS
+        )
         n = x.shape[0]
-        size = max(1, grad_batch_size(batch_size, x[0].numel(), total=2 * n) // 2)
-        if batch_size is not None and batch_size < 2:
-            size = 1
+        size = grad_batch_size(batch_size, x[0].numel(), total=n)
+        paired: list[_PairedForward] = []
+
+        def wrap(forward: Forward) -> Forward:
+            paired.append(_PairedForward(engine, forward, base))
+            return paired[-1]
+
         prep = prepare(
             model,
             x,
@@ -151,18 +222,16 @@ def deeplift(
             forward_args=forward_args,
             forward_kwargs=forward_kwargs,
             output=output,
-            wrap=engine.wrap,
+            wrap=wrap,
             track_grad=size >= n,
-            paired=base,
         )
         if prep.graph_output is not None and prep.leaf is not None:  # one chunk: reuse graph
-            pair_index = torch.arange(n, device=x.device).repeat(2)
             with torch.enable_grad():
-                scores = prep.target.scores(prep.graph_output, pair_index)
-                (grad,) = torch.autograd.grad(scores[:n].sum(), prep.leaf)
-            grad, diff = grad[:n], (scores[:n] - scores[n:]).detach()
+                scores = prep.target.scores(prep.graph_output, None)
+                (grad,) = torch.autograd.grad(scores.sum(), prep.leaf)
+            diff = (scores - prep.target.scores(_reference(paired[0]), None)).detach()
         else:
-            grad, diff = _deeplift_chunks(engine.wrap(prep.forward), prep.target, x, base, size)
+            grad, diff = _deeplift_chunks(wrap(prep.forward), prep.target, x, size)
         attributions = (x - base) * grad
         gap = _sum(attributions) - diff
     return Explanation(
