@@ -317,3 +317,109 @@ def test_deeplift_completeness_property(seed, width, n):
     diff = (net(x) - net(b))[:, 1].detach()
     # Rescale multipliers make the decomposition exact up to float64 rounding.
     torch.testing.assert_close(_sum(e.attributions), diff, rtol=1e-9, atol=1e-9)
+
+
+# ---------------------------------------------------------------- the reference pass
+def _rows_seen(net: nn.Module) -> tuple[list[int], torch.utils.hooks.RemovableHandle]:
+    seen: list[int] = []
+    first = next(m for m in net.modules() if isinstance(m, nn.Linear | nn.Conv2d))
+    handle = first.register_forward_pre_hook(lambda m, a: seen.append(a[0].shape[0]))
+    return seen, handle
+
+
+def test_deeplift_shared_baseline_runs_one_reference_row_and_equals_the_full_reference(
+    monkeypatch,
+):
+    import pellucid.attribution.decomposition as decomposition
+
+    net, x = _cnn(), _images(5)
+    seen, handle = _rows_seen(net)
+    shared = deeplift(net, x, target=1, baseline=0.3)
+    handle.remove()
+    assert seen == [1, 5]  # one baseline row, then the inputs: no 2N-row pass
+    monkeypatch.setattr(decomposition, "_is_shared", lambda *a: False)
+    seen, handle = _rows_seen(net)
+    full = deeplift(net, x, target=1, baseline=0.3)
+    handle.remove()
+    assert seen == [5, 5]
+    torch.testing.assert_close(shared.attributions, full.attributions, rtol=0, atol=1e-12)
+    assert shared.extras["completeness_gap"].abs().max() < 1e-10
+
+
+def test_deeplift_chunks_equal_one_batch():
+    net, x = _cnn(), _images(5)
+    b = 0.1 * _images(5, seed=2)
+    one = deeplift(net, x, target=0, baseline=b)
+    chunked = deeplift(net, x, target=0, baseline=b, batch_size=2)
+    torch.testing.assert_close(chunked.attributions, one.attributions, rtol=0, atol=1e-12)
+    torch.testing.assert_close(
+        chunked.extras["completeness_gap"], one.extras["completeness_gap"], rtol=0, atol=1e-12
+    )
+
+
+class _Pairs(nn.Module):
+    """Folds the batch into the rows of a matrix: a one-row reference cannot broadcast."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(2, 2), nn.Linear(4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.a(x.reshape(-1, 2)))
+        return self.b(h.reshape(x.shape[0], 4))
+
+
+def test_deeplift_falls_back_to_one_reference_row_per_example():
+    torch.manual_seed(0)
+    net, x = _Pairs().to(D), torch.randn(3, 4, dtype=D)
+    e = deeplift(net, x)
+    diff = (net(x) - net(torch.zeros_like(x)))[:, 0].detach()
+    torch.testing.assert_close(_sum(e.attributions), diff, rtol=0, atol=1e-12)
+
+
+class _InPlaceAfterRelu(nn.Module):
+    def __init__(self, inplace: bool) -> None:
+        super().__init__()
+        self.inplace = inplace
+        self.a, self.b = nn.Linear(4, 6), nn.Linear(6, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.relu(self.a(x), inplace=self.inplace)
+        if self.inplace:
+            h += 1.0  # changes the ReLU's output after the rule has seen it
+        else:
+            h = h + 1.0
+        return self.b(torch.tanh(h))
+
+
+def test_deeplift_reference_survives_later_inplace_changes():
+    torch.manual_seed(0)
+    inplace = _InPlaceAfterRelu(True).to(D)
+    plain = _InPlaceAfterRelu(False).to(D)
+    plain.load_state_dict(inplace.state_dict())
+    x, b = torch.randn(4, 4, dtype=D), torch.randn(4, 4, dtype=D)
+    for baseline in (None, b):
+        ours = deeplift(inplace, x, target=1, baseline=baseline)
+        reference = deeplift(plain, x, target=1, baseline=baseline)
+        torch.testing.assert_close(ours.attributions, reference.attributions, rtol=0, atol=1e-12)
+        assert ours.extras["completeness_gap"].abs().max() < 1e-10
+
+
+class _Branchy(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(3, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.a(x)
+        return torch.sigmoid(h) if bool(x.sum() > 0) else torch.tanh(h)
+
+
+def test_deeplift_refuses_control_flow_that_differs_for_the_baseline():
+    net, x = _Branchy().to(D), torch.ones(2, 3, dtype=D)
+    flags = [p.requires_grad for p in net.parameters()]
+    with pytest.raises(
+        UnsupportedOperationError, match="same operations on the baseline.*`tanh`.*`sigmoid`"
+    ):
+        deeplift(net, x)
+    assert [p.requires_grad for p in net.parameters()] == flags

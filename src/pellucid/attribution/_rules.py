@@ -434,6 +434,8 @@ class RuleEngine:
         if not _call_depends(args, kwargs):
             return func(*args, **kwargs)
         rule = self.handlers[name](self, name, func, args, kwargs)
+        if not isinstance(rule, PairedRule):
+            raise TypeError(f"The handler of `{name}` must return a PairedRule.")
         return self._run_rule(name, func, args, kwargs, rule, saved)
 
     def _op(

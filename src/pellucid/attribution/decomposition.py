@@ -211,7 +211,7 @@ def deeplift(
         size = grad_batch_size(batch_size, x[0].numel(), total=n)
         paired: list[_PairedForward] = []
 
-        def wrap(forward: Forward) -> Forward:
+        def wrap(forward: Forward) -> _PairedForward:
             paired.append(_PairedForward(engine, forward, base))
             return paired[-1]
 
