@@ -47,9 +47,11 @@ def _close(size: torch.Tensor, eps: float) -> torch.Tensor | None:
     return (eps - size).sign_().clamp_(min=0)
 
 
-def _blend(a: torch.Tensor, b: torch.Tensor, where_b: torch.Tensor) -> torch.Tensor:
-    """``where(where_b, b, a)`` for a 0/1 float ``where_b`` and finite ``a``, ``b`` (exact)."""
-    return a * (1 - where_b) + b * where_b
+def _fill_close(a: torch.Tensor, b: torch.Tensor, close: torch.Tensor) -> torch.Tensor:
+    """``a`` with ``b`` where ``close`` is 1, for an ``a`` computed with the denominator
+    ``dx + close``: there ``a``'s numerator is 0 when ``x == x_ref`` exactly (so the result
+    is exactly ``b``) and of the order of ``|dx| < eps`` otherwise. One fused operation."""
+    return a.addcmul_(b, close)
 
 
 class Rescale(PairedRule):
@@ -74,7 +76,7 @@ class Rescale(PairedRule):
         # Where x == x_ref the secant is 0/0: the local slope there instead.
         secant = (y - y_ref).div_(dx.add_(close))
         local = x.sign().clamp_(min=0) if self.relu else vjp(op, x, torch.ones_like(x))
-        return y, _blend(secant, local, close)
+        return y, _fill_close(secant, local, close)
 
     def backward(self, op: Op, state: Any, grad: torch.Tensor) -> torch.Tensor:
         return grad * state
@@ -132,7 +134,7 @@ class DeepLiftMaxPool(PairedRule):
         routed.view(*shape[:2], -1).scatter_add_(2, i_ref.flatten(2), (grad * down).flatten(2))
         m = routed.div_(dx)
         if close is not None:  # where x == x_ref: the gradient, routed through x's argmax
-            m = _blend(m, _unpool(grad, i_in, shape), close)
+            m = _fill_close(m, _unpool(grad, i_in, shape), close)
         return m
 
 
