@@ -133,6 +133,7 @@ class ResolvedTarget:
     kind: str  # "none" | "index" | "callable"
     index: torch.Tensor | None = None
     fn: Callable[[torch.Tensor], torch.Tensor] | None = None
+    column: int | None = None  # an int target: the same output column for every example
 
     def scores(
         self, output: torch.Tensor, example_index: torch.Tensor | None = None
@@ -149,6 +150,8 @@ class ResolvedTarget:
         flat = output.reshape(output.shape[0], -1)
         if self.kind == "none":
             return flat[:, 0]
+        if self.column is not None:  # no per-row gather needed
+            return flat[:, self.column]
         idx = cast(torch.Tensor, self.index)
         if example_index is not None:
             idx = idx.to(output.device).index_select(0, example_index.to(output.device))
@@ -211,7 +214,7 @@ def resolve_target(target: Target, output: torch.Tensor) -> ResolvedTarget:
                 f"(the model has {per_row} outputs)."
             )
         index = torch.full((n,), value % per_row, dtype=torch.long, device=output.device)
-        return ResolvedTarget("index", index=index)
+        return ResolvedTarget("index", index=index, column=value % per_row)
     try:
         index = torch.as_tensor(target, device=output.device)
     except (TypeError, ValueError, RuntimeError) as exc:

@@ -149,6 +149,11 @@ def check_tensor(
 def check_finite_tensor(name: str, value: torch.Tensor) -> torch.Tensor:
     """Raise ValueError naming the first non-finite entry of ``value``."""
     if value.is_floating_point() or value.is_complex():
+        # One sum decides the usual case: it is finite only when every entry is (a finite
+        # sum can't hide a NaN or inf); a non-finite sum may be an overflow, so the
+        # element-wise test (several times slower on the CPU) then decides.
+        if math.isfinite(abs(complex(value.detach().sum()))):
+            return value
         bad = ~torch.isfinite(value)
         if bool(bad.any()):
             first = tuple(int(i) for i in torch.nonzero(bad)[0])

@@ -51,10 +51,10 @@ def solve_normal(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.
 
 def _r2(y: torch.Tensor, resid: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """Weighted R^2 from the responses ``y`` (N, S), the weighted residual sum of squares
-    ``resid`` (N,) and normalized weights ``w`` (S,) summing to 1."""
-    centered = y - (y @ w).unsqueeze(1)
-    total = (centered * centered) @ w
-    return torch.where(total > 0, 1.0 - resid / total.clamp_min(1e-300), torch.ones_like(total))
+    ``resid`` (N,) and normalized weights ``w`` (S,) summing to 1 (1 where ``y`` is constant)."""
+    total = (y - (y @ w).unsqueeze(1)).square_() @ w
+    r2 = 1.0 - resid / total
+    return r2 if bool((total > 0).all()) else torch.where(total > 0, r2, torch.ones_like(r2))
 
 
 def weighted_ridge(
@@ -126,7 +126,8 @@ def efficient_wls(
         total: (N,) full-coalition value minus the empty-coalition value.
         exact: the coalitions are a full enumeration; standard errors are then zero.
     """
-    z, y, w, total = (t.to(torch.float64) for t in (z, y, w, total))
+    f64 = torch.float64
+    z, y, w, total = z.to(f64), y.to(f64), w.to(f64), total.to(f64)
     s, p = z.shape
     w = w / w.sum()
     if p == 1:
@@ -139,12 +140,11 @@ def efficient_wls(
     yr = torch.addcmul(y, total.unsqueeze(1), last.T, value=-1.0)
     head, inv = solve_normal(xr.T @ xw, xw.T @ yr.T)  # (P-1, N)
     # phi = [head; total - sum(head)], so the fitted values are yr's fit plus last * total
-    err = yr - head.T @ xr.T
-    resid = (err * err) @ w
-    coef = torch.cat([head, (total - head.sum(0)).unsqueeze(0)]).T
+    resid = torch.addmm(yr, head.T, xr.T, alpha=-1.0).square_() @ w
+    coef = torch.cat([head.T, (total - head.sum(0)).unsqueeze(1)], dim=1)
     if exact:
         stderr = torch.zeros_like(coef)
     else:
         var = torch.cat([torch.diagonal(inv), inv.sum().reshape(1)])
-        stderr = torch.outer(resid / max(s - (p - 1), 1), var).clamp_min(0).sqrt()
+        stderr = torch.outer(resid / max(s - (p - 1), 1), var).clamp_min_(0).sqrt_()
     return LinearFit(coef, torch.zeros_like(total), _r2(y, resid, w), stderr)
