@@ -127,7 +127,10 @@ def block_scores(
         >>> block_scores(fwd, resolve_target(None, fwd(x)), block, 2, 4, rows=3)
         tensor([ 3.,  6.,  9., 12.,  3.,  6.,  9., 12.])
     """
-    ex_all = torch.arange(n, device=device).repeat_interleave(s)
+    # Rows need their example's index only for a per-example target or batch-aligned
+    # model arguments; otherwise none is built.
+    needs_index = target.per_example or forward.aligned
+    ex_all = torch.arange(n, device=device).repeat_interleave(s) if needs_index else None
     per = max(1, rows // s)  # whole examples per block, else perturbations per block
     if balance and per < n:
         per = -(-n // -(-n * s // rows))
@@ -139,6 +142,6 @@ def block_scores(
             for j0 in range(0, s, step):
                 j1 = min(s, j0 + step)
                 lo = e0 * s + j0
-                ex = ex_all[lo : lo + (e1 - e0) * (j1 - j0)]
+                ex = ex_all[lo : lo + (e1 - e0) * (j1 - j0)] if ex_all is not None else None
                 outputs.append(target.scores(forward(block(e0, e1, j0, j1), ex), ex))
     return outputs[0] if len(outputs) == 1 else torch.cat(outputs)

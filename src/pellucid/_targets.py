@@ -120,6 +120,14 @@ class Forward:
             return value.index_select(0, example_index.to(value.device))
         return value
 
+    @property
+    def aligned(self) -> bool:
+        """Whether some extra argument is batch-aligned (rows then need their example index)."""
+        return any(
+            isinstance(v, torch.Tensor) and v.ndim > 0 and v.shape[0] == self.n_examples
+            for v in (*self.args, *self.kwargs.values())
+        )
+
     def __call__(self, x: torch.Tensor, example_index: torch.Tensor | None = None) -> torch.Tensor:
         args = [self._align(a, example_index) for a in self.args]
         kwargs = {k: self._align(v, example_index) for k, v in self.kwargs.items()}
@@ -158,6 +166,11 @@ class ResolvedTarget:
         elif idx.shape[0] != flat.shape[0]:
             idx = idx.to(output.device).repeat_interleave(flat.shape[0] // idx.shape[0])
         return flat.gather(1, idx.to(output.device).view(-1, 1)).squeeze(1)
+
+    @property
+    def per_example(self) -> bool:
+        """Whether scoring a row needs the index of its example (one class per example)."""
+        return self.kind == "index" and self.column is None
 
     def describe(self) -> Any:
         """A JSON-able record of what was explained (stored in ``Explanation.target``)."""

@@ -57,6 +57,11 @@ class LayerForward(Forward):
         self.layer = layer
         self.raw_inputs = raw_inputs
 
+    @property
+    def aligned(self) -> bool:
+        """Always: each row runs on its own example's raw inputs."""
+        return True
+
     def __call__(self, x: torch.Tensor, example_index: torch.Tensor | None = None) -> torch.Tensor:
         if example_index is None:
             if x.shape[0] != self.n_examples:

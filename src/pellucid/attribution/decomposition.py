@@ -72,11 +72,7 @@ def _deeplift_handlers() -> dict[str, Handler]:
 def _is_shared(baseline: torch.Tensor, forward: Forward) -> bool:
     """Whether every example has the same baseline row and no per-example model argument:
     then one reference row serves every example."""
-    aligned = any(
-        isinstance(v, torch.Tensor) and v.ndim > 0 and v.shape[0] == forward.n_examples
-        for v in (*forward.args, *forward.kwargs.values())
-    )
-    return not aligned and torch.equal(baseline, baseline[:1].expand_as(baseline))
+    return not forward.aligned and torch.equal(baseline, baseline[:1].expand_as(baseline))
 
 
 class _PairedForward(Forward):
