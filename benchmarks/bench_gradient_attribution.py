@@ -30,17 +30,22 @@ from pellucid.models import MLP, SmallCNN, TinyResNet
 warnings.filterwarnings("ignore")
 
 
-def best_times(fns: list[Callable[[], Any]], repeats: int) -> list[float]:
-    """Best-of-``repeats`` time of each function, runs interleaved so that load from other
+def best_times(fns: list[Callable[[], Any]], repeats: int, min_seconds: float = 0.3) -> list[float]:
+    """Best time of each function over at least ``repeats`` rounds, and over as many rounds
+    as fit in ``min_seconds`` per function; the runs are interleaved so that load from other
     processes on a shared machine hits all of them alike."""
     for fn in fns:
         fn()  # warm-up
     best = [float("inf")] * len(fns)
-    for _ in range(repeats):
+    spent = [0.0] * len(fns)
+    rounds = 0
+    while rounds < repeats or (min(spent) < min_seconds and rounds < 500):
         for i, fn in enumerate(fns):
             start = time.perf_counter()
             fn()
-            best[i] = min(best[i], time.perf_counter() - start)
+            elapsed = time.perf_counter() - start
+            best[i], spent[i] = min(best[i], elapsed), spent[i] + elapsed
+        rounds += 1
     return best
 
 

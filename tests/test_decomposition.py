@@ -423,3 +423,19 @@ def test_deeplift_refuses_control_flow_that_differs_for_the_baseline():
     ):
         deeplift(net, x)
     assert [p.requires_grad for p in net.parameters()] == flags
+
+
+class _PoolWithIndices(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 2, 3, padding=1)
+        self.pool = nn.MaxPool2d(2, return_indices=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out, _ = self.pool(self.conv(x))
+        return out.flatten(1)
+
+
+def test_deeplift_refusal_in_the_reference_pass_names_the_layer():
+    with pytest.raises(UnsupportedOperationError, match=r"`max_pool2d_with_indices` \(in pool\)"):
+        deeplift(_PoolWithIndices().to(D), _images(2), target=0)

@@ -290,8 +290,17 @@ class RuleEngine:
         self.calls[key] += 1
 
     @contextmanager
-    def active(self) -> Iterator[None]:
-        """Attach the rules for the duration of one model call."""
+    def active(self, *, track_modules: bool = True) -> Iterator[None]:
+        """Attach the rules for the duration of one model call. ``track_modules`` follows
+        the running module (for :attr:`records` and error messages) with global module
+        hooks, which put every module call on torch's slower hooked path."""
+        if not track_modules:
+            try:
+                with _Mode(self):
+                    yield
+            finally:
+                self.stack.clear()
+            return
 
         def push(module: nn.Module, args: Any) -> None:
             self.stack.append(module)
@@ -369,7 +378,7 @@ class RuleEngine:
         )
 
     def dispatch(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        name = getattr(func, "__name__", repr(func))
+        name = getattr(func, "__name__", None) or repr(func)
         if name == "__get__":  # a tensor property such as x.T: name it by the property
             name = getattr(getattr(func, "__self__", None), "__name__", name)
         if self._mode is not None and name in self.reference_ops:

@@ -34,6 +34,7 @@ from pellucid.attribution._rules import (
     Handler,
     Rule,
     RuleEngine,
+    UnsupportedOperationError,
     eval_batch_norm,
     freeze_parameters,
     linear_handlers,
@@ -113,8 +114,15 @@ class _PairedForward(Forward):
             base, base_index = self.baseline, example_index
             if example_index is not None:
                 base = base.index_select(0, example_index.to(base.device))
-        with self.engine.active(), self.engine.reference_pass():
-            reference = super().__call__(base.to(x.dtype), base_index)
+        base = base.to(x.dtype)
+        try:  # the reference pass records nothing per layer: no module tracking (faster)
+            with self.engine.active(track_modules=False), self.engine.reference_pass():
+                reference = super().__call__(base, base_index)
+        except UnsupportedOperationError:
+            with self.engine.active(), self.engine.reference_pass():  # to name the layer
+                super().__call__(base, base_index)
+            raise
+
         with self.engine.active(), self.engine.paired_pass(broadcast=shared):
             out = super().__call__(x, example_index)
         if shared and reference.ndim > 0:
