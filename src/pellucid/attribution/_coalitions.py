@@ -335,7 +335,9 @@ class CoalitionValues:
             self.ref = ref.reshape(n, -1)
             self.weights = None
         # one baseline shared by every example (the usual case) broadcasts instead of a gather
-        self.shared_ref = self.weights is None and bool((self.ref == self.ref[:1]).all())
+        self.shared_ref = self.weights is None and torch.equal(
+            self.ref, self.ref[:1].expand_as(self.ref)
+        )
         self.n_ref = self.ref.shape[0] if self.weights is not None else 1
         self.batch_size = batch_size
 

@@ -17,6 +17,7 @@ backward pass in which some operations use the rule's backward instead of their 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -70,6 +71,13 @@ class Rescale(PairedRule):
         x_ref, y_ref = saved
         y = op(x)
         dx = x - x_ref
+        if self.relu:
+            # A ReLU's secant lies in [0, 1] however small dx is (the difference of two
+            # clamped values never exceeds the difference of the values): only dx == 0,
+            # 0/0, needs the local slope, and one sum tells whether any entry is NaN.
+            secant = (y - y_ref).div_(dx)
+            if math.isfinite(float(secant.sum())):
+                return y, secant
         close = _close(dx.abs(), self.eps)
         if close is None:
             return y, (y - y_ref).div_(dx)
