@@ -79,6 +79,40 @@ def test_targets():
     )
 
 
+def test_an_int_target_scores_one_column_without_row_indices():
+    out = torch.tensor([[0.1, 0.9], [0.8, 0.2]])
+    one, same = resolve_target(-1, out), resolve_target([1, 1], out)
+    assert one.column == 1 and not one.per_example
+    assert same.column is None and same.per_example
+    rows = torch.cat([out, out, out])
+    index = torch.tensor([0, 1, 0, 1, 0, 1])
+    torch.testing.assert_close(one.scores(rows), same.scores(rows, index), rtol=0, atol=0)
+    torch.testing.assert_close(one.scores(rows, index), rows[:, 1], rtol=0, atol=0)
+    assert torch.equal(one.describe(), torch.tensor([1, 1]))
+
+
+def test_forward_knows_when_rows_need_their_example_index():
+    from pellucid._targets import Forward
+
+    model = torch.nn.Linear(2, 1)
+    assert not Forward(model, n_examples=3).aligned
+    assert not Forward(model, n_examples=3, forward_args=(torch.ones(1),)).aligned
+    assert Forward(model, n_examples=3, forward_kwargs={"mask": torch.ones(3, 2)}).aligned
+
+
+@pytest.mark.parametrize("method", ["kernel_shap", "occlusion", "lime", "sampling_shapley"])
+def test_an_int_target_equals_the_same_index_per_example(method):
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(5, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
+    x = torch.randn(4, 5, dtype=torch.float64)
+    net = net.to(torch.float64)
+    kw = {"generator": torch.Generator().manual_seed(1)} if method != "occlusion" else {}
+    a = pellucid.attribute(net, x, method=method, target=2, **kw)
+    kw = {"generator": torch.Generator().manual_seed(1)} if method != "occlusion" else {}
+    b = pellucid.attribute(net, x, method=method, target=[2, 2, 2, 2], **kw)
+    torch.testing.assert_close(a.attributions, b.attributions, rtol=0, atol=1e-12)
+
+
 def test_select_output():
     t = torch.ones(2, 3)
     assert select_output((t, "x")) is t

@@ -120,6 +120,27 @@ class Forward:
             return value.index_select(0, example_index.to(value.device))
         return value
 
+    def with_model(self, model: Callable[..., Any]) -> Forward:
+        """The same arguments and output selection around another model callable."""
+        return Forward(
+            model,
+            n_examples=self.n_examples,
+            forward_args=self.args,
+            forward_kwargs=self.kwargs,
+            output=self.output,
+        )
+
+    def _adopt(self, other: Forward) -> None:
+        """Initialize as a copy of ``other``'s configuration (for subclasses)."""
+        Forward.__init__(
+            self,
+            other.model,
+            n_examples=other.n_examples,
+            forward_args=other.args,
+            forward_kwargs=other.kwargs,
+            output=other.output,
+        )
+
     @property
     def aligned(self) -> bool:
         """Whether some extra argument is batch-aligned (rows then need their example index)."""

@@ -47,13 +47,7 @@ class LayerForward(Forward):
     """
 
     def __init__(self, base: Forward, layer: nn.Module, raw_inputs: torch.Tensor) -> None:
-        super().__init__(
-            base.model,
-            n_examples=base.n_examples,
-            forward_args=base.args,
-            forward_kwargs=base.kwargs,
-            output=base.output,
-        )
+        self._adopt(base)
         self.layer = layer
         self.raw_inputs = raw_inputs
 

@@ -360,13 +360,7 @@ class RuleEngine:
             with self.active():
                 return model(*args, **kwargs)
 
-        return Forward(
-            call,
-            n_examples=forward.n_examples,
-            forward_args=forward.args,
-            forward_kwargs=forward.kwargs,
-            output=forward.output,
-        )
+        return forward.with_model(call)
 
     # ------------------------------------------------------------------ dispatch
     def unsupported(self, name: str, why: str = "") -> UnsupportedOperationError:

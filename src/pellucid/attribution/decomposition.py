@@ -86,13 +86,7 @@ class _PairedForward(Forward):
     ``reference_output`` is the baselines' output of the last call, one row per input row."""
 
     def __init__(self, engine: RuleEngine, forward: Forward, baseline: torch.Tensor) -> None:
-        super().__init__(
-            forward.model,
-            n_examples=forward.n_examples,
-            forward_args=forward.args,
-            forward_kwargs=forward.kwargs,
-            output=forward.output,
-        )
+        self._adopt(forward)
         self.engine, self.baseline = engine, baseline
         self.shared = _is_shared(baseline, forward)
         self.reference_output: torch.Tensor | None = None
