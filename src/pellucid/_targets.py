@@ -15,6 +15,7 @@ from typing import Any, cast
 
 import torch
 
+from pellucid._kernels import fast_kernels, fast_pools
 from pellucid._validation import _describe
 
 __all__ = ["Forward", "ResolvedTarget", "resolve_target", "select_output"]
@@ -109,6 +110,8 @@ class Forward:
         self.args = tuple(forward_args)
         self.kwargs = dict(forward_kwargs or {})
         self.output = output
+        # faster equivalent kernels while the model runs (see ``_kernels``)
+        self.pools = fast_pools(model)
 
     def _align(self, value: Any, example_index: torch.Tensor | None) -> Any:
         if (
@@ -121,14 +124,17 @@ class Forward:
         return value
 
     def with_model(self, model: Callable[..., Any]) -> Forward:
-        """The same arguments and output selection around another model callable."""
-        return Forward(
+        """The same arguments and output selection around another model callable (one that
+        calls this one's model)."""
+        forward = Forward(
             model,
             n_examples=self.n_examples,
             forward_args=self.args,
             forward_kwargs=self.kwargs,
             output=self.output,
         )
+        forward.pools = self.pools
+        return forward
 
     def _adopt(self, other: Forward) -> None:
         """Initialize as a copy of ``other``'s configuration (for subclasses)."""
@@ -140,6 +146,7 @@ class Forward:
             forward_kwargs=other.kwargs,
             output=other.output,
         )
+        self.pools = other.pools
 
     @property
     def aligned(self) -> bool:
@@ -152,7 +159,9 @@ class Forward:
     def __call__(self, x: torch.Tensor, example_index: torch.Tensor | None = None) -> torch.Tensor:
         args = [self._align(a, example_index) for a in self.args]
         kwargs = {k: self._align(v, example_index) for k, v in self.kwargs.items()}
-        return select_output(self.model(x, *args, **kwargs), self.output)
+        with fast_kernels(self.pools):
+            raw = self.model(x, *args, **kwargs)
+        return select_output(raw, self.output)
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from pellucid._kernels import channels_last_pool
 from pellucid.attribution._rules import PairedRule, Rule, vjp
 
 __all__ = ["AlphaBeta", "DeepLiftMaxPool", "Epsilon", "Rescale", "stabilize"]
@@ -109,14 +110,8 @@ class DeepLiftMaxPool(PairedRule):
         self.kwargs["return_indices"] = True
 
     def _pool(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if x.ndim == 4 and x.device.type == "cpu":
-            # The CPU kernel is ~5x faster on channels-last tensors (32x32x8x8: 94 us with
-            # both conversions, 486 us as is; 32x32x32x32: 2.4 ms, 7.5 ms); same values.
-            y, indices = self.func(
-                x.contiguous(memory_format=torch.channels_last), *self.rest, **self.kwargs
-            )
-            return y.contiguous(), indices.contiguous()
-        return self.func(x, *self.rest, **self.kwargs)
+        # the faster CPU kernel for many channels (same values and indices; see _kernels)
+        return channels_last_pool(self.func, x, *self.rest, **self.kwargs)
 
     def reference(self, op: Op, x: torch.Tensor) -> tuple[torch.Tensor, Any]:
         y, indices = self._pool(x)

@@ -1,0 +1,73 @@
+"""The faster equivalent CPU kernels pellucid uses while it evaluates a model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import pellucid
+from pellucid._kernels import channels_last_pool, fast_kernels, fast_pools
+from pellucid.models import SmallCNN
+
+
+def _tied(n: int = 6, c: int = 16, hw: int = 8) -> torch.Tensor:
+    torch.manual_seed(0)  # ReLU zeros and repeated values: many ties inside the windows
+    return torch.randn(n, c, hw, hw).relu().mul(4).round()
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"stride": 1}, {"padding": 1}, {"ceil_mode": True}])
+def test_channels_last_pooling_is_identical_also_on_ties(kwargs):
+    x = _tied(hw=7)
+    pool = torch.nn.functional.max_pool2d_with_indices
+    fast_y, fast_i = channels_last_pool(pool, x, 3, **kwargs)
+    y, i = pool(x, 3, **kwargs)
+    assert torch.equal(fast_y, y) and torch.equal(fast_i, i)
+    assert fast_y.is_contiguous() and fast_i.is_contiguous()
+
+
+class _Pools(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.MaxPool2d(2)
+        self.b = nn.MaxPool2d(2, return_indices=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out, idx = self.b(self.a(x))
+        return out.view(out.shape[0], -1) + idx.view(idx.shape[0], -1)  # .view needs NCHW
+
+
+def test_fast_kernels_leave_outputs_and_hooks_as_without_them():
+    net, x = _Pools(), _tied(hw=16)
+    seen = []
+    user = net.a.register_forward_hook(lambda m, a, out: seen.append(out.is_contiguous()))
+    pools = fast_pools(net)
+    assert pools == (net.a, net.b)
+    with torch.no_grad():
+        plain = net(x)
+        with fast_kernels(pools):
+            fast = net(x)
+    assert torch.equal(fast, plain)
+    assert seen == [True, True]  # the user's hook saw a contiguous output both times
+    assert list(net.a._forward_hooks) == [user.id] and not net.a._forward_pre_hooks
+    with pytest.raises(RuntimeError), torch.no_grad(), fast_kernels(pools):
+        net(torch.zeros(2, 16, 1, 1))  # too small to pool: the model raises
+    assert list(net.a._forward_hooks) == [user.id] and not net.b._forward_pre_hooks
+
+
+def test_fast_kernels_stay_off_with_a_graph():
+    net, x = _Pools(), _tied(hw=16).requires_grad_(True)
+    with fast_kernels(fast_pools(net)):
+        assert not net.a._forward_pre_hooks
+        net(x)
+
+
+def test_perturbation_results_do_not_change(monkeypatch):
+    import pellucid._targets as targets
+
+    torch.manual_seed(0)
+    cnn, x = SmallCNN().eval(), torch.randn(4, 1, 8, 8)
+    fast = pellucid.occlusion(cnn, x, target=3, window=(1, 2, 2)).attributions
+    monkeypatch.setattr(targets, "fast_pools", lambda model: ())
+    plain = pellucid.occlusion(cnn, x, target=3, window=(1, 2, 2)).attributions
+    torch.testing.assert_close(fast, plain, rtol=0, atol=0)
