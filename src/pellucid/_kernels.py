@@ -4,26 +4,30 @@ PyTorch's CPU max pooling is several times slower on contiguous (NCHW) tensors t
 channels-last ones whenever there are more than a few channels: it vectorizes along the
 width, which is short in small images. Measured here (one thread, 2x2 pooling, inputs of
 2M values, both format conversions included): 2.2-3.9x faster from 8 channels up, for 8x8
-to 112x112 images; slower with 3 channels. Forward and backward give identical values,
-indices and gradients (the same window scan picks the same maximum on ties). On the
-digits SmallCNN, max pooling is a third of a forward pass; occlusion of 16 digits runs
-1.2x faster with it.
+to 112x112 images; slower with 3 channels. Values and indices are identical (the same
+window scan picks the same maximum on ties). On the digits SmallCNN max pooling is a third
+of a forward pass.
 
-:func:`fast_kernels` feeds the model's ``nn.MaxPool2d`` modules channels-last copies of their
-inputs while pellucid evaluates it without a graph (perturbations, metrics: most of the
-model evaluations), through hooks on those modules only, removed on exit (a
-torch-function mode would put every operation of the model through Python); outputs come
-back contiguous. Models without max pooling pay nothing.
+:func:`fast_kernels` runs the model's ``nn.MaxPool2d`` modules that way for the duration of
+one call: their ``forward`` is shadowed by an instance attribute, removed again on exit
+(also when the call raises), so the model is left exactly as it was and nothing else of it
+is touched (a torch-function mode would put every operation of the model through Python).
+Without a graph the pooling simply runs on a channels-last copy; with one, a small autograd
+function keeps the fast forward and the (already fast) contiguous backward, with the same
+gradients. Models without max pooling pay nothing; rule-based methods, which decompose the
+pooling themselves, do not use it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torch.nn.modules.utils import _pair
 
 __all__ = ["channels_last_pool", "fast_kernels", "fast_pools"]
 
@@ -58,37 +62,68 @@ def channels_last_pool(func: Any, x: torch.Tensor, *args: Any, **kwargs: Any) ->
     return _contiguous(func(x.contiguous(memory_format=torch.channels_last), *args, **kwargs))
 
 
-def _to_channels_last(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
-    # (grad may be switched on inside the block, e.g. from an explained layer on)
-    if args and _worth_it(args[0]) and not (torch.is_grad_enabled() and args[0].requires_grad):
-        return (args[0].contiguous(memory_format=torch.channels_last), *args[1:])
-    return None
+class _MaxPool2d(torch.autograd.Function):
+    """Max pooling with the channels-last forward and the contiguous backward."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, params: tuple[Any, ...]) -> torch.Tensor:
+        kernel, stride, padding, dilation, ceil_mode = params
+        y, indices = channels_last_pool(
+            F.max_pool2d_with_indices, x, kernel, stride, padding, dilation, ceil_mode
+        )
+        ctx.save_for_backward(x, indices)
+        ctx.params = params
+        return y
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        x, indices = ctx.saved_tensors
+        kernel, stride, padding, dilation, ceil_mode = ctx.params
+        grad_x = torch.ops.aten.max_pool2d_with_indices_backward(
+            grad.contiguous(), x, kernel, stride, padding, dilation, ceil_mode, indices
+        )
+        return grad_x, None
 
 
-def _to_contiguous(module: nn.Module, args: Any, out: Any) -> Any:
-    return _contiguous(out)
+def _fast_forward(module: nn.MaxPool2d) -> Callable[[torch.Tensor], Any]:
+    kernel = list(_pair(module.kernel_size))
+    stride = list(_pair(module.stride)) if module.stride else kernel
+    params = (
+        kernel,
+        stride,
+        list(_pair(module.padding)),
+        list(_pair(module.dilation)),
+        bool(module.ceil_mode),
+    )
+    original = type(module).forward
+
+    def forward(x: torch.Tensor) -> Any:
+        if not _worth_it(x):
+            return original(module, x)
+        if torch.is_grad_enabled() and x.requires_grad:
+            if module.return_indices:
+                return original(module, x)
+            return _MaxPool2d.apply(x, params)
+        func = F.max_pool2d_with_indices if module.return_indices else F.max_pool2d
+        return channels_last_pool(func, x, *params)
+
+    return forward
 
 
 @contextmanager
 def fast_kernels(pools: Sequence[nn.Module]) -> Iterator[None]:
     """Within the block, the max-pooling modules ``pools`` (from :func:`fast_pools`) run on
-    channels-last copies of CPU inputs with many channels (identical results, faster).
-    Their hooks are removed on exit, also when the block raises. Only without a graph: with
-    one, the conversions' backward copies cost what the faster forward saves."""
-    if not pools or torch.is_grad_enabled():
-        yield
-        return
-    handles = []
+    channels-last copies of CPU inputs with many channels (identical results, faster)."""
+    shadowed = []
     try:
         for module in pools:
-            # after the user's pre-hooks (they see the input as given), and before the
-            # user's forward hooks (they see the output contiguous, as without us)
-            handles.append(module.register_forward_pre_hook(_to_channels_last))
-            handles.append(module.register_forward_hook(_to_contiguous, prepend=True))
+            if "forward" not in module.__dict__:  # a forward set on the instance: leave it
+                module.forward = _fast_forward(module)  # type: ignore[method-assign]
+                shadowed.append(module)
         yield
     finally:
-        for handle in handles:
-            handle.remove()
+        for module in shadowed:
+            del module.forward
 
 
 def fast_pools(model: Any) -> tuple[nn.Module, ...]:
@@ -96,4 +131,4 @@ def fast_pools(model: Any) -> tuple[nn.Module, ...]:
     :func:`fast_kernels` may speed up; none for other callables."""
     if not isinstance(model, nn.Module):
         return ()
-    return tuple(m for m in model.modules() if isinstance(m, nn.MaxPool2d))
+    return tuple(m for m in model.modules() if type(m) is nn.MaxPool2d)

@@ -124,17 +124,14 @@ class Forward:
         return value
 
     def with_model(self, model: Callable[..., Any]) -> Forward:
-        """The same arguments and output selection around another model callable (one that
-        calls this one's model)."""
-        forward = Forward(
+        """The same arguments and output selection around another model callable."""
+        return Forward(
             model,
             n_examples=self.n_examples,
             forward_args=self.args,
             forward_kwargs=self.kwargs,
             output=self.output,
         )
-        forward.pools = self.pools
-        return forward
 
     def _adopt(self, other: Forward) -> None:
         """Initialize as a copy of ``other``'s configuration (for subclasses)."""
