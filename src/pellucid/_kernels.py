@@ -111,14 +111,14 @@ def _fast_forward(module: nn.MaxPool2d) -> Callable[[torch.Tensor], Any]:
 
 
 @contextmanager
-def fast_kernels(pools: Sequence[nn.Module]) -> Iterator[None]:
+def fast_kernels(pools: Sequence[nn.MaxPool2d]) -> Iterator[None]:
     """Within the block, the max-pooling modules ``pools`` (from :func:`fast_pools`) run on
     channels-last copies of CPU inputs with many channels (identical results, faster)."""
     shadowed = []
     try:
         for module in pools:
             if "forward" not in module.__dict__:  # a forward set on the instance: leave it
-                module.forward = _fast_forward(module)  # type: ignore[method-assign]
+                module.forward = _fast_forward(module)  # type: ignore[method-assign,assignment]
                 shadowed.append(module)
         yield
     finally:
@@ -126,9 +126,9 @@ def fast_kernels(pools: Sequence[nn.Module]) -> Iterator[None]:
             del module.forward
 
 
-def fast_pools(model: Any) -> tuple[nn.Module, ...]:
+def fast_pools(model: Any) -> tuple[nn.MaxPool2d, ...]:
     """The 2-d max-pooling modules of ``model`` (an ``nn.Module``) that
     :func:`fast_kernels` may speed up; none for other callables."""
     if not isinstance(model, nn.Module):
         return ()
-    return tuple(m for m in model.modules() if type(m) is nn.MaxPool2d)
+    return tuple(m for m in model.modules() if type(m) is nn.MaxPool2d)  # type: ignore[misc]
