@@ -267,9 +267,11 @@ def test_kernel_shap_balanced_design_beats_independent_draws(monkeypatch):
     balanced = ours()
     iid = sum(error(_iid_kernel_shap(net, x, 200, s)) for s in range(8)) / 8
     _coalitions._balanced_design.cache_clear()
+    _coalitions._kernel_design.cache_clear()
     monkeypatch.setattr(_coalitions, "BALANCE_MAX_COALITIONS", 0)  # same strata, no balancing
     unbalanced = ours()
     _coalitions._balanced_design.cache_clear()
+    _coalitions._kernel_design.cache_clear()
     # measured over these 8 seeds: 0.026 (balanced), 0.032 (unbalanced), 0.042 (i.i.d.);
     # 200 of the 4094 coalitions, exact Shapley as the oracle
     assert balanced < 0.035

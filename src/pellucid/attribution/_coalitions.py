@@ -167,16 +167,24 @@ def kernel_coalitions(
         z = all_coalitions(p, device)[1:-1]
         w = shapley_kernel_weights(p, z.sum(1))
         return z, w / w.sum(), True
+    z, w, sampled = _kernel_design(p, n_samples)
+    if sampled:  # a uniform relabelling of the players (it maps every size's set to itself)
+        z = z.index_select(1, torch.randperm(p, generator=generator))
+    return z.to(device), w.to(device), False
+
+
+@functools.lru_cache(maxsize=16)
+def _kernel_design(p: int, n_samples: int) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """The enumerated coalitions, then the balanced design and its complements, with their
+    normalized weights (cached per ``(P, budget)``; callers relabel, never modify)."""
     enum_z, enum_w, drawn = _kernel_layout(p, n_samples)
     parts, weights = [enum_z], [enum_w]
     if drawn:
         design, w = _balanced_design(p, drawn)
-        z = design.index_select(1, torch.randperm(p, generator=generator))
-        parts += [z, ~z]
+        parts += [design, ~design]
         weights += [w, w]
-    z = torch.cat(parts).to(device)
-    w = torch.cat(weights).to(device)
-    return z, w / w.sum(), False
+    z, w = torch.cat(parts), torch.cat(weights)
+    return z, w / w.sum(), bool(drawn)
 
 
 @functools.lru_cache(maxsize=16)
