@@ -227,7 +227,8 @@ def freeze_parameters(model: Any) -> None:
     it), so that only tensors computed from the explained rows require grad."""
     if isinstance(model, nn.Module):
         for param in model.parameters():
-            param.requires_grad_(False)
+            if param.requires_grad:
+                param.requires_grad_(False)
 
 
 class _Mode(TorchFunctionMode):

@@ -10,6 +10,7 @@ how far the attributions' sum is from the output difference they decompose.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from typing import Any
 
@@ -55,7 +56,9 @@ def _sum(x: torch.Tensor) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------- DeepLIFT
-def _deeplift_handlers() -> dict[str, Handler]:
+@functools.cache
+def _deeplift_handlers() -> Mapping[str, Handler]:
+    """DeepLIFT's handlers (stateless; built once)."""
     handlers = linear_handlers()
     rescale, relu = Rescale(), Rescale(relu=True)
 
@@ -68,6 +71,9 @@ def _deeplift_handlers() -> dict[str, Handler]:
     handlers.update({name: (lambda *a: relu) for name in RELU_OPS})
     handlers.update({name: maxpool for name in MAX_POOL_OPS})
     return handlers
+
+
+_REFERENCE_OPS = ACTIVATIONS | MAX_POOL_OPS
 
 
 def _is_shared(baseline: torch.Tensor, forward: Forward) -> bool:
@@ -203,9 +209,7 @@ def deeplift(
             background=background,
         )
         freeze_parameters(model)
-        engine = RuleEngine(
-            "deeplift", _deeplift_handlers(), model, reference_ops=ACTIVATIONS | MAX_POOL_OPS
-        )
+        engine = RuleEngine("deeplift", _deeplift_handlers(), model, reference_ops=_REFERENCE_OPS)
         n = x.shape[0]
         size = grad_batch_size(batch_size, x[0].numel(), total=n)
         paired: list[_PairedForward] = []
