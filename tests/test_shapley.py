@@ -268,10 +268,12 @@ def test_kernel_shap_balanced_design_beats_independent_draws(monkeypatch):
     iid = sum(error(_iid_kernel_shap(net, x, 200, s)) for s in range(8)) / 8
     _coalitions._balanced_design.cache_clear()
     _coalitions._kernel_design.cache_clear()
+    _coalitions._factored_design.cache_clear()
     monkeypatch.setattr(_coalitions, "BALANCE_MAX_COALITIONS", 0)  # same strata, no balancing
     unbalanced = ours()
     _coalitions._balanced_design.cache_clear()
     _coalitions._kernel_design.cache_clear()
+    _coalitions._factored_design.cache_clear()
     # measured over these 8 seeds: 0.026 (balanced), 0.032 (unbalanced), 0.042 (i.i.d.);
     # 200 of the 4094 coalitions, exact Shapley as the oracle
     assert balanced < 0.035
@@ -434,3 +436,21 @@ def test_sampling_shapley_without_antithetic_pairs():
     assert e.extras["efficiency_gap"].abs().max() < 1e-10 and (e.extras["stderr"] > 0).any()
     with pytest.raises(TypeError, match="`antithetic` must be True or False"):
         sampling_shapley(net, x, target=0, antithetic=1)
+
+
+def test_cached_factored_design_equals_fitting_the_relabelled_coalitions():
+    from pellucid.attribution._coalitions import kernel_design
+    from pellucid.attribution._linear_fit import constrained_fit, efficient_wls
+
+    torch.manual_seed(0)
+    z, design, perm, exact = kernel_design(12, 300, generator=_gen(3))
+    again = kernel_design(12, 300, generator=_gen(4))[1]
+    assert again is design and perm is not None and not exact  # factored once, cached
+    y, total = torch.randn(5, z.shape[0], dtype=D), torch.randn(5, dtype=D)
+    fit = constrained_fit(design, y, total)
+    direct = efficient_wls(z, y, design.w, total)
+    torch.testing.assert_close(fit.coef.index_select(1, perm), direct.coef, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(
+        fit.stderr.index_select(1, perm), direct.stderr, rtol=1e-9, atol=1e-12
+    )
+    torch.testing.assert_close(fit.r2, direct.r2)

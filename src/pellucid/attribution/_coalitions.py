@@ -21,6 +21,7 @@ import torch
 from pellucid._batching import block_scores, chunk_rows, map_chunks
 from pellucid._targets import Forward, ResolvedTarget
 from pellucid._validation import _describe
+from pellucid.attribution._linear_fit import ConstrainedDesign, constrained_design
 from pellucid.attribution.segmentation import grid_segments, slic_segments
 
 __all__ = [
@@ -29,6 +30,7 @@ __all__ = [
     "all_coalitions",
     "chunk_rows",
     "kernel_coalitions",
+    "kernel_design",
     "mix",
     "resolve_feature_mask",
     "shapley_kernel_weights",
@@ -171,6 +173,43 @@ def kernel_coalitions(
     if sampled:  # a uniform relabelling of the players (it maps every size's set to itself)
         z = z.index_select(1, torch.randperm(p, generator=generator))
     return z.to(device), w.to(device), False
+
+
+def kernel_design(
+    n_players: int, n_samples: int, *, generator: torch.Generator | None, device: Any = None
+) -> tuple[torch.Tensor, ConstrainedDesign, torch.Tensor | None, bool]:
+    """:func:`kernel_coalitions` with the regression design factored once per ``(P, budget)``.
+
+    Returns ``(z, design, perm, exact)``: the coalitions to evaluate (S, P) bool, relabelled
+    at random; their factored design in the coordinates before the relabelling, cached; the
+    relabelling (the fit's coefficients ``c`` belong to the players as ``c[:, perm]``), None
+    when there is none; and whether the coalitions are a full enumeration.
+    """
+    key = (n_players, n_samples, str(torch.device(device if device is not None else "cpu")))
+    size = min(n_samples, (1 << min(n_players, 62)) - 2) * n_players
+    build = _factored_design if size <= _CACHED_DESIGN_ELEMENTS else _factored_design.__wrapped__
+    z, design, sampled, exact = build(*key)
+    if not sampled:
+        return z, design, None, exact
+    perm = torch.randperm(n_players, generator=generator).to(z.device)
+    return z.index_select(1, perm), design, perm, False
+
+
+#: Designs of up to this many coalition entries are cached with their factorization.
+_CACHED_DESIGN_ELEMENTS = 1 << 20
+
+
+@functools.lru_cache(maxsize=16)
+def _factored_design(
+    p: int, n_samples: int, device: str
+) -> tuple[torch.Tensor, ConstrainedDesign, bool, bool]:
+    if n_samples >= (1 << p) - 2:
+        z = all_coalitions(p, device)[1:-1]
+        w = shapley_kernel_weights(p, z.sum(1))
+        return z, constrained_design(z, w), False, True
+    z, w, sampled = _kernel_design(p, n_samples)
+    z, w = z.to(device), w.to(device)
+    return z, constrained_design(z, w), sampled, False
 
 
 @functools.lru_cache(maxsize=16)

@@ -12,7 +12,15 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["LinearFit", "efficient_wls", "solve_normal", "weighted_ridge"]
+__all__ = [
+    "ConstrainedDesign",
+    "LinearFit",
+    "constrained_design",
+    "constrained_fit",
+    "efficient_wls",
+    "solve_normal",
+    "weighted_ridge",
+]
 
 
 @dataclass(frozen=True)
@@ -106,6 +114,74 @@ def weighted_ridge(
     return LinearFit(coef, intercept, _r2(y, resid, wn), var.clamp_min(0).sqrt())
 
 
+@dataclass(frozen=True)
+class ConstrainedDesign:
+    """KernelSHAP's regression design, factored once for every response and every call that
+    shares the coalitions: ``y ~ z @ phi`` with ``sum(phi) == total``, the last player
+    eliminated (``phi_P = total - sum(others)``).
+
+    Attributes:
+        xr: (S, P-1) coalitions minus the last player's column.
+        xw: (S, P-1) ``xr`` times the weights.
+        last: (1, S) the last player's column.
+        w: (S,) the weights, normalized to sum 1.
+        inv: (P-1, P-1) inverse of the weighted Gram matrix ``xr.T @ xw``.
+        var: (P,) the coefficients' variance factors (the last: the sum of ``inv``).
+    """
+
+    xr: torch.Tensor
+    xw: torch.Tensor
+    last: torch.Tensor
+    w: torch.Tensor
+    inv: torch.Tensor
+    var: torch.Tensor
+
+
+def _inverse_psd(a: torch.Tensor) -> torch.Tensor:
+    """The inverse of a symmetric PSD matrix: Cholesky, else the pseudo-inverse (singular
+    designs, e.g. too few distinct coalitions, get the minimum-norm solution)."""
+    chol, info = torch.linalg.cholesky_ex(a)
+    if int(info) == 0:
+        inv = torch.cholesky_inverse(chol)
+        if math.isfinite(float(inv.sum())):
+            return inv
+    return torch.linalg.pinv(a, hermitian=True)
+
+
+def constrained_design(z: torch.Tensor, w: torch.Tensor) -> ConstrainedDesign:
+    """Factor KernelSHAP's design: ``z`` (S, P) coalitions (0/1, P >= 2), ``w`` (S,) weights."""
+    f64 = torch.float64
+    z, w = z.to(f64), w.to(f64)
+    w = w / w.sum()
+    last = z[:, -1:]
+    xr = z[:, :-1] - last
+    xw = xr * w.unsqueeze(1)
+    inv = _inverse_psd(xr.T @ xw)
+    var = torch.cat([torch.diagonal(inv), inv.sum().reshape(1)])
+    return ConstrainedDesign(xr, xw, last.T.contiguous(), w, inv, var)
+
+
+def constrained_fit(
+    design: ConstrainedDesign, y: torch.Tensor, total: torch.Tensor, *, exact: bool = False
+) -> LinearFit:
+    """Solve a factored design for the responses ``y`` (N, S) (values minus the empty
+    coalition's) and ``total`` (N,) (the full coalition's minus the empty one's);
+    ``exact``: the coalitions are a full enumeration, standard errors are then zero."""
+    f64 = torch.float64
+    y, total = y.to(f64), total.to(f64)
+    s, p = design.xr.shape[0], design.xr.shape[1] + 1
+    yr = torch.addcmul(y, total.unsqueeze(1), design.last, value=-1.0)
+    head = design.inv @ (design.xw.T @ yr.T)  # (P-1, N)
+    # phi = [head; total - sum(head)], so the fitted values are yr's fit plus last * total
+    resid = torch.addmm(yr, head.T, design.xr.T, alpha=-1.0).square_() @ design.w
+    coef = torch.cat([head.T, (total - head.sum(0)).unsqueeze(1)], dim=1)
+    if exact:
+        stderr = torch.zeros_like(coef)
+    else:
+        stderr = torch.outer(resid / max(s - (p - 1), 1), design.var).clamp_min_(0).sqrt_()
+    return LinearFit(coef, torch.zeros_like(total), _r2(y, resid, design.w), stderr)
+
+
 def efficient_wls(
     z: torch.Tensor,
     y: torch.Tensor,
@@ -126,25 +202,9 @@ def efficient_wls(
         total: (N,) full-coalition value minus the empty-coalition value.
         exact: the coalitions are a full enumeration; standard errors are then zero.
     """
-    f64 = torch.float64
-    z, y, w, total = z.to(f64), y.to(f64), w.to(f64), total.to(f64)
-    s, p = z.shape
-    w = w / w.sum()
-    if p == 1:
+    if z.shape[1] == 1:
+        total = total.to(torch.float64)
         coef = total.unsqueeze(1)
         zero = torch.zeros_like(coef)
         return LinearFit(coef, torch.zeros_like(total), torch.ones_like(total), zero)
-    last = z[:, -1:]
-    xr = z[:, :-1] - last
-    xw = xr * w.unsqueeze(1)
-    yr = torch.addcmul(y, total.unsqueeze(1), last.T, value=-1.0)
-    head, inv = solve_normal(xr.T @ xw, xw.T @ yr.T)  # (P-1, N)
-    # phi = [head; total - sum(head)], so the fitted values are yr's fit plus last * total
-    resid = torch.addmm(yr, head.T, xr.T, alpha=-1.0).square_() @ w
-    coef = torch.cat([head.T, (total - head.sum(0)).unsqueeze(1)], dim=1)
-    if exact:
-        stderr = torch.zeros_like(coef)
-    else:
-        var = torch.cat([torch.diagonal(inv), inv.sum().reshape(1)])
-        stderr = torch.outer(resid / max(s - (p - 1), 1), var).clamp_min_(0).sqrt_()
-    return LinearFit(coef, torch.zeros_like(total), _r2(y, resid, w), stderr)
+    return constrained_fit(constrained_design(z, w), y, total, exact=exact)

@@ -26,10 +26,10 @@ from pellucid.attribution._coalitions import (
     CoalitionValues,
     FeatureMask,
     all_coalitions,
-    kernel_coalitions,
+    kernel_design,
 )
 from pellucid.attribution._common import Prepared, prepare
-from pellucid.attribution._linear_fit import efficient_wls
+from pellucid.attribution._linear_fit import LinearFit, constrained_fit, efficient_wls
 from pellucid.explanation import Explanation
 
 __all__ = ["exact_shapley", "kernel_shap", "sampling_shapley", "summarize_background"]
@@ -379,12 +379,20 @@ def kernel_shap(
         if p == 1:
             z = torch.zeros(0, 1, dtype=torch.bool, device=device)
             weights = torch.zeros(0, dtype=torch.float64, device=device)
+            values, empty, full = _with_ends(game, z, prep.target.scores(prep.output))
+            fit = efficient_wls(z, values - empty.unsqueeze(1), weights, full - empty)
             exact = True
         else:
-            z, weights, exact = kernel_coalitions(p, budget, generator=generator, device=device)
-        values, empty, full = _with_ends(game, z, prep.target.scores(prep.output))
-        y = values - empty.unsqueeze(1)
-        fit = efficient_wls(z, y, weights.to(device), full - empty, exact=exact)
+            z, design, perm, exact = kernel_design(p, budget, generator=generator, device=device)
+            values, empty, full = _with_ends(game, z, prep.target.scores(prep.output))
+            fit = constrained_fit(design, values - empty.unsqueeze(1), full - empty, exact=exact)
+            if perm is not None:  # the design's players in the evaluated coalitions' order
+                fit = LinearFit(
+                    fit.coef.index_select(1, perm),
+                    fit.intercept,
+                    fit.r2,
+                    fit.stderr.index_select(1, perm),
+                )
     return _result(
         "kernel_shap",
         prep,
