@@ -134,16 +134,10 @@ class Forward:
         )
 
     def _adopt(self, other: Forward) -> None:
-        """Initialize as a copy of ``other``'s configuration (for subclasses)."""
-        Forward.__init__(
-            self,
-            other.model,
-            n_examples=other.n_examples,
-            forward_args=other.args,
-            forward_kwargs=other.kwargs,
-            output=other.output,
-        )
-        self.pools = other.pools
+        """Initialize as a copy of ``other``'s (already validated) configuration, for
+        subclasses."""
+        self.model, self.n_examples, self.output = other.model, other.n_examples, other.output
+        self.args, self.kwargs, self.pools = other.args, dict(other.kwargs), other.pools
 
     @property
     def aligned(self) -> bool:
