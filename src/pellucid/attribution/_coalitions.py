@@ -164,15 +164,8 @@ def kernel_coalitions(
     Returns:
         ``(coalitions (S, P) bool, weights (S,) float64 summing to 1, exact)``.
     """
-    p = n_players
-    if n_samples >= (1 << p) - 2:
-        z = all_coalitions(p, device)[1:-1]
-        w = shapley_kernel_weights(p, z.sum(1))
-        return z, w / w.sum(), True
-    z, w, sampled = _kernel_design(p, n_samples)
-    if sampled:  # a uniform relabelling of the players (it maps every size's set to itself)
-        z = z.index_select(1, torch.randperm(p, generator=generator))
-    return z.to(device), w.to(device), False
+    z, design, _, exact = kernel_design(n_players, n_samples, generator=generator, device=device)
+    return z, design.w, exact
 
 
 def kernel_design(

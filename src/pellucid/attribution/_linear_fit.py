@@ -47,13 +47,7 @@ def solve_normal(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.
     Uses a Cholesky factorization and falls back to the pseudo-inverse when ``a`` is
     singular (e.g. too few distinct samples), so the minimum-norm solution comes back.
     """
-    chol, info = torch.linalg.cholesky_ex(a)
-    if int(info) == 0:
-        inv = torch.cholesky_inverse(chol)
-        x = inv @ b
-        if math.isfinite(float(x.sum())):  # one reduction checks every entry
-            return x, inv
-    inv = torch.linalg.pinv(a, hermitian=True)
+    inv = _inverse_psd(a)
     return inv @ b, inv
 
 
