@@ -150,6 +150,8 @@ class Forward:
     def __call__(self, x: torch.Tensor, example_index: torch.Tensor | None = None) -> torch.Tensor:
         args = [self._align(a, example_index) for a in self.args]
         kwargs = {k: self._align(v, example_index) for k, v in self.kwargs.items()}
+        if not self.pools:
+            return select_output(self.model(x, *args, **kwargs), self.output)
         with fast_kernels(self.pools):
             raw = self.model(x, *args, **kwargs)
         return select_output(raw, self.output)

@@ -172,9 +172,10 @@ def prepare(
     output and ``forward`` takes such activations (see :class:`LayerForward`); the model's
     own inputs may then be token ids (any dtype).
 
-    With ``track_grad``, this first forward records the autograd graph from
-    ``leaf`` (the inputs or the layer's output) to ``graph_output``, so that a method needing one backward pass does not run the model
-    twice. ``wrap`` changes how that forward calls the model (e.g. rule engines).
+    With ``track_grad``, this first forward records the autograd graph from ``leaf`` (the
+    inputs or the layer's output) to ``graph_output``, so that a method needing one backward
+    pass does not run the model twice. ``wrap`` changes how that forward calls the model
+    (e.g. rule engines).
     """
     check_model("model", model)
     if layer is not None:

@@ -231,13 +231,29 @@ def freeze_parameters(model: Any) -> None:
                 param.requires_grad_(False)
 
 
+#: Operation names by function object (functions and builtins are long-lived; the bound
+#: ``__get__`` wrappers of tensor properties are made anew on every access: not cached).
+_NAMES: dict[Any, str] = {}
+_CACHEABLE = (type(torch.relu), type(_depends), type(torch.Tensor.add))
+
+
+def _op_name(func: Any) -> str:
+    name = getattr(func, "__name__", None) or repr(func)
+    if name == "__get__":  # a tensor property such as x.T: name it by the property
+        return str(getattr(getattr(func, "__self__", None), "__name__", name))
+    if type(func) in _CACHEABLE:
+        _NAMES[func] = name
+    return name
+
+
 class _Mode(TorchFunctionMode):
     def __init__(self, engine: RuleEngine) -> None:
         super().__init__()
         self.engine = engine
 
     def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
-        return self.engine.dispatch(func, tuple(args), dict(kwargs or {}))
+        # (``args`` is a tuple and handlers never change ``kwargs``: no copies per operation)
+        return self.engine.dispatch(func, args, kwargs if kwargs is not None else {})
 
 
 class RuleEngine:
@@ -373,9 +389,9 @@ class RuleEngine:
         )
 
     def dispatch(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        name = getattr(func, "__name__", None) or repr(func)
-        if name == "__get__":  # a tensor property such as x.T: name it by the property
-            name = getattr(getattr(func, "__self__", None), "__name__", name)
+        name = _NAMES.get(func) if type(func) in _CACHEABLE else None
+        if name is None:
+            name = _op_name(func)
         if self._mode is not None and name in self.reference_ops:
             return self._dispatch_paired(name, func, args, kwargs)
         if self._mode == "reference" or not _call_depends(args, kwargs):
