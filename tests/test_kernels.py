@@ -88,3 +88,54 @@ def test_saliency_and_occlusion_do_not_change(monkeypatch):
     ]
     for a, b in zip(fast, plain, strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+# ---------------------------------------------------------------- channels-last networks
+class _ViewNet(nn.Module):
+    """Flattens an activation with ``.view``, which refuses channels-last memory."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.head = nn.Linear(4 * 16 * 16, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.conv(x))
+        return self.head(h.view(h.shape[0], -1))
+
+
+def test_convnets_run_channels_last_with_the_same_attributions(monkeypatch):
+    import pellucid._kernels as kernels
+    from pellucid.models import TinyResNet
+
+    torch.manual_seed(0)
+    net, x = TinyResNet(in_channels=3, n_classes=4).eval(), torch.randn(3, 3, 32, 32)
+    fast = pellucid.integrated_gradients(net, x, target=1, n_steps=8)
+    sal = pellucid.saliency(net, x, target=1).attributions
+    assert kernels._CHANNELS_LAST.get(net) is True
+    assert sal.is_contiguous() and fast.attributions.is_contiguous()
+    monkeypatch.setattr(kernels, "MIN_CHANNELS_LAST_PIXELS", 1 << 30)
+    plain = pellucid.integrated_gradients(net, x, target=1, n_steps=8)
+    # other convolution kernels: equal to float32 rounding
+    torch.testing.assert_close(fast.attributions, plain.attributions, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(sal, pellucid.saliency(net, x, target=1).attributions)
+
+
+def test_a_model_that_refuses_channels_last_runs_as_given_and_is_remembered():
+    import pellucid._kernels as kernels
+
+    torch.manual_seed(0)
+    net, x = _ViewNet(), torch.randn(2, 3, 16, 16)
+    calls = []
+    net.conv.register_forward_hook(lambda m, a, out: calls.append(out.shape[0]))
+    ours = pellucid.saliency(net, x, target=0).attributions
+    assert kernels._CHANNELS_LAST.get(net) is False
+    assert len(calls) == 2  # the refused channels-last call, then the call as given
+    leaf = x.clone().requires_grad_(True)
+    (expected,) = torch.autograd.grad(net(leaf)[:, 0].sum(), leaf)
+    torch.testing.assert_close(ours, expected.abs(), rtol=0, atol=0)
+    calls.clear()
+    pellucid.occlusion(net, x, target=0, window=(3, 4, 4), stride=(3, 4, 4))
+    assert all(n > 0 for n in calls) and len(calls) == 2  # prepare, one chunk: no retries
+    with pytest.raises(ValueError, match="could not run on `inputs`"):
+        pellucid.saliency(net, torch.randn(2, 5, 16, 16), target=0)

@@ -16,10 +16,17 @@ Without a graph the pooling simply runs on a channels-last copy; with one, a sma
 function keeps the fast forward and the (already fast) contiguous backward, with the same
 gradients. Models without max pooling pay nothing; rule-based methods, which decompose the
 pooling themselves, do not use it.
+
+:func:`call_channels_last` runs a whole convolutional network on a channels-last copy of
+images from 16x16 pixels (float32, CPU): the convolutions then skip their layout reorders
+(TinyResNet on 3x32x32: 1.27x faster forward and backward). Values agree to float rounding;
+gradients and outputs come back in the usual layout; a model that refuses the layout (a
+``.view`` of an activation) runs as given, and is remembered.
 """
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -29,7 +36,13 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.utils import _pair
 
-__all__ = ["channels_last_pool", "fast_kernels", "fast_pools"]
+__all__ = [
+    "call_channels_last",
+    "channels_last_pool",
+    "fast_kernels",
+    "fast_pools",
+    "is_convnet",
+]
 
 #: Channel count from which channels-last max pooling wins on the CPU (see above).
 MIN_CHANNELS = 8
@@ -132,3 +145,70 @@ def fast_pools(model: Any) -> tuple[nn.MaxPool2d, ...]:
     if not isinstance(model, nn.Module):
         return ()
     return tuple(m for m in model.modules() if type(m) is nn.MaxPool2d)  # type: ignore[misc]
+
+
+# ------------------------------------------------------------------ channels-last networks
+#: Images from this many pixels run channels-last through a convolutional network on the
+#: CPU. Measured here (one thread, forward+backward, the same rows): TinyResNet 1.27x
+#: faster on 3x32x32, 1.09x on 3x16x16; 0.98-1.02x on 8x8 and on the plain SmallCNN.
+MIN_CHANNELS_LAST_PIXELS = 256
+#: Models known to run channels-last (True) or to refuse it (False), e.g. with a ``.view``
+#: of an activation; weakly keyed, so forgotten with the model.
+_CHANNELS_LAST: weakref.WeakKeyDictionary[nn.Module, bool] = weakref.WeakKeyDictionary()
+
+
+def is_convnet(model: Any) -> bool:
+    """Whether ``model`` is an ``nn.Module`` with 2-d convolutions (channels-last may pay)."""
+    return isinstance(model, nn.Module) and any(isinstance(m, nn.Conv2d) for m in model.modules())
+
+
+def _wants_channels_last(model: nn.Module, x: Any) -> bool:
+    return (
+        isinstance(x, torch.Tensor)
+        and x.ndim == 4
+        and x.dtype == torch.float32
+        and x.device.type == "cpu"
+        and x.shape[2] * x.shape[3] >= MIN_CHANNELS_LAST_PIXELS
+        and not x.is_contiguous(memory_format=torch.channels_last)
+        and _CHANNELS_LAST.get(model, True)
+    )
+
+
+class _ChannelsLast(torch.autograd.Function):
+    """A channels-last copy whose gradient comes back contiguous, the layout of the input."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        return grad.contiguous()
+
+
+def call_channels_last(
+    model: nn.Module, x: torch.Tensor, args: Sequence[Any], kwargs: dict[str, Any]
+) -> Any:
+    """``model(x, *args, **kwargs)``, on a channels-last copy of ``x`` where that is faster.
+
+    The copy is differentiable, so gradients reach ``x`` in its own layout; the values agree
+    with the contiguous call to float rounding (the convolutions use other kernels). A
+    model that refuses channels-last input (a ``RuntimeError``, typically from ``.view`` of
+    an activation) is run again as given, and remembered, so it is tried only once (its
+    forward hooks may see that first, failed call); an error of the model's own raises from
+    that second call.
+    """
+    if not _wants_channels_last(model, x):
+        return model(x, *args, **kwargs)
+    if x.requires_grad and torch.is_grad_enabled():
+        moved = _ChannelsLast.apply(x)
+    else:
+        moved = x.contiguous(memory_format=torch.channels_last)
+    try:
+        out = model(moved, *args, **kwargs)
+    except RuntimeError:
+        out = model(x, *args, **kwargs)  # a genuine error of the model raises again here
+        _CHANNELS_LAST[model] = False
+        return out
+    _CHANNELS_LAST[model] = True
+    return out

@@ -14,8 +14,9 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 import torch
+from torch import nn
 
-from pellucid._kernels import fast_kernels, fast_pools
+from pellucid._kernels import call_channels_last, fast_kernels, fast_pools, is_convnet
 from pellucid._validation import _describe
 
 __all__ = ["Forward", "ResolvedTarget", "resolve_target", "select_output"]
@@ -112,6 +113,7 @@ class Forward:
         self.output = output
         # faster equivalent kernels while the model runs (see ``_kernels``)
         self.pools = fast_pools(model)
+        self.convnet = is_convnet(model)
 
     def _align(self, value: Any, example_index: torch.Tensor | None) -> Any:
         if (
@@ -138,6 +140,7 @@ class Forward:
         subclasses."""
         self.model, self.n_examples, self.output = other.model, other.n_examples, other.output
         self.args, self.kwargs, self.pools = other.args, dict(other.kwargs), other.pools
+        self.convnet = other.convnet
 
     @property
     def aligned(self) -> bool:
@@ -150,11 +153,14 @@ class Forward:
     def __call__(self, x: torch.Tensor, example_index: torch.Tensor | None = None) -> torch.Tensor:
         args = [self._align(a, example_index) for a in self.args]
         kwargs = {k: self._align(v, example_index) for k, v in self.kwargs.items()}
-        if not self.pools:
+        if not self.pools and not self.convnet:
             return select_output(self.model(x, *args, **kwargs), self.output)
         with fast_kernels(self.pools):
-            raw = self.model(x, *args, **kwargs)
-        return select_output(raw, self.output)
+            if not self.convnet:
+                return select_output(self.model(x, *args, **kwargs), self.output)
+            raw = call_channels_last(cast(nn.Module, self.model), x, args, kwargs)
+        # an image-shaped output may have come back channels-last: give it the usual layout
+        return select_output(raw, self.output).contiguous()
 
 
 @dataclass(frozen=True)

@@ -48,6 +48,7 @@ class LayerForward(Forward):
 
     def __init__(self, base: Forward, layer: nn.Module, raw_inputs: torch.Tensor) -> None:
         self._adopt(base)
+        self.convnet = False  # the layer's activations are handed to the method as they are
         self.layer = layer
         self.raw_inputs = raw_inputs
 
@@ -194,6 +195,7 @@ def prepare(
     )
     try:
         if layer is not None:
+            forward.convnet = False  # the layer's activations go to the method as they are
             graph, leaf = layer_activations(forward, module, inputs, track=track_grad)
             out, activations = graph.detach(), leaf.detach()
         else:

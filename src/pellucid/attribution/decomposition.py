@@ -93,7 +93,7 @@ class _PairedForward(Forward):
 
     def __init__(self, engine: RuleEngine, forward: Forward, baseline: torch.Tensor) -> None:
         self._adopt(forward)
-        self.pools = ()  # the rules decompose max pooling themselves
+        self.pools, self.convnet = (), False  # the rules see the model's own operations
         self.engine, self.baseline = engine, baseline
         self.shared = _is_shared(baseline, forward)
         self.reference_output: torch.Tensor | None = None
