@@ -330,14 +330,14 @@ def _rows_seen(net: nn.Module) -> tuple[list[int], torch.utils.hooks.RemovableHa
 def test_deeplift_shared_baseline_runs_one_reference_row_and_equals_the_full_reference(
     monkeypatch,
 ):
-    import pellucid.attribution.decomposition as decomposition
+    import pellucid.attribution._paired as paired
 
     net, x = _cnn(), _images(5)
     seen, handle = _rows_seen(net)
     shared = deeplift(net, x, target=1, baseline=0.3)
     handle.remove()
     assert seen == [1, 5]  # one baseline row, then the inputs: no 2N-row pass
-    monkeypatch.setattr(decomposition, "_is_shared", lambda *a: False)
+    monkeypatch.setattr(paired, "_is_shared", lambda *a: False)
     seen, handle = _rows_seen(net)
     full = deeplift(net, x, target=1, baseline=0.3)
     handle.remove()

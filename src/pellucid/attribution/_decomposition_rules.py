@@ -24,7 +24,8 @@ from typing import Any
 import torch
 
 from pellucid._kernels import channels_last_pool
-from pellucid.attribution._rules import PairedRule, Rule, vjp
+from pellucid.attribution._paired import PairedRule
+from pellucid.attribution._rules import Rule, vjp
 
 __all__ = ["AlphaBeta", "DeepLiftMaxPool", "Epsilon", "Rescale", "stabilize"]
 

@@ -35,8 +35,6 @@ from pellucid._targets import Forward
 __all__ = [
     "ACTIVATIONS",
     "RELU_OPS",
-    "BroadcastMismatch",
-    "PairedRule",
     "Rule",
     "RuleEngine",
     "UnsupportedOperationError",
@@ -88,11 +86,6 @@ class UnsupportedOperationError(ValueError):
     """A rule-based method met an operation it has no rule for."""
 
 
-class BroadcastMismatch(UnsupportedOperationError):
-    """A one-row reference does not broadcast against the batch at some operation (the
-    caller reruns the reference with one row per example)."""
-
-
 def _depends(value: Any) -> bool:
     """Whether ``value`` (a tensor, or tuples/lists/dicts of them) holds a tensor that
     requires grad; a hand-written walk (it runs on every operation of the model), cheaper
@@ -140,33 +133,13 @@ class Rule:
         raise TypeError(f"{type(self).__name__} must implement backward.")
 
 
-class PairedRule(Rule):
-    """A rule that compares every row with its reference row (DeepLIFT's multipliers).
-
-    The engine runs the reference rows first, without a graph: there ``reference(op, x_ref)``
-    returns ``(y_ref, saved)``. Then it runs the explained rows, and ``forward_paired(op, x,
-    saved)`` returns ``(y, state)`` for ``backward``. ``saved`` must not alias tensors the
-    model may still change in place (clone what is kept).
-    """
-
-    def reference(
-        self, op: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor
-    ) -> tuple[torch.Tensor, Any]:
-        raise TypeError(f"{type(self).__name__} must implement reference.")
-
-    def forward_paired(
-        self, op: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, saved: Any
-    ) -> tuple[torch.Tensor, Any]:
-        raise TypeError(f"{type(self).__name__} must implement forward_paired.")
-
-
 class _RuleFunction(torch.autograd.Function):
     @staticmethod
     def forward(
         ctx: Any, x: torch.Tensor, rule: Rule, op: Callable[..., Any], saved: Any
     ) -> torch.Tensor:
-        if isinstance(rule, PairedRule):
-            y, state = rule.forward_paired(op, x.detach(), saved)
+        if saved is not None:  # a paired rule (see ``_paired``): the reference's state
+            y, state = rule.forward_paired(op, x.detach(), saved)  # type: ignore[attr-defined]
         else:
             y, state = rule.forward(op, x.detach())
         ctx.rule, ctx.op, ctx.state = rule, op, state
@@ -180,7 +153,7 @@ class _RuleFunction(torch.autograd.Function):
 def apply_rule(
     rule: Rule, op: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, saved: Any = None
 ) -> torch.Tensor:
-    """``op(x)`` whose backward is ``rule``'s (``saved``: a :class:`PairedRule`'s reference)."""
+    """``op(x)`` whose backward is ``rule``'s (``saved``: a paired rule's reference state)."""
     return _RuleFunction.apply(x, rule, op, saved)
 
 
@@ -266,22 +239,9 @@ class RuleEngine:
         model: the ``nn.Module`` (for layer names in :attr:`records`).
     """
 
-    def __init__(
-        self,
-        method: str,
-        handlers: Mapping[str, Handler],
-        model: Any,
-        *,
-        reference_ops: frozenset[str] = frozenset(),
-    ) -> None:
+    def __init__(self, method: str, handlers: Mapping[str, Handler], model: Any) -> None:
         self.method = method
         self.handlers = dict(handlers)
-        # Ops whose handlers return a PairedRule: see ``reference_pass``/``paired_pass``.
-        self.reference_ops = frozenset(reference_ops)
-        self._mode: str | None = None
-        self._broadcast = False
-        self._saved: list[tuple[str, tuple[int, ...], Any]] = []
-        self._position = 0
         self.names = (
             {id(m): n or type(m).__name__ for n, m in model.named_modules()}
             if isinstance(model, nn.Module)
@@ -336,39 +296,6 @@ class RuleEngine:
             post.remove()
             self.stack.clear()
 
-    @contextmanager
-    def reference_pass(self) -> Iterator[None]:
-        """Run the model on reference rows, without a graph: every op in ``reference_ops``
-        keeps what its :class:`PairedRule` needs, in the order the ops run."""
-        self._mode, self._saved = "reference", []
-        try:
-            with torch.no_grad():
-                yield
-        finally:
-            self._mode = None
-
-    @contextmanager
-    def paired_pass(self, *, broadcast: bool = False) -> Iterator[None]:
-        """Run the model on the explained rows: the ``k``-th op in ``reference_ops`` is paired
-        with the ``k``-th op of the reference pass (same op, same shape, else an error).
-        With ``broadcast`` the reference ran on one row, whose leading dimension must be 1
-        where the rows' is the batch (else :class:`BroadcastMismatch`)."""
-        self._mode, self._position, self._broadcast = "paired", 0, broadcast
-        try:
-            yield
-            if self._position != len(self._saved):
-                name, shape, _ = self._saved[self._position]
-                raise self._mismatch(f"`{name}` of shape {shape} never ran on the inputs")
-        finally:
-            self._mode, self._saved = None, []
-
-    def _mismatch(self, what: str) -> UnsupportedOperationError:
-        return UnsupportedOperationError(
-            f"{self.method} needs the model to run the same operations on the baseline as on "
-            f"the inputs, but operation {self._position} differs: {what} (in {self.where()}). "
-            "Data-dependent control flow cannot be decomposed; use integrated_gradients."
-        )
-
     def wrap(self, forward: Forward) -> Forward:
         """A copy of ``forward`` whose model calls run with the rules attached."""
         model = forward.model
@@ -392,10 +319,11 @@ class RuleEngine:
         name = _NAMES.get(func) if type(func) in _CACHEABLE else None
         if name is None:
             name = _op_name(func)
-        if self._mode is not None and name in self.reference_ops:
-            return self._dispatch_paired(name, func, args, kwargs)
-        if self._mode == "reference" or not _call_depends(args, kwargs):
-            return func(*args, **kwargs)  # (nothing requires grad in the reference pass)
+        return self._dispatch(name, func, args, kwargs)
+
+    def _dispatch(self, name: str, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        if not _call_depends(args, kwargs):
+            return func(*args, **kwargs)
         handler = self.handlers.get(name)
         if handler is not None:
             rule = handler(self, name, func, args, kwargs)
@@ -423,40 +351,6 @@ class RuleEngine:
                 raise self.unsupported(
                     name, " in training mode; call model.eval() or pass eval_mode=True"
                 )
-
-    def _dispatch_paired(
-        self, name: str, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> Any:
-        x = args[0] if args else None
-        if not isinstance(x, torch.Tensor) or not x.is_floating_point():
-            return func(*args, **kwargs)
-        shape = tuple(x.shape)
-        if self._mode == "reference":
-            rule = self.handlers[name](self, name, func, args, kwargs)
-            if not isinstance(rule, PairedRule):
-                raise TypeError(f"The handler of `{name}` must return a PairedRule.")
-            op, inplace = self._op(name, func, args, kwargs)
-            y, saved = rule.reference(op, x)
-            self._saved.append((name, shape, saved))
-            return x.copy_(y) if inplace else y
-        if self._position >= len(self._saved):
-            raise self._mismatch(f"`{name}` of shape {shape} did not run on the baseline")
-        ref_name, ref_shape, saved = self._saved[self._position]
-        if self._broadcast and ref_name == name and ref_shape != shape:
-            if len(shape) == 0 or ref_shape != (1, *shape[1:]):
-                raise BroadcastMismatch(f"`{name}`: reference {ref_shape}, rows {shape}")
-        elif (ref_name, ref_shape) != (name, shape):
-            raise self._mismatch(
-                f"`{ref_name}` of shape {ref_shape} on the baseline, `{name}` of shape {shape} "
-                "on the inputs"
-            )
-        self._position += 1
-        if not _call_depends(args, kwargs):
-            return func(*args, **kwargs)
-        rule = self.handlers[name](self, name, func, args, kwargs)
-        if not isinstance(rule, PairedRule):
-            raise TypeError(f"The handler of `{name}` must return a PairedRule.")
-        return self._run_rule(name, func, args, kwargs, rule, saved)
 
     def _op(
         self, name: str, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]

@@ -17,7 +17,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from pellucid._batching import chunks
 from pellucid._registry import register
 from pellucid._state import model_guard
 from pellucid._targets import Forward, Target
@@ -25,17 +24,21 @@ from pellucid._validation import check_choice, check_finite_tensor, check_float,
 from pellucid.attribution._baselines import resolve_baseline
 from pellucid.attribution._common import Prepared, _all_finite, prepare
 from pellucid.attribution._decomposition_rules import AlphaBeta, DeepLiftMaxPool, Epsilon, Rescale
+from pellucid.attribution._paired import (
+    PairedEngine,
+    PairedForward,
+    deeplift_chunks,
+    reference_output,
+)
 from pellucid.attribution._rules import (
     ACTIVATIONS,
     AVG_POOL_OPS,
     MAX_POOL_OPS,
     RELU_OPS,
     WEIGHTED_OPS,
-    BroadcastMismatch,
     Handler,
     Rule,
     RuleEngine,
-    UnsupportedOperationError,
     eval_batch_norm,
     freeze_parameters,
     linear_handlers,
@@ -74,84 +77,6 @@ def _deeplift_handlers() -> Mapping[str, Handler]:
 
 
 _REFERENCE_OPS = ACTIVATIONS | MAX_POOL_OPS
-
-
-def _is_shared(baseline: torch.Tensor, forward: Forward) -> bool:
-    """Whether every example has the same baseline row and no per-example model argument:
-    then one reference row serves every example."""
-    return not forward.aligned and torch.equal(baseline, baseline[:1].expand_as(baseline))
-
-
-class _PairedForward(Forward):
-    """Runs the baseline rows first (no graph; every non-linearity keeps its reference
-    input and output), then the rows themselves with the rules that compare the two. Only
-    the explained rows carry a graph, so the backward pass is over N rows, not 2N. When all
-    examples share one baseline (zeros, a number, the mean of a background set) the
-    reference pass runs on a single row whose activations broadcast against the batch;
-    a model whose intermediate shapes do not allow that is rerun with all baseline rows.
-    ``reference_output`` is the baselines' output of the last call, one row per input row."""
-
-    def __init__(self, engine: RuleEngine, forward: Forward, baseline: torch.Tensor) -> None:
-        self._adopt(forward)
-        self.pools, self.convnet = (), False  # the rules see the model's own operations
-        self.engine, self.baseline = engine, baseline
-        self.shared = _is_shared(baseline, forward)
-        self.reference_output: torch.Tensor | None = None
-
-    def __call__(self, x: torch.Tensor, example_index: torch.Tensor | None = None) -> torch.Tensor:
-        if self.shared:
-            try:
-                return self._pair(x, example_index, shared=True)
-            except BroadcastMismatch:
-                self.shared = False
-        return self._pair(x, example_index, shared=False)
-
-    def _pair(
-        self, x: torch.Tensor, example_index: torch.Tensor | None, *, shared: bool
-    ) -> torch.Tensor:
-        if shared:
-            base, base_index = self.baseline[:1], None
-        else:
-            base, base_index = self.baseline, example_index
-            if example_index is not None:
-                base = base.index_select(0, example_index.to(base.device))
-        base = base.to(x.dtype)
-        try:  # the reference pass records nothing per layer: no module tracking (faster)
-            with self.engine.active(track_modules=False), self.engine.reference_pass():
-                reference = super().__call__(base, base_index)
-        except UnsupportedOperationError:
-            with self.engine.active(), self.engine.reference_pass():  # to name the layer
-                super().__call__(base, base_index)
-            raise
-
-        with self.engine.active(), self.engine.paired_pass(broadcast=shared):
-            out = super().__call__(x, example_index)
-        if shared and reference.ndim > 0:
-            reference = reference.expand(x.shape[0], *reference.shape[1:])
-        self.reference_output = reference
-        return out
-
-
-def _reference(forward: _PairedForward) -> torch.Tensor:
-    if forward.reference_output is None:
-        raise RuntimeError("deeplift: the reference pass did not run.")
-    return forward.reference_output
-
-
-def _deeplift_chunks(
-    forward: _PairedForward, target: Any, x: torch.Tensor, size: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    grads, diffs = [], []
-    for start, stop in chunks(x.shape[0], size):
-        index = torch.arange(start, stop, device=x.device)
-        rows = x[start:stop].detach().requires_grad_(True)
-        with torch.enable_grad():
-            s_in = target.scores(forward(rows, index), index)
-            (grad,) = torch.autograd.grad(s_in.sum(), rows)
-        s_ref = target.scores(_reference(forward), index)
-        grads.append(grad)
-        diffs.append((s_in - s_ref).detach())
-    return torch.cat(grads), torch.cat(diffs)
 
 
 @register(kind="decomposition")
@@ -209,13 +134,13 @@ def deeplift(
             background=background,
         )
         freeze_parameters(model)
-        engine = RuleEngine("deeplift", _deeplift_handlers(), model, reference_ops=_REFERENCE_OPS)
+        engine = PairedEngine("deeplift", _deeplift_handlers(), model, reference_ops=_REFERENCE_OPS)
         n = x.shape[0]
         size = grad_batch_size(batch_size, x[0].numel(), total=n)
-        paired: list[_PairedForward] = []
+        paired: list[PairedForward] = []
 
-        def wrap(forward: Forward) -> _PairedForward:
-            paired.append(_PairedForward(engine, forward, base))
+        def wrap(forward: Forward) -> PairedForward:
+            paired.append(PairedForward(engine, forward, base))
             return paired[-1]
 
         prep = prepare(
@@ -232,9 +157,9 @@ def deeplift(
             with torch.enable_grad():
                 scores = prep.target.scores(prep.graph_output, None)
                 (grad,) = torch.autograd.grad(scores.sum(), prep.leaf)
-            diff = (scores - prep.target.scores(_reference(paired[0]), None)).detach()
+            diff = (scores - prep.target.scores(reference_output(paired[0]), None)).detach()
         else:
-            grad, diff = _deeplift_chunks(wrap(prep.forward), prep.target, x, size)
+            grad, diff = deeplift_chunks(wrap(prep.forward), prep.target, x, size)
         attributions = (x - base) * grad
         gap = _sum(attributions) - diff
     return Explanation(
