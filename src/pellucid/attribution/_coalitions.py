@@ -169,16 +169,21 @@ def kernel_coalitions(
 
 
 def kernel_design(
-    n_players: int, n_samples: int, *, generator: torch.Generator | None, device: Any = None
+    n_players: int,
+    n_samples: int,
+    *,
+    generator: torch.Generator | None,
+    device: Any = None,
+    dtype: torch.dtype = torch.bool,
 ) -> tuple[torch.Tensor, ConstrainedDesign, torch.Tensor | None, bool]:
     """:func:`kernel_coalitions` with the regression design factored once per ``(P, budget)``.
 
-    Returns ``(z, design, perm, exact)``: the coalitions to evaluate (S, P) bool, relabelled
-    at random; their factored design in the coordinates before the relabelling, cached; the
+    Returns ``(z, design, perm, exact)``: the coalitions to evaluate (S, P), as ``dtype``
+    (bool, or the inputs' float dtype for masks ready to multiply), relabelled at random; their factored design in the coordinates before the relabelling, cached; the
     relabelling (the fit's coefficients ``c`` belong to the players as ``c[:, perm]``), None
     when there is none; and whether the coalitions are a full enumeration.
     """
-    key = (n_players, n_samples, str(torch.device(device if device is not None else "cpu")))
+    key = (n_players, n_samples, str(torch.device(device if device is not None else "cpu")), dtype)
     size = min(n_samples, (1 << min(n_players, 62)) - 2) * n_players
     build = _factored_design if size <= _CACHED_DESIGN_ELEMENTS else _factored_design.__wrapped__
     z, design, sampled, exact = build(*key)
@@ -194,15 +199,15 @@ _CACHED_DESIGN_ELEMENTS = 1 << 20
 
 @functools.lru_cache(maxsize=16)
 def _factored_design(
-    p: int, n_samples: int, device: str
+    p: int, n_samples: int, device: str, dtype: torch.dtype
 ) -> tuple[torch.Tensor, ConstrainedDesign, bool, bool]:
     if n_samples >= (1 << p) - 2:
         z = all_coalitions(p, device)[1:-1]
         w = shapley_kernel_weights(p, z.sum(1))
-        return z, constrained_design(z, w), False, True
+        return z.to(dtype), constrained_design(z, w), False, True
     z, w, sampled = _kernel_design(p, n_samples)
     z, w = z.to(device), w.to(device)
-    return z, constrained_design(z, w), sampled, False
+    return z.to(dtype), constrained_design(z, w), sampled, False
 
 
 @functools.lru_cache(maxsize=16)
@@ -334,7 +339,8 @@ def _balanced_design(
 
 def mix(keep: torch.Tensor, inputs: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
     """``inputs`` where ``keep`` is 1, ``reference`` where it is 0 (float 0/1 masks, exact)."""
-    return torch.addcmul(reference * (1 - keep), inputs, keep)
+    # reference - reference * keep is exactly reference (keep 0) or 0 (keep 1)
+    return torch.addcmul(torch.addcmul(reference, reference, keep, value=-1), inputs, keep)
 
 
 class CoalitionValues:
@@ -430,14 +436,16 @@ class CoalitionValues:
         """A fixed reference and shared players: each chunk is a block of examples x
         coalitions, built by one broadcast multiply-add from masks expanded once."""
         keep = zf if self.identity else zf.index_select(1, self.fmask.ids[0])  # (S, D)
-        shared_off = self.ref[:1] * (1 - keep) if self.shared_ref else None
+        ref = self.ref[:1]
+        shared_off = torch.addcmul(ref, ref, keep, value=-1) if self.shared_ref else None
 
         def block(e0: int, e1: int, j0: int, j1: int) -> torch.Tensor:
             k = keep[j0:j1].unsqueeze(0)
             if shared_off is not None:
                 off = shared_off[j0:j1].unsqueeze(0)
             else:
-                off = self.ref[e0:e1].unsqueeze(1) * (1 - k)
+                ref = self.ref[e0:e1].unsqueeze(1)
+                off = torch.addcmul(ref, ref, k, value=-1)
             return torch.addcmul(off, self.x[e0:e1].unsqueeze(1), k).view(-1, *self.shape)
 
         return block_scores(

@@ -46,9 +46,9 @@ def _with_ends(
     ``full``, the scores of the unperturbed inputs when already known (every player keeps
     its input value, so the model sees exactly the inputs), spares those rows.
     """
-    ends = torch.zeros(1 if full is not None else 2, z.shape[1], dtype=torch.bool, device=z.device)
+    ends = torch.zeros(1 if full is not None else 2, z.shape[1], dtype=z.dtype, device=z.device)
     if full is None:
-        ends[1] = True
+        ends[1] = 1
     v = game(torch.cat([z, ends])).to(torch.float64)
     if full is None:
         return v[:, :-2], v[:, -2], v[:, -1]
@@ -383,7 +383,9 @@ def kernel_shap(
             fit = efficient_wls(z, values - empty.unsqueeze(1), weights, full - empty)
             exact = True
         else:
-            z, design, perm, exact = kernel_design(p, budget, generator=generator, device=device)
+            z, design, perm, exact = kernel_design(
+                p, budget, generator=generator, device=device, dtype=prep.inputs.dtype
+            )
             values, empty, full = _with_ends(game, z, prep.target.scores(prep.output))
             fit = constrained_fit(design, values - empty.unsqueeze(1), full - empty, exact=exact)
             if perm is not None:  # the design's players in the evaluated coalitions' order
