@@ -139,3 +139,28 @@ def test_a_model_that_refuses_channels_last_runs_as_given_and_is_remembered():
     assert all(n > 0 for n in calls) and len(calls) == 2  # prepare, one chunk: no retries
     with pytest.raises(ValueError, match="could not run on `inputs`"):
         pellucid.saliency(net, torch.randn(2, 5, 16, 16), target=0)
+
+
+def test_layer_methods_count_the_layer_anew_when_a_refused_layout_reruns_the_model(monkeypatch):
+    import pellucid._kernels as kernels
+
+    torch.manual_seed(0)
+    net, x = _ViewNet(), torch.randn(2, 3, 16, 16)  # refuses channels-last: runs twice
+    first = pellucid.integrated_gradients(net, x, target=1, layer="conv", n_steps=4)
+    assert kernels._CHANNELS_LAST.get(net) is False
+    assert first.inputs.is_contiguous()  # the layer's activations, as methods expect them
+    monkeypatch.setattr(kernels, "MIN_CHANNELS_LAST_PIXELS", 1 << 30)
+    plain = pellucid.integrated_gradients(net, x, target=1, layer="conv", n_steps=4)
+    torch.testing.assert_close(first.attributions, plain.attributions, rtol=0, atol=0)
+
+
+def test_grad_cam_on_a_channels_last_resnet_equals_the_contiguous_run(monkeypatch):
+    import pellucid._kernels as kernels
+    from pellucid.models import TinyResNet
+
+    torch.manual_seed(0)
+    net, x = TinyResNet(in_channels=3, n_classes=4).eval(), torch.randn(3, 3, 32, 32)
+    fast = pellucid.grad_cam(net, x, target=2, layer="layers.1").attributions
+    monkeypatch.setattr(kernels, "MIN_CHANNELS_LAST_PIXELS", 1 << 30)
+    plain = pellucid.grad_cam(net, x, target=2, layer="layers.1").attributions
+    torch.testing.assert_close(fast, plain, rtol=1e-4, atol=1e-6)

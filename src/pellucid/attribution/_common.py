@@ -48,7 +48,6 @@ class LayerForward(Forward):
 
     def __init__(self, base: Forward, layer: nn.Module, raw_inputs: torch.Tensor) -> None:
         self._adopt(base)
-        self.convnet = False  # the layer's activations are handed to the method as they are
         self.layer = layer
         self.raw_inputs = raw_inputs
 
@@ -123,13 +122,18 @@ def layer_activations(
             # Only the part of the model after the layer needs a graph: the forward runs
             # without one up to here (cheaper), and records from the leaf on.
             torch.set_grad_enabled(True)
-            out = out.detach().requires_grad_(True)
+            # contiguous: the model may run channels-last (``_kernels``), methods get the
+            # usual layout
+            out = out.detach().contiguous().requires_grad_(True)
             captured.append(out)
             return out
-        captured.append(out)
+        captured.append(out.contiguous() if isinstance(out, torch.Tensor) else out)
         return None
 
-    handle = layer.register_forward_hook(capture)
+    handles = [layer.register_forward_hook(capture)]
+    if isinstance(forward.model, nn.Module):
+        # a model call refused channels-last is run again: count the layer's calls anew
+        handles.append(forward.model.register_forward_pre_hook(lambda m, a: captured.clear()))
     try:
         with torch.set_grad_enabled(False):
             try:
@@ -137,7 +141,8 @@ def layer_activations(
             except (RuntimeError, ValueError, IndexError) as exc:
                 raise _ModelError(exc) from exc
     finally:
-        handle.remove()
+        for handle in handles:
+            handle.remove()
     if len(captured) != 1:
         raise ValueError(
             f"`layer` ({type(layer).__name__}) must run exactly once per forward pass to be "
@@ -195,7 +200,6 @@ def prepare(
     )
     try:
         if layer is not None:
-            forward.convnet = False  # the layer's activations go to the method as they are
             graph, leaf = layer_activations(forward, module, inputs, track=track_grad)
             out, activations = graph.detach(), leaf.detach()
         else:
