@@ -327,7 +327,7 @@ def _rows_seen(net: nn.Module) -> tuple[list[int], torch.utils.hooks.RemovableHa
     return seen, handle
 
 
-def test_deeplift_shared_baseline_runs_one_reference_row_and_equals_the_full_reference(
+def test_deeplift_shared_baseline_rides_with_the_batch_and_equals_the_full_reference(
     monkeypatch,
 ):
     import pellucid.attribution._paired as paired
@@ -335,8 +335,12 @@ def test_deeplift_shared_baseline_runs_one_reference_row_and_equals_the_full_ref
     net, x = _cnn(), _images(5)
     seen, handle = _rows_seen(net)
     shared = deeplift(net, x, target=1, baseline=0.3)
+    assert seen == [1, 5, 6]  # first sight: the checked one-row reference, then the joint
+    seen.clear()  # pass of the 5 rows and the reference row; then the joint pass only
+    again = deeplift(net, x, target=1, baseline=0.3)
     handle.remove()
-    assert seen == [1, 5]  # one baseline row, then the inputs: no 2N-row pass
+    assert seen == [6]
+    assert torch.equal(again.attributions, shared.attributions)  # the same every call
     monkeypatch.setattr(paired, "_is_shared", lambda *a: False)
     seen, handle = _rows_seen(net)
     full = deeplift(net, x, target=1, baseline=0.3)

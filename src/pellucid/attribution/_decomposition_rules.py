@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from pellucid._kernels import channels_last_pool
-from pellucid.attribution._paired import PairedRule
+from pellucid.attribution._paired import JOINT, PairedRule
 from pellucid.attribution._rules import Rule, vjp
 
 __all__ = ["AlphaBeta", "DeepLiftMaxPool", "Epsilon", "Rescale", "stabilize"]
@@ -70,8 +70,16 @@ class Rescale(PairedRule):
         return y, (x.clone(), y.clone())
 
     def forward_paired(self, op: Op, x: torch.Tensor, saved: Any) -> tuple[torch.Tensor, Any]:
+        if saved is JOINT:  # the reference is the batch's last row
+            y = op(x)
+            return y, (True, self._slopes(op, x[:-1], y[:-1], x[-1:], y[-1:]))
         x_ref, y_ref = saved
         y = op(x)
+        return y, (False, self._slopes(op, x, y, x_ref, y_ref))
+
+    def _slopes(
+        self, op: Op, x: torch.Tensor, y: torch.Tensor, x_ref: torch.Tensor, y_ref: torch.Tensor
+    ) -> torch.Tensor:
         dx = x - x_ref
         if self.relu:
             # A ReLU's secant lies in [0, 1] however small dx is (the difference of two
@@ -79,17 +87,20 @@ class Rescale(PairedRule):
             # 0/0, needs the local slope, and one sum tells whether any entry is NaN.
             secant = (y - y_ref).div_(dx)
             if math.isfinite(float(secant.sum())):
-                return y, secant
+                return secant
         close = _close(dx.abs(), self.eps)
         if close is None:
-            return y, (y - y_ref).div_(dx)
+            return (y - y_ref).div_(dx)
         # Where x == x_ref the secant is 0/0: the local slope there instead.
         secant = (y - y_ref).div_(dx.add_(close))
         local = x.sign().clamp_(min=0) if self.relu else vjp(op, x, torch.ones_like(x))
-        return y, _fill_close(secant, local, close)
+        return _fill_close(secant, local, close)
 
     def backward(self, op: Op, state: Any, grad: torch.Tensor) -> torch.Tensor:
-        return grad * state
+        joint, slopes = state
+        if joint:  # the reference row gets no gradient
+            return torch.cat([grad[:-1] * slopes, grad.new_zeros(1, *grad.shape[1:])])
+        return grad * slopes
 
 
 def _unpool(values: torch.Tensor, indices: torch.Tensor, shape: torch.Size) -> torch.Tensor:
@@ -119,8 +130,23 @@ class DeepLiftMaxPool(PairedRule):
         return y, (x.clone(), y.clone(), indices)
 
     def forward_paired(self, op: Op, x: torch.Tensor, saved: Any) -> tuple[torch.Tensor, Any]:
+        if saved is JOINT:  # the reference is the batch's last row
+            y, indices = self._pool(x)
+            state = self._routes(x[:-1], y[:-1], indices[:-1], x[-1:], y[-1:], indices[-1:])
+            return y, (True, state)
         x_ref, y_ref, i_ref = saved
         y, i_in = self._pool(x)
+        return y, (False, self._routes(x, y, i_in, x_ref, y_ref, i_ref))
+
+    def _routes(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        i_in: torch.Tensor,
+        x_ref: torch.Tensor,
+        y_ref: torch.Tensor,
+        i_ref: torch.Tensor,
+    ) -> tuple[Any, ...]:
         # What the backward needs is computed now (later in-place operations of the model
         # on ``x`` or ``y`` cannot change it).
         top = torch.maximum(y, y_ref)
@@ -128,17 +154,20 @@ class DeepLiftMaxPool(PairedRule):
         close = _close(dx.abs(), self.eps)
         if close is not None:
             dx.add_(close)  # 0/0 there (see backward): divide by ~1 instead
-        return y, (top - y_ref, y - top, i_in, i_ref, dx, close)
+        return top - y_ref, y - top, i_in, i_ref, dx, close
 
     def backward(self, op: Op, state: Any, grad: torch.Tensor) -> torch.Tensor:
-        up, down, i_in, i_ref, dx, close = state
+        joint, (up, down, i_in, i_ref, dx, close) = state
+        g = grad[:-1] if joint else grad
         shape = dx.shape
-        routed = _unpool(grad * up, i_in, shape)
+        routed = _unpool(g * up, i_in, shape)
         i_ref = i_ref.expand(shape[0], *i_ref.shape[1:])  # one reference row, broadcast
-        routed.view(*shape[:2], -1).scatter_add_(2, i_ref.flatten(2), (grad * down).flatten(2))
+        routed.view(*shape[:2], -1).scatter_add_(2, i_ref.flatten(2), (g * down).flatten(2))
         m = routed.div_(dx)
         if close is not None:  # where x == x_ref: the gradient, routed through x's argmax
-            m = _fill_close(m, _unpool(grad, i_in, shape), close)
+            m = _fill_close(m, _unpool(g, i_in, shape), close)
+        if joint:  # the reference row gets no gradient
+            return torch.cat([m, m.new_zeros(1, *m.shape[1:])])
         return m
 
 
