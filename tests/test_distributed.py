@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import datetime
 import importlib
 import os
-import socket
 import sys
 
 import pytest
@@ -16,12 +16,6 @@ from pellucid.clipping import clip_by_global_norm, clip_grad_norm_, total_norm
 from pellucid.distributed import all_reduce_norm, global_norm, is_initialized
 
 MAX_NORM = 0.05
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _model() -> torch.nn.Module:
@@ -49,10 +43,17 @@ def _train(model, x, y, steps=3):
     return torch.stack(norms)
 
 
-def _worker(rank: int, world: int, port: int, folder: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+def _worker(rank: int, world: int, folder: str) -> None:
     torch.set_num_threads(1)  # as DataLoader workers do: no OpenMP pool shared across fork
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    # A file store in the test's own folder: no TCP port to race for with other processes,
+    # and a rank that cannot join fails in a minute instead of gloo's 30.
+    dist.init_process_group(
+        "gloo",
+        init_method=f"file://{os.path.join(folder, 'store')}",
+        rank=rank,
+        world_size=world,
+        timeout=datetime.timedelta(seconds=60),
+    )
     try:
         x, y = _batch()
         # 1. DDP on half of the global batch per rank, clipped after the gradient all-reduce
@@ -96,9 +97,7 @@ def test_ddp_and_sharded_clipping_on_two_gloo_ranks(tmp_path):
     # work): the ranks start in milliseconds instead of re-importing torch and pellucid.
     importlib.import_module("torch._dynamo")
     method = "fork" if sys.platform == "linux" else "spawn"
-    mp.start_processes(
-        _worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True, start_method=method
-    )
+    mp.start_processes(_worker, args=(2, str(tmp_path)), nprocs=2, join=True, start_method=method)
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
     x, y = _batch()
 

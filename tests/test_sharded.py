@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import os
-import socket
+import datetime
 
 import pytest
 import torch
@@ -13,20 +12,20 @@ import torch.multiprocessing as mp
 from pellucid.sharded import explain_sharded
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _model() -> torch.nn.Module:
     torch.manual_seed(0)
     return torch.nn.Sequential(torch.nn.Linear(5, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
 
 
-def _worker(rank: int, world: int, port: int, path: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+def _worker(rank: int, world: int, path: str) -> None:
+    # a file store next to the result: no TCP port to race for; fails in a minute, not 30
+    dist.init_process_group(
+        "gloo",
+        init_method=f"file://{path}.store",
+        rank=rank,
+        world_size=world,
+        timeout=datetime.timedelta(seconds=60),
+    )
     try:
         x = torch.linspace(-1, 1, 7 * 5).reshape(7, 5)
         e = explain_sharded(_model(), x, method="input_x_gradient", target="predicted")
@@ -39,7 +38,7 @@ def _worker(rank: int, world: int, port: int, path: str) -> None:
 @pytest.mark.distributed
 def test_two_ranks_equal_one_process(tmp_path):
     path = str(tmp_path / "rank0.pt")
-    mp.spawn(_worker, args=(2, _free_port(), path), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, path), nprocs=2, join=True)
     got = torch.load(path, weights_only=True)
     x = torch.linspace(-1, 1, 7 * 5).reshape(7, 5)
     expected = explain_sharded(_model(), x, method="input_x_gradient", target="predicted")
