@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import datetime
-import importlib
 import os
-import sys
 
 import pytest
 import torch
@@ -44,7 +42,7 @@ def _train(model, x, y, steps=3):
 
 
 def _worker(rank: int, world: int, folder: str) -> None:
-    torch.set_num_threads(1)  # as DataLoader workers do: no OpenMP pool shared across fork
+    torch.set_num_threads(1)  # two ranks on a 2-core machine
     # A file store in the test's own folder: no TCP port to race for with other processes,
     # and a rank that cannot join fails in a minute instead of gloo's 30.
     dist.init_process_group(
@@ -93,11 +91,9 @@ def _worker(rank: int, world: int, folder: str) -> None:
 
 @pytest.mark.distributed
 def test_ddp_and_sharded_clipping_on_two_gloo_ranks(tmp_path):
-    # Fork (on Linux) after importing what DDP imports lazily (torch._dynamo, seconds of
-    # work): the ranks start in milliseconds instead of re-importing torch and pellucid.
-    importlib.import_module("torch._dynamo")
-    method = "fork" if sys.platform == "linux" else "spawn"
-    mp.start_processes(_worker, args=(2, str(tmp_path)), nprocs=2, join=True, start_method=method)
+    # Spawned, not forked: forks of the test process (whose threads may hold a lock at that
+    # moment) hung now and then, also in CI. Spawning costs a few seconds.
+    mp.start_processes(_worker, args=(2, str(tmp_path)), nprocs=2, join=True, start_method="spawn")
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
     x, y = _batch()
 
