@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime
 import os
 
 import pytest
@@ -10,6 +9,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from conftest import init_gloo
 from pellucid.clipping import clip_by_global_norm, clip_grad_norm_, total_norm
 from pellucid.distributed import all_reduce_norm, global_norm, is_initialized
 
@@ -43,15 +43,7 @@ def _train(model, x, y, steps=3):
 
 def _worker(rank: int, world: int, folder: str) -> None:
     torch.set_num_threads(1)  # two ranks on a 2-core machine
-    # A file store in the test's own folder: no TCP port to race for with other processes,
-    # and a rank that cannot join fails in a minute instead of gloo's 30.
-    dist.init_process_group(
-        "gloo",
-        init_method=f"file://{os.path.join(folder, 'store')}",
-        rank=rank,
-        world_size=world,
-        timeout=datetime.timedelta(seconds=60),
-    )
+    init_gloo(rank, world, os.path.join(folder, "store"))
     try:
         x, y = _batch()
         # 1. DDP on half of the global batch per rank, clipped after the gradient all-reduce

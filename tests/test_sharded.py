@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import datetime
-
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from conftest import init_gloo
 from pellucid.sharded import explain_sharded
 
 
@@ -18,14 +17,7 @@ def _model() -> torch.nn.Module:
 
 
 def _worker(rank: int, world: int, path: str) -> None:
-    # a file store next to the result: no TCP port to race for; fails in a minute, not 30
-    dist.init_process_group(
-        "gloo",
-        init_method=f"file://{path}.store",
-        rank=rank,
-        world_size=world,
-        timeout=datetime.timedelta(seconds=60),
-    )
+    init_gloo(rank, world, f"{path}.store")
     try:
         x = torch.linspace(-1, 1, 7 * 5).reshape(7, 5)
         e = explain_sharded(_model(), x, method="input_x_gradient", target="predicted")

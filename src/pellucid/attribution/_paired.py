@@ -131,6 +131,14 @@ class PairedEngine(RuleEngine):
             return func(*args, **kwargs)
         return super()._dispatch(name, func, args, kwargs)
 
+    def _paired_rule(
+        self, name: str, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> PairedRule:
+        rule = self.handlers[name](self, name, func, args, kwargs)
+        if not isinstance(rule, PairedRule):
+            raise TypeError(f"The handler of `{name}` must return a PairedRule.")
+        return rule
+
     def _dispatch_paired(
         self, name: str, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
@@ -143,14 +151,10 @@ class PairedEngine(RuleEngine):
                 raise BroadcastMismatch(f"`{name}`: rows {shape}, expected {self._rows} first")
             if not _call_depends(args, kwargs):
                 return func(*args, **kwargs)
-            rule = self.handlers[name](self, name, func, args, kwargs)
-            if not isinstance(rule, PairedRule):
-                raise TypeError(f"The handler of `{name}` must return a PairedRule.")
+            rule = self._paired_rule(name, func, args, kwargs)
             return self._run_rule(name, func, args, kwargs, rule, JOINT)
         if self._mode == "reference":
-            rule = self.handlers[name](self, name, func, args, kwargs)
-            if not isinstance(rule, PairedRule):
-                raise TypeError(f"The handler of `{name}` must return a PairedRule.")
+            rule = self._paired_rule(name, func, args, kwargs)
             op, inplace = self._op(name, func, args, kwargs)
             y, saved = rule.reference(op, x)
             self._saved.append((name, shape, saved))
@@ -169,9 +173,7 @@ class PairedEngine(RuleEngine):
         self._position += 1
         if not _call_depends(args, kwargs):
             return func(*args, **kwargs)
-        rule = self.handlers[name](self, name, func, args, kwargs)
-        if not isinstance(rule, PairedRule):
-            raise TypeError(f"The handler of `{name}` must return a PairedRule.")
+        rule = self._paired_rule(name, func, args, kwargs)
         return self._run_rule(name, func, args, kwargs, rule, saved)
 
 
