@@ -330,7 +330,7 @@ def _rows_seen(net: nn.Module) -> tuple[list[int], torch.utils.hooks.RemovableHa
 def test_deeplift_shared_baseline_rides_with_the_batch_and_equals_the_full_reference(
     monkeypatch,
 ):
-    import pellucid.attribution._paired as paired
+    import pellucid.attribution.rules._paired as paired
 
     net, x = _cnn(), _images(5)
     seen, handle = _rows_seen(net)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pellucid.attribution._rules import UnsupportedOperationError
 from pellucid.attribution.attention import (
     AttentionMaps,
     attention,
@@ -17,6 +16,7 @@ from pellucid.attribution.integrated_gradients import expected_gradients, integr
 from pellucid.attribution.lime import lime
 from pellucid.attribution.noise import smoothgrad
 from pellucid.attribution.occlusion import feature_ablation, occlusion
+from pellucid.attribution.rules import UnsupportedOperationError
 from pellucid.attribution.segmentation import grid_segments, slic_segments
 from pellucid.attribution.shapley import (
     exact_shapley,

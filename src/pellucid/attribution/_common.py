@@ -18,7 +18,7 @@ from torch import nn
 
 from pellucid._targets import Forward, ResolvedTarget, Target, resolve_target
 from pellucid._validation import check_finite_tensor, check_layer, check_model, check_tensor
-from pellucid.attribution._rules import UnsupportedOperationError
+from pellucid.attribution.rules import UnsupportedOperationError
 
 __all__ = ["LayerForward", "Prepared", "broadcast_baseline", "prepare"]
 

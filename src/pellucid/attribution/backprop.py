@@ -10,7 +10,7 @@ norm keep their ordinary gradient, and any other non-linearity raises.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -19,54 +19,23 @@ from pellucid._registry import register
 from pellucid._state import model_guard
 from pellucid._targets import Target
 from pellucid.attribution._common import prepare
-from pellucid.attribution._rules import (
-    MAX_POOL_OPS,
-    RELU_OPS,
-    Handler,
-    Rule,
-    RuleEngine,
-    freeze_parameters,
-    linear_handlers,
-    unchanged,
-)
 from pellucid.attribution.gradients import (
     input_gradients,
     prepared_gradients,
     track_first_forward,
 )
+from pellucid.attribution.rules import (
+    DeconvReLU,
+    GuidedReLU,
+    Handler,
+    Rule,
+    RuleEngine,
+    freeze_parameters,
+    relu_handlers,
+)
 from pellucid.explanation import Explanation
 
 __all__ = ["deconvolution", "guided_backprop", "rule_gradients"]
-
-
-class GuidedReLU(Rule):
-    """Backward: ``relu(grad) * (x > 0)``."""
-
-    label = "guided"
-
-    def forward(
-        self, op: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor
-    ) -> tuple[torch.Tensor, Any]:
-        return op(x), x > 0
-
-    def backward(self, op: Any, state: Any, grad: torch.Tensor) -> torch.Tensor:
-        return grad.clamp(min=0) * state
-
-
-class DeconvReLU(Rule):
-    """Backward: ``relu(grad)`` (the forward mask is ignored)."""
-
-    label = "deconvolution"
-
-    def backward(self, op: Any, state: Any, grad: torch.Tensor) -> torch.Tensor:
-        return grad.clamp(min=0)
-
-
-def _relu_handlers(rule: Rule) -> dict[str, Handler]:
-    handlers = linear_handlers()
-    handlers.update({name: unchanged for name in MAX_POOL_OPS})
-    handlers.update({name: (lambda *a, _rule=rule: _rule) for name in RELU_OPS})
-    return handlers
 
 
 def rule_gradients(
@@ -109,7 +78,7 @@ def rule_gradients(
 def _run(method: str, rule: Rule, model: Any, inputs: torch.Tensor, **kw: Any) -> Explanation:
     eval_mode = kw.pop("eval_mode")
     with model_guard(model, eval_mode=eval_mode, method=method):
-        prep, grad, engine = rule_gradients(method, _relu_handlers(rule), model, inputs, **kw)
+        prep, grad, engine = rule_gradients(method, relu_handlers(rule), model, inputs, **kw)
     return Explanation(
         attributions=grad,
         inputs=prep.inputs,

@@ -21,12 +21,13 @@ from pellucid._state import model_guard
 from pellucid._targets import Target
 from pellucid._validation import check_choice
 from pellucid.attribution._common import prepare
-from pellucid.attribution.backprop import GuidedReLU, _relu_handlers, rule_gradients
+from pellucid.attribution.backprop import rule_gradients
 from pellucid.attribution.gradients import (
     _check_bool,
     prepared_gradients,
     track_first_forward,
 )
+from pellucid.attribution.rules import GuidedReLU, relu_handlers
 from pellucid.explanation import Explanation
 
 __all__ = ["grad_cam", "guided_grad_cam"]
@@ -182,7 +183,7 @@ def guided_grad_cam(
         if not raw.is_floating_point():
             raise TypeError(f"Guided Grad-CAM needs floating-point inputs; got dtype {raw.dtype}.")
         _, guided, engine = rule_gradients(
-            "guided_grad_cam", _relu_handlers(GuidedReLU()), model, raw, **common
+            "guided_grad_cam", relu_handlers(GuidedReLU()), model, raw, **common
         )
         attributions = guided * _upsample(cam, raw, upsample).to(raw.dtype)
     return Explanation(

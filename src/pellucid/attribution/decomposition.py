@@ -1,7 +1,7 @@
 """DeepLIFT (rescale) and LRP: decompositions of the output over the input features.
 
-Rules are attached to the operations the model actually executes (see ``_rules.py``), so
-a ReLU module called twice, ``F.relu`` and in-place residual adds (``out += x``) are
+Rules are attached to the operations the model actually executes (see ``rules``), so a
+ReLU module called twice, ``F.relu`` and in-place residual adds (``out += x``) are
 decomposed exactly like the same model written without reuse. An operation without a rule
 raises an error naming it. ``extras["rules"]`` lists the rule every layer's operation got;
 ``extras["completeness_gap"]`` (DeepLIFT) and ``extras["conservation_error"]`` (LRP) say
@@ -10,12 +10,10 @@ how far the attributions' sum is from the output difference they decompose.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Mapping
 from typing import Any
 
 import torch
-from torch import nn
 
 from pellucid._registry import register
 from pellucid._state import model_guard
@@ -23,35 +21,23 @@ from pellucid._targets import Forward, Target
 from pellucid._validation import check_choice, check_finite_tensor, check_float, check_tensor
 from pellucid.attribution._baselines import resolve_baseline
 from pellucid.attribution._common import Prepared, _all_finite, prepare
-from pellucid.attribution._decomposition_rules import AlphaBeta, DeepLiftMaxPool, Epsilon, Rescale
-from pellucid.attribution._paired import (
+from pellucid.attribution.backprop import rule_gradients
+from pellucid.attribution.gradients import grad_batch_size
+from pellucid.attribution.rules import (
+    DEEPLIFT_REFERENCE_OPS,
+    LRP_RULES,
+    LrpRules,
     PairedEngine,
     PairedForward,
     deeplift_chunks,
+    deeplift_handlers,
+    freeze_parameters,
+    lrp_handlers,
     reference_output,
 )
-from pellucid.attribution._rules import (
-    ACTIVATIONS,
-    AVG_POOL_OPS,
-    MAX_POOL_OPS,
-    RELU_OPS,
-    WEIGHTED_OPS,
-    Handler,
-    Rule,
-    RuleEngine,
-    eval_batch_norm,
-    freeze_parameters,
-    linear_handlers,
-    unchanged,
-)
-from pellucid.attribution.backprop import rule_gradients
-from pellucid.attribution.gradients import grad_batch_size
 from pellucid.explanation import Explanation
 
 __all__ = ["LRP_RULES", "deeplift", "lrp"]
-
-LRP_RULES = ("epsilon", "zero", "gamma", "alpha_beta", "zplus")
-_FAMILIES = ("linear", "conv", "batch_norm", "avg_pool", "max_pool")
 
 
 def _sum(x: torch.Tensor) -> torch.Tensor:
@@ -59,26 +45,6 @@ def _sum(x: torch.Tensor) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------- DeepLIFT
-@functools.cache
-def _deeplift_handlers() -> Mapping[str, Handler]:
-    """DeepLIFT's handlers (stateless; built once)."""
-    handlers = linear_handlers()
-    rescale, relu = Rescale(), Rescale(relu=True)
-
-    def maxpool(engine: RuleEngine, name: str, func: Any, args: Any, kwargs: Any) -> Rule:
-        if kwargs.get("return_indices") or (len(args) > 6 and args[6]):
-            raise engine.unsupported(name, " with return_indices=True")
-        return DeepLiftMaxPool(func, tuple(args[1:]), kwargs)
-
-    handlers.update({name: (lambda *a: rescale) for name in ACTIVATIONS - RELU_OPS})
-    handlers.update({name: (lambda *a: relu) for name in RELU_OPS})
-    handlers.update({name: maxpool for name in MAX_POOL_OPS})
-    return handlers
-
-
-_REFERENCE_OPS = ACTIVATIONS | MAX_POOL_OPS
-
-
 @register(kind="decomposition")
 def deeplift(
     model: Any,
@@ -134,7 +100,9 @@ def deeplift(
             background=background,
         )
         freeze_parameters(model)
-        engine = PairedEngine("deeplift", _deeplift_handlers(), model, reference_ops=_REFERENCE_OPS)
+        engine = PairedEngine(
+            "deeplift", deeplift_handlers(), model, reference_ops=DEEPLIFT_REFERENCE_OPS
+        )
         n = x.shape[0]
         size = grad_batch_size(batch_size, x[0].numel(), total=n)
         paired: list[PairedForward] = []
@@ -182,100 +150,6 @@ def deeplift(
 
 
 # ---------------------------------------------------------------------------- LRP
-def _family(name: str) -> str:
-    if name == "linear":
-        return "linear"
-    if name in WEIGHTED_OPS:
-        return "conv"
-    if name in AVG_POOL_OPS:
-        return "avg_pool"
-    if name in MAX_POOL_OPS:
-        return "max_pool"
-    return "batch_norm"
-
-
-class _LrpRules:
-    """Chooses the LRP rule of each executed op: composite entry, else the default."""
-
-    def __init__(
-        self,
-        rule: str,
-        composite: Mapping[Any, str] | None,
-        epsilon: float,
-        gamma: float,
-        alpha: float,
-        beta: float,
-    ) -> None:
-        self.rule, self.epsilon, self.gamma, self.alpha, self.beta = (
-            rule,
-            epsilon,
-            gamma,
-            alpha,
-            beta,
-        )
-        self.composite = dict(composite or {})
-        for key, value in self.composite.items():
-            if isinstance(key, str):
-                check_choice("composite key", key, _FAMILIES)
-            elif not (isinstance(key, type) and issubclass(key, nn.Module)):
-                raise TypeError(
-                    f"`composite` keys must be layer families {_FAMILIES} or nn.Module "
-                    f"classes; got {key!r}."
-                )
-            check_choice(f"composite[{key!r}]", value, LRP_RULES)
-
-    def choose(self, engine: RuleEngine, name: str) -> str:
-        module = engine.current_module()
-        for key, value in self.composite.items():
-            if isinstance(key, type) and isinstance(module, key):
-                return value
-        family = _family(name)
-        if family in self.composite:
-            return self.composite[family]
-        return self.rule if family in ("linear", "conv") else "epsilon"
-
-    def __call__(self, engine: RuleEngine, name: str, func: Any, args: Any, kwargs: Any) -> Rule:
-        if name == "batch_norm":
-            eval_batch_norm(engine, name, func, args, kwargs)
-        choice = self.choose(engine, name)
-        if choice in ("epsilon", "zero"):
-            eps = self.epsilon if choice == "epsilon" else 0.0
-            return Epsilon(eps, label="zero" if choice == "zero" else "")
-        if name not in WEIGHTED_OPS:
-            raise ValueError(
-                f"LRP rule {choice!r} needs a weighted layer (linear/conv); `{name}` (in "
-                f"{engine.where()}) can use 'epsilon' or 'zero'."
-            )
-        rest = list(args[1:])
-        weight = rest[0] if rest else kwargs.get("weight")
-        bias = rest[1] if len(rest) > 1 else kwargs.get("bias")
-        tail, tail_kwargs = (
-            rest[2:],
-            {k: v for k, v in kwargs.items() if k not in ("weight", "bias")},
-        )
-
-        def weighted(t: torch.Tensor, w: torch.Tensor, b: Any = None) -> torch.Tensor:
-            return func(t, w, b, *tail, **tail_kwargs)
-
-        if choice == "gamma":
-            w_g = weight + self.gamma * weight.clamp(min=0)
-            b_g = None if bias is None else bias + self.gamma * bias.clamp(min=0)
-            return Epsilon(
-                self.epsilon,
-                modified=lambda t: weighted(t, w_g, b_g),
-                label=f"gamma({self.gamma:g})",
-            )
-        alpha, beta = (1.0, 0.0) if choice == "zplus" else (self.alpha, self.beta)
-        return AlphaBeta(
-            weighted,
-            weight,
-            alpha,
-            beta,
-            label="zplus" if choice == "zplus" else "",
-            epsilon=self.epsilon,
-        )
-
-
 @register(kind="decomposition")
 def lrp(
     model: Any,
@@ -324,11 +198,8 @@ def lrp(
     gamma = check_float("gamma", gamma, min_value=0.0)
     alpha = check_float("alpha", alpha)
     beta = check_float("beta", beta)
-    chooser = _LrpRules(rule, composite, epsilon, gamma, alpha, beta)
-    handlers: dict[str, Handler] = {
-        name: chooser for name in WEIGHTED_OPS | AVG_POOL_OPS | MAX_POOL_OPS | {"batch_norm"}
-    }
-    handlers.update({name: unchanged for name in RELU_OPS})
+    chooser = LrpRules(rule, composite, epsilon, gamma, alpha, beta)
+    handlers = lrp_handlers(chooser)
     with model_guard(model, eval_mode=eval_mode, method="lrp"):
         prep, grad, engine = rule_gradients(
             "lrp",

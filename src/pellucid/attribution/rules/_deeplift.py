@@ -1,43 +1,38 @@
-"""The backward rules of DeepLIFT (rescale) and LRP (epsilon, gamma, alpha-beta, z-plus).
+"""DeepLIFT's rules (rescale): every row compared with its baseline row.
 
-All rules are written in the "modified gradient" form: the attribution at the input is
-``x * grad`` (LRP) or ``(x - baseline) * grad`` (DeepLIFT), where ``grad`` is obtained by a
-backward pass in which some operations use the rule's backward instead of their Jacobian.
-
-* DeepLIFT pairs every row with its baseline row: the engine first runs the baselines
-  (without a graph) and keeps each non-linearity's reference input and output, then runs
-  the inputs, where non-linearities multiply the gradient by the secant slope
-  ``(f(x) - f(x0)) / (x - x0)`` (the local derivative where ``x == x0``); max pooling routes
-  ``f(x) - f(x0)`` through the argmax positions (as captum does); linear operations keep
-  their ordinary gradient, which is their multiplier.
-* LRP rules relate the relevance at a layer's output ``R = z * g`` to its input: epsilon
-  ``x * J^T (R / (z + eps sign z))``, gamma with weights ``W + gamma W+``, and alpha-beta
-  with separate positive and negative contributions.
+The paired engine (``_paired``) first runs the baselines without a graph, where every
+non-linearity keeps its reference input and output, then runs the inputs, where
+non-linearities multiply the gradient by the secant slope ``(f(x) - f(x0)) / (x - x0)``
+(the local derivative where ``x == x0``); max pooling routes ``f(x) - f(x0)`` through the
+argmax positions (as captum does); linear operations keep their ordinary gradient, which
+is their multiplier. The attribution at the input is ``(x - baseline) * grad``.
 """
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
 
 from pellucid._kernels import channels_last_pool
-from pellucid.attribution._paired import JOINT, PairedRule
-from pellucid.attribution._rules import Rule, vjp
+from pellucid.attribution.rules._engine import (
+    ACTIVATIONS,
+    MAX_POOL_OPS,
+    RELU_OPS,
+    Handler,
+    Rule,
+    RuleEngine,
+    linear_handlers,
+    vjp,
+)
+from pellucid.attribution.rules._paired import JOINT, PairedRule
 
-__all__ = ["AlphaBeta", "DeepLiftMaxPool", "Epsilon", "Rescale", "stabilize"]
+__all__ = ["DEEPLIFT_REFERENCE_OPS", "DeepLiftMaxPool", "Rescale", "deeplift_handlers"]
 
 Op = Callable[[torch.Tensor], torch.Tensor]
-
-
-def stabilize(z: torch.Tensor, epsilon: float) -> torch.Tensor:
-    """``z + epsilon * sign(z)`` (sign(0) = 1), with exact zeros mapped to 1 (so z / . = 0)."""
-    den = z + torch.where(z >= 0, z.new_tensor(epsilon), z.new_tensor(-epsilon))
-    if float(torch.tensor(epsilon, dtype=z.dtype)) >= torch.finfo(z.dtype).tiny:  # never 0
-        return den
-    return torch.where(den == 0, torch.ones_like(den), den)
 
 
 def _close(size: torch.Tensor, eps: float) -> torch.Tensor | None:
@@ -171,67 +166,22 @@ class DeepLiftMaxPool(PairedRule):
         return m
 
 
-class Epsilon(Rule):
-    """LRP-epsilon (LRP-0 with ``epsilon=0``; gamma when ``modified`` uses W + gamma W+).
+@functools.cache
+def deeplift_handlers() -> Mapping[str, Handler]:
+    """DeepLIFT's handlers (stateless; built once)."""
+    handlers = linear_handlers()
+    rescale, relu = Rescale(), Rescale(relu=True)
 
-    Backward: ``J_mod^T (g * z / stabilize(z_mod))`` where ``z_mod = modified(x)``.
-    """
+    def maxpool(engine: RuleEngine, name: str, func: Any, args: Any, kwargs: Any) -> Rule:
+        if kwargs.get("return_indices") or (len(args) > 6 and args[6]):
+            raise engine.unsupported(name, " with return_indices=True")
+        return DeepLiftMaxPool(func, tuple(args[1:]), kwargs)
 
-    def __init__(self, epsilon: float, modified: Op | None = None, label: str = "") -> None:
-        self.epsilon, self.modified = epsilon, modified
-        self.label = label or f"epsilon({epsilon:g})"
-
-    def forward(self, op: Op, x: torch.Tensor) -> tuple[torch.Tensor, Any]:
-        z = op(x)
-        z_mod = z if self.modified is None else self.modified(x)
-        return z, (x.clone(), z / stabilize(z_mod, self.epsilon))
-
-    def backward(self, op: Op, state: Any, grad: torch.Tensor) -> torch.Tensor:
-        x, ratio = state
-        return vjp(self.modified or op, x, grad * ratio)
+    handlers.update({name: (lambda *a: rescale) for name in ACTIVATIONS - RELU_OPS})
+    handlers.update({name: (lambda *a: relu) for name in RELU_OPS})
+    handlers.update({name: maxpool for name in MAX_POOL_OPS})
+    return handlers
 
 
-class AlphaBeta(Rule):
-    """LRP-alpha-beta for a weighted op ``func(x, W, None, ...)`` (z-plus is alpha=1, beta=0).
-
-    Positive contributions ``W+ x+ + W- x-`` get ``alpha`` of the relevance, negative ones
-    ``beta``; biases are ignored, so with ``alpha - beta = 1`` relevance is conserved.
-    """
-
-    def __init__(
-        self,
-        weighted: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-        weight: torch.Tensor,
-        alpha: float,
-        beta: float,
-        label: str = "",
-        epsilon: float = 1e-9,
-    ) -> None:
-        self.weighted, self.weight, self.alpha, self.beta = weighted, weight, alpha, beta
-        self.epsilon = epsilon
-        self.label = label or f"alpha_beta({alpha:g},{beta:g})"
-
-    def forward(self, op: Op, x: torch.Tensor) -> tuple[torch.Tensor, Any]:
-        z = op(x)
-        return z, (x.clone(), z.clone())
-
-    def backward(self, op: Op, state: Any, grad: torch.Tensor) -> torch.Tensor:
-        x, z = state
-        w_pos, w_neg = self.weight.clamp(min=0), self.weight.clamp(max=0)
-        relevance = grad * z
-        with torch.enable_grad():
-            x_pos = x.clamp(min=0).requires_grad_(True)
-            x_neg = x.clamp(max=0).requires_grad_(True)
-            z_pos = self.weighted(x_pos, w_pos) + self.weighted(x_neg, w_neg)
-            z_neg = self.weighted(x_pos, w_neg) + self.weighted(x_neg, w_pos)
-            gp_pos, gp_neg = torch.autograd.grad(
-                z_pos, (x_pos, x_neg), relevance / stabilize(z_pos, self.epsilon)
-            )
-            gn_pos, gn_neg = torch.autograd.grad(
-                z_neg, (x_pos, x_neg), relevance / stabilize(z_neg, self.epsilon)
-            )
-        return torch.where(
-            x > 0,
-            self.alpha * gp_pos - self.beta * gn_pos,
-            self.alpha * gp_neg - self.beta * gn_neg,
-        )
+#: The operations that keep a reference state in DeepLIFT's paired pass.
+DEEPLIFT_REFERENCE_OPS = ACTIVATIONS | MAX_POOL_OPS

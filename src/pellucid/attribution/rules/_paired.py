@@ -21,7 +21,7 @@ import torch
 
 from pellucid._batching import chunks
 from pellucid._targets import Forward
-from pellucid.attribution._rules import (
+from pellucid.attribution.rules._engine import (
     Rule,
     RuleEngine,
     UnsupportedOperationError,
