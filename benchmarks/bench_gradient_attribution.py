@@ -100,7 +100,7 @@ def cases(model: nn.Module, x: torch.Tensor, layer: nn.Module | None) -> list[tu
                 f"ig-50 {method}",
                 50 * n,
                 lambda m=method: pellucid.integrated_gradients(
-                    model, x, target=t, n_steps=50, method=m
+                    model, x, target=t, n_steps=50, quadrature=m
                 ),
                 lambda m=method: IntegratedGradients(model).attribute(
                     x, target=t, n_steps=50, method=m

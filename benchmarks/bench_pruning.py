@@ -30,7 +30,7 @@ def alternate_latency(models: dict, x: torch.Tensor, batch: int, repeats: int) -
     for _ in range(9):
         for key, model in models.items():
             samples[key].append(
-                latency(model, x, batch_size=batch, warmup=3, repeats=max(3, repeats // 9)).median
+                latency(model, x, batch_size=batch, warmup=3, n_repeats=max(3, repeats // 9)).median
             )
     return {k: statistics.median(v) for k, v in samples.items()}
 

@@ -21,7 +21,7 @@ from pellucid import (
     smoothgrad,
 )
 from pellucid.attribution._quadrature import METHODS as QUADRATURES
-from pellucid.attribution._quadrature import quadrature
+from pellucid.attribution._quadrature import quadrature_nodes
 
 D = torch.float64
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning:captum")
@@ -59,7 +59,7 @@ def _cnn(seed: int = 0) -> nn.Module:
 @pytest.mark.parametrize("method", QUADRATURES)
 def test_ig_equals_w_times_delta_on_a_linear_model(method):
     net, x, b = _linear()
-    e = integrated_gradients(net, x, baseline=b, n_steps=7, method=method)
+    e = integrated_gradients(net, x, baseline=b, n_steps=7, quadrature=method)
     w = net.weight.detach()
     # Every quadrature integrates a constant exactly: weights sum to 1 (up to rounding).
     torch.testing.assert_close(e.attributions, w * (x - b), rtol=0, atol=1e-12)
@@ -87,13 +87,13 @@ def test_expected_gradients_with_one_reference_is_ig_of_a_linear_model():
 def test_smoothgrad_of_a_linear_model_is_its_gradient():
     net, x, _ = _linear()
     g = torch.Generator().manual_seed(0)
-    e = smoothgrad(net, x, method_kwargs={"absolute": False}, n_samples=8, generator=g)
+    e = smoothgrad(net, x, explain_kwargs={"absolute": False}, n_samples=8, generator=g)
     torch.testing.assert_close(e.attributions, net.weight.detach().expand_as(x))
     var = smoothgrad(
         net,
         x,
         variant="vargrad",
-        method_kwargs={"absolute": False},
+        explain_kwargs={"absolute": False},
         n_samples=8,
         generator=torch.Generator().manual_seed(0),
     )
@@ -102,7 +102,7 @@ def test_smoothgrad_of_a_linear_model_is_its_gradient():
 
 def test_quadrature_weights_sum_to_one():
     for method in QUADRATURES:
-        alphas, weights = quadrature(method, 9)
+        alphas, weights = quadrature_nodes(method, 9)
         assert float(weights.sum()) == pytest.approx(1.0, abs=1e-14)
         assert 0.0 <= float(alphas.min()) and float(alphas.max()) <= 1.0
 
@@ -161,14 +161,14 @@ def test_smoothgrad_wraps_integrated_gradients():
         net,
         x,
         target="predicted",
-        method="integrated_gradients",
+        base="integrated_gradients",
         n_samples=3,
-        method_kwargs={"n_steps": 8},
+        explain_kwargs={"n_steps": 8},
         generator=torch.Generator().manual_seed(0),
     )
     assert e.attributions.shape == x.shape
-    assert e.params["method"] == "integrated_gradients"
-    assert e.params["method_kwargs"]["n_steps"] == 8
+    assert e.params["base"] == "integrated_gradients"
+    assert e.params["explain_kwargs"]["n_steps"] == 8
 
 
 # ---------------------------------------------------------------- layers and baselines
@@ -273,7 +273,7 @@ def test_bad_inputs_have_clear_messages():
     with pytest.raises(ValueError, match="needs `background=`"):
         integrated_gradients(net, x, target=0, baseline="mean")
     with pytest.raises(ValueError, match="Did you mean 'gausslegendre'"):
-        integrated_gradients(net, x, target=0, method="gauss")
+        integrated_gradients(net, x, target=0, quadrature="gauss")
     with pytest.raises(ValueError, match="`layer` is required"):
         grad_cam(_cnn(), torch.rand(1, 1, 8, 8, dtype=D), target=0)
     with pytest.raises(ValueError, match="feature maps"):
@@ -302,7 +302,7 @@ def test_ig_matches_captum(method):
 
     net = _cnn()
     x, b = torch.rand(3, 1, 8, 8, dtype=D), torch.rand(3, 1, 8, 8, dtype=D) * 0.1
-    ours = integrated_gradients(net, x, target=2, baseline=b, n_steps=20, method=method)
+    ours = integrated_gradients(net, x, target=2, baseline=b, n_steps=20, quadrature=method)
     theirs = IntegratedGradients(net).attribute(x, b, target=2, n_steps=20, method=method)
     if method == "riemann_trapezoid":
         # captum's trapezoid weights are 1/n (ends halved) and sum to 1 - 1/n; ours are
@@ -380,3 +380,56 @@ def test_ig_completeness_property(seed, scale, n):
     diff = (e.extras["output"] - e.extras["baseline_output"]).abs()
     # Gauss-Legendre with 50 nodes on a tanh network: far below 1e-3 relative (+ rounding).
     assert (e.extras["completeness_gap"].abs() <= 1e-3 * diff + 1e-12).all()
+
+
+class _AddInPlace(nn.Module):
+    """A residual block that adds the identity in place, like torchvision's ResNet."""
+
+    def __init__(self, inplace: bool = True) -> None:
+        super().__init__()
+        self.inplace = inplace
+        self.conv = nn.Conv2d(3, 3, 3, padding=1)
+        self.bn = nn.BatchNorm2d(3)
+        self.head = nn.Linear(3 * 6 * 6, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.bn(self.conv(x))
+        if self.inplace:
+            out += x
+            return self.head(torch.relu_(out).flatten(1))
+        return self.head(torch.relu(out + x).flatten(1))
+
+
+@pytest.mark.parametrize("inplace_model", ["bn_relu", "residual"])
+def test_layer_outputs_changed_in_place_later_are_explained_as_without(inplace_model):
+    torch.manual_seed(0)
+    if inplace_model == "bn_relu":
+        layers = [nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(inplace=True)]
+        net = nn.Sequential(*layers, nn.Flatten(), nn.Linear(144, 2)).to(D).eval()
+        plain = nn.Sequential(*[nn.ReLU() if isinstance(m, nn.ReLU) else m for m in net])
+        x, layer = torch.randn(3, 3, 8, 8, dtype=D), "1"
+    else:
+        net = _AddInPlace().to(D).eval()
+        plain = _AddInPlace(inplace=False).to(D).eval()
+        plain.load_state_dict(net.state_dict())
+        x, layer = torch.randn(3, 3, 6, 6, dtype=D), "bn"
+    cam = grad_cam(net, x, layer=layer, target=0)
+    ig = integrated_gradients(net, x, layer=layer, target=0, n_steps=16)
+    # the layer's own output (before the in-place change) is what is explained
+    acts = []
+
+    def record(module: nn.Module, args: object, out: torch.Tensor) -> None:
+        acts.append(out.detach().clone())
+
+    handle = dict(net.named_modules())[layer].register_forward_hook(record)
+    net(x)
+    handle.remove()
+    torch.testing.assert_close(ig.inputs, acts[0], rtol=0, atol=0)
+    # the same numbers as the model without in-place operations (float64: rounding only)
+    torch.testing.assert_close(
+        cam.attributions, grad_cam(plain, x, layer=layer, target=0).attributions
+    )
+    torch.testing.assert_close(
+        ig.attributions,
+        integrated_gradients(plain, x, layer=layer, target=0, n_steps=16).attributions,
+    )

@@ -335,8 +335,8 @@ def test_bad_fill_step_masks_and_parameters():
         metrics.faithfulness_correlation(net, ONES, ONES, masks=torch.ones(2, 4))
     with pytest.raises(ValueError, match="`n_samples` must be an integer >= 2"):
         metrics.faithfulness_correlation(net, ONES, ONES, n_samples=1)
-    with pytest.raises(ValueError, match="`noise_scale` must be > 0"):
-        metrics.infidelity(net, ONES, ONES, noise_scale=0.0)
+    with pytest.raises(ValueError, match="`noise` must be > 0"):
+        metrics.infidelity(net, ONES, ONES, noise=0.0)
     with pytest.raises(ValueError, match="registered attribution method.*Did you mean.*'saliency'"):
         metrics.max_sensitivity(net, ONES, "saliancy")
     with pytest.raises(TypeError, match="`explain` must be a registered method name"):

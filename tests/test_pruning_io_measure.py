@@ -83,9 +83,9 @@ def test_latency_and_compare_report_measured_speedup():
     dense = TinyResNet(width=8).eval()
     pruned = _structured()
     x = torch.randn(1, 1, 8, 8)
-    lat = measure.latency(dense, x, batch_size=4, warmup=1, repeats=3)
+    lat = measure.latency(dense, x, batch_size=4, warmup=1, n_repeats=3)
     assert lat.batch_size == 4 and lat.q1 <= lat.median <= lat.q3
-    result = measure.compare(dense, pruned, x, batch_size=4, warmup=1, repeats=3)
+    result = measure.compare(dense, pruned, x, batch_size=4, warmup=1, n_repeats=3)
     assert result["speedup"] == pytest.approx(
         result["dense"]["latency_s"] / result["pruned"]["latency_s"]
     )

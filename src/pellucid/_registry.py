@@ -8,15 +8,69 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pellucid._validation import did_you_mean
 
-__all__ = ["MethodInfo", "attribute", "get_method", "list_methods", "register"]
+if TYPE_CHECKING:
+    from pellucid.explanation import Explanation
+
+__all__ = ["VOCABULARY", "MethodInfo", "attribute", "get_method", "list_methods", "register"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 KINDS = ("gradient", "decomposition", "perturbation", "shapley", "surrogate", "attention")
+
+#: Every keyword a registered method may take, with the one meaning it has everywhere. A
+#: test checks each method's signature against it: a new keyword is a deliberate addition
+#: here, not a synonym of an existing one (``noise`` not ``noise_scale``, ``n_repeats`` not
+#: ``repeats``, ``generator`` not ``seed``, ``explain_kwargs`` not ``method_kwargs``).
+#: ``method`` is reserved for :func:`attribute`'s dispatch; ``target`` is always the output
+#: explained, ``labels`` always ground truth for a loss (never a synonym of ``target``).
+VOCABULARY: dict[str, str] = {
+    # the call: every method
+    "model": "the model, a callable Tensor -> output, usually an nn.Module",
+    "inputs": "the batch-first inputs explained",
+    "target": "which output is explained: int, one per example, 'predicted', callable, None",
+    "batch_size": "rows per forward (or forward+backward) pass; None picks one",
+    "forward_args": "extra positional model arguments (batch-aligned ones follow the rows)",
+    "forward_kwargs": "extra keyword model arguments",
+    "output": "which part of a tuple/dict/ModelOutput return value is explained",
+    "eval_mode": "True: eval mode for this call; None (default): warn in training mode",
+    # shared by several methods
+    "layer": "a submodule (or its dotted name) whose output is explained or weighted",
+    "baseline": "the reference input: None/zeros, a number, a tensor or a named baseline",
+    "background": "reference examples (rows shaped like one input)",
+    "background_weights": "weights of the background rows",
+    "n_steps": "quadrature nodes along a path",
+    "n_samples": "random samples per example",
+    "generator": "the torch.Generator random source (same state, same result)",
+    "noise": "standard deviation of Gaussian noise",
+    "feature_mask": "integer groups of input features treated as one player",
+    "n_segments": "number of image segments when no feature_mask is given",
+    "window": "occlusion window shape",
+    "stride": "occlusion window step",
+    "alpha": "lime: ridge penalty; lrp: weight of the positive part (alpha-beta rule)",
+    "head_fusion": "how attention heads are combined: mean, max or min",
+    "upsample": "how a layer map is upsampled to the inputs: linear or nearest",
+    # one method each
+    "absolute": "saliency: |gradient| instead of the signed gradient",
+    "antithetic": "sampling_shapley: pair each permutation with its reverse",
+    "base": "smoothgrad: the wrapped gradient method",
+    "beta": "lrp: weight of the negative part (alpha-beta rule)",
+    "composite": "lrp: rules per layer type",
+    "epsilon": "lrp: stabilizer of the epsilon rule",
+    "explain_kwargs": "keyword arguments of a wrapped explanation method",
+    "gamma": "lrp: weight of positive parameters (gamma rule)",
+    "kernel_width": "lime: width of the proximity kernel",
+    "quadrature": "integrated_gradients: the rule placing the nodes on the path",
+    "query": "attention_rollout: the output position explained",
+    "relu": "grad_cam: keep the positive part of the map",
+    "residual": "attention_rollout: add the identity for the skip connection",
+    "rule": "lrp: the rule applied to every layer",
+    "train_data": "lime: data whose statistics scale the perturbations",
+    "variant": "smoothgrad: mean, mean of squares or variance over the noisy copies",
+}
 
 
 @dataclass(frozen=True)
@@ -92,13 +146,16 @@ def list_methods(kind: str | None = None) -> list[str]:
     return sorted(n for n, info in _REGISTRY.items() if kind is None or info.kind == kind)
 
 
-def get_method(name: str) -> MethodInfo:
-    """The :class:`MethodInfo` registered under ``name``; suggests close names on a typo."""
+def get_method(name: str, *, argument: str = "method") -> MethodInfo:
+    """The :class:`MethodInfo` registered under ``name``; suggests close names on a typo.
+
+    ``argument`` is the keyword the name came from, named in the error.
+    """
     if not isinstance(name, str):
-        raise TypeError(f"`method` must be a method name (str); got {type(name).__name__}.")
+        raise TypeError(f"`{argument}` must be a method name (str); got {type(name).__name__}.")
     if name not in _REGISTRY:
         raise ValueError(
-            f"`method` must be a registered attribution method; got {name!r}."
+            f"`{argument}` must be a registered attribution method; got {name!r}."
             + did_you_mean(name, _REGISTRY)
             + " See pellucid.list_methods()."
         )
@@ -107,7 +164,7 @@ def get_method(name: str) -> MethodInfo:
 
 def attribute(
     model: Any, inputs: Any, *, method: str = "integrated_gradients", **kwargs: Any
-) -> Any:
+) -> Explanation:
     """Explain ``model`` on ``inputs`` with the registered ``method``.
 
     Example:
@@ -116,4 +173,5 @@ def attribute(
         >>> pellucid.attribute(net, torch.ones(2, 3), method="saliency").attributions.shape
         torch.Size([2, 3])
     """
-    return get_method(method).fn(model, inputs, **kwargs)
+    result: Explanation = get_method(method).fn(model, inputs, **kwargs)
+    return result

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["PellucidWarning", "TrainingModeWarning"]
+__all__ = ["PellucidDeprecationWarning", "PellucidWarning", "TrainingModeWarning"]
 
 
 class PellucidWarning(UserWarning):
@@ -11,3 +11,10 @@ class PellucidWarning(UserWarning):
 
 class TrainingModeWarning(PellucidWarning):
     """The model is in training mode and has layers whose output depends on the mode."""
+
+
+class PellucidDeprecationWarning(PellucidWarning, FutureWarning):
+    """A keyword or function was renamed; the old name works for one more release.
+
+    A ``FutureWarning`` too, so that it is shown to end users by default.
+    """

@@ -76,7 +76,9 @@ class LayerForward(Forward):
                     f"shape {tuple(x.shape)}."
                 )
             torch.set_grad_enabled(grad_mode)  # gradients start at ``x``: no graph before it
-            return x
+            # a copy: the model may change the layer's output in place (``ReLU(inplace=True)``
+            # after a batch norm, ResNet's ``out += identity``), never ``x`` itself
+            return x.clone()
 
         handle = self.layer.register_forward_hook(substitute)
         try:
@@ -111,8 +113,9 @@ def layer_activations(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Run ``forward`` on ``raw`` and return ``(output, layer output)``, both detached.
 
-    With ``track``, the layer's output is replaced by a leaf that requires grad and the
-    returned output keeps the graph from that leaf (the second value).
+    With ``track``, the model goes on from a copy of a leaf that requires grad (the second
+    value) and the returned output keeps the graph from that leaf. The layer's output is
+    copied either way, so a model that changes it in place later cannot change the result.
     Raises when the layer runs other than exactly once or returns something else than a tensor.
     """
     captured: list[Any] = []
@@ -123,11 +126,15 @@ def layer_activations(
             # without one up to here (cheaper), and records from the leaf on.
             torch.set_grad_enabled(True)
             # contiguous: the model may run channels-last (``_kernels``), methods get the
-            # usual layout
-            out = out.detach().contiguous().requires_grad_(True)
+            # usual layout. The model goes on with a copy of the leaf, which it may change in
+            # place (``ReLU(inplace=True)``, ``out += identity``) while the leaf stays intact.
+            leaf = out.detach().clone(memory_format=torch.contiguous_format).requires_grad_(True)
+            captured.append(leaf)
+            return leaf.clone()
+        if isinstance(out, torch.Tensor):  # a copy, for the same reason
+            captured.append(out.detach().clone(memory_format=torch.contiguous_format))
+        else:
             captured.append(out)
-            return out
-        captured.append(out.contiguous() if isinstance(out, torch.Tensor) else out)
         return None
 
     handles = [layer.register_forward_hook(capture)]

@@ -13,7 +13,7 @@ import torch
 
 from pellucid._validation import check_choice, check_int
 
-__all__ = ["METHODS", "quadrature"]
+__all__ = ["METHODS", "quadrature_nodes"]
 
 METHODS = ("gausslegendre", "riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid")
 
@@ -43,38 +43,38 @@ def _gauss_legendre(n: int) -> tuple[np.ndarray, np.ndarray]:
     return x[::-1].copy(), weights[::-1].copy()
 
 
-def quadrature(
-    method: str,
+def quadrature_nodes(
+    rule: str,
     n_steps: int,
     *,
     dtype: torch.dtype = torch.float64,
     device: torch.device | str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Points and weights of ``method`` with ``n_steps`` nodes on [0, 1].
+    """Points and weights of the quadrature ``rule`` with ``n_steps`` nodes on [0, 1].
 
     Example:
-        >>> alphas, weights = quadrature("riemann_middle", 4)
+        >>> alphas, weights = quadrature_nodes("riemann_middle", 4)
         >>> alphas.tolist(), float(weights.sum())
         ([0.125, 0.375, 0.625, 0.875], 1.0)
     """
-    check_choice("method", method, METHODS)
-    if method == "gausslegendre":
+    check_choice("quadrature", rule, METHODS)
+    if rule == "gausslegendre":
         n_steps = check_int("n_steps", n_steps, min_value=1)
         nodes, weights = _gauss_legendre(n_steps)
         alphas_np, weights_np = 0.5 * (nodes + 1.0), 0.5 * weights
     else:
-        minimum = 2 if method == "riemann_trapezoid" else 1
+        minimum = 2 if rule == "riemann_trapezoid" else 1
         n_steps = check_int("n_steps", n_steps, min_value=minimum)
         n = n_steps
         weights_np = np.full(n, 1.0 / n)
-        if method == "riemann_trapezoid":
+        if rule == "riemann_trapezoid":
             alphas_np = np.linspace(0.0, 1.0, n)
             weights_np = np.full(n, 1.0 / (n - 1))
             weights_np[0] /= 2
             weights_np[-1] /= 2
-        elif method == "riemann_left":
+        elif rule == "riemann_left":
             alphas_np = np.arange(n) / n
-        elif method == "riemann_right":
+        elif rule == "riemann_right":
             alphas_np = np.arange(1, n + 1) / n
         else:
             alphas_np = (np.arange(n) + 0.5) / n

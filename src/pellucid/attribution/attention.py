@@ -117,7 +117,8 @@ def attention_maps(
     batch_size: int | None = None,
     forward_args: Any = None,
     forward_kwargs: Mapping[str, Any] | None = None,
-    eval_mode: bool | None = True,
+    output: Any = None,
+    eval_mode: bool | None = None,
 ) -> AttentionMaps:
     """Per-head attention weights of every ``nn.MultiheadAttention`` call for ``inputs``.
 
@@ -125,7 +126,11 @@ def attention_maps(
         model: an ``nn.Module`` containing ``nn.MultiheadAttention`` layers.
         inputs: batch-first inputs (token ids or feature sequences).
         batch_size: examples per forward pass.
-        eval_mode: run in eval mode for this call (default True: no attention dropout).
+        forward_args: extra positional model arguments; forward_kwargs: keyword ones.
+        output: which part of a tuple/dict return value is the model's output (recorded in
+            ``outputs``).
+        eval_mode: True runs in eval mode for this call (no attention dropout); None (the
+            default) warns in training mode; False keeps the mode silently.
 
     Example:
         >>> import torch
@@ -137,7 +142,13 @@ def attention_maps(
     _attention_layers(model)
     inputs = check_tensor("inputs", inputs, min_ndim=2, finite=True).detach()
     n = inputs.shape[0]
-    forward = Forward(model, n_examples=n, forward_args=forward_args, forward_kwargs=forward_kwargs)
+    forward = Forward(
+        model,
+        n_examples=n,
+        forward_args=forward_args,
+        forward_kwargs=forward_kwargs,
+        output=output,
+    )
     size = resolve_batch_size(batch_size, inputs[0].numel(), total=n)
     names: list[str] = []
     outputs: list[torch.Tensor] = []
@@ -165,6 +176,7 @@ def _target(
     inputs: Any,
     forward_args: Any,
     forward_kwargs: Mapping[str, Any] | None,
+    output: Any,
     eval_mode: bool | None,
 ) -> Any:
     """Validate a given ``target`` on the model's output first (attention does not use it)."""
@@ -173,7 +185,11 @@ def _target(
     _attention_layers(model)
     inputs = check_tensor("inputs", inputs, min_ndim=2, finite=True).detach()
     forward = Forward(
-        model, n_examples=inputs.shape[0], forward_args=forward_args, forward_kwargs=forward_kwargs
+        model,
+        n_examples=inputs.shape[0],
+        forward_args=forward_args,
+        forward_kwargs=forward_kwargs,
+        output=output,
     )
     with model_guard(model, eval_mode=eval_mode, method="attention"), torch.inference_mode():
         return resolve_target(target, forward(inputs)).describe()
@@ -218,6 +234,7 @@ def attention(
     batch_size: int | None = None,
     forward_args: Any = None,
     forward_kwargs: Mapping[str, Any] | None = None,
+    output: Any = None,
     eval_mode: bool | None = None,
 ) -> Explanation:
     """Raw attention: how much attention each input token receives in one layer.
@@ -233,6 +250,8 @@ def attention(
         target: validated and recorded only: attention does not depend on the output.
         layer: which attention call (index in call order; -1 is the last).
         head_fusion: ``"mean"``, ``"max"`` or ``"min"`` over heads.
+        Other arguments as in :func:`attention_maps` (``output`` selects the output that
+        ``target`` is validated against).
 
     Example:
         >>> import torch
@@ -243,13 +262,14 @@ def attention(
         (torch.Size([4, 5, 3]), True)
     """
     check_choice("head_fusion", head_fusion, ("mean", "max", "min"))
-    described = _target(target, model, inputs, forward_args, forward_kwargs, eval_mode)
+    described = _target(target, model, inputs, forward_args, forward_kwargs, output, eval_mode)
     maps = attention_maps(
         model,
         inputs,
         batch_size=batch_size,
         forward_args=forward_args,
         forward_kwargs=forward_kwargs,
+        output=output,
         eval_mode=eval_mode,
     )
     n_layers = maps.weights.shape[0]
@@ -277,6 +297,7 @@ def attention_rollout(
     batch_size: int | None = None,
     forward_args: Any = None,
     forward_kwargs: Mapping[str, Any] | None = None,
+    output: Any = None,
     eval_mode: bool | None = None,
 ) -> Explanation:
     """Attention rollout (Abnar & Zuidema 2020): attention propagated down to the input tokens.
@@ -294,6 +315,7 @@ def attention_rollout(
         head_fusion: ``"mean"``, ``"max"`` or ``"min"`` over heads.
         residual: add the identity for the skip connection.
         query: the output position to explain, or None for the mean over positions.
+        Other arguments as in :func:`attention_maps`.
 
     Example:
         >>> import torch
@@ -306,13 +328,14 @@ def attention_rollout(
     check_choice("head_fusion", head_fusion, ("mean", "max", "min"))
     if not isinstance(residual, bool):
         raise TypeError(f"`residual` must be True or False; got {residual!r}.")
-    described = _target(target, model, inputs, forward_args, forward_kwargs, eval_mode)
+    described = _target(target, model, inputs, forward_args, forward_kwargs, output, eval_mode)
     maps = attention_maps(
         model,
         inputs,
         batch_size=batch_size,
         forward_args=forward_args,
         forward_kwargs=forward_kwargs,
+        output=output,
         eval_mode=eval_mode,
     )
     fused = _fuse(maps.weights, head_fusion).to(torch.float64)  # (L, N, T, S)

@@ -14,13 +14,14 @@ from typing import Any
 import torch
 
 from pellucid._batching import map_chunks, resolve_batch_size
+from pellucid._deprecation import renamed
 from pellucid._registry import register
 from pellucid._state import model_guard
 from pellucid._targets import Forward, ResolvedTarget, Target
 from pellucid._validation import check_int
 from pellucid.attribution._baselines import resolve_baseline, to_explained_space
 from pellucid.attribution._common import prepare
-from pellucid.attribution._quadrature import quadrature
+from pellucid.attribution._quadrature import quadrature_nodes
 from pellucid.attribution.gradients import _layer_params, path_gradients
 from pellucid.explanation import Explanation
 
@@ -66,6 +67,7 @@ def _per_example_sum(x: torch.Tensor) -> torch.Tensor:
 
 
 @register(kind="gradient", contract_kwargs={"n_steps": 8})
+@renamed(method="quadrature")
 def integrated_gradients(
     model: Any,
     inputs: torch.Tensor,
@@ -73,7 +75,7 @@ def integrated_gradients(
     target: Target = None,
     baseline: Any = None,
     n_steps: int = 50,
-    method: str = "gausslegendre",
+    quadrature: str = "gausslegendre",
     background: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
     layer: Any = None,
@@ -96,7 +98,8 @@ def integrated_gradients(
         baseline: None/``"zeros"``, a number, a tensor (one example or one per example),
             ``"mean"`` (of ``background``), ``"blur"`` or ``"uniform"`` (with ``generator``).
         n_steps: quadrature nodes per example (>= 1; >= 2 for ``riemann_trapezoid``).
-        method: ``"gausslegendre"`` or ``"riemann_left|right|middle|trapezoid"``.
+        quadrature: the rule that places the nodes: ``"gausslegendre"`` or
+            ``"riemann_left|right|middle|trapezoid"`` (formerly ``method=``).
         background: reference examples for ``baseline="mean"``.
         generator: random source for ``baseline="uniform"``.
         layer: explain this submodule's output (e.g. the embedding of a token model).
@@ -112,7 +115,7 @@ def integrated_gradients(
         >>> torch.allclose(e.attributions, net.weight.detach().expand(2, 3))
         True
     """
-    alphas, weights = quadrature(method, n_steps)
+    alphas, weights = quadrature_nodes(quadrature, n_steps)
     with model_guard(model, eval_mode=eval_mode, method="integrated_gradients"):
         prep = prepare(
             model,
@@ -158,7 +161,7 @@ def integrated_gradients(
         baseline=base,
         params={
             "n_steps": alphas.numel(),
-            "method": method,
+            "quadrature": quadrature,
             "baseline": baseline if isinstance(baseline, str | int | float) else None,
             "batch_size": batch_size,
             **_layer_params(prep),

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from pellucid._deprecation import renamed
 from pellucid._registry import get_method, register
 from pellucid._state import model_guard
 from pellucid._targets import Target
@@ -36,17 +37,18 @@ def _aggregate(samples: torch.Tensor, variant: str) -> torch.Tensor:
 
 
 @register(kind="gradient", stochastic=True, contract_kwargs={"n_samples": 4})
+@renamed(method="base", method_kwargs="explain_kwargs")
 def smoothgrad(
     model: Any,
     inputs: torch.Tensor,
     *,
     target: Target = None,
-    method: str | Callable[..., Explanation] = "saliency",
+    base: str | Callable[..., Explanation] = "saliency",
     variant: str = "smoothgrad",
     n_samples: int = 20,
     noise: float = 0.15,
     generator: torch.Generator | None = None,
-    method_kwargs: Mapping[str, Any] | None = None,
+    explain_kwargs: Mapping[str, Any] | None = None,
     batch_size: int | None = None,
     forward_args: Any = None,
     forward_kwargs: Mapping[str, Any] | None = None,
@@ -60,14 +62,16 @@ def smoothgrad(
         inputs: a batch-first float tensor.
         target: which output to explain; resolved on the clean inputs, so ``"predicted"``
             is the clean prediction in every noisy copy.
-        method: the wrapped method: a registered name (``"saliency"``,
-            ``"integrated_gradients"``, ...) or a function with the attribution signature.
+        base: the wrapped method: a registered name (``"saliency"``,
+            ``"integrated_gradients"``, ...) or a function with the attribution signature
+            (formerly ``method=``).
         variant: ``"smoothgrad"`` (mean), ``"smoothgrad_sq"`` (mean of squares) or
             ``"vargrad"`` (variance) over the noisy copies.
         n_samples: noisy copies per example (>= 1).
         noise: noise standard deviation as a fraction of each example's ``max - min``.
         generator: the random source (same state, same result).
-        method_kwargs: extra arguments for the wrapped method (e.g. ``{"absolute": False}``).
+        explain_kwargs: extra arguments for ``base`` (e.g. ``{"absolute": False}``; formerly
+            ``method_kwargs=``).
         batch_size: rows per backward pass, passed to the wrapped method.
         forward_args: extra positional model arguments; forward_kwargs: keyword ones.
         output: which part of a tuple/dict return value to explain.
@@ -83,19 +87,19 @@ def smoothgrad(
     variant = check_choice("variant", variant, VARIANTS)
     n_samples = check_int("n_samples", n_samples, min_value=1)
     noise = check_float("noise", noise, min_value=0.0)
-    kwargs = dict(method_kwargs or {})
-    if isinstance(method, str):
-        info = get_method(method)
+    kwargs = dict(explain_kwargs or {})
+    if isinstance(base, str):
+        info = get_method(base, argument="base")
         if info.kind != "gradient" or info.name == "smoothgrad":
             raise ValueError(
-                f"`method` must be a gradient method other than smoothgrad; got {method!r} "
+                f"`base` must be a gradient method other than smoothgrad; got {base!r} "
                 f"(kind {info.kind!r})."
             )
         name, fn = info.name, info.fn
-    elif callable(method):
-        name, fn = getattr(method, "__name__", "callable"), method
+    elif callable(base):
+        name, fn = getattr(base, "__name__", "callable"), base
     else:
-        raise TypeError(f"`method` must be a method name or a function; got {method!r}.")
+        raise TypeError(f"`base` must be a method name or a function; got {base!r}.")
     fast = name in _FAST and fn is get_method(name).fn and set(kwargs) <= {"absolute"}
     with model_guard(model, eval_mode=eval_mode, method="smoothgrad"):
         prep = prepare(
@@ -152,11 +156,11 @@ def smoothgrad(
         method="smoothgrad",
         target=prep.target.describe(),
         params={
-            "method": name,
+            "base": name,
             "variant": variant,
             "n_samples": n_samples,
             "noise": noise,
-            "method_kwargs": inner,
+            "explain_kwargs": inner,
             "batch_size": batch_size,
         },
         extras={

@@ -94,7 +94,7 @@ def permutation_importance(
     forward_args: Any = None,
     forward_kwargs: Mapping[str, Any] | None = None,
     output: Any = None,
-    eval_mode: bool | None = True,
+    eval_mode: bool | None = None,
 ) -> PermutationImportance:
     """Permutation importance of each feature (or ``feature_mask`` group) for a dataset score.
 
@@ -115,7 +115,8 @@ def permutation_importance(
         feature_names: one name per feature or group (default ``feature_i``).
         generator: the random source (same state, same result).
         batch_size: rows per forward pass (memory bound).
-        eval_mode: run the model in eval mode for this call (default True).
+        eval_mode: True runs the model in eval mode for this call; None (the default)
+            warns in training mode; False keeps the mode silently.
 
     Example:
         >>> import torch

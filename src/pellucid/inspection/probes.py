@@ -113,7 +113,7 @@ def record_activations(
     *,
     layers: Sequence[str] | None = None,
     batch_size: int | None = None,
-    eval_mode: bool | None = True,
+    eval_mode: bool | None = None,
 ) -> dict[str, torch.Tensor]:
     """The output of every layer for ``inputs`` (``{layer name: (N, ...) tensor}``).
 
@@ -150,7 +150,7 @@ def record_gradients(
     wrt: str = "weights",
     layers: Sequence[str] | None = None,
     batch_size: int | None = None,
-    eval_mode: bool | None = True,
+    eval_mode: bool | None = None,
 ) -> dict[str, torch.Tensor]:
     """Gradients per layer, of the loss on ``labels`` or of the summed ``target`` scores.
 

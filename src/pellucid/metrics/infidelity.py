@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from pellucid._deprecation import renamed
 from pellucid._state import model_guard
 from pellucid._validation import check_float, check_int
 from pellucid.metrics._common import flat_features, score_rows, setup_metric
@@ -19,6 +20,7 @@ from pellucid.metrics._perturb import per_example
 __all__ = ["infidelity"]
 
 
+@renamed(noise_scale="noise")
 def infidelity(
     model: Any,
     inputs: torch.Tensor,
@@ -26,7 +28,7 @@ def infidelity(
     *,
     target: Any = None,
     n_samples: int = 10,
-    noise_scale: float = 0.1,
+    noise: float = 0.1,
     normalize: bool = False,
     perturbations: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
@@ -39,13 +41,13 @@ def infidelity(
     """Infidelity (Yeh et al. 2019), one value >= 0 per example; lower is more faithful.
 
     ``mean_I (attributions . I - (f(x) - f(x - I)))^2`` over ``n_samples`` perturbations
-    ``I ~ N(0, noise_scale^2)`` (or the given ``perturbations``). With ``normalize=True`` the
+    ``I ~ N(0, noise^2)`` (or the given ``perturbations``). With ``normalize=True`` the
     attributions are first scaled by the best factor ``beta = E[a b] / E[a^2]`` (as in
     captum), so only their direction is judged.
 
     Args:
         n_samples: perturbations per example.
-        noise_scale: standard deviation of the Gaussian perturbations.
+        noise: standard deviation of the Gaussian perturbations (formerly ``noise_scale``).
         normalize: scale the attributions optimally before scoring.
         perturbations: optional perturbations ``I`` to use, shape ``(n_samples, *features)``
             (shared) or ``(N, n_samples, *features)``.
@@ -81,7 +83,7 @@ def infidelity(
             flat = given.reshape(n * n_samples, d) if given.stride(0) != 0 else None
         else:
             n_samples = check_int("n_samples", n_samples, min_value=1)
-            scale = check_float("noise_scale", noise_scale, min_value=0.0, min_inclusive=False)
+            scale = check_float("noise", noise, min_value=0.0, min_inclusive=False)
         dots: list[torch.Tensor] = []
         shape = setup.inputs.shape[1:]
 
@@ -89,14 +91,14 @@ def infidelity(
             r = torch.arange(start, stop, device=x.device)
             example = r.div(n_samples, rounding_mode="floor")
             if perturbations is None:
-                noise = torch.randn(stop - start, d, generator=generator, dtype=x.dtype)
-                noise = noise.to(x.device).mul_(scale)
+                bump = torch.randn(stop - start, d, generator=generator, dtype=x.dtype)
+                bump = bump.to(x.device).mul_(scale)
             elif flat is not None:
-                noise = flat[start:stop]
+                bump = flat[start:stop]
             else:  # shared by all examples: an expanded view, never copied whole
-                noise = given[0].index_select(0, r.remainder_(n_samples))
-            dots.append((attr.index_select(0, example) * noise).sum(dim=1))
-            return (x.index_select(0, example) - noise).reshape(-1, *shape), example
+                bump = given[0].index_select(0, r.remainder_(n_samples))
+            dots.append((attr.index_select(0, example) * bump).sum(dim=1))
+            return (x.index_select(0, example) - bump).reshape(-1, *shape), example
 
         perturbed = score_rows(setup, make_rows, n * n_samples, batch_size=batch_size)
     a = torch.cat(dots).reshape(n, n_samples)

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from pellucid._deprecation import renamed
 from pellucid._state import model_guard
 from pellucid._validation import check_int
 from pellucid.pruning.importance import effective_weight
@@ -146,27 +147,29 @@ class Latency:
         return asdict(self)
 
 
+@renamed(repeats="n_repeats")
 def latency(
     model: nn.Module,
     example_inputs: Any,
     *,
     batch_size: int = 32,
     warmup: int = 5,
-    repeats: int = 30,
+    n_repeats: int = 30,
 ) -> Latency:
-    """Measure CPU inference latency: ``warmup`` calls, then the median of ``repeats``.
+    """Measure CPU inference latency: ``warmup`` calls, then the median of ``n_repeats``
+    (formerly ``repeats=``).
 
     Rows of ``example_inputs`` are tiled (or cut) to ``batch_size``; the model runs in
     eval mode under ``torch.inference_mode()`` and its state is restored.
 
     Example:
-        >>> lat = latency(torch.nn.Linear(8, 8), torch.zeros(1, 8), repeats=3, warmup=1)
+        >>> lat = latency(torch.nn.Linear(8, 8), torch.zeros(1, 8), n_repeats=3, warmup=1)
         >>> lat.batch_size, lat.median > 0
         (32, True)
     """
     batch_size = check_int("batch_size", batch_size, min_value=1)
     warmup = check_int("warmup", warmup, min_value=0)
-    repeats = check_int("repeats", repeats, min_value=1)
+    repeats = check_int("n_repeats", n_repeats, min_value=1)
     inputs = []
     for x in _as_tuple(example_inputs):
         reps = -(-batch_size // x.shape[0])
@@ -191,6 +194,7 @@ def latency(
     )
 
 
+@renamed(repeats="n_repeats")
 def compare(
     dense: nn.Module,
     pruned: nn.Module,
@@ -198,7 +202,7 @@ def compare(
     *,
     batch_size: int = 32,
     warmup: int = 5,
-    repeats: int = 30,
+    n_repeats: int = 30,
 ) -> dict[str, Any]:
     """Dense vs pruned: parameters, non-zeros, MACs, file bytes and measured latency.
 
@@ -207,7 +211,7 @@ def compare(
 
     Example:
         >>> d = torch.nn.Linear(8, 8)
-        >>> sorted(compare(d, d, torch.zeros(1, 8), repeats=2, warmup=1))
+        >>> sorted(compare(d, d, torch.zeros(1, 8), n_repeats=2, warmup=1))
         ['batch_size', 'dense', 'pruned', 'speedup']
     """
     rounds = 3
@@ -220,7 +224,7 @@ def compare(
                     example_inputs,
                     batch_size=batch_size,
                     warmup=warmup,
-                    repeats=max(1, repeats // rounds),
+                    n_repeats=max(1, n_repeats // rounds),
                 )
             )
     result: dict[str, Any] = {}

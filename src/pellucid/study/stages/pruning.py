@@ -55,7 +55,7 @@ def _measure(
     repeats = max(3, cfg["latency_repeats"] // 5)
     for _ in range(5):
         for name, net in (("dense", dense), ("model", model)):
-            lat = latency(net, x, batch_size=cfg["latency_batch"], warmup=1, repeats=repeats)
+            lat = latency(net, x, batch_size=cfg["latency_batch"], warmup=1, n_repeats=repeats)
             times[name].append(lat.median)
     dense_s, model_s = statistics.median(times["dense"]), statistics.median(times["model"])
     ratio = statistics.median(d / m for d, m in zip(times["dense"], times["model"], strict=True))
