@@ -321,3 +321,49 @@ def test_kept_counts_and_equivalence_property(widths, amount, seed):
     plan.apply_(model)
     with torch.no_grad():
         torch.testing.assert_close(model(x), expected, rtol=0, atol=1e-10)
+
+
+class PositionalStream(nn.Module):
+    """A learned positional parameter added to the token stream, then a residual MLP."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pos = nn.Parameter(torch.randn(1, 5, 8))
+        self.fc1, self.fc2, self.head = nn.Linear(8, 16), nn.Linear(16, 8), nn.Linear(8, 3)
+
+    def forward(self, x):
+        h = x + self.pos
+        return self.head((h + self.fc2(torch.relu(self.fc1(h)))).mean(1))
+
+
+def test_positional_stream_is_never_pruned_on_one_side_only():
+    # regression: the residual add once froze only one side and the pruned model crashed
+    torch.manual_seed(5)
+    model = PositionalStream().double().eval()
+    x = torch.randn(2, 5, 8, dtype=torch.float64)
+    plan = plan_channel_pruning(model, x, amount=0.5)
+    expected = _masked_reference(model, plan, x)
+    pruned = plan.apply_(copy.deepcopy(model))
+    assert pruned.fc2.out_features == 8 == pruned.head.in_features
+    assert pruned.fc1.out_features == 8
+    with torch.no_grad():
+        torch.testing.assert_close(pruned(x), expected, rtol=0, atol=1e-10)
+
+
+class BreaksWhenPruned(nn.Sequential):
+    """Same modules as ``Sequential(Linear(4, 6), Linear(6, 4))``, a forward that needs 6."""
+
+    def forward(self, x):
+        return self[1](self[0](x)) + self[0](x)[..., :4] * self[0](x)[..., 5:6]
+
+
+def test_plan_that_breaks_the_forward_is_never_applied():
+    dense = nn.Sequential(nn.Linear(4, 6), nn.Linear(6, 4))
+    plan = plan_channel_pruning(dense, torch.randn(1, 4), amount=0.5)
+    breaks = BreaksWhenPruned(nn.Linear(4, 6), nn.Linear(6, 4))
+    before, children = _state(breaks), list(breaks.children())
+    with pytest.raises(ValueError, match="does not run.*unchanged"):
+        plan.apply_(breaks)
+    assert list(breaks.children()) == children
+    assert all(torch.equal(v, before[k]) for k, v in breaks.state_dict().items())
+    assert breaks(torch.randn(2, 4)).shape == (2, 4)

@@ -39,7 +39,18 @@ from pellucid.pruning._spaces import (
     Value,
 )
 
-__all__ = ["ChannelGraph", "Member", "Segment", "build_graph"]
+__all__ = ["ChannelGraph", "Member", "Segment", "build_graph", "output_shape"]
+
+
+def output_shape(out: Any) -> Any:
+    """The shape(s) of a model output: a tensor, or a tuple/list/dict of them."""
+    if isinstance(out, torch.Tensor):
+        return tuple(out.shape)
+    if isinstance(out, tuple | list):
+        return tuple(output_shape(o) for o in out)
+    if isinstance(out, dict):
+        return {k: output_shape(v) for k, v in out.items()}
+    return None
 
 
 def _trace(model: nn.Module) -> fx.GraphModule:
@@ -242,22 +253,30 @@ class _Walker:
             if v is not None and v.free:
                 v = self.adapt(v, pos)
             if v is None or v.cdim != pos or len(v.layout) != len(base.layout):
-                self.graph.require_frozen(
-                    base.layout,
+                # neither side may lose channels: freeze both (never only one of them)
+                message = (
                     f"Cannot prune through node {node.name!r}: it combines channels with a "
-                    f"tensor ({arg.name!r}) whose channels cannot be matched.",
+                    f"tensor ({arg.name!r}) whose channels cannot be matched."
                 )
+                self.graph.require_frozen(base.layout, message)
+                if v is not None:
+                    self.graph.require_frozen(v.layout, message)
+                continue
+            if any(
+                a.length != b.length or a.repeat != b.repeat
+                for a, b in zip(v.layout, base.layout, strict=True)
+            ):
+                message = (
+                    f"Cannot prune through node {node.name!r}: its inputs' channels are "
+                    "laid out differently."
+                )
+                self.graph.require_frozen(base.layout, message)
+                self.graph.require_frozen(v.layout, message)
                 continue
             for a, b in zip(v.layout, base.layout, strict=True):
-                if a.length != b.length or a.repeat != b.repeat:
-                    self.graph.require_frozen(
-                        base.layout,
-                        f"Cannot prune through node {node.name!r}: its inputs' channels are "
-                        "laid out differently.",
-                    )
-                    break
                 self.graph.union(b.space, a.space, node.name)
-        return Value(base.layout, base.cdim, shape)
+        free = all(self.value(a).free for a in full)
+        return Value(base.layout, base.cdim, shape, free=free)
 
     def reduce(self, node: fx.Node, x: Value, dims: Any, keepdim: bool) -> Value | None:
         shape = self.shape(node)
@@ -383,12 +402,13 @@ def build_graph(
     inputs = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
     with model_guard(model, eval_mode=True), torch.no_grad():
         try:
-            ShapeProp(gm).propagate(*inputs)
+            out = ShapeProp(gm).propagate(*inputs)
         except Exception as err:
             raise ValueError(
                 f"`example_inputs` must run through the model; the traced forward failed with "
                 f"{type(err).__name__}: {err}"
             ) from err
+    gm.meta["output_shape"] = output_shape(out)
     walker = _Walker(gm, ignore)
     graph = walker.run()
     for space, message in graph.needs_frozen:

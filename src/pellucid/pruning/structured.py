@@ -29,9 +29,10 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
+from pellucid._state import model_guard
 from pellucid._validation import check_choice, check_float, check_int, did_you_mean
 from pellucid.pruning import importance as imp
-from pellucid.pruning._graph import ChannelGraph, Member, Segment, build_graph
+from pellucid.pruning._graph import ChannelGraph, Member, Segment, build_graph, output_shape
 from pellucid.pruning._shrink import SHRINKABLE, module_spec, shrink_module
 
 __all__ = ["IMPORTANCES", "ChannelGroup", "ChannelPruningPlan", "plan_channel_pruning"]
@@ -83,6 +84,8 @@ class ChannelPruningPlan:
     _shapes: dict[str, dict[str, Any]] = field(repr=False, default_factory=dict)
     _out_keep: dict[str, torch.Tensor] = field(repr=False, default_factory=dict)
     _in_keep: dict[str, torch.Tensor] = field(repr=False, default_factory=dict)
+    _example: tuple[Any, ...] | None = field(repr=False, default=None)
+    _output_shape: Any = field(repr=False, default=None)
 
     def __str__(self) -> str:
         pruned = [g for g in self.groups if g.frozen is None and g.keep.numel() < g.channels]
@@ -145,10 +148,40 @@ class ChannelPruningPlan:
             name: shrink_module(modules[name], self._out_keep.get(name), self._in_keep.get(name))
             for name in sorted(names)
         }
-        for name, module in new.items():
-            parent_name, _, attr = name.rpartition(".")
-            setattr(modules[parent_name] if parent_name else model, attr, module)
+        _swap(model, new)
+        problem = self._verify(model)
+        if problem is not None:
+            _swap(model, {name: modules[name] for name in new})
+            raise ValueError(
+                f"The pruned model does not run: {problem}. The plan was not applied and "
+                "`model` is unchanged; plan again on this model (or add the layers around "
+                "the failing operation to `ignore=`)."
+            )
         return model
+
+    def _verify(self, model: nn.Module) -> str | None:
+        """Run the pruned model on the example input; a reason when it fails, else None."""
+        if self._example is None:
+            return None
+        param = next(model.parameters(), None)
+        device = param.device if param is not None else torch.device("cpu")
+        inputs = tuple(t.to(device) if isinstance(t, torch.Tensor) else t for t in self._example)
+        try:
+            with model_guard(model, eval_mode=True), torch.no_grad():
+                out = model(*inputs)
+        except Exception as err:  # any failure of the user's forward means "does not run"
+            return f"its forward on the example input raised {type(err).__name__}: {err}"
+        shape = output_shape(out)
+        if shape != self._output_shape:
+            return f"its output shape is {shape}, the dense model's was {self._output_shape}"
+        return None
+
+
+def _swap(model: nn.Module, new: Mapping[str, nn.Module]) -> None:
+    modules = dict(model.named_modules())
+    for name, module in new.items():
+        parent_name, _, attr = name.rpartition(".")
+        setattr(modules[parent_name] if parent_name else model, attr, module)
 
 
 def _removed_params(module: Any, out_keep: Any, in_keep: Any) -> int:
@@ -350,7 +383,7 @@ def plan_channel_pruning(
                 weight_scores = imp.taylor(model, data)
             else:
                 unit_scores = imp.activation_gradient(model, data)
-    _, graph = build_graph(model, example_inputs, ignored)
+    gm, graph = build_graph(model, example_inputs, ignored)
 
     by_root: dict[int, list[Member]] = {}
     for member in graph.members:
@@ -429,4 +462,11 @@ def plan_channel_pruning(
         _shapes=shapes,
         _out_keep=out_keep,
         _in_keep=in_keep,
+        _example=_detached(example_inputs),
+        _output_shape=gm.meta["output_shape"],
     )
+
+
+def _detached(example_inputs: Any) -> tuple[Any, ...]:
+    inputs = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
+    return tuple(t.detach().clone() if isinstance(t, torch.Tensor) else t for t in inputs)
