@@ -1,0 +1,130 @@
+"""``pellucid diagnose``: train under the gradient monitor and print its diagnosis."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from pellucid.cli._errors import UsageError
+
+__all__ = ["register", "run"]
+
+MODELS = ("MLP", "DeepPlainNet", "SmallCNN", "TinyResNet")
+
+
+def register(sub: Any) -> None:
+    """Add the ``diagnose`` subparser to ``sub``."""
+    parser = sub.add_parser(
+        "diagnose",
+        help="train a model with the gradient monitor and say which layer exploded or vanished",
+        description="Train a model on an embedded dataset with pellucid's GradientMonitor "
+        "(and optionally a clipper), then print the monitor's diagnosis. The default is the "
+        "classic failure: a deep plain ReLU net with a large init and SGD at lr 0.1.",
+    )
+    parser.add_argument("--dataset", default="digits", help="embedded dataset")
+    parser.add_argument("--model", default="DeepPlainNet", help=", ".join(MODELS))
+    parser.add_argument("--depth", type=int, default=12, help="DeepPlainNet depth")
+    parser.add_argument("--init-scale", type=float, default=1.7, help="DeepPlainNet init")
+    parser.add_argument("--activation", default="relu", help="DeepPlainNet/MLP activation")
+    parser.add_argument("--optimizer", default="sgd", help="adam, adamw or sgd")
+    parser.add_argument("--lr", type=float, default=0.1, help="learning rate")
+    parser.add_argument("--epochs", type=int, default=2, help="epochs")
+    parser.add_argument(
+        "--clip", default="none", help="none, norm:MAX, value:V, agc:FACTOR, autoclip or zclip"
+    )
+    parser.add_argument("--log-every", type=int, default=5, help="monitor sampling period")
+    parser.add_argument("--seed", type=int, default=0, help="seed")
+    parser.add_argument("--out", default=None, help="write the monitor history (JSON or CSV)")
+    parser.set_defaults(run=run)
+
+
+def clipper(spec: str) -> object:
+    """The ``GradientClipper`` a ``--clip`` spec names, or None for ``none``."""
+    from pellucid import clipping
+    from pellucid._validation import did_you_mean
+
+    name, _, value = spec.partition(":")
+    makers = {
+        "none": lambda v: None,
+        "norm": lambda v: clipping.clip_by_global_norm(float(v or 1.0)),
+        "value": lambda v: clipping.clip_by_value(float(v or 0.5)),
+        "agc": lambda v: clipping.adaptive_clip(float(v or 0.01)),
+        "autoclip": lambda v: clipping.AutoClip(),
+        "zclip": lambda v: clipping.ZClip(),
+    }
+    if name not in makers:
+        raise UsageError(
+            f"`--clip` must be one of none, norm:MAX, value:V, agc:FACTOR, autoclip, zclip; "
+            f"got {spec!r}." + did_you_mean(name, makers)
+        )
+    try:
+        transform = makers[name](value)
+    except ValueError as exc:
+        raise UsageError(f"`--clip` {spec!r}: {exc}") from exc
+    return None if transform is None else clipping.GradientClipper(transform)
+
+
+def _model_kwargs(args: argparse.Namespace, ds: Any) -> dict[str, object]:
+    kwargs: dict[str, object] = {"n_classes": ds.n_classes}
+    flat = 1
+    for size in ds.input_shape:
+        flat *= size
+    if args.model == "DeepPlainNet":
+        kwargs.update(
+            in_features=flat,
+            depth=args.depth,
+            init_scale=args.init_scale,
+            activation=args.activation,
+        )
+    elif args.model == "MLP":
+        kwargs.update(in_features=flat, activation=args.activation)
+    elif args.model in ("SmallCNN", "TinyResNet"):
+        if len(ds.input_shape) != 3:
+            raise UsageError(f"`--model {args.model}` needs image data; use --dataset digits.")
+        kwargs.update(in_channels=ds.input_shape[0])
+    else:
+        raise UsageError(
+            f"`--model` must be MLP, DeepPlainNet, SmallCNN or TinyResNet; got {args.model!r}."
+        )
+    return kwargs
+
+
+def run(args: argparse.Namespace) -> int:
+    """Train as ``args`` say under a ``GradientMonitor``; print the findings."""
+    from pellucid.data import load_dataset
+    from pellucid.models import build_model
+    from pellucid.monitoring import GradientMonitor
+    from pellucid.training import evaluate, fit
+
+    ds = load_dataset(args.dataset, seed=args.seed)
+    model = build_model(args.model, seed=args.seed, **_model_kwargs(args, ds))
+    clip = clipper(args.clip)
+    monitor = GradientMonitor(log_every=args.log_every)
+    loss = "cross_entropy" if ds.task == "classification" else "mse"
+    history = fit(
+        model,
+        ds.train,
+        epochs=args.epochs,
+        optimizer=args.optimizer,
+        lr=args.lr,
+        loss=loss,
+        seed=args.seed,
+        monitor=monitor,
+        clipper=clip,  # type: ignore[arg-type]
+        progress=None,
+    )
+    result = evaluate(model, ds.test)
+    print(
+        f"{args.model} on {args.dataset}: {len(history.step_losses)} steps, "
+        f"{history.skipped_steps} skipped; test "
+        + ", ".join(f"{k} {v:.4f}" for k, v in result.items())
+    )
+    findings = monitor.diagnose()
+    if not findings:
+        print("diagnosis: no exploding, vanishing or dead-unit findings.")
+    for finding in findings:
+        print(f"- [{finding.kind}] {finding.message}")
+    if args.out:
+        path = monitor.to_csv(args.out) if args.out.endswith(".csv") else monitor.to_json(args.out)
+        print(f"monitor history: {path}")
+    return 0
