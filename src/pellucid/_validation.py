@@ -19,6 +19,7 @@ __all__ = [
     "check_choice",
     "check_finite_tensor",
     "check_float",
+    "check_generator",
     "check_int",
     "check_layer",
     "check_model",
@@ -162,6 +163,16 @@ def check_finite_tensor(name: str, value: torch.Tensor) -> torch.Tensor:
                 f"`{name}` must be finite; got {count} NaN/inf value(s), the first at index "
                 f"{first} ({value[first].item()})."
             )
+    return value
+
+
+def check_generator(name: str, value: Any) -> torch.Generator | None:
+    """``None`` or a ``torch.Generator`` (the random source of a stochastic method)."""
+    if value is not None and not isinstance(value, torch.Generator):
+        raise TypeError(
+            f"`{name}` must be a torch.Generator or None; got {_describe(value)}. "
+            "Use e.g. torch.Generator().manual_seed(0)."
+        )
     return value
 
 

@@ -145,7 +145,7 @@ def layer_activations(
         with torch.set_grad_enabled(False):
             try:
                 out = Forward.__call__(forward, raw, example_index)
-            except (RuntimeError, ValueError, IndexError) as exc:
+            except (RuntimeError, ValueError, IndexError, TypeError) as exc:
                 raise _ModelError(exc) from exc
     finally:
         for handle in handles:
@@ -164,6 +164,28 @@ def layer_activations(
     if track:
         return out, activations
     return out.detach(), activations.detach()
+
+
+def _model_failure(
+    model: Any, inputs: torch.Tensor, error: Any, forward_args: Any, forward_kwargs: Any
+) -> str:
+    """The message for a model that could not run on the inputs, with the likely fix."""
+    hints = []
+    dtypes = {p.dtype for p in model.parameters()} if isinstance(model, nn.Module) else set()
+    floating = {d for d in dtypes if d.is_floating_point}
+    if len(floating) == 1 and inputs.dtype not in floating:
+        (dtype,) = floating
+        hints.append(
+            f"The model's parameters are {dtype}: convert the inputs with `inputs.to({dtype})`."
+        )
+    if inputs.ndim == 1:
+        hints.append("Inputs must be batch first: use `inputs.unsqueeze(0)` for one example.")
+    if forward_args is not None or forward_kwargs:
+        hints.append("Check that `forward_args`/`forward_kwargs` match the model's signature.")
+    return (
+        f"The model could not run on `inputs` of shape {tuple(inputs.shape)} and dtype "
+        f"{inputs.dtype} (batch first); got: {error}" + "".join(" " + h for h in hints)
+    )
 
 
 def prepare(
@@ -217,13 +239,12 @@ def prepare(
                     graph = call(leaf, None)
                 except UnsupportedOperationError:
                     raise
-                except (RuntimeError, ValueError, IndexError) as exc:
+                except (RuntimeError, ValueError, IndexError, TypeError) as exc:
                     raise _ModelError(exc) from exc
             out = graph
     except _ModelError as wrapped:
         raise ValueError(
-            f"The model could not run on `inputs` of shape {tuple(inputs.shape)} "
-            f"(batch first): {wrapped.__cause__}"
+            _model_failure(model, inputs, wrapped.__cause__, forward_args, forward_kwargs)
         ) from wrapped.__cause__
     if out.ndim == 0 or out.shape[0] != inputs.shape[0]:
         raise ValueError(

@@ -18,7 +18,7 @@ from pellucid._deprecation import renamed
 from pellucid._registry import register
 from pellucid._state import model_guard
 from pellucid._targets import Forward, ResolvedTarget, Target
-from pellucid._validation import check_int
+from pellucid._validation import check_generator, check_int
 from pellucid.attribution._baselines import resolve_baseline, to_explained_space
 from pellucid.attribution._common import prepare
 from pellucid.attribution._quadrature import quadrature_nodes
@@ -116,6 +116,7 @@ def integrated_gradients(
         True
     """
     alphas, weights = quadrature_nodes(quadrature, n_steps)
+    check_generator("generator", generator)
     with model_guard(model, eval_mode=eval_mode, method="integrated_gradients"):
         prep = prepare(
             model,
@@ -217,6 +218,7 @@ def expected_gradients(
     n_samples = check_int("n_samples", n_samples, min_value=1)
     if isinstance(noise, bool) or not isinstance(noise, int | float) or not noise >= 0:
         raise ValueError(f"`noise` must be a number >= 0; got {noise!r}.")
+    check_generator("generator", generator)
     with model_guard(model, eval_mode=eval_mode, method="expected_gradients"):
         prep = prepare(
             model,

@@ -28,7 +28,7 @@ from pellucid._batching import block_scores
 from pellucid._registry import register
 from pellucid._state import model_guard
 from pellucid._targets import Target
-from pellucid._validation import check_float, check_int, check_tensor
+from pellucid._validation import check_float, check_generator, check_int, check_tensor
 from pellucid.attribution._coalitions import (
     CoalitionValues,
     chunk_rows,
@@ -164,6 +164,7 @@ def lime(
         else check_float("kernel_width", kernel_width, min_value=0.0, min_inclusive=False)
     )
     check_int("n_segments", n_segments, min_value=1)
+    check_generator("generator", generator)
     with model_guard(model, eval_mode=eval_mode, method="lime"):
         prep = prepare(
             model,

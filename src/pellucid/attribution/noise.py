@@ -17,7 +17,7 @@ from pellucid._deprecation import renamed
 from pellucid._registry import get_method, register
 from pellucid._state import model_guard
 from pellucid._targets import Target
-from pellucid._validation import check_choice, check_float, check_int
+from pellucid._validation import check_choice, check_float, check_generator, check_int
 from pellucid.attribution._common import prepare
 from pellucid.attribution.gradients import input_gradients
 from pellucid.explanation import Explanation
@@ -101,6 +101,7 @@ def smoothgrad(
     else:
         raise TypeError(f"`base` must be a method name or a function; got {base!r}.")
     fast = name in _FAST and fn is get_method(name).fn and set(kwargs) <= {"absolute"}
+    check_generator("generator", generator)
     with model_guard(model, eval_mode=eval_mode, method="smoothgrad"):
         prep = prepare(
             model,

@@ -20,7 +20,7 @@ import torch
 from pellucid._registry import register
 from pellucid._state import model_guard
 from pellucid._targets import Target
-from pellucid._validation import check_int
+from pellucid._validation import check_generator, check_int
 from pellucid.attribution._background import build_game, summarize_background
 from pellucid.attribution._coalitions import (
     CoalitionValues,
@@ -232,6 +232,7 @@ def sampling_shapley(
     )
     if not isinstance(antithetic, bool):
         raise TypeError(f"`antithetic` must be True or False; got {antithetic!r}.")
+    check_generator("generator", generator)
     with model_guard(model, eval_mode=eval_mode, method="sampling_shapley"):
         prep = prepare(
             model,
@@ -348,6 +349,7 @@ def kernel_shap(
         >>> torch.allclose(e.attributions, net.weight.detach().expand(2, 3))
         True
     """
+    check_generator("generator", generator)
     with model_guard(model, eval_mode=eval_mode, method="kernel_shap"):
         prep = prepare(
             model,
