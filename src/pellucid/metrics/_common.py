@@ -270,7 +270,10 @@ def make_explainer(
     if "target" in kwargs:
         raise ValueError("Pass `target=` to the metric itself, not inside `explain_kwargs`.")
     if isinstance(explain, str):
-        fn: Callable[..., Any] = get_method(explain).fn
+        try:
+            fn: Callable[..., Any] = get_method(explain).fn
+        except ValueError as err:
+            raise ValueError(str(err).replace("`method`", "`explain`", 1)) from None
     elif callable(explain):
         fn = explain
     else:

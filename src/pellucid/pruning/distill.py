@@ -31,7 +31,7 @@ def distillation_loss(
         >>> float(distillation_loss(z, z))
         0.0
     """
-    t = temperature
+    t = check_float("temperature", temperature, min_value=0.0, min_inclusive=False)
     log_p = F.log_softmax(student / t, dim=-1)
     log_q = F.log_softmax(teacher / t, dim=-1)
     return F.kl_div(log_p, log_q, log_target=True, reduction="batchmean") * (t * t)

@@ -52,7 +52,14 @@ def polynomial_sparsity(
         >>> polynomial_sparsity(100, final=0.9, begin_step=0, end_step=100)
         0.9
     """
-    if end_step <= begin_step:
+    final = check_float("final", final, min_value=0.0, max_value=1.0)
+    initial = check_float("initial", initial, min_value=0.0, max_value=1.0)
+    if end_step < begin_step:
+        raise ValueError(
+            f"`end_step` must be >= `begin_step` ({begin_step}); got {end_step}. "
+            "Use end_step == begin_step for a one-shot jump to `final`."
+        )
+    if end_step == begin_step:
         return final if step >= begin_step else initial
     progress = min(max((step - begin_step) / (end_step - begin_step), 0.0), 1.0)
     return final + (initial - final) * (1.0 - progress) ** power

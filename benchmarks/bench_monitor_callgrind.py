@@ -1,0 +1,120 @@
+"""GradientMonitor overhead counted in CPU instructions (valgrind's callgrind), not seconds.
+
+Wall-clock differences of a few percent drown in the noise of a shared machine; instruction
+counts do not. The script runs the same training loop in three child processes under
+``valgrind --tool=callgrind``:
+
+- ``base``: imports, data, model, warm-up steps, no measured steps;
+- ``plain``: the same plus ``--steps`` training steps;
+- ``monitor``: the same plus ``--steps`` training steps with a ``GradientMonitor`` attached.
+
+``plain - base`` is the cost of the steps; ``monitor - plain`` is the monitor's; their ratio
+is the overhead. Everything runs on one thread so the counts repeat.
+
+Run: ``PYTHONPATH=src python benchmarks/bench_monitor_callgrind.py [--steps 30] [--log-every 10]``
+(needs ``valgrind``; Debian: ``apt-get install -y valgrind``; a run takes a few minutes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+
+
+def child(mode: str, steps: int, log_every: int) -> None:
+    """The measured program: one TinyResNet training loop on a digits batch."""
+    import torch
+
+    from pellucid.data import load_dataset
+    from pellucid.models import TinyResNet
+    from pellucid.monitoring import GradientMonitor
+    from pellucid.training import TrainState
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    ds = load_dataset("digits", seed=0)
+    x, y = ds.X_train[:64], ds.y_train[:64]
+    model = TinyResNet(width=16, n_blocks=2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    monitor = GradientMonitor(log_every=log_every, model=model)
+    state = TrainState(model=model, optimizer=opt)
+
+    def step(with_monitor: bool) -> None:
+        opt.zero_grad(set_to_none=True)
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        state.loss = loss
+        state.info = {}
+        if with_monitor:
+            monitor.on_before_step(state)
+        opt.step()
+        if with_monitor:
+            monitor.on_after_step(state)
+        state.step += 1
+
+    for _ in range(3):  # warm-up: allocator, kernels, the monitor's first call
+        step(mode == "monitor")
+    if mode != "base":
+        for _ in range(steps):
+            step(mode == "monitor")
+
+
+def _instructions(mode: str, steps: int, log_every: int, folder: str) -> int:
+    out = os.path.join(folder, f"callgrind.{mode}")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    command = [
+        "valgrind",
+        "--tool=callgrind",
+        f"--callgrind-out-file={out}",
+        sys.executable,
+        __file__,
+        "--child",
+        mode,
+        "--steps",
+        str(steps),
+        "--log-every",
+        str(log_every),
+    ]
+    run = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+    if run.returncode != 0:
+        raise SystemExit(f"callgrind run '{mode}' failed:\n{run.stderr[-2000:]}")
+    match = re.search(r"Collected\s*:\s*(\d+)", run.stderr)
+    if match is None:
+        raise SystemExit(f"no instruction count in callgrind's output:\n{run.stderr[-2000:]}")
+    return int(match.group(1))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--log-every", type=int, default=10)
+    parser.add_argument("--child", choices=["base", "plain", "monitor"])
+    args = parser.parse_args()
+    if args.child:
+        child(args.child, args.steps, args.log_every)
+        return
+    if shutil.which("valgrind") is None:
+        raise SystemExit("valgrind is not installed (Debian: apt-get install -y valgrind)")
+    with tempfile.TemporaryDirectory() as folder:
+        counts = {
+            m: _instructions(m, args.steps, args.log_every, folder)
+            for m in ("base", "plain", "monitor")
+        }
+    steps_cost = counts["plain"] - counts["base"]
+    monitor_cost = counts["monitor"] - counts["plain"]
+    for mode, n in counts.items():
+        print(f"  {mode:<8s} {n:>16,d} instructions")
+    print(
+        f"{args.steps} TinyResNet steps (digits batch 64, log_every={args.log_every}): "
+        f"{steps_cost / args.steps:,.0f} instructions per step; "
+        f"GradientMonitor overhead {monitor_cost / steps_cost * 100:+.2f}%"
+    )
+
+
+if __name__ == "__main__":
+    main()
