@@ -25,8 +25,10 @@ from pellucid import (
     models,
     monitoring,
     pruning,
+    sources,
     training,
 )
+from pellucid._adapt import estimator_model
 from pellucid._registry import MethodInfo, attribute, get_method, list_methods
 from pellucid._warnings import PellucidWarning
 from pellucid.attribution import (
@@ -76,6 +78,7 @@ __all__ = [
     "data",
     "deconvolution",
     "deeplift",
+    "estimator_model",
     "exact_shapley",
     "expected_gradients",
     "feature_ablation",
@@ -100,6 +103,7 @@ __all__ = [
     "sampling_shapley",
     "slic_segments",
     "smoothgrad",
+    "sources",
     "summarize_background",
     "training",
 ]

@@ -6,10 +6,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
+from pellucid._adapt import adapt
 from pellucid._validation import did_you_mean
 
 if TYPE_CHECKING:
@@ -72,6 +75,9 @@ VOCABULARY: dict[str, str] = {
     "variant": "smoothgrad: mean, mean of squares or variance over the noisy copies",
 }
 
+#: Kinds whose methods differentiate the model (a scikit-learn estimator is refused).
+GRADIENT_KINDS = ("gradient", "decomposition", "attention")
+
 
 @dataclass(frozen=True)
 class MethodInfo:
@@ -116,9 +122,10 @@ def register(
     def decorator(fn: F) -> F:
         name = fn.__name__
         doc = (fn.__doc__ or "").strip().splitlines()
+        public = _accepting_estimators(fn, gradients=kind in GRADIENT_KINDS or needs_layer)
         _REGISTRY[name] = MethodInfo(
             name=name,
-            fn=fn,
+            fn=public,
             kind=kind,
             stochastic=stochastic,
             needs_layer=needs_layer,
@@ -126,9 +133,28 @@ def register(
             summary=doc[0] if doc else "",
             contract_kwargs=dict(contract_kwargs or {}),
         )
-        return fn
+        return cast(F, public)
 
     return decorator
+
+
+def _accepting_estimators(fn: Callable[..., Any], *, gradients: bool) -> Callable[..., Any]:
+    """``fn`` behind the public-boundary adapter (``_adapt.adapt``): a scikit-learn
+    estimator, a numpy array or a DataFrame is converted once, before the method runs; a
+    DataFrame's column names land in ``extras["feature_names"]``."""
+
+    @functools.wraps(fn)
+    def public(model: Any, inputs: Any, *args: Any, **kwargs: Any) -> Any:
+        model, inputs, names = adapt(model, inputs, method=fn.__name__, gradients=gradients)
+        result = fn(model, inputs, *args, **kwargs)
+        if names is not None and dataclasses.is_dataclass(result):
+            result = dataclasses.replace(
+                result,  # type: ignore[type-var]
+                extras={**getattr(result, "extras", {}), "feature_names": names},
+            )
+        return result
+
+    return public
 
 
 def list_methods(kind: str | None = None) -> list[str]:

@@ -36,6 +36,12 @@ class Dataset:
         class_names: class labels (empty for regression).
         task: ``"classification"`` or ``"regression"``.
         mean, std: the standardization fitted on the training part (scalars for images).
+        feature_groups: names of the features as the user knows them (a CSV's columns)
+            when several input columns make one feature (a one-hot categorical column);
+            empty when every input column is its own feature.
+        feature_mask: with ``feature_groups``, the group id of every input column, shape
+            of one example (pass it as ``feature_mask=`` to attribute per group).
+        source: where the data came from (shown in the report).
     """
 
     name: str
@@ -48,6 +54,9 @@ class Dataset:
     task: str
     mean: torch.Tensor = field(repr=False, default_factory=lambda: torch.zeros(()))
     std: torch.Tensor = field(repr=False, default_factory=lambda: torch.ones(()))
+    feature_groups: list[str] = field(default_factory=list)
+    feature_mask: torch.Tensor | None = field(repr=False, default=None)
+    source: str = ""
 
     @property
     def n_classes(self) -> int:
@@ -70,12 +79,16 @@ class Dataset:
         return self.X_test, self.y_test
 
 
-def _stratified_split(
+def stratified_split(
     y: np.ndarray, test_size: float, seed: int, stratify: bool
 ) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted train/test row indices, deterministic in ``seed``, stratified by ``y``."""
     from sklearn.model_selection import train_test_split
 
     index = np.arange(len(y))
+    if stratify:  # every class needs a row on each side; else split without strata
+        _, counts = np.unique(y, return_counts=True)
+        stratify = bool(counts.min() >= 2) and round(test_size * len(y)) >= len(counts)
     train, test = train_test_split(
         index, test_size=test_size, random_state=seed, stratify=y if stratify else None
     )
@@ -119,7 +132,7 @@ def load_dataset(name: str, *, seed: int = 0, test_size: float = 0.25) -> Datase
     x = np.asarray(bunch.data, dtype=np.float64)
     y = np.asarray(bunch.target)
     regression = name == "diabetes"
-    train, test = _stratified_split(y, test_size, seed, stratify=not regression)
+    train, test = stratified_split(y, test_size, seed, stratify=not regression)
     if name == "digits":
         x = x.reshape(-1, 1, 8, 8)
         mean = x[train].mean()

@@ -20,8 +20,10 @@ import torch
 from torch import nn
 
 from pellucid._validation import check_choice, check_float, check_int, did_you_mean
+from pellucid.sources.sklearn import from_sklearn
 
 __all__ = [
+    "from_sklearn",
     "MLP",
     "MODELS",
     "DeepPlainNet",

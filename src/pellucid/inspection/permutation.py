@@ -12,9 +12,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pellucid._adapt import adapt
 from pellucid._batching import map_chunks
 from pellucid._state import model_guard
 from pellucid._targets import Forward
@@ -126,6 +128,11 @@ def permutation_importance(
         >>> tuple(result.importances.shape)
         (3, 2)
     """
+    model, inputs, columns = adapt(model, inputs, method="permutation_importance")
+    if feature_names is None and columns is not None and feature_mask is None:
+        feature_names = columns
+    if not isinstance(labels, torch.Tensor) and hasattr(labels, "__array__"):
+        labels = torch.as_tensor(np.asarray(labels))
     check_model("model", model)
     inputs = check_tensor("inputs", inputs, min_ndim=1, floating=True, finite=True).detach()
     labels = check_tensor("labels", labels, min_ndim=1).detach().to(inputs.device)

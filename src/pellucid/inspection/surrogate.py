@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from pellucid._adapt import adapt
 from pellucid._batching import map_chunks, resolve_batch_size
 from pellucid._state import model_guard
 from pellucid._targets import select_output
@@ -116,15 +117,16 @@ class GlobalSurrogate:
     # ------------------------------------------------------------------ network side
     def _network(self, inputs: Any) -> tuple[np.ndarray, np.ndarray]:
         """The surrogate's features and the network's outputs for ``inputs``."""
-        if isinstance(inputs, np.ndarray):
-            inputs = torch.from_numpy(inputs)
+        model, inputs, columns = adapt(self.model, inputs, method="GlobalSurrogate")
+        if columns is not None:
+            self._columns = columns
         if not isinstance(inputs, torch.Tensor) or inputs.ndim < 2:
             raise TypeError(
                 f"`X` must be a batch-first tensor (N, features...); got {_describe(inputs)}."
             )
         if not inputs.is_floating_point():
             inputs = inputs.to(torch.get_default_dtype())
-        module = None if self.layer is None else check_layer(self.model, self.layer)
+        module = None if self.layer is None else check_layer(model, self.layer)
         captured: list[torch.Tensor] = []
         handle = None
         if module is not None:
@@ -133,9 +135,9 @@ class GlobalSurrogate:
             )
         size = resolve_batch_size(self.batch_size, inputs[0].numel(), total=inputs.shape[0])
         try:
-            with model_guard(self.model, eval_mode=True, method="the surrogate"):
+            with model_guard(model, eval_mode=True, method="the surrogate"):
                 outputs = map_chunks(
-                    lambda a, b: select_output(self.model(inputs[a:b])).reshape(b - a, -1),
+                    lambda a, b: select_output(model(inputs[a:b])).reshape(b - a, -1),
                     inputs.shape[0],
                     size,
                 )
@@ -253,6 +255,9 @@ class GlobalSurrogate:
             name = self.layer if isinstance(self.layer, str) else type(self.layer).__name__
             return [f"{name}[{j}]" for j in range(width)]
         if self.feature_names is None:
+            columns = getattr(self, "_columns", None)
+            if columns is not None and len(columns) == width:
+                return list(columns)
             return [f"x[{j}]" for j in range(width)]
         names = [str(n) for n in self.feature_names]
         if len(names) != width:

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from pellucid._adapt import adapt
 from pellucid._batching import map_chunks, resolve_batch_size
 from pellucid._targets import Forward, ResolvedTarget
 from pellucid._validation import _describe, check_finite_tensor, check_tensor
@@ -135,6 +136,7 @@ def setup_metric(
     output: Any = None,
 ) -> MetricSetup:
     """Validate model/inputs/attributions and resolve ``target`` on the unperturbed inputs."""
+    model, inputs, _ = adapt(model, inputs, method="this metric")
     inputs = check_tensor("inputs", inputs, min_ndim=1, floating=True)  # prepare: finite
     attr, explanation = as_attributions(attributions, inputs)
     inherited = target is None and explanation is not None and explanation.target is not None

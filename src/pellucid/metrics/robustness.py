@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from pellucid._adapt import adapt
 from pellucid._batching import chunks, resolve_batch_size
 from pellucid._state import model_guard
 from pellucid._validation import check_float, check_int, check_tensor
@@ -63,6 +64,7 @@ def sensitivities(
         >>> sensitivities(net, torch.ones(2, 3), "saliency", target=0, n_samples=4).shape
         torch.Size([2, 4])
     """
+    model, inputs, _ = adapt(model, inputs, method="the sensitivity metric")
     run = make_explainer(explain, explain_kwargs)
     norm_type = check_float(
         "norm_type", norm_type, min_value=0.0, min_inclusive=False, allow_inf=True
