@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from pellucid._validation import did_you_mean
+from pellucid.study.errors import ConfigError
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -20,10 +21,6 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 __all__ = ["ConfigError", "build_config", "read_config_file"]
-
-
-class ConfigError(ValueError):
-    """The study configuration is unreadable or has unknown or ill-typed keys."""
 
 
 def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:

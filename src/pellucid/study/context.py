@@ -21,6 +21,7 @@ from pellucid._io import atomic_write, atomic_write_json
 from pellucid._validation import did_you_mean
 from pellucid.data import Dataset, load_dataset
 from pellucid.models import build_model
+from pellucid.study.errors import ConfigError
 from pellucid.training import History, fit
 
 __all__ = ["REFERENCE_MODELS", "ModelSpec", "StudyContext", "check_model_keys"]
@@ -71,8 +72,6 @@ REFERENCE_MODELS: dict[str, ModelSpec] = {
 
 def check_model_keys(where: str, keys: list[str]) -> None:
     """Raise ConfigError unless every key names a reference model (for ``Stage.validate``)."""
-    from pellucid.study.config import ConfigError
-
     for key in keys:
         if key not in REFERENCE_MODELS:
             raise ConfigError(

@@ -17,6 +17,7 @@ import torch
 
 from pellucid.report.html import Figure, Paragraph, Section, Table, figure_png
 from pellucid.study.context import StudyContext
+from pellucid.study.errors import ConfigError
 from pellucid.study.stages.base import Stage
 from pellucid.study.stats import mean_std
 
@@ -82,8 +83,6 @@ class ClippingStage(Stage):
     quick = {"epochs": 2, "depth": 8}
 
     def validate(self, cfg: dict[str, Any]) -> None:
-        from pellucid.study.config import ConfigError
-
         unknown = [m for m in cfg["methods"] if m not in METHODS]
         if unknown or not cfg["methods"]:
             raise ConfigError(

@@ -22,6 +22,7 @@ from pellucid._registry import get_method, list_methods
 from pellucid._state import model_guard
 from pellucid.report.html import Figure, Paragraph, Section, Table, figure_png
 from pellucid.study.context import StudyContext, check_model_keys
+from pellucid.study.errors import ConfigError
 from pellucid.study.stages.base import Stage
 from pellucid.study.stats import mean_std
 
@@ -77,8 +78,6 @@ class ExplanationsStage(Stage):
     quick = {"n_examples": 12, "grid_examples": 4}
 
     def validate(self, cfg: dict[str, Any]) -> None:
-        from pellucid.study.config import ConfigError
-
         check_model_keys("explanations.models", cfg["models"])
         known = list_methods()
         for method in cfg["methods"]:

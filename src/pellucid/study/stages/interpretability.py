@@ -25,6 +25,7 @@ from torch import nn
 from pellucid._registry import get_method, list_methods
 from pellucid.report.html import Figure, Paragraph, Section, Table, figure_png
 from pellucid.study.context import REFERENCE_MODELS, StudyContext, check_model_keys
+from pellucid.study.errors import ConfigError
 from pellucid.study.stages.base import Stage
 from pellucid.study.stats import mean_ci
 
@@ -232,8 +233,6 @@ class InterpretabilityStage(Stage):
     }
 
     def validate(self, cfg: dict[str, Any]) -> None:
-        from pellucid.study.config import ConfigError
-
         check_model_keys("interpretability.models", cfg["models"])
         check_model_keys("interpretability.clip_models", cfg["clip_models"])
         for clip in cfg["clipping"]:

@@ -18,6 +18,7 @@ import torch
 from pellucid._registry import get_method
 from pellucid.report.html import Figure, Paragraph, Section, Table, figure_png
 from pellucid.study.context import StudyContext, check_model_keys
+from pellucid.study.errors import ConfigError
 from pellucid.study.stages.base import Stage
 from pellucid.study.stats import mean_std
 
@@ -70,8 +71,6 @@ class ModelAgnosticStage(Stage):
     }
 
     def validate(self, cfg: dict[str, Any]) -> None:
-        from pellucid.study.config import ConfigError
-
         check_model_keys("model_agnostic.tabular_models", cfg["tabular_models"])
         check_model_keys("model_agnostic.image_models", cfg["image_models"])
         for key, low in (

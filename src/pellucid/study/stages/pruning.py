@@ -18,6 +18,7 @@ import torch
 
 from pellucid.report.html import Figure, Paragraph, Section, Table, figure_png
 from pellucid.study.context import REFERENCE_MODELS, StudyContext, check_model_keys
+from pellucid.study.errors import ConfigError
 from pellucid.study.stages.base import Stage
 from pellucid.study.stats import mean_std
 
@@ -25,8 +26,6 @@ __all__ = ["PruningStage"]
 
 
 def _levels(where: str, values: Any) -> None:
-    from pellucid.study.config import ConfigError
-
     if not isinstance(values, list) or not all(
         isinstance(v, int | float) and not isinstance(v, bool) and 0 <= v < 1 for v in values
     ):
@@ -118,8 +117,6 @@ class PruningStage(Stage):
     }
 
     def validate(self, cfg: dict[str, Any]) -> None:
-        from pellucid.study.config import ConfigError
-
         check_model_keys("pruning.models", cfg["models"])
         _levels("pruning.unstructured", cfg["unstructured"])
         _levels("pruning.structured", cfg["structured"])
