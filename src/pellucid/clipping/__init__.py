@@ -36,6 +36,7 @@ from pellucid.clipping.functional import (
     clip_grad_norm_,
     clip_grad_value_,
     clip_grads_with_norm_,
+    global_norm,
     tensor_norms,
     total_norm,
 )
@@ -45,6 +46,7 @@ from pellucid.clipping.grouped import (
     layer_groups,
 )
 from pellucid.clipping.guard import NONFINITE_POLICIES, NonFiniteGradientError, nonfinite_flags
+from pellucid.clipping.reduce import all_reduce_norm
 from pellucid.clipping.stats import ClipStats
 from pellucid.clipping.transforms import (
     Transform,
@@ -68,6 +70,7 @@ __all__ = [
     "TransformResult",
     "ZClip",
     "adaptive_clip",
+    "all_reduce_norm",
     "adaptive_clip_grad_",
     "apply_",
     "chain",
@@ -80,6 +83,7 @@ __all__ = [
     "clip_grad_norm_per_tensor_",
     "clip_grad_value_",
     "clip_grads_with_norm_",
+    "global_norm",
     "layer_groups",
     "nonfinite_flags",
     "tensor_norms",

@@ -37,6 +37,7 @@ from torch.utils._foreach_utils import (
 
 from pellucid._validation import check_float
 from pellucid._warnings import PellucidWarning
+from pellucid.clipping.reduce import all_reduce_norm
 
 __all__ = [
     "GradNorms",
@@ -44,6 +45,7 @@ __all__ = [
     "clip_grad_norm_",
     "clip_grad_value_",
     "clip_grads_with_norm_",
+    "global_norm",
     "tensor_norms",
     "total_norm",
 ]
@@ -254,6 +256,23 @@ def total_norm(
     return result
 
 
+@torch.no_grad()
+def global_norm(
+    parameters: Parameters, *, norm_type: float = 2.0, process_group: Any = True
+) -> torch.Tensor:
+    """The total gradient norm of this rank's ``parameters`` combined over the group.
+
+    A collective: every rank of ``process_group`` (``True``: the default group) calls it.
+
+    Raises:
+        RuntimeError: torch.distributed is not initialized.
+    """
+    params = as_tensor_list(parameters)
+    norm_type = check_norm_type(norm_type)
+    local = GradNorms(_grads(params)).total(norm_type)
+    return all_reduce_norm(local, norm_type=norm_type, process_group=process_group)
+
+
 def _raise_if_nonfinite(total: torch.Tensor, norm_type: float) -> None:
     if bool(torch.logical_or(total.isnan(), total.isinf())):
         raise RuntimeError(
@@ -344,8 +363,6 @@ def clip_grad_norm_(
     norms = GradNorms(grads, foreach=foreach)
     total = norms.total(norm_type)
     if process_group is not None:
-        from pellucid.distributed import all_reduce_norm
-
         total = all_reduce_norm(total, norm_type=norm_type, process_group=process_group)
     if error_if_nonfinite:
         _raise_if_nonfinite(total, norm_type)

@@ -36,6 +36,7 @@ from pellucid.clipping.functional import (
     check_norm_type,
 )
 from pellucid.clipping.guard import check_policy, guard_
+from pellucid.clipping.reduce import all_reduce_norm
 from pellucid.clipping.stats import ClipStats
 
 __all__ = [
@@ -117,8 +118,6 @@ class ClipByGlobalNorm:
     ) -> TransformResult:
         total = _norms(grads, norms).total(self.norm_type)
         if self.process_group is not None:
-            from pellucid.distributed import all_reduce_norm
-
             total = all_reduce_norm(
                 total, norm_type=self.norm_type, process_group=self.process_group
             )
