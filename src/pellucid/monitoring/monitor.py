@@ -36,12 +36,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from pellucid._gradient_diagnosis import Finding, diagnose_history
 from pellucid._io import atomic_write, atomic_write_json
 from pellucid._validation import check_float, check_int
 from pellucid.clipping.callback import NORMS_KEY
 from pellucid.clipping.functional import GradNorms
 from pellucid.clipping.grouped import layer_groups
+from pellucid.monitoring.diagnosis import Finding, diagnose_history
 from pellucid.training import Callback, TrainState
 
 __all__ = ["Finding", "GradientMonitor", "diagnose_history"]
