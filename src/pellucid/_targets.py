@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from pellucid._kernels import call_channels_last, fast_kernels, fast_pools, is_convnet
-from pellucid._validation import _describe
+from pellucid._validation import describe_value
 
 __all__ = ["Forward", "ResolvedTarget", "resolve_target", "select_output"]
 
@@ -40,7 +40,7 @@ def select_output(raw: Any, output: Any = None) -> torch.Tensor:
         if not isinstance(raw, Sequence) or isinstance(raw, torch.Tensor):
             raise TypeError(
                 f"`output={output}` indexes a tuple or list, but the model returned "
-                f"{_describe(raw)}."
+                f"{describe_value(raw)}."
             )
         if not -len(raw) <= output < len(raw):
             raise ValueError(f"`output` must index the model's {len(raw)} outputs; got {output}.")
@@ -58,10 +58,12 @@ def select_output(raw: Any, output: Any = None) -> torch.Tensor:
         else:
             raise ValueError(f"`output={output!r}` is not a key or attribute of the output.")
     else:
-        raise TypeError(f"`output` must be an int, str, callable or None; got {_describe(output)}.")
+        raise TypeError(
+            f"`output` must be an int, str, callable or None; got {describe_value(output)}."
+        )
     if not isinstance(result, torch.Tensor):
         raise TypeError(
-            f"The selected model output must be a tensor; got {_describe(result)}. "
+            f"The selected model output must be a tensor; got {describe_value(result)}. "
             "Pass `output=` (a key, an index or a callable) to choose one."
         )
     return result
@@ -76,7 +78,7 @@ def _first_tensor(raw: Any) -> torch.Tensor:
             if isinstance(value, torch.Tensor):
                 return value
     raise TypeError(
-        f"The model must return a tensor, or a tuple/dict holding one; got {_describe(raw)}."
+        f"The model must return a tensor, or a tuple/dict holding one; got {describe_value(raw)}."
     )
 
 
@@ -104,7 +106,7 @@ class Forward:
         if forward_kwargs is not None and not isinstance(forward_kwargs, Mapping):
             raise TypeError(
                 f"`forward_kwargs` must be a dict of extra model arguments; "
-                f"got {_describe(forward_kwargs)}."
+                f"got {describe_value(forward_kwargs)}."
             )
         self.model = model
         self.n_examples = n_examples
@@ -181,7 +183,7 @@ class ResolvedTarget:
             if not isinstance(result, torch.Tensor) or result.shape != output.shape[:1]:
                 raise ValueError(
                     "A callable `target` must return one score per row, shape "
-                    f"({output.shape[0]},); got {_describe(result)}."
+                    f"({output.shape[0]},); got {describe_value(result)}."
                 )
             return result
         flat = output.reshape(output.shape[0], -1)
@@ -262,7 +264,7 @@ def resolve_target(target: Target, output: torch.Tensor) -> ResolvedTarget:
     except (TypeError, ValueError, RuntimeError) as exc:
         raise TypeError(
             f"`target` must be an int, a sequence of ints, 'predicted' or a callable; "
-            f"got {_describe(target)}."
+            f"got {describe_value(target)}."
         ) from exc
     if index.is_floating_point() or index.dtype == torch.bool:
         raise TypeError(f"`target` must hold integer class indices; got dtype {index.dtype}.")

@@ -24,6 +24,7 @@ __all__ = [
     "check_layer",
     "check_model",
     "check_tensor",
+    "describe_value",
     "did_you_mean",
 ]
 
@@ -38,7 +39,17 @@ def did_you_mean(value: str, options: Iterable[str]) -> str:
     return " Did you mean one of " + ", ".join(repr(c) for c in close) + "?"
 
 
-def _describe(value: Any) -> str:
+def describe_value(value: Any) -> str:
+    """How an error message names a bad value: shape and dtype for tensors, else a short repr.
+
+    The ``got ...`` half of every ``"`name` must be ...; got ...."`` message in pellucid.
+
+    Example:
+        >>> describe_value(3)
+        '3 (int)'
+        >>> describe_value(torch.zeros(2, 3))
+        'a tensor of shape (2, 3) and dtype torch.float32'
+    """
     if isinstance(value, torch.Tensor):
         return f"a tensor of shape {tuple(value.shape)} and dtype {value.dtype}"
     text = repr(value)
@@ -57,7 +68,7 @@ def check_int(
 ) -> int:
     """Return ``value`` as an int, refusing bools, floats and out-of-range values."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"`{name}` must be an integer; got {_describe(value)}.{hint}")
+        raise TypeError(f"`{name}` must be an integer; got {describe_value(value)}.{hint}")
     value = int(value)
     if min_value is not None and value < min_value:
         raise ValueError(f"`{name}` must be an integer >= {min_value}; got {value}.{hint}")
@@ -82,7 +93,7 @@ def check_float(
         if isinstance(value, torch.Tensor) and value.numel() == 1 and value.is_floating_point():
             value = float(value.item())
         else:
-            raise TypeError(f"`{name}` must be a real number; got {_describe(value)}.{hint}")
+            raise TypeError(f"`{name}` must be a real number; got {describe_value(value)}.{hint}")
     value = float(value)
     if math.isnan(value):
         raise ValueError(f"`{name}` must be a number, not NaN; got nan.{hint}")
@@ -105,7 +116,7 @@ def check_choice(name: str, value: Any, choices: Sequence[str]) -> str:
     """Return ``value`` if it is one of ``choices``; suggest the closest otherwise."""
     if not isinstance(value, str):
         raise TypeError(
-            f"`{name}` must be one of {', '.join(map(repr, choices))}; got {_describe(value)}."
+            f"`{name}` must be one of {', '.join(map(repr, choices))}; got {describe_value(value)}."
         )
     if value not in choices:
         raise ValueError(
@@ -127,7 +138,7 @@ def check_tensor(
 ) -> torch.Tensor:
     """Check that ``value`` is a tensor with the given rank/dtype properties."""
     if not isinstance(value, torch.Tensor):
-        raise TypeError(f"`{name}` must be a torch.Tensor; got {_describe(value)}.")
+        raise TypeError(f"`{name}` must be a torch.Tensor; got {describe_value(value)}.")
     if ndim is not None and value.ndim != ndim:
         raise ValueError(f"`{name}` must have {ndim} dimensions; got shape {tuple(value.shape)}.")
     if min_ndim is not None and value.ndim < min_ndim:
@@ -180,7 +191,7 @@ def check_model(name: str, value: Any) -> Any:
     """A model is any callable; nn.Module is the usual case."""
     if not callable(value):
         raise TypeError(
-            f"`{name}` must be a callable model (usually an nn.Module); got {_describe(value)}."
+            f"`{name}` must be a callable model (usually an nn.Module); got {describe_value(value)}."
         )
     return value
 
@@ -188,7 +199,7 @@ def check_model(name: str, value: Any) -> Any:
 def check_layer(model: Any, layer: Any, *, name: str = "layer") -> nn.Module:
     """Resolve ``layer`` (a module of ``model`` or its dotted name) to a submodule."""
     if not isinstance(model, nn.Module):
-        raise TypeError(f"`{name}=` needs an nn.Module model; got {_describe(model)}.")
+        raise TypeError(f"`{name}=` needs an nn.Module model; got {describe_value(model)}.")
     modules = dict(model.named_modules())
     if isinstance(layer, str):
         if layer not in modules:
@@ -206,4 +217,4 @@ def check_layer(model: Any, layer: Any, *, name: str = "layer") -> nn.Module:
                 "is not part of it. Pass the layer object from this model, or its name."
             )
         return layer
-    raise TypeError(f"`{name}` must be an nn.Module or a dotted name; got {_describe(layer)}.")
+    raise TypeError(f"`{name}` must be an nn.Module or a dotted name; got {describe_value(layer)}.")

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from pellucid._validation import _describe, check_finite_tensor, check_tensor, did_you_mean
+from pellucid._validation import check_finite_tensor, check_tensor, describe_value, did_you_mean
 from pellucid.attribution._common import LayerForward, Prepared, broadcast_baseline
 
 __all__ = ["BASELINES", "gaussian_blur", "resolve_baseline"]
@@ -137,7 +137,7 @@ def to_explained_space(
     if value.shape[1:] != raw.shape[1:]:
         raise ValueError(
             f"`{name}` must hold rows shaped like the model's inputs, {tuple(raw.shape[1:])}; "
-            f"got {_describe(value)}."
+            f"got {describe_value(value)}."
         )
     n = value.shape[0]
     index = torch.zeros(n, dtype=torch.long, device=raw.device)

@@ -20,7 +20,7 @@ import torch
 
 from pellucid._batching import block_scores, chunk_rows, map_chunks
 from pellucid._targets import Forward, ResolvedTarget
-from pellucid._validation import _describe
+from pellucid._validation import describe_value
 from pellucid.attribution._linear_fit import ConstrainedDesign, constrained_design
 from pellucid.attribution.segmentation import grid_segments, slic_segments
 
@@ -85,7 +85,7 @@ def resolve_feature_mask(
     if not isinstance(feature_mask, torch.Tensor):
         raise TypeError(
             f"`feature_mask` must be a tensor of group ids, 'grid', 'slic' or None; "
-            f"got {_describe(feature_mask)}."
+            f"got {describe_value(feature_mask)}."
         )
     return _from_tensor(feature_mask, inputs, "feature_mask", check=True)
 

@@ -21,7 +21,7 @@ from pellucid._batching import map_chunks, resolve_batch_size
 from pellucid._registry import register
 from pellucid._state import model_guard
 from pellucid._targets import Forward, Target, resolve_target
-from pellucid._validation import _describe, check_choice, check_int, check_tensor
+from pellucid._validation import check_choice, check_int, check_tensor, describe_value
 from pellucid.explanation import Explanation
 
 __all__ = ["AttentionMaps", "attention", "attention_maps", "attention_rollout"]
@@ -48,7 +48,7 @@ def _attention_layers(model: Any) -> list[tuple[str, nn.MultiheadAttention]]:
     if not isinstance(model, nn.Module):
         raise TypeError(
             f"`model` must be an nn.Module with nn.MultiheadAttention layers; got "
-            f"{_describe(model)}."
+            f"{describe_value(model)}."
         )
     found = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.MultiheadAttention)]
     if not found:

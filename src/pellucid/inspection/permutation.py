@@ -20,7 +20,7 @@ from pellucid._adapt import adapt
 from pellucid._batching import map_chunks
 from pellucid._state import model_guard
 from pellucid._targets import Forward
-from pellucid._validation import _describe, check_choice, check_int, check_model, check_tensor
+from pellucid._validation import check_choice, check_int, check_model, check_tensor, describe_value
 from pellucid.attribution._coalitions import chunk_rows, mix, resolve_feature_mask
 
 __all__ = ["SCORINGS", "PermutationImportance", "permutation_importance"]
@@ -64,7 +64,7 @@ def _row_scores(
         if not isinstance(result, torch.Tensor) or result.shape != out.shape[:1]:
             raise ValueError(
                 "A callable `scoring(outputs, labels)` must return one score per row, shape "
-                f"({out.shape[0]},); got {_describe(result)}."
+                f"({out.shape[0]},); got {describe_value(result)}."
             )
         return result.to(torch.float64)
     if scoring == "accuracy":

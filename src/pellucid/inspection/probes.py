@@ -18,7 +18,7 @@ from torch import nn
 from pellucid._batching import chunks, map_chunks, resolve_batch_size
 from pellucid._state import model_guard
 from pellucid._targets import resolve_target, select_output
-from pellucid._validation import _describe, check_choice, check_layer, check_tensor
+from pellucid._validation import check_choice, check_layer, check_tensor, describe_value
 
 __all__ = [
     "ACTIVATION_TYPES",
@@ -52,7 +52,7 @@ ACTIVATION_TYPES: tuple[type[nn.Module], ...] = (
 
 def _module(model: Any) -> nn.Module:
     if not isinstance(model, nn.Module):
-        raise TypeError(f"`model` must be an nn.Module; got {_describe(model)}.")
+        raise TypeError(f"`model` must be an nn.Module; got {describe_value(model)}.")
     return model
 
 
@@ -60,7 +60,9 @@ def _layers(model: nn.Module, layers: Sequence[str] | None, default: list[str]) 
     if layers is None:
         return default
     if isinstance(layers, str) or not isinstance(layers, Sequence):
-        raise TypeError(f"`layers` must be a list of submodule names; got {_describe(layers)}.")
+        raise TypeError(
+            f"`layers` must be a list of submodule names; got {describe_value(layers)}."
+        )
     for name in layers:
         check_layer(model, name, name="layers")
     return [str(n) for n in layers]

@@ -19,7 +19,7 @@ from pellucid._adapt import adapt
 from pellucid._batching import map_chunks, resolve_batch_size
 from pellucid._state import model_guard
 from pellucid._targets import select_output
-from pellucid._validation import _describe, check_choice, check_float, check_int, check_layer
+from pellucid._validation import check_choice, check_float, check_int, check_layer, describe_value
 
 __all__ = ["MIN_HELD_OUT", "GlobalSurrogate", "Rule"]
 
@@ -122,7 +122,7 @@ class GlobalSurrogate:
             self._columns = columns
         if not isinstance(inputs, torch.Tensor) or inputs.ndim < 2:
             raise TypeError(
-                f"`X` must be a batch-first tensor (N, features...); got {_describe(inputs)}."
+                f"`X` must be a batch-first tensor (N, features...); got {describe_value(inputs)}."
             )
         if not inputs.is_floating_point():
             inputs = inputs.to(torch.get_default_dtype())

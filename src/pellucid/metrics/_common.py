@@ -18,7 +18,7 @@ import torch
 from pellucid._adapt import adapt
 from pellucid._batching import map_chunks, resolve_batch_size
 from pellucid._targets import Forward, ResolvedTarget
-from pellucid._validation import _describe, check_finite_tensor, check_tensor
+from pellucid._validation import check_finite_tensor, check_tensor, describe_value
 from pellucid.attribution._common import prepare
 from pellucid.explanation import Explanation
 
@@ -67,7 +67,7 @@ def as_attributions(
     else:
         raise TypeError(
             f"`{name}` must be a torch.Tensor or a pellucid Explanation; "
-            f"got {_describe(attributions)}."
+            f"got {describe_value(attributions)}."
         )
     tensor = check_tensor(name, tensor, min_ndim=1).detach()
     if not tensor.is_floating_point():
@@ -266,7 +266,7 @@ def make_explainer(
 
     if explain_kwargs is not None and not isinstance(explain_kwargs, Mapping):
         raise TypeError(
-            f"`explain_kwargs` must be a dict of keyword arguments; got {_describe(explain_kwargs)}."
+            f"`explain_kwargs` must be a dict of keyword arguments; got {describe_value(explain_kwargs)}."
         )
     kwargs = dict(explain_kwargs or {})
     if "target" in kwargs:
@@ -281,7 +281,7 @@ def make_explainer(
     else:
         raise TypeError(
             "`explain` must be a registered method name (see pellucid.list_methods()) or a "
-            f"callable `explain(model, inputs, *, target) -> Tensor`; got {_describe(explain)}."
+            f"callable `explain(model, inputs, *, target) -> Tensor`; got {describe_value(explain)}."
         )
 
     def run(model: Any, rows: torch.Tensor, target: Any) -> torch.Tensor:
@@ -290,7 +290,7 @@ def make_explainer(
         if not isinstance(tensor, torch.Tensor) or tensor.shape != rows.shape:
             raise ValueError(
                 f"`explain` must return attributions of the inputs' shape {tuple(rows.shape)}; "
-                f"got {_describe(tensor)}."
+                f"got {describe_value(tensor)}."
             )
         return tensor.detach().to(rows.dtype)
 

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from pellucid._validation import _describe, check_float, check_tensor
+from pellucid._validation import check_float, check_tensor, describe_value
 from pellucid.attribution._common import broadcast_baseline
 
 __all__ = ["fill_values", "gaussian_blur", "per_example"]
@@ -81,6 +81,6 @@ def per_example(
         raise ValueError(
             f"`{name}` must have shape (n_samples, {', '.join(map(str, features))}) (shared by "
             f"all examples) or ({n}, n_samples, {', '.join(map(str, features))}); got "
-            f"{_describe(value)}."
+            f"{describe_value(value)}."
         )
     return value.to(device=inputs.device, dtype=dtype if dtype is not None else value.dtype)

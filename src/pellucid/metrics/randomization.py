@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from pellucid._state import model_guard
-from pellucid._validation import _describe, check_float, check_layer
+from pellucid._validation import check_float, check_layer, describe_value
 from pellucid.attribution._common import prepare
 from pellucid.metrics._common import make_explainer, rows_target
 from pellucid.metrics.agreement import MEASURES, agreement
@@ -148,7 +148,7 @@ def model_randomization_check(
     if not isinstance(model, nn.Module):
         raise TypeError(
             "`model` must be an nn.Module: the check randomizes its parameters; got "
-            f"{_describe(model)}."
+            f"{describe_value(model)}."
         )
     run = make_explainer(explain, explain_kwargs)
     threshold = check_float("threshold", threshold, min_value=-1.0, max_value=1.0)
@@ -161,7 +161,7 @@ def model_randomization_check(
     else:
         if isinstance(layers, str) or not isinstance(layers, Sequence) or not layers:
             raise TypeError(
-                f"`layers` must be a non-empty list of submodule names; got {_describe(layers)}."
+                f"`layers` must be a non-empty list of submodule names; got {describe_value(layers)}."
             )
         names = [str(name) for name in layers]
         for name in names:
