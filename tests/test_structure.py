@@ -36,6 +36,7 @@ SHARED_PRIVATE = {
     "pellucid._registry": "the method registry every attribution method registers in",
     "pellucid._io": "atomic writes and safe reads for every file pellucid writes",
     "pellucid._warnings": "the PellucidWarning hierarchy",
+    "pellucid._deprecation": "the one decorator behind every renamed keyword's alias",
 }
 
 # Cross-package imports of private modules still being untangled, each with its owner.
