@@ -181,7 +181,7 @@ def check_generator(name: str, value: Any) -> torch.Generator | None:
     """``None`` or a ``torch.Generator`` (the random source of a stochastic method)."""
     if value is not None and not isinstance(value, torch.Generator):
         raise TypeError(
-            f"`{name}` must be a torch.Generator or None; got {_describe(value)}. "
+            f"`{name}` must be a torch.Generator or None; got {describe_value(value)}. "
             "Use e.g. torch.Generator().manual_seed(0)."
         )
     return value
