@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from pellucid.data import Dataset
-from pellucid.sources.data import from_arrays
+from pellucid.sources._arrays import from_arrays
 from pellucid.sources.models import SourceError
 from pellucid.sources.spec import DataSpec
 

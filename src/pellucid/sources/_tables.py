@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from pellucid.data import Dataset
-from pellucid.sources.data import check_column, from_arrays
+from pellucid.sources._arrays import check_column, from_arrays
 from pellucid.sources.models import SourceError
 from pellucid.sources.spec import DataSpec
 
