@@ -37,6 +37,7 @@ SHARED_PRIVATE = {
     "pellucid._io": "atomic writes and safe reads for every file pellucid writes",
     "pellucid._warnings": "the PellucidWarning hierarchy",
     "pellucid._deprecation": "the one decorator behind every renamed keyword's alias",
+    "pellucid._adapt": "the one boundary adapter for estimators, arrays and DataFrames",
 }
 
 # Cross-package imports of private modules still being untangled, each with its owner.
