@@ -9,8 +9,10 @@ from torch import nn
 from pellucid.models import MLP, SmallCNN
 from pellucid.pruning import (
     BNScaleL1,
+    ChannelPruning,
     Distillation,
     GroupLasso,
+    MagnitudePruning,
     PolynomialPruning,
     distillation_loss,
     polynomial_sparsity,
@@ -141,3 +143,27 @@ def test_prune_and_finetune_bad_input():
         prune_and_finetune(MLP(6, 2), _data(), kind="structured", amount=0.5, schedule="gradual")
     with pytest.raises(TypeError, match="`data` must be a pair"):
         prune_and_finetune(MLP(6, 2), [1, 2, 3], kind="structured", amount=0.5)
+
+
+def test_pruning_rounds_as_fit_hooks():
+    # unstructured: exactly `amount` of the weights masked, and still zero after training
+    x, y = _data()
+    net = MLP(6, 2)
+    fit(net, (x, y), epochs=2, batch_size=32, callbacks=[MagnitudePruning(0.5)], progress=False)
+    assert sparsity(net).overall == pytest.approx(0.5, abs=0.01)
+    for module in net.modules():
+        if hasattr(module, "weight_mask"):
+            assert torch.all(module.weight_orig[module.weight_mask == 0] == 0)
+
+    # structured: the plan is applied before the optimizer exists, so the shrunk layer trains
+    class Start(Callback):
+        def on_train_begin(self, state):
+            self.weight = state.model.net[0].weight.detach().clone()
+
+    net, hook, start = MLP(6, 2), ChannelPruning(0.5, x[:2]), Start()
+    fit(net, (x, y), epochs=1, batch_size=32, callbacks=[hook, start], progress=False)
+    assert hook.plan is not None and net.net[0].out_features == 32
+    assert start.weight.shape == net.net[0].weight.shape
+    assert not torch.equal(start.weight, net.net[0].weight)
+    with pytest.raises(ValueError, match="`amount` must be"):
+        MagnitudePruning(1.0)

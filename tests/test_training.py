@@ -107,3 +107,28 @@ def test_bad_input():
         fit(model, data, optimizer="adm")
     with pytest.raises(TypeError, match="Callback"):
         fit(model, data, callbacks=[object()])
+
+
+def test_on_setup_runs_before_the_optimizer_is_built():
+    # a hook that swaps a layer in on_setup: the optimizer must train the new parameters
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
+    calls = []
+
+    class Swap(Callback):
+        def on_setup(self, model):
+            calls.append("setup")
+            model[2] = torch.nn.Linear(4, 2)
+            self.fresh = model[2].weight.detach().clone()
+
+        def on_train_begin(self, state):
+            calls.append("begin")
+            state.info["params"] = {
+                id(p) for g in state.optimizer.param_groups for p in g["params"]
+            }
+            assert id(state.model[2].weight) in state.info["params"]
+
+    swap = Swap()
+    data = (torch.randn(16, 3), torch.randint(0, 2, (16,)))
+    fit(model, data, epochs=1, batch_size=8, callbacks=[swap], progress=False)
+    assert calls == ["setup", "begin"]
+    assert not torch.equal(model[2].weight, swap.fresh)  # trained after the swap

@@ -53,7 +53,20 @@ class TrainState:
 
 
 class Callback:
-    """Base class of training-loop hooks; override what you need. All are no-ops here."""
+    """Base class of training-loop hooks; override what you need. All are no-ops here.
+
+    Order in :func:`fit`: ``on_setup`` (before the optimizer exists), ``on_train_begin``,
+    then per epoch ``on_epoch_begin``, per step ``on_batch_begin``, ``extra_loss``,
+    ``on_before_step``, ``on_after_step``, then ``on_epoch_end``; ``on_train_end`` last.
+    """
+
+    def on_setup(self, model: nn.Module) -> None:
+        """Called first, before the optimizer is built from the model's parameters.
+
+        The place for a hook that changes the model's structure (a pruning round that
+        removes channels), so that the optimizer sees the parameters it will train. (An
+        optimizer passed to ``fit`` as an object was built before: it does not.)
+        """
 
     def on_train_begin(self, state: TrainState) -> None:
         """Called once before the first epoch."""
@@ -214,18 +227,14 @@ def fit(
     seed = check_int("seed", seed, min_value=0)
     check_float("lr", lr, min_value=0.0, min_inclusive=False)
     loss_fn = _loss_fn(loss)
-    hooks: list[Callback] = [c for c in (monitor, clipper) if c is not None] + list(callbacks)
-    for hook in hooks:
-        if not isinstance(hook, Callback):
-            raise TypeError(
-                f"`callbacks` must hold pellucid.training.Callback objects; "
-                f"got {type(hook).__name__}."
-            )
+    hooks = _hooks(monitor, clipper, callbacks)
     tensors = (
         None
         if hasattr(train, "__iter__") and not isinstance(train, tuple | list)
         else _as_tensors(train, "train")
     )
+    for hook in hooks:
+        hook.on_setup(model)
     generator = torch.Generator().manual_seed(seed)
     opt = _optimizer(optimizer, model, lr, weight_decay)
     history = History()
@@ -243,24 +252,9 @@ def fit(
             for hook in hooks:
                 hook.on_epoch_begin(state)
             losses: list[float] = []
-            if tensors is not None:
-                order = torch.randperm(tensors[0].shape[0], generator=generator)
-                batches: Iterable[Any] = (
-                    (tensors[0][order[i : i + batch_size]], tensors[1][order[i : i + batch_size]])
-                    for i in range(0, order.numel(), batch_size)
-                )
-            else:
-                batches = train
-            for x, y in batches:
+            for x, y in _batches(train, tensors, batch_size, generator):
                 _train_step(state, hooks, loss_fn, x, y, losses)
-            record: dict[str, float] = {
-                "epoch": float(epoch + 1),
-                "loss": float(sum(losses) / len(losses)) if losses else math.nan,
-                "seconds": time.perf_counter() - start,
-            }
-            if validation is not None:
-                for key, value in evaluate(model, validation, loss=loss_fn).items():
-                    record[f"val_{key}"] = value
+            record = _epoch_record(model, epoch, losses, start, validation, loss_fn)
             history.epochs.append(record)
             for hook in hooks:
                 hook.on_epoch_end(state, record)
@@ -272,6 +266,55 @@ def fit(
     model.eval()
     history.seconds = time.perf_counter() - start
     return history
+
+
+def _hooks(
+    monitor: Callback | None, clipper: Callback | None, callbacks: Sequence[Callback]
+) -> list[Callback]:
+    """The hooks in calling order (monitor, clipper, then the others), type-checked."""
+    hooks: list[Callback] = [c for c in (monitor, clipper) if c is not None] + list(callbacks)
+    for hook in hooks:
+        if not isinstance(hook, Callback):
+            raise TypeError(
+                f"`callbacks` must hold pellucid.training.Callback objects; "
+                f"got {type(hook).__name__}."
+            )
+    return hooks
+
+
+def _batches(
+    train: Any,
+    tensors: tuple[torch.Tensor, torch.Tensor] | None,
+    batch_size: int,
+    generator: torch.Generator,
+) -> Iterable[Any]:
+    """One epoch of ``(x, y)`` batches: shuffled slices of tensors, or the user's iterable."""
+    if tensors is None:
+        return train
+    order = torch.randperm(tensors[0].shape[0], generator=generator)
+    return (
+        (tensors[0][order[i : i + batch_size]], tensors[1][order[i : i + batch_size]])
+        for i in range(0, order.numel(), batch_size)
+    )
+
+
+def _epoch_record(
+    model: nn.Module,
+    epoch: int,
+    losses: list[float],
+    start: float,
+    validation: Any,
+    loss_fn: LossFn,
+) -> dict[str, float]:
+    record: dict[str, float] = {
+        "epoch": float(epoch + 1),
+        "loss": float(sum(losses) / len(losses)) if losses else math.nan,
+        "seconds": time.perf_counter() - start,
+    }
+    if validation is not None:
+        for key, value in evaluate(model, validation, loss=loss_fn).items():
+            record[f"val_{key}"] = value
+    return record
 
 
 def _train_step(

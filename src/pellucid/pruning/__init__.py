@@ -12,7 +12,9 @@ from pellucid.pruning.distill import Distillation, distillation_loss
 from pellucid.pruning.finetune import PruneResult, prune_and_finetune
 from pellucid.pruning.schedules import (
     BNScaleL1,
+    ChannelPruning,
     GroupLasso,
+    MagnitudePruning,
     PolynomialPruning,
     ReapplyMasks,
     polynomial_sparsity,
@@ -34,8 +36,10 @@ from pellucid.pruning.unstructured import (
 __all__ = [
     "BNScaleL1",
     "ChannelGroup",
+    "ChannelPruning",
     "Distillation",
     "GroupLasso",
+    "MagnitudePruning",
     "PolynomialPruning",
     "PruneResult",
     "ReapplyMasks",

@@ -27,16 +27,9 @@ from torch import nn
 from pellucid._validation import check_choice, check_float, check_int
 from pellucid.pruning.distill import Distillation
 from pellucid.pruning.importance import as_pair
-from pellucid.pruning.schedules import PolynomialPruning, ReapplyMasks
+from pellucid.pruning.schedules import ChannelPruning, MagnitudePruning, PolynomialPruning
 from pellucid.pruning.structured import ChannelPruningPlan, plan_channel_pruning
-from pellucid.pruning.unstructured import (
-    SparsityReport,
-    apply_masks_,
-    detach_pruned_,
-    magnitude_masks,
-    make_permanent_,
-    sparsity,
-)
+from pellucid.pruning.unstructured import SparsityReport, detach_pruned_, make_permanent_, sparsity
 from pellucid.training import Callback, History, evaluate, fit
 
 __all__ = ["PruneResult", "prune_and_finetune"]
@@ -115,6 +108,64 @@ def prune_and_finetune(
         >>> round(res.sparsity.overall, 2)
         0.5
     """
+    kind, amount, rounds = _check(kind, amount, schedule, rounds, epochs)
+    train = as_pair(data)
+    test = getattr(data, "test", None)
+    detach_pruned_(model)
+    student = copy.deepcopy(model)
+    teacher = copy.deepcopy(model).eval() if distill else None
+    example = example_inputs if example_inputs is not None else train[0][:2]
+    result = PruneResult(model=student, kind=kind, amount=amount)
+    original: dict[str, int] = {}
+    for r in range(rounds):
+        generator = torch.Generator().manual_seed(seed + r)
+        if schedule == "gradual":
+            steps = epochs * -(-train[0].shape[0] // batch_size)
+            hook: Callback = _gradual(amount, steps, scope, importance)
+        elif kind == "unstructured":
+            per_round = 1.0 - (1.0 - amount) ** (1.0 / rounds)
+            imp = importance if importance in ("l1", "l2", "random") else "l1"
+            hook = MagnitudePruning(per_round, scope=scope, importance=imp, generator=generator)
+        else:
+            counts = _channel_counts(student, example, amount, r, rounds, original)
+            hook = ChannelPruning(
+                counts, example, importance=importance, data=train, generator=generator
+            )
+        hooks = (
+            [hook] if teacher is None else [hook, Distillation(teacher, temperature=temperature)]
+        )
+        if epochs > 0:
+            result.history.append(
+                fit(
+                    student,
+                    train,
+                    epochs=epochs,
+                    lr=lr,
+                    batch_size=batch_size,
+                    seed=seed + r,
+                    callbacks=hooks,
+                    loss=loss,
+                    progress=False,
+                )
+            )
+        else:  # prune without fine-tuning: only the setup hooks run
+            for each in hooks:
+                each.on_setup(student)
+        if isinstance(hook, ChannelPruning) and hook.plan is not None:
+            result.plans.append(hook.plan)
+    if kind == "unstructured" and make_permanent:
+        make_permanent_(student)
+    student.eval()
+    result.sparsity = sparsity(student)
+    if isinstance(test, tuple):
+        result.metrics = evaluate(student, test)
+    return result
+
+
+def _check(
+    kind: str, amount: float, schedule: str, rounds: int, epochs: int
+) -> tuple[str, float, int]:
+    """Validate the schedule before anything is copied; return kind, amount and rounds."""
     kind = check_choice("kind", kind, ("unstructured", "structured"))
     amount = check_float("amount", amount, min_value=0.0, max_value=1.0, max_inclusive=False)
     schedule = check_choice("schedule", schedule, ("one_shot", "iterative", "gradual"))
@@ -125,85 +176,42 @@ def prune_and_finetune(
             "schedule='iterative' for structured pruning."
         )
     check_int("epochs", epochs, min_value=1 if schedule == "gradual" else 0)
-    train = as_pair(data)
-    test = getattr(data, "test", None)
-    detach_pruned_(model)
-    student = copy.deepcopy(model)
-    teacher = copy.deepcopy(model).eval() if distill else None
-    example = example_inputs if example_inputs is not None else train[0][:2]
-    per_round = 1.0 - (1.0 - amount) ** (1.0 / rounds)
-    original: dict[str, int] = {}
-    result = PruneResult(model=student, kind=kind, amount=amount)
-    for r in range(rounds):
-        if schedule == "gradual":
-            steps = epochs * -(-train[0].shape[0] // batch_size)
-            callbacks: list[Callback] = [
-                PolynomialPruning(
-                    amount,
-                    end_step=max(0, int(0.7 * steps) - 1),
-                    frequency=max(1, steps // 40),
-                    scope=scope,
-                    importance=importance if importance in ("l1", "l2") else "l1",
-                )
-            ]
-        elif kind == "unstructured":
-            imp = importance if importance in ("l1", "l2", "random") else "l1"
-            apply_masks_(
-                student,
-                magnitude_masks(
-                    student,
-                    amount=per_round,
-                    scope=scope,
-                    importance=imp,
-                    generator=torch.Generator().manual_seed(seed + r),
-                ),
-            )
-            callbacks = [ReapplyMasks()]
-        else:
-            # every round keeps floor(C0 * (1 - amount) ** ((r + 1) / rounds)) channels of a
-            # group that had C0, so the last round lands exactly where one-shot would
-            counts: float | dict[str, int] = amount
-            if rounds > 1:
-                current = plan_channel_pruning(student, example, amount=0.0)
-                if r == 0:
-                    original = {g.leader: g.channels for g in current.groups}
-                fraction = (1.0 - amount) ** ((r + 1) / rounds)
-                counts = {
-                    g.leader: g.channels - max(1, math.floor(original[g.leader] * fraction + 1e-9))
-                    for g in current.groups
-                    if g.frozen is None
-                }
-            plan = plan_channel_pruning(
-                student,
-                example,
-                amount=counts,
-                importance=importance,
-                data=train,
-                generator=torch.Generator().manual_seed(seed + r),
-            )
-            plan.apply_(student)
-            result.plans.append(plan)
-            callbacks = []
-        if teacher is not None:
-            callbacks.append(Distillation(teacher, temperature=temperature))
-        if epochs > 0:
-            result.history.append(
-                fit(
-                    student,
-                    train,
-                    epochs=epochs,
-                    lr=lr,
-                    batch_size=batch_size,
-                    seed=seed + r,
-                    callbacks=callbacks,
-                    loss=loss,
-                    progress=False,
-                )
-            )
-    if kind == "unstructured" and make_permanent:
-        make_permanent_(student)
-    student.eval()
-    result.sparsity = sparsity(student)
-    if isinstance(test, tuple):
-        result.metrics = evaluate(student, test)
-    return result
+    return kind, amount, rounds
+
+
+def _gradual(amount: float, steps: int, scope: str, importance: str) -> PolynomialPruning:
+    """The gradual schedule: the ramp ends at 70% of the ``steps``, ~40 pruning events."""
+    return PolynomialPruning(
+        amount,
+        end_step=max(0, int(0.7 * steps) - 1),
+        frequency=max(1, steps // 40),
+        scope=scope,
+        importance=importance if importance in ("l1", "l2") else "l1",
+    )
+
+
+def _channel_counts(
+    model: nn.Module,
+    example: Any,
+    amount: float,
+    r: int,
+    rounds: int,
+    original: dict[str, int],
+) -> float | dict[str, int]:
+    """What round ``r`` of ``rounds`` removes: ``amount`` in one round; else per-group counts.
+
+    Every round keeps ``floor(C0 * (1 - amount) ** ((r + 1) / rounds))`` channels of a group
+    that had ``C0`` (recorded in ``original`` on the first round), so the last round lands
+    exactly where one-shot would.
+    """
+    if rounds == 1:
+        return amount
+    current = plan_channel_pruning(model, example, amount=0.0)
+    if r == 0:
+        original.update({g.leader: g.channels for g in current.groups})
+    fraction = (1.0 - amount) ** ((r + 1) / rounds)
+    return {
+        g.leader: g.channels - max(1, math.floor(original[g.leader] * fraction + 1e-9))
+        for g in current.groups
+        if g.frozen is None
+    }

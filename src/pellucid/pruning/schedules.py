@@ -1,8 +1,9 @@
 """Pruning schedules and sparsity regularizers as training-loop callbacks.
 
-* one-shot: prune once, then fine-tune (``rounds=1``);
-* iterative: ``rounds`` of prune-then-fine-tune, each removing the same fraction of what is
-  left, so the last round reaches ``amount``;
+* one round of pruning before fine-tuning: :class:`MagnitudePruning` (weight masks, kept
+  at zero after every step) and :class:`ChannelPruning` (channels removed before the
+  optimizer is built); one-shot is one round, iterative is ``rounds`` of them, each
+  removing the same fraction of what is left (:func:`~pellucid.pruning.prune_and_finetune`);
 * gradual: :class:`PolynomialPruning`, Zhu & Gupta's (2017) cubic sparsity ramp during
   training, re-applying the masks after every optimizer step;
 * regularizers: :class:`BNScaleL1` (network slimming) and :class:`GroupLasso`, added to the
@@ -15,11 +16,15 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import torch
 from torch import nn
 
 from pellucid._validation import check_choice, check_float, check_int
 from pellucid.pruning.importance import prunable_weights
+from pellucid.pruning.structured import ChannelPruningPlan, plan_channel_pruning
 from pellucid.pruning.unstructured import (
     apply_masks_,
     magnitude_masks,
@@ -29,7 +34,9 @@ from pellucid.training import Callback, TrainState
 
 __all__ = [
     "BNScaleL1",
+    "ChannelPruning",
     "GroupLasso",
+    "MagnitudePruning",
     "PolynomialPruning",
     "ReapplyMasks",
     "polynomial_sparsity",
@@ -89,6 +96,107 @@ class ReapplyMasks(Callback):
 
     def on_after_step(self, state: TrainState) -> None:
         reapply_masks_(state.model)
+
+
+class MagnitudePruning(Callback):
+    """One round of unstructured pruning as a training hook.
+
+    When :func:`~pellucid.training.fit` begins, masks ``amount`` of the weights that are
+    still unpruned (the smallest by magnitude, as :func:`~pellucid.pruning.magnitude_masks`);
+    after every optimizer step the masked entries are zeroed again (:class:`ReapplyMasks`).
+
+    Args:
+        amount: fraction in [0, 1) of the remaining prunable weights to mask.
+        scope, importance: as :func:`~pellucid.pruning.magnitude_masks`.
+        generator: for ``importance="random"``.
+
+    Example:
+        >>> from pellucid.models import MLP
+        >>> from pellucid.training import fit
+        >>> net, x, y = MLP(4, 2), torch.randn(32, 4), torch.randint(0, 2, (32,))
+        >>> _ = fit(net, (x, y), epochs=1, callbacks=[MagnitudePruning(0.5)], progress=False)
+        >>> round(sparsity(net).overall, 2)
+        0.5
+    """
+
+    def __init__(
+        self,
+        amount: float,
+        *,
+        scope: str = "global",
+        importance: str = "l1",
+        generator: torch.Generator | None = None,
+    ) -> None:
+        self.amount = check_float(
+            "amount", amount, min_value=0.0, max_value=1.0, max_inclusive=False
+        )
+        self.scope = check_choice("scope", scope, ("global", "layer"))
+        self.importance = importance
+        self.generator = generator
+
+    def on_setup(self, model: nn.Module) -> None:
+        masks = magnitude_masks(
+            model,
+            amount=self.amount,
+            scope=self.scope,
+            importance=self.importance,
+            generator=self.generator,
+        )
+        apply_masks_(model, masks)
+
+    def on_after_step(self, state: TrainState) -> None:
+        reapply_masks_(state.model)
+
+
+class ChannelPruning(Callback):
+    """One round of structured pruning as a training hook.
+
+    Before :func:`~pellucid.training.fit` builds its optimizer, plans channel pruning on the
+    model (:func:`~pellucid.pruning.plan_channel_pruning`) and applies the plan, so the
+    optimizer trains the shrunk layers. The plan is kept in ``self.plan``.
+
+    Args:
+        amount: as :func:`~pellucid.pruning.plan_channel_pruning` (a fraction, a count, or
+            ``{layer name: fraction or count}``).
+        example_inputs: inputs the model runs on, for tracing.
+        importance, data, generator: as :func:`~pellucid.pruning.plan_channel_pruning`.
+
+    Example:
+        >>> from pellucid.models import MLP
+        >>> from pellucid.training import fit
+        >>> net, x, y = MLP(4, 2), torch.randn(32, 4), torch.randint(0, 2, (32,))
+        >>> hook = ChannelPruning(0.5, x[:2])
+        >>> _ = fit(net, (x, y), epochs=1, callbacks=[hook], progress=False)
+        >>> net.net[0].out_features, hook.plan is not None
+        (32, True)
+    """
+
+    def __init__(
+        self,
+        amount: float | int | Mapping[str, float | int],
+        example_inputs: Any,
+        *,
+        importance: str | Mapping[str, torch.Tensor] = "l2",
+        data: Any = None,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        self.amount = amount
+        self.example_inputs = example_inputs
+        self.importance = importance
+        self.data = data
+        self.generator = generator
+        self.plan: ChannelPruningPlan | None = None
+
+    def on_setup(self, model: nn.Module) -> None:
+        self.plan = plan_channel_pruning(
+            model,
+            self.example_inputs,
+            amount=self.amount,
+            importance=self.importance,
+            data=self.data,
+            generator=self.generator,
+        )
+        self.plan.apply_(model)
 
 
 class PolynomialPruning(Callback):
