@@ -75,7 +75,7 @@ def test_cli_bad_input_exit_2(tmp_path, capsys):
     cfg.write_text("[training]\nmodelz = 1\n")
     out = tmp_path / "never"
     assert main(["study", "--config", str(cfg), "--out", str(out)]) == 2
-    assert "Did you mean 'models'" in capsys.readouterr().err
+    assert "Did you mean one of 'models', 'user_models'?" in capsys.readouterr().err
     assert not out.exists()  # nothing half-written
     cfg.write_text('[training]\nmodels = ["digits/SmallCN"]\n')
     assert main(["study", "--config", str(cfg), "--out", str(out), "--quiet"]) == 2

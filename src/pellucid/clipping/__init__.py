@@ -8,6 +8,9 @@
   :func:`clip_by_norm`, :func:`adaptive_clip`, :class:`AutoClip`, :class:`ZClip`, composed
   by :func:`chain` and applied in place by :func:`apply_` with a non-finite policy.
 * Training: :class:`GradientClipper`, a callback for ``fit(..., clipper=...)``.
+* Weight constraints after the optimizer step: :func:`weight_clip` (``θ ← clip(θ, −c, c)``),
+  :func:`max_norm` (Keras ``MaxNorm``), applied by :func:`constrain_` or the
+  :class:`WeightClipper` callback.
 
 With ``torch.amp.GradScaler``, unscale first, then clip::
 
@@ -58,6 +61,14 @@ from pellucid.clipping.transforms import (
     clip_by_norm,
     clip_by_value,
 )
+from pellucid.clipping.weights import (
+    NonFiniteWeightError,
+    WeightClipper,
+    WeightConstraint,
+    constrain_,
+    max_norm,
+    weight_clip,
+)
 
 __all__ = [
     "NONFINITE_POLICIES",
@@ -66,8 +77,11 @@ __all__ = [
     "GradNorms",
     "GradientClipper",
     "NonFiniteGradientError",
+    "NonFiniteWeightError",
     "Transform",
     "TransformResult",
+    "WeightClipper",
+    "WeightConstraint",
     "ZClip",
     "adaptive_clip",
     "all_reduce_norm",
@@ -83,10 +97,13 @@ __all__ = [
     "clip_grad_norm_per_tensor_",
     "clip_grad_value_",
     "clip_grads_with_norm_",
+    "constrain_",
     "global_norm",
     "layer_groups",
+    "max_norm",
     "nonfinite_flags",
     "tensor_norms",
     "total_norm",
     "unitwise_norm",
+    "weight_clip",
 ]

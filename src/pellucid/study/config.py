@@ -70,6 +70,7 @@ def build_config(
 ) -> dict[str, Any]:
     """Merge defaults, quick overrides, the user's TOML table and command-line overrides."""
     from pellucid.study.stages import STAGES
+    from pellucid.study.user_models import check_user_models
 
     config: dict[str, Any] = {
         "seeds": [0] if quick else [0, 1, 2],
@@ -113,6 +114,7 @@ def build_config(
             )
     for name in config["stages"]:
         STAGES[name].validate(config[name])
+    check_user_models(config)
     if seed is not None:
         config["seeds"] = [seed + i for i in range(len(config["seeds"]))]
     seeds = config["seeds"]

@@ -8,6 +8,7 @@ stages reuse the same weights).
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from pellucid._validation import did_you_mean
 from pellucid.data import Dataset, load_dataset
 from pellucid.models import build_model
 from pellucid.study.errors import ConfigError
+from pellucid.study.user_models import USER_DATA, UserModel, parse_user_models
 from pellucid.training import History, fit
 
 __all__ = ["REFERENCE_MODELS", "ModelSpec", "StudyContext", "check_model_keys"]
@@ -110,6 +112,7 @@ class StudyContext:
     results: dict[str, dict[str, Any]] = field(default_factory=dict)
     _datasets: dict[tuple[str, str], Dataset] = field(default_factory=dict)
     _models: dict[tuple[str, int], tuple[nn.Module, dict[str, Any]]] = field(default_factory=dict)
+    _user: dict[str, UserModel] | None = None
 
     @property
     def models_dir(self) -> Path:
@@ -120,15 +123,45 @@ class StudyContext:
         if self.progress is not False:
             print(f"[pellucid study] {message}", file=sys.stderr, flush=True)
 
+    @property
+    def user_models(self) -> dict[str, UserModel]:
+        """The ``[[training.user_models]]`` entries of the config, by name."""
+        if self._user is None:
+            entries = self.config.get("training", {}).get("user_models", [])
+            self._user = {m.name: m for m in parse_user_models(entries)}
+        return self._user
+
+    def with_user_models(self, keys: list[str], *, input_ndim: int | None = None) -> list[str]:
+        """``keys`` followed by the user models' names (those whose inputs have
+        ``input_ndim`` dimensions, batch included, when given)."""
+        extra = [
+            name
+            for name, user in self.user_models.items()
+            if name not in keys
+            and (input_ndim is None or self.dataset(user.dataset).X_test.ndim == input_ndim)
+        ]
+        return list(keys) + extra
+
     def dataset(self, name: str, *, model: str | None = None, seed: int = 0) -> Dataset:
-        """The embedded dataset ``name`` (split with ``seed``), shaped for ``model``."""
+        """The embedded dataset ``name`` (split with ``seed``), shaped for ``model``; a user
+        model's data (``"user:NAME"``) keeps the user's own split whatever the seed."""
+        if name.startswith(USER_DATA):
+            key = (name, "")
+            if key not in self._datasets:
+                from pellucid.sources import load_data
+
+                self._datasets[key] = load_data(self.user_models[name[len(USER_DATA) :]].data)
+            return self._datasets[key]
         key = (name, f"{model}:{seed}")
         if key not in self._datasets:
             ds = load_dataset(name, seed=seed)
             self._datasets[key] = _as_sequence(ds, model or "")
         return self._datasets[key]
 
-    def spec(self, key: str) -> ModelSpec:
+    def spec(self, key: str) -> Any:
+        """The recipe of ``key``: a reference :class:`ModelSpec` or a :class:`UserModel`."""
+        if key in self.user_models:
+            return self.user_models[key]
         if key not in REFERENCE_MODELS:
             raise ValueError(
                 f"`model` must be one of {', '.join(REFERENCE_MODELS)}; got {key!r}."
@@ -147,8 +180,13 @@ class StudyContext:
         if (key, seed) in self._models:
             model, record = self._models[(key, seed)]
             return model, ds, record
+        if isinstance(spec, UserModel) and spec.pretrained:
+            self._models[(key, seed)] = _pretrained(spec, ds)
+            return self._models[(key, seed)][0], ds, self._models[(key, seed)][1]
         epochs = spec.quick_epochs if self.quick else spec.epochs
         tag = f"{key.replace('/', '__')}__seed{seed}__e{epochs}"
+        if isinstance(spec, UserModel):  # a user's name may hold anything: keep it safe
+            tag = "user__" + re.sub(r"[^A-Za-z0-9_.-]", "_", key) + f"__seed{seed}__e{epochs}"
         weights = self.models_dir / f"{tag}.safetensors"
         meta = self.models_dir / f"{tag}.json"
         model = spec.build(ds, seed)
@@ -171,6 +209,7 @@ class StudyContext:
                 loss=loss,
                 validation=ds.test,
                 progress=False,
+                optimizer=spec.optimizer if isinstance(spec, UserModel) else "adam",
             )
             from pellucid.training import evaluate
 
@@ -192,6 +231,20 @@ class StudyContext:
     def timer(self) -> _Timer:
         """``with ctx.timer() as t: ...; t.seconds``."""
         return _Timer()
+
+
+def _pretrained(spec: UserModel, ds: Dataset) -> tuple[nn.Module, dict[str, Any]]:
+    """A user's model with its own weights, evaluated on its test split (not trained)."""
+    from pellucid.training import evaluate
+
+    model = spec.load()
+    return model, {
+        "history": History().to_dict(),
+        "test": evaluate(model, ds.test),
+        "seconds": 0.0,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "epochs": 0,
+    }
 
 
 class _Timer:

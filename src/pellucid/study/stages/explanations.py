@@ -102,7 +102,7 @@ class ExplanationsStage(Stage):
 
     def _run(self, ctx: StudyContext, cfg: dict[str, Any]) -> dict[str, Any]:
         out: dict[str, Any] = {}
-        for key in cfg["models"]:
+        for key in ctx.with_user_models(cfg["models"]):
             entry: dict[str, Any] = {"methods": {}}
             for seed in ctx.seeds:
                 model, ds, _ = ctx.trained(key, seed)

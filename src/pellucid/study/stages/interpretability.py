@@ -24,7 +24,7 @@ from torch import nn
 
 from pellucid._registry import get_method, list_methods
 from pellucid.report.html import Figure, Paragraph, Section, Table, figure_png
-from pellucid.study.context import REFERENCE_MODELS, StudyContext, check_model_keys
+from pellucid.study.context import StudyContext, check_model_keys
 from pellucid.study.errors import ConfigError
 from pellucid.study.stages.base import Stage
 from pellucid.study.stats import mean_ci
@@ -132,7 +132,7 @@ def _train_clipped(ctx: StudyContext, key: str, seed: int, clip: str) -> nn.Modu
     from pellucid.clipping import GradientClipper
     from pellucid.training import fit
 
-    spec = REFERENCE_MODELS[key]
+    spec = ctx.spec(key)
     ds = ctx.dataset(spec.dataset, model=spec.model, seed=seed)
     model = spec.build(ds, seed)
     fit(
@@ -154,7 +154,7 @@ def _variants(ctx: StudyContext, key: str, seed: int, cfg: dict[str, Any]):
     from pellucid.pruning import prune_and_finetune
     from pellucid.training import evaluate
 
-    spec = REFERENCE_MODELS[key]
+    spec = ctx.spec(key)
     dense, ds, record = ctx.trained(key, seed)
     yield "dense", "dense", 0.0, dense, record["test"].get("accuracy", math.nan)
     if key in cfg["clip_models"]:
@@ -272,8 +272,8 @@ class InterpretabilityStage(Stage):
 
         start = time.perf_counter()
         out: dict[str, Any] = {"models": {}, "errors": []}
-        for key in cfg["models"]:
-            spec = REFERENCE_MODELS[key]
+        for key in ctx.with_user_models(cfg["models"]):
+            spec = ctx.spec(key)
             entry: dict[str, Any] = {"variants": {}, "randomization": {}}
             for seed in ctx.seeds:
                 dense, ds, _ = ctx.trained(key, seed)

@@ -100,12 +100,12 @@ class ModelAgnosticStage(Stage):
         torch.set_num_threads(1)  # comparable per-method times on a shared machine
         try:
             out: dict[str, Any] = {}
-            for key in cfg["tabular_models"]:
+            for key in ctx.with_user_models(cfg["tabular_models"], input_ndim=2):
                 out[key] = {
                     "kind": "tabular",
                     "runs": [self._tabular(ctx, key, seed, cfg) for seed in ctx.seeds],
                 }
-            for key in cfg["image_models"]:
+            for key in ctx.with_user_models(cfg["image_models"], input_ndim=4):
                 out[key] = {
                     "kind": "image",
                     "runs": [self._image(ctx, key, seed, cfg) for seed in ctx.seeds],
@@ -124,6 +124,8 @@ class ModelAgnosticStage(Stage):
         groups = torch.arange(d) % players  # breast_cancer: mean / error / worst of a measurement
         names = list(ds.feature_names or [f"x{i}" for i in range(d)])
         group_names = [names[i] for i in range(players)] if players < d else names
+        if ds.feature_mask is not None and len(ds.feature_groups) <= cfg["exact_players"]:
+            groups, group_names = ds.feature_mask, list(ds.feature_groups)  # one-hot columns
         common = {"target": "predicted", "eval_mode": True, "baseline": ds.X_train.mean(0)}
         gen = {"generator": torch.Generator().manual_seed(seed)}
         methods: dict[str, Any] = {}

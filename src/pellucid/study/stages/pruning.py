@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from pellucid.report.html import Figure, Paragraph, Section, Table, figure_png
-from pellucid.study.context import REFERENCE_MODELS, StudyContext, check_model_keys
+from pellucid.study.context import StudyContext, check_model_keys
 from pellucid.study.errors import ConfigError
 from pellucid.study.stages.base import Stage
 from pellucid.study.stats import mean_std
@@ -133,8 +133,8 @@ class PruningStage(Stage):
 
         out: dict[str, Any] = {}
         seeds = ctx.seeds[: cfg["max_seeds"]]
-        for key in cfg["models"]:
-            spec = REFERENCE_MODELS[key]
+        for key in ctx.with_user_models(cfg["models"]):
+            spec = ctx.spec(key)
             loss = "cross_entropy"
             runs: list[dict[str, Any]] = []
             profiles: dict[str, dict[str, float]] = {}

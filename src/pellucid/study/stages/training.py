@@ -25,15 +25,24 @@ class TrainingStage(Stage):
             "breast_cancer/MLP",
             "wine/MLP",
         ],
+        "user_models": [],
     }
     quick = {"models": ["digits/SmallCNN", "breast_cancer/MLP"]}
 
     def validate(self, cfg: dict[str, Any]) -> None:
+        from pellucid.sources import SourceError
+        from pellucid.study.errors import ConfigError
+        from pellucid.study.user_models import parse_user_models
+
         check_model_keys("training.models", cfg["models"])
+        try:
+            parse_user_models(cfg["user_models"])
+        except SourceError as exc:
+            raise ConfigError(str(exc)) from exc
 
     def run(self, ctx: StudyContext, cfg: dict[str, Any]) -> dict[str, Any]:
         out: dict[str, Any] = {}
-        for key in cfg["models"]:
+        for key in ctx.with_user_models(cfg["models"]):
             runs = []
             for seed in ctx.seeds:
                 _, ds, record = ctx.trained(key, seed)
@@ -51,6 +60,15 @@ class TrainingStage(Stage):
                     }
                 )
             out[key] = {"task": ds.task, "runs": runs}
+            if key in ctx.user_models:
+                user = ctx.user_models[key]
+                out[key]["user"] = {
+                    "description": user.describe(),
+                    "data": ds.source,
+                    "pretrained": user.pretrained,
+                    "train_rows": len(ds.y_train),
+                    "test_rows": len(ds.y_test),
+                }
         return out
 
     def report(self, ctx: StudyContext, cfg: dict[str, Any], result: dict[str, Any]) -> Section:
@@ -72,6 +90,24 @@ class TrainingStage(Stage):
                 caption="Test performance",
             ),
         ]
+        users = [entry["user"] for entry in result.values() if "user" in entry]
+        if users:
+            blocks.append(
+                Table(
+                    ["your model and data", "weights", "train rows", "test rows"],
+                    [
+                        [
+                            u["description"],
+                            "your weights" if u["pretrained"] else "trained here",
+                            u["train_rows"],
+                            u["test_rows"],
+                        ]
+                        for u in users
+                    ],
+                    caption="Your models ([[training.user_models]]): a pretrained model is "
+                    "evaluated as given; a factory without weights is trained from scratch.",
+                )
+            )
         blocks.append(Figure(_curves(result), "Test metric after every epoch (one line per seed)."))
         return Section(self.title, blocks)
 
