@@ -30,13 +30,17 @@ def test_max_norm_matches_keras_formula_per_unit():
     g = torch.Generator().manual_seed(1)
     conv = torch.nn.Conv2d(3, 6, 3).double()
     with torch.no_grad():
-        conv.weight.copy_(torch.randn(6, 3, 3, 3, generator=g, dtype=torch.float64))
+        units = torch.randn(6, 3, 3, 3, generator=g, dtype=torch.float64)
+        conv.weight.copy_(units * torch.tensor([0.1, 1.0, 0.2, 1.0, 0.3, 1.0]).view(6, 1, 1, 1))
     w = conv.weight.detach().clone()
     bias = conv.bias.detach().clone()
     constrain_(conv, max_norm(2.0))
-    # Keras MaxNorm: w * clip(norm, 0, m) / (eps + norm), norm over every axis but the unit's.
+    # Keras MaxNorm: w * m / (eps + norm) above the bound, norm over every axis but the
+    # unit's; units within the bound stay exactly as they are.
     norms = w.reshape(6, -1).norm(dim=1)
-    expected = w * (norms.clamp(max=2.0) / (norms + 1e-7)).reshape(6, 1, 1, 1)
+    assert (norms > 2.0).any() and (norms <= 2.0).any()  # both cases are exercised
+    scale = torch.where(norms > 2.0, 2.0 / (norms + 1e-7), torch.ones_like(norms))
+    expected = w * scale.reshape(6, 1, 1, 1)
     torch.testing.assert_close(conv.weight.detach(), expected, rtol=1e-12, atol=0)
     assert conv.weight.detach().reshape(6, -1).norm(dim=1).max() <= 2.0
     torch.testing.assert_close(conv.bias.detach(), bias, rtol=0, atol=0)  # no units: untouched

@@ -88,7 +88,9 @@ def max_norm(max_value: float = 2.0, *, dim: int = 0, eps: float = 1e-7) -> Weig
         max_value: the largest 2-norm a unit's weights may have.
         dim: the units' dimension (0: output units of ``Linear``/``Conv``); the norm runs
             over all other dimensions.
-        eps: added to the norm in the scale ``min(norm, max) / (norm + eps)``, as Keras does.
+        eps: added to the norm in the scale ``max_value / (norm + eps)`` of a unit above
+            the bound, as Keras does. Units within the bound are left exactly as they are
+            (Keras multiplies them by ``norm / (norm + eps)``, a change of ~1e-7).
     """
     bound = check_float("max_value", max_value, min_value=0.0, min_inclusive=False)
     axis = check_int("dim", dim, min_value=0)
@@ -99,7 +101,7 @@ def max_norm(max_value: float = 2.0, *, dim: int = 0, eps: float = 1e-7) -> Weig
         for w in ws:
             moved = w.movedim(axis, 0)
             norms = moved.reshape(moved.shape[0], -1).norm(dim=1)
-            scale = norms.clamp(max=bound) / (norms + eps)
+            scale = torch.where(norms > bound, bound / (norms + eps), torch.ones_like(norms))
             shape = [-1] + [1] * (w.ndim - 1)
             out.append((moved * scale.reshape(shape)).movedim(0, axis))
         return out
