@@ -23,6 +23,7 @@ COMMANDS: tuple[str, ...] = (
     "study",
     "explain",
     "diagnose",
+    "prune",
     "stages",
 )
 

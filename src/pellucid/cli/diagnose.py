@@ -6,6 +6,7 @@ import argparse
 from typing import Any
 
 from pellucid.cli._errors import UsageError
+from pellucid.cli._sources import add_source_arguments, is_user_model, model_spec
 
 __all__ = ["register", "run"]
 
@@ -17,12 +18,16 @@ def register(sub: Any) -> None:
     parser = sub.add_parser(
         "diagnose",
         help="train a model with the gradient monitor and say which layer exploded or vanished",
-        description="Train a model on an embedded dataset with pellucid's GradientMonitor "
-        "(and optionally a clipper), then print the monitor's diagnosis. The default is the "
-        "classic failure: a deep plain ReLU net with a large init and SGD at lr 0.1.",
+        description="Train a model with pellucid's GradientMonitor (and optionally a "
+        "clipper), then print the monitor's diagnosis. Your model: --model "
+        "package.module:function (optionally --weights as the starting point) with --data. "
+        "The default is the classic failure on embedded digits: a deep plain ReLU net with a "
+        "large init and SGD at lr 0.1.",
     )
     parser.add_argument("--dataset", default="digits", help="embedded dataset")
-    parser.add_argument("--model", default="DeepPlainNet", help=", ".join(MODELS))
+    parser.add_argument(
+        "--model", default="DeepPlainNet", help="factory pkg.mod:fn, or " + ", ".join(MODELS)
+    )
     parser.add_argument("--depth", type=int, default=12, help="DeepPlainNet depth")
     parser.add_argument("--init-scale", type=float, default=1.7, help="DeepPlainNet init")
     parser.add_argument("--activation", default="relu", help="DeepPlainNet/MLP activation")
@@ -30,11 +35,15 @@ def register(sub: Any) -> None:
     parser.add_argument("--lr", type=float, default=0.1, help="learning rate")
     parser.add_argument("--epochs", type=int, default=2, help="epochs")
     parser.add_argument(
-        "--clip", default="none", help="none, norm:MAX, value:V, agc:FACTOR, autoclip or zclip"
+        "--clip",
+        default="none",
+        help="none, norm:MAX, value:V, agc:FACTOR, autoclip, zclip, or a weight constraint "
+        "applied after each step: weight:C (clip to [-C, C]) or maxnorm:M",
     )
     parser.add_argument("--log-every", type=int, default=5, help="monitor sampling period")
     parser.add_argument("--seed", type=int, default=0, help="seed")
     parser.add_argument("--out", default=None, help="write the monitor history (JSON or CSV)")
+    add_source_arguments(parser, model_help=None)
     parser.set_defaults(run=run)
 
 
@@ -51,16 +60,21 @@ def clipper(spec: str) -> object:
         "agc": lambda v: clipping.adaptive_clip(float(v or 0.01)),
         "autoclip": lambda v: clipping.AutoClip(),
         "zclip": lambda v: clipping.ZClip(),
+        "weight": lambda v: clipping.weight_clip(float(v or 0.1)),
+        "maxnorm": lambda v: clipping.max_norm(float(v or 2.0)),
     }
     if name not in makers:
         raise UsageError(
-            f"`--clip` must be one of none, norm:MAX, value:V, agc:FACTOR, autoclip, zclip; "
+            "`--clip` must be one of none, norm:MAX, value:V, agc:FACTOR, autoclip, zclip, "
+            f"weight:C, maxnorm:M; "
             f"got {spec!r}." + did_you_mean(name, makers)
         )
     try:
         transform = makers[name](value)
     except ValueError as exc:
         raise UsageError(f"`--clip` {spec!r}: {exc}") from exc
+    if isinstance(transform, clipping.WeightConstraint):
+        return clipping.WeightClipper(transform, nonfinite="skip")
     return None if transform is None else clipping.GradientClipper(transform)
 
 
@@ -89,6 +103,28 @@ def _model_kwargs(args: argparse.Namespace, ds: Any) -> dict[str, object]:
     return kwargs
 
 
+def _user_model(args: argparse.Namespace) -> tuple[Any, Any]:
+    """Your factory (its initial weights from ``--seed``, or ``--weights``) and data."""
+    import torch
+
+    from pellucid.cli._errors import flag
+    from pellucid.cli._sources import data_spec
+    from pellucid.sources import load_data
+
+    spec = model_spec(args)
+    if not spec.is_factory:
+        raise UsageError(
+            f"`--model` {args.model!r} is a file; diagnose trains the model, which needs a "
+            "factory 'package.module:function'."
+        )
+    with flag("--data", args.data):
+        ds = load_data(data_spec(args))
+    with flag("--model", args.model), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(args.seed)
+        model = spec.load().train()
+    return model, ds
+
+
 def run(args: argparse.Namespace) -> int:
     """Train as ``args`` say under a ``GradientMonitor``; print the findings."""
     from pellucid.data import load_dataset
@@ -96,8 +132,13 @@ def run(args: argparse.Namespace) -> int:
     from pellucid.monitoring import GradientMonitor
     from pellucid.training import evaluate, fit
 
-    ds = load_dataset(args.dataset, seed=args.seed)
-    model = build_model(args.model, seed=args.seed, **_model_kwargs(args, ds))
+    if is_user_model(args):
+        model, ds = _user_model(args)
+        name, where = args.model, ds.source
+    else:
+        ds = load_dataset(args.dataset, seed=args.seed)
+        model = build_model(args.model, seed=args.seed, **_model_kwargs(args, ds))
+        name, where = args.model, args.dataset
     clip = clipper(args.clip)
     monitor = GradientMonitor(log_every=args.log_every)
     loss = "cross_entropy" if ds.task == "classification" else "mse"
@@ -115,7 +156,7 @@ def run(args: argparse.Namespace) -> int:
     )
     result = evaluate(model, ds.test)
     print(
-        f"{args.model} on {args.dataset}: {len(history.step_losses)} steps, "
+        f"{name} on {where}: {len(history.step_losses)} steps, "
         f"{history.skipped_steps} skipped; test "
         + ", ".join(f"{k} {v:.4f}" for k, v in result.items())
     )

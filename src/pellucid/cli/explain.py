@@ -1,82 +1,179 @@
-"""``pellucid explain``: explain a reference model on its embedded test data."""
+"""``pellucid explain``: explain your model on your data, or a reference model."""
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import os
+import sys
+from dataclasses import replace
 from typing import Any
 
 from pellucid.cli._errors import UsageError, flag
+from pellucid.cli._sources import add_source_arguments, is_user_model, load_sources
 
-__all__ = ["register", "run"]
+__all__ = ["parse_rows", "register", "run"]
 
 
 def register(sub: Any) -> None:
     """Add the ``explain`` subparser to ``sub``."""
     parser = sub.add_parser(
         "explain",
-        help="explain a reference model on its embedded test data",
-        description="Train (or reuse from a study folder) a reference model and explain its "
-        "first N test examples; writes an Explanation file (safetensors). Under torchrun the "
-        "rows are sharded across ranks and merged.",
+        help="explain your model on your data (or a reference model); write an Explanation",
+        description="Explain rows of the test split with an attribution method and write an "
+        "Explanation file (safetensors). --model is a factory 'package.module:function' "
+        "(with --weights) or a .pt2/TorchScript file, and --data your data; or --model is a "
+        "reference key such as breast_cancer/MLP (trained here, or reused from --study-dir). "
+        "Under torchrun the rows are sharded across ranks and merged.",
     )
-    parser.add_argument(
-        "--model",
-        default="digits/SmallCNN",
-        help="reference model key, e.g. digits/SmallCNN, breast_cancer/MLP",
+    add_source_arguments(
+        parser,
+        model_help="factory pkg.mod:fn, a .pt2/TorchScript file, or a reference key "
+        "(default: digits/SmallCNN)",
     )
     parser.add_argument("--method", default="integrated_gradients", help="attribution method")
-    parser.add_argument("--n", type=int, default=16, help="number of test examples")
+    parser.add_argument(
+        "--rows", default=None, metavar="START:STOP", help="test rows to explain (default 0:16)"
+    )
+    parser.add_argument("--n", type=int, default=None, help=argparse.SUPPRESS)  # deprecated
     parser.add_argument(
         "--target", default="predicted", help="'predicted' or a class index (default: predicted)"
     )
-    parser.add_argument("--seed", type=int, default=0, help="training seed")
+    parser.add_argument("--seed", type=int, default=0, help="training seed / split seed")
     parser.add_argument(
         "--study-dir", default="pellucid-study", help="reuse trained weights from this study folder"
     )
     parser.add_argument("--out", default="explanation.safetensors", help="output file")
+    parser.add_argument("--plot", default=None, metavar="PNG", help="also draw the first example")
     parser.add_argument("--quick", action="store_true", help="train briefly (smoke run)")
     parser.set_defaults(run=run)
 
 
+def parse_rows(text: str | None, n: int | None) -> slice:
+    """``--rows START:STOP`` (or ``N`` for ``0:N``; the deprecated ``--n N`` too)."""
+    if n is not None:
+        print(
+            "pellucid explain: warning: `--n` is deprecated (it collides with torchrun's "
+            f"options); use `--rows 0:{n}`.",
+            file=sys.stderr,
+        )
+        if text is not None:
+            raise UsageError("`--n` and `--rows` say the same thing; give `--rows` only.")
+        text = f"0:{n}"
+    text = "0:16" if text is None else text
+    parts = text.split(":") if ":" in text else ["0", text]
+    try:
+        start, stop = (int(p) for p in parts)
+    except ValueError:
+        raise UsageError(
+            f"`--rows` must be START:STOP (e.g. 0:64) or a count; got {text!r}."
+        ) from None
+    if len(parts) != 2 or start < 0 or stop <= start:
+        raise UsageError(f"`--rows` must be START:STOP with 0 <= START < STOP; got {text!r}.")
+    return slice(start, stop)
+
+
+def _target(text: str) -> int | str:
+    target: int | str = int(text) if text.lstrip("-").isdigit() else text
+    if target != "predicted" and not isinstance(target, int):
+        raise UsageError(f"`--target` must be 'predicted' or a class index; got {text!r}.")
+    return target
+
+
+def _reference(args: argparse.Namespace) -> tuple[Any, Any, str]:
+    from pathlib import Path
+
+    from pellucid.study.context import StudyContext
+
+    if args.seed < 0:
+        raise UsageError(f"`--seed` must be an integer >= 0; got {args.seed}.")
+    study_dir = Path(args.study_dir)
+    if study_dir.exists() and not study_dir.is_dir():
+        raise UsageError(f"`--study-dir` must be a directory; got the file {str(study_dir)!r}.")
+    key = args.model or "digits/SmallCNN"
+    ctx = StudyContext(out_dir=study_dir, seeds=[args.seed], quick=args.quick, progress=True)
+    with flag("--model", key):
+        ctx.spec(key)
+    model, ds, record = ctx.trained(key, args.seed)
+    metrics = ", ".join(f"test {k} {v:.4f}" for k, v in record["test"].items())
+    return model, ds, metrics
+
+
 def run(args: argparse.Namespace) -> int:
-    """Explain the first ``--n`` test rows of ``--model`` with ``--method``; save the result."""
+    """Explain ``--rows`` of the test split with ``--method``; save (and plot) the result."""
     from pathlib import Path
 
     import torch.distributed as dist
 
     from pellucid._registry import get_method
     from pellucid.sharded import explain_sharded
-    from pellucid.study.context import StudyContext
 
     with flag("--method", args.method):
-        get_method(args.method)
-    if args.n < 1:
-        raise UsageError(f"`--n` must be an integer >= 1; got {args.n}.")
-    if args.seed < 0:
-        raise UsageError(f"`--seed` must be an integer >= 0; got {args.seed}.")
-    target: int | str = int(args.target) if args.target.lstrip("-").isdigit() else args.target
-    if target != "predicted" and not isinstance(target, int):
-        raise UsageError(f"`--target` must be 'predicted' or a class index; got {args.target!r}.")
+        info = get_method(args.method)
+    rows = parse_rows(args.rows, args.n)
+    target = _target(args.target)
     out = Path(args.out)
     if out.is_dir():
         raise UsageError(f"`--out` must be a file path; {str(out)!r} is a directory.")
-    study_dir = Path(args.study_dir)
-    if study_dir.exists() and not study_dir.is_dir():
-        raise UsageError(f"`--study-dir` must be a directory; got the file {str(study_dir)!r}.")
-    ctx = StudyContext(out_dir=study_dir, seeds=[args.seed], quick=args.quick, progress=True)
-    with flag("--model", args.model):
-        ctx.spec(args.model)
+    if args.plot is not None and not args.plot.lower().endswith(".png"):
+        raise UsageError(f"`--plot` must name a .png file; got {args.plot!r}.")
+    if is_user_model(args):
+        model, ds = load_sources(args, weights_needed=True)
+        metrics = f"data {ds.source}"
+    else:
+        model, ds, metrics = _reference(args)
+    if rows.start >= len(ds.X_test):
+        raise UsageError(
+            f"`--rows` {rows.start}:{rows.stop} starts past the {len(ds.X_test)} test rows."
+        )
+    x = ds.X_test[rows]
+    kwargs: dict[str, Any] = {"target": target}
+    grouped = ds.feature_mask is not None
+    if grouped and "feature_mask" in inspect.signature(info.fn).parameters:
+        kwargs["feature_mask"] = ds.feature_mask  # one-hot columns: one player per column
     if dist.is_available() and "WORLD_SIZE" in os.environ and not dist.is_initialized():
         dist.init_process_group("gloo")
-    model, ds, record = ctx.trained(args.model, args.seed)
-    x = ds.X_test[: args.n]
     with flag("--method", args.method):
-        explanation = explain_sharded(model, x, method=args.method, target=target)
+        explanation = explain_sharded(model, x, method=args.method, **kwargs)
+    names = {"feature_names": list(ds.feature_names)}
+    if grouped:
+        names["feature_groups"] = list(ds.feature_groups)
+    explanation = replace(explanation, extras={**explanation.extras, **names})
     if not dist.is_initialized() or dist.get_rank() == 0:
         explanation.save(out)
-        metrics = ", ".join(f"test {k} {v:.4f}" for k, v in record["test"].items())
-        print(f"{args.method} on {args.model} ({len(explanation)} examples; {metrics}): {out}")
+        print(
+            f"{args.method} on {args.model or 'digits/SmallCNN'} (rows {rows.start}:"
+            f"{rows.start + len(explanation)}; {metrics}): {out}"
+        )
+        if args.plot is not None:
+            print(f"plot: {_plot(explanation, ds, Path(args.plot))}")
     if dist.is_initialized():
         dist.destroy_process_group()
     return 0
+
+
+def _plot(explanation: Any, ds: Any, path: Any) -> Any:
+    """Draw the first example (image heatmap, or top features by group) to ``path``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import torch
+
+    from pellucid._io import atomic_write
+    from pellucid.plot import attribution_bars, image_attribution
+
+    attributions = explanation.attributions
+    if attributions.ndim == 4:
+        ax = image_attribution(explanation)
+    elif ds.feature_mask is not None:  # one bar per group (its columns share the value)
+        mask = ds.feature_mask.reshape(-1)
+        first = [int((mask == g).nonzero()[0]) for g in range(len(ds.feature_groups))]
+        values = attributions.reshape(len(attributions), -1)[:, torch.tensor(first)]
+        ax = attribution_bars(values, names=ds.feature_groups, title=explanation.method)
+    else:
+        ax = attribution_bars(explanation, names=ds.feature_names)
+    figure = ax.figure
+    atomic_write(path, lambda tmp: figure.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
+    plt.close(figure)
+    return path
