@@ -20,6 +20,7 @@ from pellucid import (
     saliency,
     smoothgrad,
 )
+from pellucid._random import example_generators, per_example
 from pellucid.attribution._quadrature import METHODS as QUADRATURES
 from pellucid.attribution._quadrature import quadrature_nodes
 
@@ -134,7 +135,9 @@ def test_smoothgrad_equals_mean_of_saliency_on_the_same_noise():
     e = smoothgrad(
         net, x, target=1, n_samples=6, noise=0.2, generator=torch.Generator().manual_seed(3)
     )
-    eps = torch.randn((3, 6, 5), generator=torch.Generator().manual_seed(3), dtype=D)
+    # the noise of each example comes from its own stream (pellucid._random)
+    streams = example_generators(torch.Generator().manual_seed(3), 3)
+    eps = per_example(streams, lambda g: torch.randn((6, 5), generator=g, dtype=D))
     sigma = 0.2 * (x.max(dim=1).values - x.min(dim=1).values)
     noisy = x[:, None] + sigma[:, None, None] * eps
     manual = torch.stack([saliency(net, noisy[i], target=1).attributions.mean(0) for i in range(3)])

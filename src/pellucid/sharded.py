@@ -20,6 +20,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from pellucid._random import example_offset
 from pellucid._registry import attribute
 from pellucid._validation import check_tensor
 from pellucid.explanation import Explanation
@@ -63,8 +64,9 @@ def explain_sharded(
         **kwargs: passed to the method; a per-example ``target`` is sharded with the rows.
 
     Returns:
-        The merged explanation, identical on every rank. Stochastic methods draw their own
-        samples per shard, so their values differ from a single-process run.
+        The merged explanation, identical on every rank and to a single-process run, also
+        for stochastic methods (their random streams are per example, keyed by the row's
+        index in ``inputs``).
     """
     check_tensor("inputs", inputs, min_ndim=1)
     if not (dist.is_available() and dist.is_initialized()):
@@ -86,20 +88,48 @@ def explain_sharded(
     kwargs = dict(kwargs)
     if "target" in kwargs:
         kwargs["target"] = _split_target(kwargs["target"], n, bounds, rank)
-    local = attribute(model, inputs[lo:hi], method=method, **kwargs)
+    with example_offset(lo):  # per-example random streams keyed by global row index
+        local = attribute(model, inputs[lo:hi], method=method, **kwargs)
 
-    def merge(value: Any) -> Any:
-        # per-example tensors are gathered in rank order; everything else is shared
-        if isinstance(value, torch.Tensor) and value.ndim > 0 and value.shape[0] == hi - lo:
-            return _gather_rows(value.detach(), sizes, process_group)
-        return value
+    fields = {
+        "attributions": local.attributions,
+        "target": local.target,
+        "baseline": local.baseline,
+        **{f"extras.{k}": v for k, v in sorted(local.extras.items())},
+    }
+    rows = _per_example_fields(fields, hi - lo, world, process_group)
+
+    def merge(name: str) -> Any:
+        # per-example tensors (on every rank) are gathered in rank order; the rest is shared
+        value = fields[name]
+        return _gather_rows(value.detach(), sizes, process_group) if name in rows else value
 
     return Explanation(
-        attributions=merge(local.attributions),
+        attributions=merge("attributions"),
         inputs=inputs.detach(),
         method=local.method,
-        target=merge(local.target),
-        baseline=merge(local.baseline),
+        target=merge("target"),
+        baseline=merge("baseline"),
         params={**local.params, "world_size": world},
-        extras={**{k: merge(v) for k, v in sorted(local.extras.items())}, "shard_sizes": sizes},
+        extras={
+            **{k: merge(f"extras.{k}") for k in sorted(local.extras)},
+            "shard_sizes": sizes,
+        },
     )
+
+
+def _per_example_fields(fields: dict[str, Any], n_local: int, world: int, group: Any) -> set[str]:
+    """The fields that hold one row per example on every rank.
+
+    Decided together: a tensor whose length matches this rank's row count only by
+    coincidence (say 4 samples on a rank of 4 rows) must not be gathered on one rank and
+    kept on another, which would mismatch the collectives.
+    """
+    mine = sorted(
+        name
+        for name, value in fields.items()
+        if isinstance(value, torch.Tensor) and value.ndim > 0 and value.shape[0] == n_local
+    )
+    everyone: list[Any] = [None] * world
+    dist.all_gather_object(everyone, mine, group=group)
+    return set.intersection(*(set(names) for names in everyone))

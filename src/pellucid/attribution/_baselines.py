@@ -16,6 +16,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from pellucid._random import example_generators, per_example
 from pellucid._validation import check_finite_tensor, check_tensor, describe_value, did_you_mean
 from pellucid.attribution._common import LayerForward, Prepared, broadcast_baseline
 
@@ -94,8 +95,13 @@ def resolve_baseline(
         flat = inputs.reshape(inputs.shape[0], -1)
         low = flat.min(dim=1).values.view(-1, *[1] * (inputs.ndim - 1))
         high = flat.max(dim=1).values.view(-1, *[1] * (inputs.ndim - 1))
-        noise = torch.rand(
-            inputs.shape, generator=generator, dtype=inputs.dtype, device=inputs.device
+        # one stream per example: a row's baseline does not depend on its batch or rank
+        noise = per_example(
+            example_generators(generator, inputs.shape[0], device=inputs.device),
+            lambda g: torch.rand(
+                inputs.shape[1:], generator=g, dtype=inputs.dtype, device=inputs.device
+            ),
+            device=inputs.device,
         )
         return low + (high - low) * noise
     if isinstance(baseline, torch.Tensor) and prep.raw_inputs is not None:

@@ -155,6 +155,13 @@ def constrained_design(z: torch.Tensor, w: torch.Tensor) -> ConstrainedDesign:
     return ConstrainedDesign(xr, xw, last.T.contiguous(), w, inv, var)
 
 
+def _rowwise(rows: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
+    """``rows @ matrix`` computed one row at a time (one batched matmul): each row's result
+    does not depend on the other rows."""
+    n = rows.shape[0]
+    return torch.bmm(rows.unsqueeze(1), matrix.expand(n, *matrix.shape)).squeeze(1)
+
+
 def constrained_fit(
     design: ConstrainedDesign, y: torch.Tensor, total: torch.Tensor, *, exact: bool = False
 ) -> LinearFit:
@@ -165,10 +172,13 @@ def constrained_fit(
     y, total = y.to(f64), total.to(f64)
     s, p = design.xr.shape[0], design.xr.shape[1] + 1
     yr = torch.addcmul(y, total.unsqueeze(1), design.last, value=-1.0)
-    head = design.inv @ (design.xw.T @ yr.T)  # (P-1, N)
+    # Per-example products (batched matmuls of one row each): an example's coefficients are
+    # then bit-identical whatever else is in the batch (a plain matmul's rounding depends on
+    # the number of rows), so batch sizes and ranks do not change the result.
+    head = _rowwise(_rowwise(yr, design.xw), design.inv)  # (N, P-1)
     # phi = [head; total - sum(head)], so the fitted values are yr's fit plus last * total
-    resid = torch.addmm(yr, head.T, design.xr.T, alpha=-1.0).square_() @ design.w
-    coef = torch.cat([head.T, (total - head.sum(0)).unsqueeze(1)], dim=1)
+    resid = (yr - _rowwise(head, design.xr.T)).square_().mul_(design.w).sum(1)
+    coef = torch.cat([head, (total - head.sum(1)).unsqueeze(1)], dim=1)
     if exact:
         stderr = torch.zeros_like(coef)
     else:

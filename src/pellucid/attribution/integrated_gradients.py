@@ -15,6 +15,7 @@ import torch
 
 from pellucid._batching import map_chunks, resolve_batch_size
 from pellucid._deprecation import renamed
+from pellucid._random import example_generators, per_example
 from pellucid._registry import register
 from pellucid._state import model_guard
 from pellucid._targets import Forward, ResolvedTarget, Target
@@ -235,14 +236,28 @@ def expected_gradients(
         else:
             refs = to_explained_space(background, prep, name="background")
         n = x.shape[0]
-        choice = torch.randint(refs.shape[0], (n, n_samples), generator=generator, device=x.device)
-        alpha = torch.rand((n, n_samples), generator=generator, dtype=x.dtype, device=x.device)
+        # one stream per example: a row's draws do not depend on its batch or rank
+        streams = example_generators(generator, n, device=x.device)
+        choice = per_example(
+            streams,
+            lambda g: torch.randint(refs.shape[0], (n_samples,), generator=g, device=x.device),
+            device=x.device,
+        )
+        alpha = per_example(
+            streams,
+            lambda g: torch.rand(n_samples, generator=g, dtype=x.dtype, device=x.device),
+            device=x.device,
+        )
         flat = x.reshape(n, -1)
         scale = (flat.max(dim=1).values - flat.min(dim=1).values) * float(noise)
         eps = None
         if noise > 0:
-            eps = torch.randn(
-                (n, n_samples, *x.shape[1:]), generator=generator, dtype=x.dtype, device=x.device
+            eps = per_example(
+                streams,
+                lambda g: torch.randn(
+                    (n_samples, *x.shape[1:]), generator=g, dtype=x.dtype, device=x.device
+                ),
+                device=x.device,
             )
         view = (-1,) + (1,) * (x.ndim - 1)
 

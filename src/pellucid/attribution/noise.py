@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from pellucid._deprecation import renamed
+from pellucid._random import example_generators, per_example
 from pellucid._registry import get_method, register
 from pellucid._state import model_guard
 from pellucid._targets import Target
@@ -115,8 +116,13 @@ def smoothgrad(
         n = x.shape[0]
         flat = x.reshape(n, -1)
         sigma = (flat.max(dim=1).values - flat.min(dim=1).values) * noise
-        eps = torch.randn(
-            (n, n_samples, *x.shape[1:]), generator=generator, dtype=x.dtype, device=x.device
+        # one stream per example: the noise of a row does not depend on its batch or rank
+        eps = per_example(
+            example_generators(generator, n, device=x.device),
+            lambda g: torch.randn(
+                (n_samples, *x.shape[1:]), generator=g, dtype=x.dtype, device=x.device
+            ),
+            device=x.device,
         )
         view = (n, 1) + (1,) * (x.ndim - 1)
         noisy = (x.unsqueeze(1) + sigma.view(view) * eps).reshape(n * n_samples, *x.shape[1:])
