@@ -313,8 +313,7 @@ LONG_FUNCTIONS: dict[str, str] = {
     "attribution/integrated_gradients.py::expected_gradients": "arch-eval (method shell)",
     "inspection/permutation.py::permutation_importance": "arch-eval (method shell)",
     "pruning/structured.py::plan_channel_pruning": "zoo (plan split)",
-    "study/stages/pruning.py::PruningStage.report": "arch-untangle",
-    "study/stages/findings.py::_model_findings": "arch-untangle",
+    "study/stages/findings.py::_model_findings": "seedflows (collapse detection)",
 }
 
 

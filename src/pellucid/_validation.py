@@ -66,7 +66,12 @@ def check_int(
     max_value: int | None = None,
     hint: str = "",
 ) -> int:
-    """Return ``value`` as an int, refusing bools, floats and out-of-range values."""
+    """Return ``value`` as an int, refusing bools, floats and out-of-range values.
+
+    Raises:
+        TypeError: `value` is not an integer (a bool is not one).
+        ValueError: `value` is outside [`min_value`, `max_value`].
+    """
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"`{name}` must be an integer; got {describe_value(value)}.{hint}")
     value = int(value)
@@ -88,7 +93,12 @@ def check_float(
     allow_inf: bool = False,
     hint: str = "",
 ) -> float:
-    """Return ``value`` as a float; NaN is always refused, inf unless ``allow_inf``."""
+    """Return ``value`` as a float; NaN is always refused, inf unless ``allow_inf``.
+
+    Raises:
+        TypeError: `value` is not a real number (a bool is not one).
+        ValueError: `value` is NaN, infinite (unless allowed) or out of range.
+    """
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         if isinstance(value, torch.Tensor) and value.numel() == 1 and value.is_floating_point():
             value = float(value.item())
@@ -113,7 +123,12 @@ def check_float(
 
 
 def check_choice(name: str, value: Any, choices: Sequence[str]) -> str:
-    """Return ``value`` if it is one of ``choices``; suggest the closest otherwise."""
+    """Return ``value`` if it is one of ``choices``; suggest the closest otherwise.
+
+    Raises:
+        TypeError: `value` is not a string.
+        ValueError: `value` is not one of `choices` (the message suggests the closest).
+    """
     if not isinstance(value, str):
         raise TypeError(
             f"`{name}` must be one of {', '.join(map(repr, choices))}; got {describe_value(value)}."
@@ -136,7 +151,13 @@ def check_tensor(
     finite: bool = False,
     nonempty: bool = True,
 ) -> torch.Tensor:
-    """Check that ``value`` is a tensor with the given rank/dtype properties."""
+    """Check that ``value`` is a tensor with the given rank/dtype properties.
+
+    Raises:
+        TypeError: `value` is not a tensor, or not floating point where required.
+        ValueError: `value` has the wrong number of dimensions, is empty, or (``finite=True``)
+            holds NaN or inf.
+    """
     if not isinstance(value, torch.Tensor):
         raise TypeError(f"`{name}` must be a torch.Tensor; got {describe_value(value)}.")
     if ndim is not None and value.ndim != ndim:
@@ -159,7 +180,11 @@ def check_tensor(
 
 
 def check_finite_tensor(name: str, value: torch.Tensor) -> torch.Tensor:
-    """Raise ValueError naming the first non-finite entry of ``value``."""
+    """Raise ValueError naming the first non-finite entry of ``value``.
+
+    Raises:
+        ValueError: `value` holds NaN or inf (the message names the first index).
+    """
     if value.is_floating_point() or value.is_complex():
         # One sum decides the usual case: it is finite only when every entry is (a finite
         # sum can't hide a NaN or inf); a non-finite sum may be an overflow, so the
@@ -178,7 +203,11 @@ def check_finite_tensor(name: str, value: torch.Tensor) -> torch.Tensor:
 
 
 def check_generator(name: str, value: Any) -> torch.Generator | None:
-    """``None`` or a ``torch.Generator`` (the random source of a stochastic method)."""
+    """``None`` or a ``torch.Generator`` (the random source of a stochastic method).
+
+    Raises:
+        TypeError: `value` is neither None nor a torch.Generator.
+    """
     if value is not None and not isinstance(value, torch.Generator):
         raise TypeError(
             f"`{name}` must be a torch.Generator or None; got {describe_value(value)}. "
@@ -188,7 +217,11 @@ def check_generator(name: str, value: Any) -> torch.Generator | None:
 
 
 def check_model(name: str, value: Any) -> Any:
-    """A model is any callable; nn.Module is the usual case."""
+    """A model is any callable; nn.Module is the usual case.
+
+    Raises:
+        TypeError: `value` is not callable.
+    """
     if not callable(value):
         raise TypeError(
             f"`{name}` must be a callable model (usually an nn.Module); got {describe_value(value)}."
@@ -197,7 +230,12 @@ def check_model(name: str, value: Any) -> Any:
 
 
 def check_layer(model: Any, layer: Any, *, name: str = "layer") -> nn.Module:
-    """Resolve ``layer`` (a module of ``model`` or its dotted name) to a submodule."""
+    """Resolve ``layer`` (a module of ``model`` or its dotted name) to a submodule.
+
+    Raises:
+        TypeError: `model` is not an nn.Module, or `layer` is neither a module nor a name.
+        ValueError: `layer` is not a submodule (or dotted name) of `model`.
+    """
     if not isinstance(model, nn.Module):
         raise TypeError(f"`{name}=` needs an nn.Module model; got {describe_value(model)}.")
     modules = dict(model.named_modules())

@@ -219,6 +219,12 @@ def fit(
         progress: a progress bar (None: only on a terminal).
         stop_on_nonfinite: stop early (and record it) once the loss is NaN/inf for a whole
             epoch, instead of spending time on a diverged model.
+
+    Raises:
+        TypeError: `model` is not an nn.Module, `train` is neither tensors nor an iterable of
+            batches, a callback is not a Callback, or an integer argument is not an integer.
+        ValueError: `epochs` or `batch_size` < 1, `seed` < 0, `lr` <= 0, an unknown `loss` or
+            `optimizer` name, or inputs and labels with different numbers of rows.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"`model` must be an nn.Module; got {type(model).__name__}.")
@@ -365,6 +371,11 @@ def evaluate(
     """Loss and (for integer labels) accuracy of ``model`` on ``(X, y)``, in eval mode.
 
     The model's train/eval mode is restored afterwards.
+
+    Raises:
+        TypeError: `data` is not a pair of tensors.
+        ValueError: inputs and labels have different numbers of rows, `data` is empty, or `loss` is
+            an unknown name.
     """
     x, y = _as_tensors(data, "data")
     classification = not y.is_floating_point()

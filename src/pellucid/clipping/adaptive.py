@@ -65,6 +65,10 @@ class AutoClip(_Clipper):
         history_size: keep only the last ``history_size`` norms (None: all of them).
         norm_type: the norm of the gradients (2 in the paper).
 
+    Raises:
+        TypeError: a number argument is not a number.
+        ValueError: `percentile` is outside (0, 100], `history_size` < 1, or `norm_type` is not > 0.
+
     Example:
         >>> clip = AutoClip(percentile=10)
         >>> clip.state_dict()["count"]
@@ -145,7 +149,12 @@ class AutoClip(_Clipper):
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore from :meth:`state_dict` (settings are checked to match)."""
+        """Restore from :meth:`state_dict` (settings are checked to match).
+
+        Raises:
+            TypeError: `state` is not a dict.
+            ValueError: `state` lacks a key, or holds values of another configuration.
+        """
         _check_keys(state, ("percentile", "history_size", "norm_type", "count", "history"))
         if (state["percentile"], state["history_size"]) != (self.percentile, self.history_size):
             raise ValueError(
@@ -173,6 +182,10 @@ class ZClip(_Clipper):
         clip_factor: multiplier of the adaptive threshold.
         skip_update_on_spike: leave the EMA alone on spike steps.
         eps: added to the standard deviation.
+
+    Raises:
+        TypeError: a number argument is not a number.
+        ValueError: a number is out of range (see Args), or `clip_option` is unknown.
 
     Example:
         >>> ZClip().state_dict()["step"]
@@ -288,7 +301,12 @@ class ZClip(_Clipper):
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore from :meth:`state_dict`; settings are taken from ``state``."""
+        """Restore from :meth:`state_dict`; settings are taken from ``state``.
+
+        Raises:
+            TypeError: `state` is not a dict.
+            ValueError: `state` lacks a key, or holds values out of range.
+        """
         _check_keys(state, ("alpha", "z_thresh", "warmup_steps", "step", "warmup", "mean", "var"))
         fresh = ZClip(
             state["alpha"],

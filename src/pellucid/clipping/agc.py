@@ -49,6 +49,10 @@ def unitwise_norm(x: torch.Tensor, norm_type: float = 2.0) -> torch.Tensor:
 def classifier_parameters(model: nn.Module) -> list[nn.Parameter]:
     """Parameters of the model's last ``nn.Linear`` (the classifier AGC should leave out).
 
+    Raises:
+        TypeError: `model` is not an nn.Module.
+        ValueError: the model has no nn.Linear layer.
+
     Example:
         >>> net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Linear(8, 2))
         >>> [tuple(p.shape) for p in classifier_parameters(net)]
@@ -222,6 +226,11 @@ def adaptive_clip_grad_(
         eps: the smallest weight norm used (so zero-initialised weights can move).
         norm_type: the p of the unit-wise norms.
         exclude: parameters left unclipped, e.g. :func:`classifier_parameters`.
+
+    Raises:
+        TypeError: `parameters` is not a tensor, an iterable of tensors or an nn.Module, or a number
+            argument is not a real number.
+        ValueError: `clip_factor` is not > 0, `eps` is negative, or `norm_type` is not > 0.
 
     Example:
         >>> net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Linear(8, 2))

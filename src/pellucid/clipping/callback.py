@@ -47,6 +47,10 @@ class GradientClipper(Callback):
         nonfinite: ``"skip"`` (default: a step with NaN/inf gradients is not taken),
             ``"raise"``, ``"zero"`` or ``"propagate"``.
         parameters: clip only these parameters (default: all of the model's).
+
+    Raises:
+        TypeError: `transform` is not a gradient transform.
+        ValueError: `nonfinite` is not a known policy.
     """
 
     def __init__(

@@ -88,7 +88,12 @@ def as_tensor_list(parameters: Any, name: str = "parameters") -> list[torch.Tens
 
 
 def check_norm_type(norm_type: Any) -> float:
-    """Return ``norm_type`` as a float: a positive number or ``inf`` (also the string)."""
+    """Return ``norm_type`` as a float: a positive number or ``inf`` (also the string).
+
+    Raises:
+        TypeError: `norm_type` is not a real number (or 'inf').
+        ValueError: `norm_type` is not > 0, or is NaN.
+    """
     if isinstance(norm_type, str) and norm_type.strip().lower() in ("inf", "infinity"):
         return math.inf
     if isinstance(norm_type, bool) or not isinstance(norm_type, numbers.Real | torch.Tensor):
@@ -225,6 +230,11 @@ def tensor_norms(
 ) -> list[torch.Tensor]:
     """The norm of each tensor (a pure function; pass gradients, not parameters).
 
+    Raises:
+        TypeError: `tensors` is not a tensor or an iterable of tensors, or `norm_type` is not a
+            number.
+        ValueError: `norm_type` is not > 0.
+
     Example:
         >>> import torch
         >>> [float(n) for n in tensor_norms([torch.ones(4), torch.ones(9)])]
@@ -243,6 +253,13 @@ def total_norm(
     foreach: bool | None = None,
 ) -> torch.Tensor:
     """The norm of all ``tensors`` viewed as one vector; same as ``torch.nn.utils.get_total_norm``.
+
+    Raises:
+        TypeError: `tensors` is not a tensor or an iterable of tensors, or `norm_type` is not a
+            number.
+        ValueError: `norm_type` is not > 0.
+        RuntimeError: `error_if_nonfinite=True` and the norm is NaN/inf; or `foreach=True` on a
+            device without foreach kernels.
 
     Example:
         >>> import torch
@@ -307,6 +324,13 @@ def clip_grads_with_norm_(
     Same as ``torch.nn.utils.clip_grads_with_norm_``; returns the coefficient used (a
     device tensor, no synchronisation).
 
+    Raises:
+        TypeError: `parameters` is not a tensor, an iterable of tensors or an nn.Module, or a number
+            argument is not a real number.
+        ValueError: `parameters` is an exhausted generator, or a number is out of range (`max_norm`
+            <= 0, `norm_type` <= 0, NaN).
+        RuntimeError: `foreach=True` on a device without foreach kernels.
+
     Example:
         >>> import torch
         >>> w = torch.nn.Parameter(torch.zeros(2)); w.grad = torch.tensor([3.0, 4.0])
@@ -350,6 +374,15 @@ def clip_grad_norm_(
     Returns:
         The total norm before clipping (0-d tensor on the first gradient's device).
 
+    Raises:
+        TypeError: `parameters` is not a tensor, an iterable of tensors or an nn.Module, or a number
+            argument is not a real number.
+        ValueError: `parameters` is an exhausted generator, or a number is out of range (`max_norm`
+            <= 0, `norm_type` <= 0, NaN).
+        RuntimeError: `error_if_nonfinite=True` and the total norm is NaN/inf; `process_group` given
+            without torch.distributed initialized; `foreach=True` on a device without foreach
+            kernels.
+
     Example:
         >>> import torch
         >>> w = torch.nn.Parameter(torch.zeros(2)); w.grad = torch.tensor([3.0, 4.0])
@@ -376,6 +409,12 @@ def clip_grad_value_(
     parameters: Parameters, clip_value: float, *, foreach: bool | None = None
 ) -> None:
     """Clamp every gradient entry to ``[-clip_value, clip_value]`` in place (as torch does).
+
+    Raises:
+        TypeError: `parameters` is not a tensor, an iterable of tensors or an nn.Module, or
+            `clip_value` is not a number.
+        ValueError: `clip_value` is negative or NaN, or `parameters` is an exhausted generator.
+        RuntimeError: `foreach=True` on a device without foreach kernels.
 
     Example:
         >>> import torch

@@ -34,6 +34,9 @@ __all__ = ["clip_grad_norm_per_layer_", "clip_grad_norm_per_tensor_", "layer_gro
 def layer_groups(model: nn.Module) -> dict[str, list[nn.Parameter]]:
     """Parameters grouped by the module that owns them (``"body.0"`` -> weight, bias).
 
+    Raises:
+        TypeError: `model` is not an nn.Module.
+
     Example:
         >>> list(layer_groups(torch.nn.Sequential(torch.nn.Linear(2, 2))))
         ['0']
@@ -62,6 +65,12 @@ def clip_grad_norm_per_tensor_(
     """Clip each gradient to its own norm bound (TensorFlow's ``clip_by_norm``), in place.
 
     Returns the per-tensor norms before clipping (one entry per parameter with a gradient).
+
+    Raises:
+        TypeError: `parameters` is not a tensor, an iterable of tensors or an nn.Module, or a number
+            argument is not a real number.
+        ValueError: `parameters` is an exhausted generator, or a number is out of range (`max_norm`
+            <= 0, `norm_type` <= 0, NaN).
 
     Example:
         >>> import torch
@@ -100,6 +109,10 @@ def clip_grad_norm_per_layer_(
 
     Returns:
         ``{name: norm before clipping}`` for groups that have gradients.
+
+    Raises:
+        TypeError: `model` is not an nn.Module, or a number argument is not a real number.
+        ValueError: `max_norm` or `norm_type` is not > 0.
 
     Example:
         >>> import torch

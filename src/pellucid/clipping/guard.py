@@ -45,7 +45,11 @@ class NonFiniteGradientError(RuntimeError):
 
 
 def check_policy(policy: str) -> str:
-    """Validate a ``nonfinite=`` policy name."""
+    """Validate a ``nonfinite=`` policy name.
+
+    Raises:
+        ValueError: `policy` is not one of NONFINITE_POLICIES.
+    """
     return check_choice("nonfinite", policy, NONFINITE_POLICIES)
 
 
@@ -89,6 +93,10 @@ def guard_(
 
     ``skip`` is a host bool, True only under ``"skip"`` when a non-finite value was found.
     Under ``"zero"`` the gradients are cleaned in place and fresh norms are returned.
+
+    Raises:
+        NonFiniteGradientError: under `"raise"`, when a gradient holds NaN/inf (the gradients are
+            left unchanged).
     """
     if not grads:
         return torch.zeros((), dtype=torch.bool), False, norms

@@ -235,6 +235,10 @@ def clip_by_global_norm(
 ) -> ClipByGlobalNorm:
     """Transform: the global-norm bound of ``torch.nn.utils.clip_grad_norm_``.
 
+    Raises:
+        TypeError: `max_norm` or `norm_type` is not a real number.
+        ValueError: `max_norm` or `norm_type` is not > 0.
+
     Example:
         >>> import torch
         >>> out = clip_by_global_norm(1.0)([torch.tensor([3.0, 4.0])], [])
@@ -247,6 +251,10 @@ def clip_by_global_norm(
 def clip_by_value(clip_value: float) -> ClipByValue:
     """Transform: clamp entries to ``[-clip_value, clip_value]``.
 
+    Raises:
+        TypeError: `clip_value` is not a real number.
+        ValueError: `clip_value` is negative or NaN.
+
     Example:
         >>> clip_by_value(1.0)([torch.tensor([-3.0, 0.5])], []).grads[0]
         tensor([-1.0000,  0.5000])
@@ -256,6 +264,10 @@ def clip_by_value(clip_value: float) -> ClipByValue:
 
 def clip_by_norm(max_norm: float, *, norm_type: float = 2.0) -> ClipByNorm:
     """Transform: each tensor clipped to its own norm ``max_norm``.
+
+    Raises:
+        TypeError: `max_norm` or `norm_type` is not a real number.
+        ValueError: `max_norm` or `norm_type` is not > 0.
 
     Example:
         >>> clip_by_norm(1.0)([torch.tensor([3.0, 4.0]), torch.tensor([0.5])], []).grads
@@ -273,6 +285,10 @@ def adaptive_clip(
 ) -> AdaptiveClip:
     """Transform: unit-wise adaptive gradient clipping (see :func:`adaptive_clip_grad_`).
 
+    Raises:
+        TypeError: a number argument is not a real number.
+        ValueError: `clip_factor` is not > 0, `eps` is negative, or `norm_type` is not > 0.
+
     Example:
         >>> w = torch.ones(1, 4)
         >>> adaptive_clip(0.1)([torch.full((1, 4), 10.0)], [w]).grads[0]
@@ -284,6 +300,9 @@ def adaptive_clip(
 
 def chain(*transforms: Transform) -> Chain:
     """Compose transforms left to right, e.g. ``chain(adaptive_clip(0.01), clip_by_global_norm(1))``.
+
+    Raises:
+        TypeError: an item of `transforms` is not a gradient transform.
 
     Example:
         >>> c = chain(clip_by_value(2.0), clip_by_global_norm(1.0))
@@ -328,6 +347,13 @@ def apply_(
     Returns:
         :class:`ClipStats`; under ``"skip"`` with a NaN/inf gradient, ``skipped`` is True
         and the gradients are untouched.
+
+    Raises:
+        TypeError: `transform` is not callable, or `parameters` is not a tensor, an iterable of
+            tensors or an nn.Module.
+        ValueError: `nonfinite` is not a known policy.
+        NonFiniteGradientError: `nonfinite="raise"` and a gradient holds NaN/inf (it names the first
+            such parameter).
 
     Example:
         >>> w = torch.nn.Parameter(torch.zeros(2)); w.grad = torch.tensor([3.0, 4.0])

@@ -68,6 +68,10 @@ class GradientMonitor(Callback):
     Attributes:
         layers: layer (module) names, in registration order.
         steps: the recorded step indices.
+
+    Raises:
+        TypeError: `log_every` is not an integer, or `model` is not an nn.Module.
+        ValueError: `log_every` < 1, or `model` has no parameter that requires gradients.
     """
 
     def __init__(self, *, log_every: int = 10, model: nn.Module | None = None) -> None:
@@ -89,7 +93,12 @@ class GradientMonitor(Callback):
             self.attach(model)
 
     def attach(self, model: nn.Module) -> GradientMonitor:
-        """Start monitoring ``model`` (clears any history)."""
+        """Start monitoring ``model`` (clears any history).
+
+        Raises:
+            TypeError: `model` is not an nn.Module.
+            ValueError: `model` has no parameter that requires gradients.
+        """
         if not isinstance(model, nn.Module):
             raise TypeError(f"`model` must be an nn.Module; got {type(model).__name__}.")
         groups = {n: [p for p in ps if p.requires_grad] for n, ps in layer_groups(model).items()}
@@ -283,6 +292,10 @@ class GradientMonitor(Callback):
                 median layer is reported as exploding (vanishing).
             growth: a total-norm growth from the first to the last tenth of training by this
                 factor is reported as exploding.
+
+        Raises:
+            TypeError: `ratio` or `growth` is not a real number.
+            ValueError: `ratio` or `growth` is not > 1.
         """
         ratio = check_float("ratio", ratio, min_value=1.0, min_inclusive=False)
         growth = check_float("growth", growth, min_value=1.0, min_inclusive=False)

@@ -26,6 +26,10 @@ def distillation_loss(
 ) -> torch.Tensor:
     """Hinton et al.'s soft-target loss: ``T**2 * KL(softmax(t / T) || softmax(s / T))``.
 
+    Raises:
+        TypeError: `temperature` is not a real number.
+        ValueError: `temperature` is not > 0.
+
     Example:
         >>> z = torch.randn(3, 5)
         >>> float(distillation_loss(z, z))
@@ -48,6 +52,10 @@ class Distillation(Callback):
         teacher: the dense model.
         temperature: softening temperature ``T`` (> 0).
         weight: multiplier of the term (the task loss keeps weight 1).
+
+    Raises:
+        TypeError: `teacher` is not an nn.Module, or a number argument is not a real number.
+        ValueError: `temperature` is not > 0, or `weight` is negative.
     """
 
     def __init__(

@@ -101,6 +101,13 @@ def prune_and_finetune(
         example_inputs: inputs for tracing (structured); default: two training rows.
         make_permanent: fold unstructured masks into the weights at the end.
 
+    Raises:
+        TypeError: `data` is not a dataset or an `(X, y)` pair of tensors, or a number argument has
+            the wrong type.
+        ValueError: an unknown `kind`, `schedule` or `scope`; `amount` outside [0, 1); `rounds` < 1;
+            `epochs` < 0 (< 1 for the gradual schedule); or `schedule="gradual"` with
+            `kind="structured"`.
+
     Example:
         >>> from pellucid.models import MLP
         >>> x, y = torch.randn(64, 4), torch.randint(0, 2, (64,))

@@ -55,6 +55,10 @@ def polynomial_sparsity(
 ) -> float:
     """Zhu & Gupta's sparsity at ``step``: ``s_f + (s_i - s_f) * (1 - progress) ** power``.
 
+    Raises:
+        TypeError: `final` or `initial` is not a real number.
+        ValueError: `final` or `initial` is outside [0, 1], or `end_step` < `begin_step`.
+
     Example:
         >>> polynomial_sparsity(100, final=0.9, begin_step=0, end_step=100)
         0.9
@@ -109,6 +113,10 @@ class MagnitudePruning(Callback):
         amount: fraction in [0, 1) of the remaining prunable weights to mask.
         scope, importance: as :func:`~pellucid.pruning.magnitude_masks`.
         generator: for ``importance="random"``.
+
+    Raises:
+        TypeError: `amount` is not a real number.
+        ValueError: `amount` is outside [0, 1), or `scope` is unknown.
 
     Example:
         >>> from pellucid.models import MLP
@@ -214,6 +222,11 @@ class PolynomialPruning(Callback):
         frequency: steps between pruning events.
         scope, importance, layers: as :func:`pellucid.pruning.prune_magnitude_`.
 
+    Raises:
+        TypeError: a number argument has the wrong type.
+        ValueError: `final_sparsity` outside [0, 1), `initial_sparsity` above it, `end_step` <
+            `begin_step`, `frequency` < 1, or an unknown `scope`.
+
     Example:
         >>> from pellucid.models import MLP
         >>> from pellucid.training import fit
@@ -303,6 +316,10 @@ class PolynomialPruning(Callback):
 class BNScaleL1(Callback):
     """Network slimming: add ``strength * sum |gamma|`` over the BatchNorm layers to the loss.
 
+    Raises:
+        TypeError: `strength` is not a real number.
+        ValueError: `strength` is negative.
+
     Example:
         >>> from pellucid.models import SmallCNN
         >>> cb = BNScaleL1(1e-4)
@@ -328,6 +345,10 @@ class GroupLasso(Callback):
     Args:
         strength: the multiplier.
         layers: module names (default: every Linear and convolution).
+
+    Raises:
+        TypeError: `strength` is not a real number.
+        ValueError: `strength` is negative.
 
     Example:
         >>> net = nn.Linear(2, 2)

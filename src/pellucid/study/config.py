@@ -24,7 +24,12 @@ __all__ = ["ConfigError", "build_config", "read_config_file"]
 
 
 def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Parse a TOML config; syntax errors name the line and column."""
+    """Parse a TOML config; syntax errors name the line and column.
+
+    Raises:
+        ConfigError: `path` is not an existing file, not UTF-8, or not valid TOML (the message names
+            the line and column).
+    """
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"`--config` must be an existing TOML file; got {str(path)!r}.")
@@ -68,7 +73,12 @@ def build_config(
     seed: int | None = None,
     stages: list[str] | None = None,
 ) -> dict[str, Any]:
-    """Merge defaults, quick overrides, the user's TOML table and command-line overrides."""
+    """Merge defaults, quick overrides, the user's TOML table and command-line overrides.
+
+    Raises:
+        ConfigError: an unknown key (with the closest suggestion), a value of the wrong type, an
+            unknown stage, or bad `seeds`; each stage's own checks raise it too.
+    """
     from pellucid.study.stages import STAGES
     from pellucid.study.user_models import check_user_models
 

@@ -207,35 +207,9 @@ class PruningStage(Stage):
         result = result["models"]
         rows, findings = [], []
         for key, entry in result.items():
-            summary = _summarize(entry["runs"])
-            dense_metric = summary[("dense", 0.0)]["metric"][0]
-            for (kind, amount), s in summary.items():
-                m, sd = s["metric"]
-                rows.append(
-                    [
-                        key,
-                        kind,
-                        amount,
-                        m,
-                        sd,
-                        (m - dense_metric) * 100,
-                        s["parameters"],
-                        s["nonzeros"],
-                        s["bytes"] / 1024,
-                        s["latency_ms"],
-                        s["speedup"] if kind != "dense" else 1.0,
-                    ]
-                )
-            for kind, amount in (("unstructured", 0.9), ("structured", 0.5)):
-                if (kind, amount) in summary:
-                    s = summary[(kind, amount)]
-                    size = s["bytes"] / summary[("dense", 0.0)]["bytes"]
-                    findings.append(
-                        f"{key}, {kind} {amount:.0%}: test metric {s['metric'][0]:.4f} vs dense "
-                        f"{dense_metric:.4f} ({(s['metric'][0] - dense_metric) * 100:+.2f} "
-                        f"points), measured speed-up {s['speedup']:.2f}x at batch "
-                        f"{cfg['latency_batch']}, file {size:.0%} of dense."
-                    )
+            key_rows, key_findings = _rows_and_findings(key, entry, cfg["latency_batch"])
+            rows += key_rows
+            findings += key_findings
         blocks: list[Any] = [
             Paragraph(
                 "Unstructured pruning masks the smallest-magnitude weights (global L1 ranking) "
@@ -293,6 +267,43 @@ class PruningStage(Stage):
                 )
             )
         return Section(self.title, blocks)
+
+
+def _rows_and_findings(
+    key: str, entry: dict[str, Any], latency_batch: int
+) -> tuple[list[list[Any]], list[str]]:
+    """One model's table rows (per kind and level) and its headline sentences."""
+    rows, findings = [], []
+    summary = _summarize(entry["runs"])
+    dense_metric = summary[("dense", 0.0)]["metric"][0]
+    for (kind, amount), s in summary.items():
+        m, sd = s["metric"]
+        rows.append(
+            [
+                key,
+                kind,
+                amount,
+                m,
+                sd,
+                (m - dense_metric) * 100,
+                s["parameters"],
+                s["nonzeros"],
+                s["bytes"] / 1024,
+                s["latency_ms"],
+                s["speedup"] if kind != "dense" else 1.0,
+            ]
+        )
+    for kind, amount in (("unstructured", 0.9), ("structured", 0.5)):
+        if (kind, amount) in summary:
+            s = summary[(kind, amount)]
+            size = s["bytes"] / summary[("dense", 0.0)]["bytes"]
+            findings.append(
+                f"{key}, {kind} {amount:.0%}: test metric {s['metric'][0]:.4f} vs dense "
+                f"{dense_metric:.4f} ({(s['metric'][0] - dense_metric) * 100:+.2f} "
+                f"points), measured speed-up {s['speedup']:.2f}x at batch "
+                f"{latency_batch}, file {size:.0%} of dense."
+            )
+    return rows, findings
 
 
 def _summarize(runs: list[dict[str, Any]]) -> dict[tuple[str, float], dict[str, Any]]:
