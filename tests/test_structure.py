@@ -160,30 +160,41 @@ def _cycles(graph: dict[str, Module]) -> list[list[str]]:
     return components
 
 
-def _private_owner(name: str) -> str | None:
-    """The package a private module belongs to, or None for a public module."""
-    parts = name.split(".")
+def _within(name: str, package: str) -> bool:
+    return name == package or name.startswith(package + ".")
+
+
+def _may_import(importer: Module, target: str) -> bool:
+    """Whether ``importer`` may import ``target``: every private name on the way must allow it.
+
+    For each private part ``_x`` of ``target`` (``pellucid.a._x`` or ``pellucid.a._x._y``):
+    modules inside ``_x`` itself may import it; so may the modules of the package that holds
+    ``_x`` and of its subpackages, except at the top level, where only top-level modules may,
+    unless ``_x`` is listed in SHARED_PRIVATE.
+    """
+    parts = target.split(".")
     for i, part in enumerate(parts[1:], start=1):
-        if part.startswith("_"):
-            return ".".join(parts[:i])
-    return None
+        if not part.startswith("_") or part.startswith("__"):
+            continue
+        owner, private = ".".join(parts[:i]), ".".join(parts[: i + 1])
+        if _within(importer.name, private):
+            continue
+        if owner == "pellucid":
+            allowed = importer.package == "pellucid" or private in SHARED_PRIVATE
+        else:
+            allowed = _within(importer.package, owner)
+        if not allowed:
+            return False
+    return True
 
 
 def _private_crossings(graph: dict[str, Module]) -> dict[tuple[str, str], int]:
-    crossings = {}
-    for module in graph.values():
-        for target, line in module.imports.items():
-            owner = _private_owner(target)
-            if owner is None:
-                continue
-            here = module.package
-            if owner == "pellucid":
-                allowed = here == "pellucid" or target in SHARED_PRIVATE
-            else:
-                allowed = here == owner or here.startswith(owner + ".")
-            if not allowed:
-                crossings[(module.name, target)] = line
-    return crossings
+    return {
+        (module.name, target): line
+        for module in graph.values()
+        for target, line in module.imports.items()
+        if not _may_import(module, target)
+    }
 
 
 def test_the_graph_sees_the_package():
@@ -226,18 +237,29 @@ def test_shared_private_modules_exist():
 
 
 def test_private_rule_examples():
+    def mod(name: str, imports: dict[str, int] | None = None, package: bool = False) -> Module:
+        return Module(name, SRC, package, imports or {})
+
     graph = {
-        "pellucid._v": Module("pellucid._v", SRC, False),
-        "pellucid.a": Module("pellucid.a", SRC, True),
-        "pellucid.a._c": Module("pellucid.a._c", SRC, False),
-        "pellucid.a.x": Module("pellucid.a.x", SRC, False, {"pellucid.a._c": 1}),
-        "pellucid.a.r.y": Module("pellucid.a.r.y", SRC, False, {"pellucid.a._c": 2}),
-        "pellucid.b.z": Module("pellucid.b.z", SRC, False, {"pellucid.a._c": 3, "pellucid._v": 4}),
-        "pellucid.t": Module("pellucid.t", SRC, False, {"pellucid._v": 5}),
+        m.name: m
+        for m in [
+            mod("pellucid._v"),
+            mod("pellucid.a", package=True),
+            mod("pellucid.a._c"),
+            mod("pellucid.a.x", {"pellucid.a._c": 1}),
+            mod("pellucid.a.r.y", {"pellucid.a._c": 2}),
+            mod("pellucid.b.z", {"pellucid.a._c": 3, "pellucid._v": 4}),
+            mod("pellucid.t", {"pellucid._v": 5, "pellucid._p._q": 6}),
+            mod("pellucid._p", {"pellucid._p._q": 7}, package=True),
+            mod("pellucid._p._q", {"pellucid._p._r": 8, "pellucid._v": 9}),
+            mod("pellucid.validation", {"pellucid._validation": 10}),
+        ]
     }
     assert set(_private_crossings(graph)) == {
-        ("pellucid.b.z", "pellucid.a._c"),
-        ("pellucid.b.z", "pellucid._v"),
+        ("pellucid.b.z", "pellucid.a._c"),  # a sibling package's private module
+        ("pellucid.b.z", "pellucid._v"),  # a top-level private module, not in SHARED_PRIVATE
+        ("pellucid.t", "pellucid._p._q"),  # inside a private package: only through it
+        ("pellucid._p._q", "pellucid._v"),  # a private package is not the top level
     }
 
 

@@ -104,6 +104,11 @@ def load_dataset(name: str, *, seed: int = 0, test_size: float = 0.25) -> Datase
             standardized too).
         seed: the split's random state.
         test_size: fraction held out for testing.
+
+    Raises:
+        ValueError: `name` is not an embedded dataset (with the closest suggestion), `seed` < 0, or
+            `test_size` outside (0, 1).
+        TypeError: `seed` or `test_size` has the wrong type.
     """
     from sklearn import datasets as skd
 
@@ -202,6 +207,11 @@ def load_arrays(
 
     Returns:
         ``(X, y, feature_names)``; ``y`` is None when no labels were given.
+
+    Raises:
+        FileNotFoundError: `path` (or `labels`) is not an existing file.
+        ValueError: an unsupported suffix, non-numeric or non-finite values, a pickled `.npy`, or
+            labels that do not match the rows.
     """
     path = Path(path)
     if not path.is_file():

@@ -316,6 +316,11 @@ def build_model(name: str, *, seed: int = 0, **kwargs: Any) -> nn.Module:
     """Construct the reference model ``name`` with weights drawn from ``seed``.
 
     The global RNG state is left as it was.
+
+    Raises:
+        ValueError: `name` is not a reference model (with the closest suggestion), `seed` < 0, or a
+            keyword is out of range.
+        TypeError: `seed` or a keyword has the wrong type.
     """
     if name not in MODELS:
         raise ValueError(

@@ -25,6 +25,10 @@ def grid_segments(inputs: torch.Tensor, n_segments: int = 16) -> torch.Tensor:
     Returns:
         A long tensor of ids ``0..P-1`` of shape ``inputs.shape[1:]``.
 
+    Raises:
+        TypeError: `inputs` is not a tensor, or `n_segments` is not an integer.
+        ValueError: `inputs` has fewer than 2 dimensions or is empty, or `n_segments` < 1.
+
     Example:
         >>> import torch
         >>> grid_segments(torch.zeros(1, 1, 4, 4), n_segments=4)[0]
@@ -61,6 +65,10 @@ def slic_segments(
 
     Returns:
         A long tensor of shape ``inputs.shape`` (ids repeated across channels).
+
+    Raises:
+        TypeError: `inputs` is not a floating-point tensor, or an option has the wrong type.
+        ValueError: `inputs` is not batch-first images, holds NaN/inf, or an option is out of range.
 
     Example:
         >>> import torch

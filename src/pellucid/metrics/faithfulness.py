@@ -195,6 +195,12 @@ def deletion_curve(
 ) -> PerturbationCurve:
     """The target score as the most important features are removed (replaced by ``baseline``).
 
+    Raises:
+        TypeError: `model` is not callable, `inputs` or `attributions` is not a tensor, or an option
+            has the wrong type.
+        ValueError: `attributions` does not match the shape of `inputs`, `target` does not fit the
+            model's output, or `step` or `feature_mask` is out of range.
+
     Example:
         >>> import torch
         >>> net = torch.nn.Linear(4, 1, bias=False)
@@ -241,6 +247,12 @@ def insertion_curve(
 ) -> PerturbationCurve:
     """The target score as the most important features are inserted into ``baseline``.
 
+    Raises:
+        TypeError: `model` is not callable, `inputs` or `attributions` is not a tensor, or an option
+            has the wrong type.
+        ValueError: `attributions` does not match the shape of `inputs`, `target` does not fit the
+            model's output, or `step` or `feature_mask` is out of range.
+
     Example:
         >>> import torch
         >>> net = torch.nn.Linear(4, 1, bias=False)
@@ -279,6 +291,12 @@ def deletion_auc(
 ) -> torch.Tensor:
     """Area under the deletion curve per example (``deletion_curve(...).auc``); lower is better.
 
+    Raises:
+        TypeError: `model` is not callable, `inputs` or `attributions` is not a tensor, or an option
+            has the wrong type.
+        ValueError: `attributions` does not match the shape of `inputs`, `target` does not fit the
+            model's output, or `step` or `feature_mask` is out of range.
+
     Example:
         >>> import torch
         >>> net = torch.nn.Linear(4, 1, bias=False)
@@ -293,6 +311,12 @@ def insertion_auc(
     model: Any, inputs: torch.Tensor, attributions: Any, **kwargs: Any
 ) -> torch.Tensor:
     """Area under the insertion curve per example (``insertion_curve(...).auc``); higher is better.
+
+    Raises:
+        TypeError: `model` is not callable, `inputs` or `attributions` is not a tensor, or an option
+            has the wrong type.
+        ValueError: `attributions` does not match the shape of `inputs`, `target` does not fit the
+            model's output, or `step` or `feature_mask` is out of range.
 
     Example:
         >>> import torch
@@ -336,6 +360,12 @@ def faithfulness_correlation(
             ``(n_samples, *features)`` (shared) or ``(N, n_samples, *features)``; handy to
             score several explanations or models on the same perturbations.
         generator: random source of the subsets.
+
+    Raises:
+        TypeError: `model` is not callable, `inputs` or `attributions` is not a tensor, or an option
+            has the wrong type.
+        ValueError: `attributions` does not match the shape of `inputs`, `target` does not fit the
+            model's output, or `n_samples` < 2 or `subset_size` is out of range.
 
     Example:
         >>> import torch

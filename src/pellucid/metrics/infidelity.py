@@ -53,6 +53,12 @@ def infidelity(
             (shared) or ``(N, n_samples, *features)``.
         generator: random source of the perturbations.
 
+    Raises:
+        TypeError: `model` is not callable, `inputs` or `attributions` is not a tensor, or an option
+            has the wrong type.
+        ValueError: `attributions` does not match the shape of `inputs`, `target` does not fit the
+            model's output, or `n_samples` < 1 or `noise` <= 0.
+
     Example:
         >>> import torch
         >>> net = torch.nn.Linear(5, 1)

@@ -79,6 +79,11 @@ def attention_heatmap(
 
     Returns:
         The Axes.
+
+    Raises:
+        TypeError: `source` is not attention maps or a rollout, or `layer`/`head`/`example` is not
+            an integer.
+        ValueError: `layer`, `head` or `example` is out of range.
     """
     matrix, what = _matrix(source, layer, head, check_int("example", example, min_value=0))
     if ax is None:

@@ -68,6 +68,10 @@ def image_attribution(
         ax: matplotlib Axes; title: the Axes title (defaults to the method name).
         colorbar: add a colorbar.
 
+    Raises:
+        TypeError: `explanation` is neither an Explanation nor a tensor.
+        ValueError: the example is not an image ((C, H, W) or (H, W)), or `index` is out of range.
+
     Example:
         >>> import torch
         >>> ax = image_attribution(torch.randn(2, 1, 8, 8))
@@ -135,6 +139,10 @@ def attribution_bars(
 ) -> Any:
     """The ``top_k`` features of one example by ``|attribution|``, as signed horizontal bars.
 
+    Raises:
+        TypeError: `explanation` is neither an Explanation nor a tensor.
+        ValueError: `top_k` < 1, `index` is out of range, or `names` has the wrong length.
+
     Example:
         >>> import torch
         >>> ax = attribution_bars(torch.tensor([[0.5, -2.0, 0.1]]), names=["a", "b", "c"], top_k=2)
@@ -169,6 +177,10 @@ def attribution_summary(
 ) -> Any:
     """A beeswarm-like summary: each dot one example's attribution to a feature, features
     ordered by mean ``|attribution|``, dots coloured by the feature's (scaled) value.
+
+    Raises:
+        TypeError: `explanation` is neither an Explanation nor a tensor.
+        ValueError: `top_k` < 1, or `names` has the wrong length.
 
     Example:
         >>> import torch

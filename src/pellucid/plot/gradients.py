@@ -50,6 +50,10 @@ def gradient_flow(
 
     Returns:
         The Axes.
+
+    Raises:
+        TypeError: `source` is neither a GradientMonitor nor its `to_dict()`.
+        ValueError: `layers` names a layer the monitor did not record.
     """
     steps, norms = _series(source)
     if layers is None:

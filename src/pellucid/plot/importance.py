@@ -71,6 +71,10 @@ def importance_bars(
 
     Returns:
         The Axes.
+
+    Raises:
+        TypeError: `source` is not a PermutationImportance, an Explanation or numbers.
+        ValueError: `names` or `std` has the wrong length, or `top_k` < 1.
     """
     values, err, labels, xlabel = _values(source)
     if std is not None:

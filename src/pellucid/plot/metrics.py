@@ -33,6 +33,9 @@ def perturbation_curves(curves: Any, *, ax: Any = None, examples: bool = True) -
         ax: matplotlib Axes (a new figure when None).
         examples: also draw every example's curve, faintly (single curve only).
 
+    Raises:
+        TypeError: `curves` is not a PerturbationCurve or a dict of them.
+
     Example:
         >>> import torch
         >>> from pellucid.metrics import deletion_curve
@@ -72,6 +75,9 @@ def randomization_curves(checks: Any, *, ax: Any = None) -> Any:
     Args:
         checks: a :class:`~pellucid.metrics.RandomizationCheck` or a list of them.
 
+    Raises:
+        TypeError: `checks` is not a RandomizationCheck or a list of them.
+
     Example:
         >>> import torch
         >>> from pellucid.metrics import model_randomization_check
@@ -104,6 +110,9 @@ def randomization_curves(checks: Any, *, ax: Any = None) -> Any:
 
 def surrogate_tree(surrogate: Any, *, ax: Any = None, fontsize: int = 7) -> Any:
     """Draw a fitted tree :class:`~pellucid.inspection.GlobalSurrogate` with feature names.
+
+    Raises:
+        TypeError: `surrogate` is not a fitted tree GlobalSurrogate.
 
     Example:
         >>> import torch
@@ -150,6 +159,9 @@ def metric_vs_sparsity(
         series: ``{label: rows}``, each row ``(sparsity, mean, ci_half_width)`` (None is
             read as NaN, as JSON stores it).
         ylabel: the metric's name.
+
+    Raises:
+        TypeError: `series` is not a dict {label: [(sparsity, mean, ci), ...]}.
 
     Example:
         >>> ax = metric_vs_sparsity({"saliency": [(0.0, 0.5, 0.1), (0.5, 0.4, 0.1)]})

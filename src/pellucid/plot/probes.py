@@ -63,6 +63,10 @@ def weight_heatmap(weights: Any, *, layer: str | None = None, ax: Any = None) ->
         weights: ``record_weights(model)`` or a weight tensor.
         layer: which layer of the dict (default: the first).
 
+    Raises:
+        TypeError: `weights` is neither a tensor nor a non-empty dict of them.
+        ValueError: `layer` is not one of the recorded layers.
+
     Example:
         >>> import torch
         >>> weight_heatmap({"fc": torch.randn(4, 3)}).get_title()
@@ -83,6 +87,10 @@ def weight_heatmap(weights: Any, *, layer: str | None = None, ax: Any = None) ->
 def gradient_heatmap(gradients: Any, *, layer: str | None = None, ax: Any = None) -> Any:
     """Heatmap of one layer's gradients: weight gradients, or per-example activation gradients.
 
+    Raises:
+        TypeError: `gradients` is neither a tensor nor a non-empty dict of them.
+        ValueError: `layer` is not one of the recorded layers.
+
     Example:
         >>> import torch
         >>> gradient_heatmap({"fc": torch.randn(4, 3)}).get_title()
@@ -97,6 +105,9 @@ def activation_distributions(
     activations: Mapping[str, torch.Tensor], *, ax: Any = None, max_points: int = 20000
 ) -> Any:
     """Violin plot of every recorded layer's activation values, one violin per layer.
+
+    Raises:
+        TypeError: `activations` is not a non-empty dict {layer: tensor}.
 
     Example:
         >>> import torch
@@ -125,6 +136,9 @@ def activation_distributions(
 
 def activation_curves(functions: Any, *, ax: Any = None, span: float = 4.0) -> Any:
     """Draw each activation function (a model's, or ``{name: module}``) on ``[-span, span]``.
+
+    Raises:
+        TypeError: `functions` is neither an nn.Module nor a dict of activation modules.
 
     Example:
         >>> import torch

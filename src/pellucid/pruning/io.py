@@ -120,6 +120,9 @@ def to_bytes(
         sparse: ``None`` stores a weight as bitmask + values when that is at least 10%
             smaller; ``True`` whenever it has zeros; ``False`` never.
         metadata: extra JSON-able information kept in the file.
+
+    Raises:
+        TypeError: `model` is not an nn.Module.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"`model` must be an nn.Module; got {type(model).__name__}.")
@@ -147,7 +150,11 @@ def save(
     sparse: bool | None = None,
     metadata: dict[str, Any] | None = None,
 ) -> Path:
-    """Write ``model`` (pruned or not) to ``path`` atomically; see :func:`to_bytes`."""
+    """Write ``model`` (pruned or not) to ``path`` atomically; see :func:`to_bytes`.
+
+    Raises:
+        TypeError: `model` is not an nn.Module.
+    """
     return atomic_write_bytes(path, to_bytes(model, sparse=sparse, metadata=metadata))
 
 
@@ -169,7 +176,13 @@ def _header(data: bytes) -> dict[str, str]:
 
 
 def from_bytes(data: bytes, factory: Callable[[], nn.Module]) -> nn.Module:
-    """Rebuild a model from :func:`to_bytes` output through the original ``factory``."""
+    """Rebuild a model from :func:`to_bytes` output through the original ``factory``.
+
+    Raises:
+        TypeError: `data` is not bytes, or `factory` does not return an nn.Module.
+        ValueError: `data` is not a pellucid pruned-model file, is corrupt, or its weights do not
+            fit the model from `factory`.
+    """
     if isinstance(factory, nn.Module) or not callable(factory):
         raise TypeError(
             f"`factory` must be a callable that builds the original (unpruned) model, such "
@@ -226,6 +239,11 @@ def load(path: str | os.PathLike[str], factory: Callable[[], nn.Module]) -> nn.M
         path: the file.
         factory: builds the original, unpruned model (e.g. ``lambda: TinyResNet(width=32)``);
             its layers are resized to the saved spec before the weights are loaded.
+
+    Raises:
+        TypeError: `factory` does not return an nn.Module.
+        ValueError: the file is not a pellucid pruned-model file, is corrupt, or its weights do not
+            fit the model from `factory`.
     """
     return from_bytes(Path(path).read_bytes(), factory)
 

@@ -162,6 +162,10 @@ def latency(
     Rows of ``example_inputs`` are tiled (or cut) to ``batch_size``; the model runs in
     eval mode under ``torch.inference_mode()`` and its state is restored.
 
+    Raises:
+        TypeError: `batch_size`, `warmup` or `n_repeats` is not an integer.
+        ValueError: `batch_size` < 1, `warmup` < 0 or `n_repeats` < 1.
+
     Example:
         >>> lat = latency(torch.nn.Linear(8, 8), torch.zeros(1, 8), n_repeats=3, warmup=1)
         >>> lat.batch_size, lat.median > 0

@@ -31,7 +31,12 @@ class SourceError(ValueError):
 
 
 def import_object(path: str, *, name: str = "factory") -> Any:
-    """Import ``"package.module:attribute"`` (the attribute may be dotted)."""
+    """Import ``"package.module:attribute"`` (the attribute may be dotted).
+
+    Raises:
+        SourceError: `path` is not `module:attribute`, the module cannot be imported, or it has no
+            such attribute.
+    """
     if not isinstance(path, str) or path.count(":") != 1 or not all(path.split(":")):
         raise SourceError(
             f"`{name}` must be an import path 'package.module:function'; got {path!r}."
@@ -104,6 +109,10 @@ def load_weights(
         path: the file.
         key: the entry holding the ``state_dict`` when the checkpoint is a dict of several
             things (e.g. ``"model_state_dict"``).
+
+    Raises:
+        SourceError: the file does not exist, is not a safetensors or weights-only torch file, holds
+            no state dict under `key`, or its weights do not fit `model`.
     """
     file = _existing(path, "weights")
     kind = file_kind(file)

@@ -22,7 +22,11 @@ DATA_KINDS = ("csv", "parquet", "arrays", "image_folder", "dataset", "embedded")
 
 
 def data_kind(path: str) -> str:
-    """The data kind a path implies: by suffix, a folder, an import path or a dataset name."""
+    """The data kind a path implies: by suffix, a folder, an import path or a dataset name.
+
+    Raises:
+        SourceError: the path's suffix is not a known data format.
+    """
     from pellucid.data import DATASETS
 
     suffix = Path(path).suffix.lower()
@@ -106,7 +110,12 @@ class DataSpec:
 
     @classmethod
     def from_mapping(cls, entry: Mapping[str, Any], *, where: str = "`data`") -> DataSpec:
-        """Build from a TOML table / dict (``path`` required; unknown keys refused)."""
+        """Build from a TOML table / dict (``path`` required; unknown keys refused).
+
+        Raises:
+            SourceError: `entry` is not a table with a string `path`, has unknown keys, or an
+                unknown `kind`.
+        """
         if not isinstance(entry, Mapping):
             raise SourceError(f"{where} must be a table with a `path`; got {entry!r}.")
         values = _take(cls, entry, where)
@@ -121,7 +130,11 @@ class DataSpec:
         return cls(**values).resolved()
 
     def resolved(self, base: str | os.PathLike[str] | None = None) -> DataSpec:
-        """This spec with ``kind`` inferred and relative paths taken from ``base``."""
+        """This spec with ``kind`` inferred and relative paths taken from ``base``.
+
+        Raises:
+            SourceError: `kind` (given or inferred from the path) is not a known data kind.
+        """
         from dataclasses import replace
 
         spec = self
@@ -183,7 +196,11 @@ class ModelSpec:
         )
 
     def build(self) -> Any:
-        """A fresh model from the factory, without weights (for training from scratch)."""
+        """A fresh model from the factory, without weights (for training from scratch).
+
+        Raises:
+            SourceError: the spec is not a factory, or the factory does not return an nn.Module.
+        """
         from pellucid.sources.models import load_model
 
         if not self.is_factory:

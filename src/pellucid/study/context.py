@@ -73,7 +73,11 @@ REFERENCE_MODELS: dict[str, ModelSpec] = {
 
 
 def check_model_keys(where: str, keys: list[str]) -> None:
-    """Raise ConfigError unless every key names a reference model (for ``Stage.validate``)."""
+    """Raise ConfigError unless every key names a reference model (for ``Stage.validate``).
+
+    Raises:
+        ConfigError: a key does not name a reference model (with the closest suggestion).
+    """
     for key in keys:
         if key not in REFERENCE_MODELS:
             raise ConfigError(
