@@ -39,6 +39,7 @@ SHARED_PRIVATE = {
     "pellucid._warnings": "the PellucidWarning hierarchy",
     "pellucid._deprecation": "the one decorator behind every renamed keyword's alias",
     "pellucid._adapt": "the one boundary adapter for estimators, arrays and DataFrames",
+    "pellucid._random": "per-example random streams every stochastic method draws from",
 }
 
 # Cross-package imports of private modules still being untangled, each with its owner.
