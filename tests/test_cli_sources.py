@@ -169,3 +169,36 @@ def test_study_good_and_bad(project):
     bad = pellucid_cli(project, "study", "--config", "my.toml", "--quick", "--out", "s2")
     assert "unknown key 'wieghts'" in one_error_line(bad)
     assert not (project / "s2").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_torchrun_two_ranks_equal_one_process_bit_for_bit(project):
+    args = ["explain", *MODEL, *DATA, "--method", "kernel_shap", "--rows", "0:9"]
+    one = pellucid_cli(project, *args, "--out", "one.safetensors")
+    assert one.returncode == 0, one.stderr
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([SRC, str(project)])}
+    launch = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+    ]
+    two = subprocess.run(
+        [*launch, "-m", "pellucid.cli", *args, "--out", "two.safetensors"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+        cwd=project,
+        env=env,
+    )
+    assert two.returncode == 0, two.stderr
+    a = pellucid.Explanation.load(project / "one.safetensors")
+    b = pellucid.Explanation.load(project / "two.safetensors")
+    assert b.params["world_size"] == 2
+    # 5 one-hot columns in 3 groups: 6 coalitions, every one enumerated, and 9 rows split
+    # 5 + 4 over the ranks; the values must not depend on the split
+    assert torch.equal(a.attributions, b.attributions)

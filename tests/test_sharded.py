@@ -114,3 +114,27 @@ def test_stochastic_methods_do_not_depend_on_batch_size_or_shards(method):
         with example_offset(lo):
             parts.append(_stochastic(method, _x()[lo:hi]))
     _assert_same(method, torch.cat(parts), whole)
+
+
+def _kernel_worker(rank: int, world: int, path: str) -> None:
+    init_gloo(rank, world, f"{path}.store")
+    try:
+        torch.manual_seed(5 + rank)  # ranks differ; the seed comes from rank 0 (broadcast)
+        x = torch.linspace(-1, 1, 7 * 5, dtype=torch.float64).reshape(7, 5)
+        e = explain_sharded(_model().double(), x, method="kernel_shap", target=1, n_samples=24)
+        if rank == 0:
+            torch.save({"a": e.attributions}, path)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.distributed
+def test_kernel_shap_without_generator_on_ranks_with_different_rng_states(tmp_path):
+    path = str(tmp_path / "rank0.pt")
+    mp.spawn(_kernel_worker, args=(2, path), nprocs=2, join=True)
+    got = torch.load(path, weights_only=True)
+    torch.manual_seed(5)
+    x = torch.linspace(-1, 1, 7 * 5, dtype=torch.float64).reshape(7, 5)
+    # 24 of the 30 coalitions of 5 players: sampled, so the random draws must be shared
+    expected = explain_sharded(_model().double(), x, method="kernel_shap", target=1, n_samples=24)
+    assert torch.equal(got["a"], expected.attributions)

@@ -2,8 +2,10 @@
 
 Launched with ``torchrun``, every rank explains a contiguous shard of the inputs and the
 attributions are gathered so that every rank holds the same :class:`Explanation` as a
-single process would compute (for deterministic methods). Without an initialized process
-group it simply explains everything locally.
+single process would compute. A stochastic method given no ``generator`` gets one seeded
+from the global RNG of rank 0 (broadcast; in one process too), and draws per-example
+streams from it (``pellucid._random``), so its results are bit-identical on any number of
+ranks. Without an initialized process group it explains everything locally.
 
 Example:
     >>> import torch
@@ -21,7 +23,7 @@ import torch
 import torch.distributed as dist
 
 from pellucid._random import example_offset
-from pellucid._registry import attribute
+from pellucid._registry import attribute, get_method
 from pellucid._validation import check_tensor
 from pellucid.explanation import Explanation
 
@@ -33,6 +35,18 @@ def _split_target(target: Any, n: int, bounds: Sequence[tuple[int, int]], rank: 
         start, stop = bounds[rank]
         return target[start:stop]
     return target
+
+
+def _shared_generator(method: str, kwargs: dict[str, Any], group: Any) -> dict[str, Any]:
+    """``kwargs`` with a ``generator`` seeded identically on every rank (from rank 0's global
+    RNG) for a stochastic method that was given none."""
+    if not get_method(method).stochastic or kwargs.get("generator") is not None:
+        return kwargs
+    seed = torch.randint(0, 2**62, (1,), dtype=torch.int64)
+    if dist.is_available() and dist.is_initialized():
+        source = 0 if group is None else dist.get_global_rank(group, 0)
+        dist.broadcast(seed, src=source, group=group)
+    return {**kwargs, "generator": torch.Generator().manual_seed(int(seed))}
 
 
 def _gather_rows(local: torch.Tensor, counts: list[int], group: Any) -> torch.Tensor:
@@ -66,9 +80,11 @@ def explain_sharded(
     Returns:
         The merged explanation, identical on every rank and to a single-process run, also
         for stochastic methods (their random streams are per example, keyed by the row's
-        index in ``inputs``).
+        index in ``inputs``; a method given no ``generator`` gets one seeded from rank 0's
+        global RNG, so ranks whose RNG states differ still agree).
     """
     check_tensor("inputs", inputs, min_ndim=1)
+    kwargs = _shared_generator(method, dict(kwargs), process_group)
     if not (dist.is_available() and dist.is_initialized()):
         return attribute(model, inputs, method=method, **kwargs)
     world = dist.get_world_size(process_group)
