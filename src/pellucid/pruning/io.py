@@ -179,7 +179,8 @@ def from_bytes(data: bytes, factory: Callable[[], nn.Module]) -> nn.Module:
     """Rebuild a model from :func:`to_bytes` output through the original ``factory``.
 
     Raises:
-        TypeError: `data` is not bytes, or `factory` does not return an nn.Module.
+        TypeError: `factory` is not callable (or is a model instead of a builder), or does not
+            return an nn.Module.
         ValueError: `data` is not a pellucid pruned-model file, is corrupt, or its weights do not
             fit the model from `factory`.
     """
@@ -241,7 +242,8 @@ def load(path: str | os.PathLike[str], factory: Callable[[], nn.Module]) -> nn.M
             its layers are resized to the saved spec before the weights are loaded.
 
     Raises:
-        TypeError: `factory` does not return an nn.Module.
+        TypeError: `factory` is not callable (or is a model instead of a builder), or does not
+            return an nn.Module.
         ValueError: the file is not a pellucid pruned-model file, is corrupt, or its weights do not
             fit the model from `factory`.
     """
