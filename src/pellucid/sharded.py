@@ -82,6 +82,11 @@ def explain_sharded(
         for stochastic methods (their random streams are per example, keyed by the row's
         index in ``inputs``; a method given no ``generator`` gets one seeded from rank 0's
         global RNG, so ranks whose RNG states differ still agree).
+
+    Raises:
+        TypeError: `inputs` is not a tensor, or the method refuses an argument.
+        ValueError: `inputs` has fewer rows than there are ranks, `method` is not registered (with
+            the closest names), or the method refuses an argument.
     """
     check_tensor("inputs", inputs, min_ndim=1)
     kwargs = _shared_generator(method, dict(kwargs), process_group)
