@@ -25,13 +25,11 @@ from pellucid.attribution.gradients import (
     track_first_forward,
 )
 from pellucid.attribution.rules import (
-    DeconvReLU,
-    GuidedReLU,
+    DECONVOLUTION_RULES,
+    GUIDED_RULES,
     Handler,
-    Rule,
     RuleEngine,
     freeze_parameters,
-    relu_handlers,
 )
 from pellucid.explanation import Explanation
 
@@ -75,10 +73,12 @@ def rule_gradients(
     return prep, grad, engine
 
 
-def _run(method: str, rule: Rule, model: Any, inputs: torch.Tensor, **kw: Any) -> Explanation:
+def _run(
+    method: str, table: Mapping[str, Handler], model: Any, inputs: torch.Tensor, **kw: Any
+) -> Explanation:
     eval_mode = kw.pop("eval_mode")
     with model_guard(model, eval_mode=eval_mode, method=method):
-        prep, grad, engine = rule_gradients(method, relu_handlers(rule), model, inputs, **kw)
+        prep, grad, engine = rule_gradients(method, table, model, inputs, **kw)
     return Explanation(
         attributions=grad,
         inputs=prep.inputs,
@@ -114,7 +114,7 @@ def guided_backprop(
     """
     return _run(
         "guided_backprop",
-        GuidedReLU(),
+        GUIDED_RULES,
         model,
         inputs,
         target=target,
@@ -148,7 +148,7 @@ def deconvolution(
     """
     return _run(
         "deconvolution",
-        DeconvReLU(),
+        DECONVOLUTION_RULES,
         model,
         inputs,
         target=target,

@@ -27,7 +27,7 @@ from pellucid.attribution.gradients import (
     prepared_gradients,
     track_first_forward,
 )
-from pellucid.attribution.rules import GuidedReLU, relu_handlers
+from pellucid.attribution.rules import GUIDED_RULES
 from pellucid.explanation import Explanation
 
 __all__ = ["grad_cam", "guided_grad_cam"]
@@ -182,9 +182,7 @@ def guided_grad_cam(
         raw = prep.raw_inputs
         if not raw.is_floating_point():
             raise TypeError(f"Guided Grad-CAM needs floating-point inputs; got dtype {raw.dtype}.")
-        _, guided, engine = rule_gradients(
-            "guided_grad_cam", relu_handlers(GuidedReLU()), model, raw, **common
-        )
+        _, guided, engine = rule_gradients("guided_grad_cam", GUIDED_RULES, model, raw, **common)
         attributions = guided * _upsample(cam, raw, upsample).to(raw.dtype)
     return Explanation(
         attributions=attributions,

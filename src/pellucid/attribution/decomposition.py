@@ -25,12 +25,12 @@ from pellucid.attribution.backprop import rule_gradients
 from pellucid.attribution.gradients import grad_batch_size
 from pellucid.attribution.rules import (
     DEEPLIFT_REFERENCE_OPS,
+    DEEPLIFT_RULES,
     LRP_RULES,
     LrpRules,
     PairedEngine,
     PairedForward,
     deeplift_chunks,
-    deeplift_handlers,
     freeze_parameters,
     lrp_handlers,
     reference_output,
@@ -101,7 +101,7 @@ def deeplift(
         )
         freeze_parameters(model)
         engine = PairedEngine(
-            "deeplift", deeplift_handlers(), model, reference_ops=DEEPLIFT_REFERENCE_OPS
+            "deeplift", DEEPLIFT_RULES, model, reference_ops=DEEPLIFT_REFERENCE_OPS
         )
         n = x.shape[0]
         size = grad_batch_size(batch_size, x[0].numel(), total=n)

@@ -1,13 +1,18 @@
 """Rule-based decompositions: DeepLIFT, LRP, guided backprop and deconvolution.
 
-The package is the whole machinery behind the decomposition methods:
+A method is a table ``operation name -> handler``; a handler returns the rule for one call
+(None: the ordinary gradient), and rules are small declarative values. Adding an operation
+to a method is adding a table entry. The package:
 
+* ``_ops``: the names of the operations, grouped (linear, products, activations, ...);
 * ``_engine``: the :class:`RuleEngine`, which attaches rules to the torch operations a model
-  actually executes and refuses any non-linear operation it has no rule for;
-* ``_paired``: the paired pass (reference rows first, then the explained rows) that
-  DeepLIFT's multipliers need;
-* ``_deeplift``, ``_lrp``, ``_guided``: each method's rules and its table of operation ->
-  rule handler.
+  actually executes and refuses any non-linear operation its table does not name; the rule
+  base class and the table helpers (``always``, ``bilinear``, ``gradient``, ``Decompose``);
+* ``_paired``: the paired pass (reference rows, then the explained rows) that DeepLIFT's
+  multipliers need, and its reference-pass strategies;
+* ``_elementwise``: ``grad_map(grad) * slope`` rules (guided, deconvolution, LRP identity);
+* ``_attention``: attention written as the operations it is made of;
+* ``_deeplift``, ``_lrp``, ``_guided``: each method's rules and table.
 
 The public methods (:func:`pellucid.attribution.deeplift`, ``lrp``, ``guided_backprop``,
 ``deconvolution``, ``guided_grad_cam``) are thin shells over what is exported here.
@@ -15,15 +20,14 @@ The public methods (:func:`pellucid.attribution.deeplift`, ``lrp``, ``guided_bac
 
 from __future__ import annotations
 
-from pellucid.attribution.rules._deeplift import DEEPLIFT_REFERENCE_OPS, deeplift_handlers
+from pellucid.attribution.rules._deeplift import DEEPLIFT_REFERENCE_OPS, DEEPLIFT_RULES
 from pellucid.attribution.rules._engine import (
     Handler,
     Rule,
     RuleEngine,
     UnsupportedOperationError,
-    freeze_parameters,
 )
-from pellucid.attribution.rules._guided import DeconvReLU, GuidedReLU, relu_handlers
+from pellucid.attribution.rules._guided import DECONVOLUTION_RULES, GUIDED_RULES
 from pellucid.attribution.rules._lrp import LRP_RULES, LrpRules, lrp_handlers
 from pellucid.attribution.rules._paired import (
     PairedEngine,
@@ -31,12 +35,14 @@ from pellucid.attribution.rules._paired import (
     deeplift_chunks,
     reference_output,
 )
+from pellucid.attribution.rules._tables import freeze_parameters
 
 __all__ = [
+    "DECONVOLUTION_RULES",
     "DEEPLIFT_REFERENCE_OPS",
+    "DEEPLIFT_RULES",
+    "GUIDED_RULES",
     "LRP_RULES",
-    "DeconvReLU",
-    "GuidedReLU",
     "Handler",
     "LrpRules",
     "PairedEngine",
@@ -45,9 +51,7 @@ __all__ = [
     "RuleEngine",
     "UnsupportedOperationError",
     "deeplift_chunks",
-    "deeplift_handlers",
     "freeze_parameters",
     "lrp_handlers",
     "reference_output",
-    "relu_handlers",
 ]

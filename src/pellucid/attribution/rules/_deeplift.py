@@ -1,16 +1,25 @@
-"""DeepLIFT's rules (rescale): every row compared with its baseline row.
+"""DeepLIFT's rules: multipliers that compare every row with its baseline row.
 
-The paired engine (``_paired``) first runs the baselines without a graph, where every
-non-linearity keeps its reference input and output, then runs the inputs, where
-non-linearities multiply the gradient by the secant slope ``(f(x) - f(x0)) / (x - x0)``
-(the local derivative where ``x == x0``); max pooling routes ``f(x) - f(x0)`` through the
-argmax positions (as captum does); linear operations keep their ordinary gradient, which
-is their multiplier. The attribution at the input is ``(x - baseline) * grad``.
+The paired engine (``_paired``) runs the baselines first, without a graph, and keeps each
+paired operation's reference operands and output; then the explained rows, where each rule
+turns the two runs into multipliers ``m`` with ``op(x) - op(x0) = m (x - x0)`` *exactly*,
+so that the chain of multipliers sums to ``f(x) - f(x0)`` (completeness):
+
+* element-wise non-linearities: the secant slope ``(f(x) - f(x0)) / (x - x0)`` (the local
+  derivative where ``x == x0``): the rescale rule;
+* max pooling: ``f(x) - f(x0)`` routed through the argmax positions (as captum does);
+* products of two input-dependent tensors (``a * b``, ``a @ b``, attention): bilinear, so
+  ``ab - a0b0 = (a - a0)(b + b0)/2 + (a + a0)/2 (b - b0)``: the ordinary gradient taken at
+  the midpoints;
+* softmax and layer norm: the same facts composed (a secant for ``exp`` and for the
+  reciprocal square root, an exact split of their products, linear sums);
+* linear operations keep their gradient, which is their multiplier.
+
+The attribution at the input is ``(x - baseline) * grad``.
 """
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -18,21 +27,31 @@ from typing import Any
 import torch
 
 from pellucid._kernels import channels_last_pool
-from pellucid.attribution.rules._engine import (
+from pellucid.attribution.rules._attention import ATTENTION
+from pellucid.attribution.rules._engine import RuleEngine, vjp
+from pellucid.attribution.rules._ops import (
     ACTIVATIONS,
+    AVG_POOL_OPS,
+    BILINEAR_OPS,
     MAX_POOL_OPS,
     RELU_OPS,
-    Handler,
-    Rule,
-    RuleEngine,
-    linear_handlers,
-    vjp,
+    WEIGHTED_OPS,
 )
-from pellucid.attribution.rules._paired import JOINT, PairedRule
+from pellucid.attribution.rules._paired import PairedRule
+from pellucid.attribution.rules._tables import always, bilinear, entries, eval_batch_norm, gradient
 
-__all__ = ["DEEPLIFT_REFERENCE_OPS", "DeepLiftMaxPool", "Rescale", "deeplift_handlers"]
+__all__ = [
+    "DEEPLIFT_REFERENCE_OPS",
+    "DEEPLIFT_RULES",
+    "DeepLiftMaxPool",
+    "LayerNormSecant",
+    "Midpoint",
+    "Rescale",
+    "SoftmaxSecant",
+]
 
-Op = Callable[[torch.Tensor], torch.Tensor]
+Op = Callable[..., torch.Tensor]
+Tensors = tuple[torch.Tensor, ...]
 
 
 def _close(size: torch.Tensor, eps: float) -> torch.Tensor | None:
@@ -52,50 +71,60 @@ def _fill_close(a: torch.Tensor, b: torch.Tensor, close: torch.Tensor) -> torch.
     return a.addcmul_(b, close)
 
 
+def secant(
+    y: torch.Tensor,
+    y_ref: torch.Tensor,
+    x: torch.Tensor,
+    x_ref: torch.Tensor,
+    local: Callable[[], torch.Tensor],
+    eps: float = 1e-10,
+) -> torch.Tensor:
+    """``(y - y_ref) / (x - x_ref)``, and ``local()`` (the derivative) where ``x ~ x_ref``."""
+    dx = x - x_ref
+    close = _close(dx.abs(), eps)
+    if close is None:
+        return (y - y_ref).div_(dx)
+    return _fill_close((y - y_ref).div_(dx.add_(close)), local(), close)
+
+
 class Rescale(PairedRule):
-    """DeepLIFT's rescale rule for an element-wise non-linearity."""
+    """DeepLIFT's rescale rule for an element-wise non-linearity: the secant slope."""
 
     label = "rescale"
 
     def __init__(self, eps: float = 1e-10, relu: bool = False) -> None:
         self.eps, self.relu = eps, relu
 
-    def reference(self, op: Op, x: torch.Tensor) -> tuple[torch.Tensor, Any]:
-        y = op(x)
-        return y, (x.clone(), y.clone())
-
-    def forward_paired(self, op: Op, x: torch.Tensor, saved: Any) -> tuple[torch.Tensor, Any]:
-        if saved is JOINT:  # the reference is the batch's last row
-            y = op(x)
-            return y, (True, self._slopes(op, x[:-1], y[:-1], x[-1:], y[-1:]))
-        x_ref, y_ref = saved
-        y = op(x)
-        return y, (False, self._slopes(op, x, y, x_ref, y_ref))
-
-    def _slopes(
-        self, op: Op, x: torch.Tensor, y: torch.Tensor, x_ref: torch.Tensor, y_ref: torch.Tensor
-    ) -> torch.Tensor:
-        dx = x - x_ref
+    def pair(self, op: Op, xs: Tensors, y: Any, aux: Any, refs: Tensors, y_ref: Any, _: Any) -> Any:
+        (x,), (x_ref,) = xs, refs
         if self.relu:
             # A ReLU's secant lies in [0, 1] however small dx is (the difference of two
             # clamped values never exceeds the difference of the values): only dx == 0,
             # 0/0, needs the local slope, and one sum tells whether any entry is NaN.
-            secant = (y - y_ref).div_(dx)
-            if math.isfinite(float(secant.sum())):
-                return secant
-        close = _close(dx.abs(), self.eps)
-        if close is None:
-            return (y - y_ref).div_(dx)
-        # Where x == x_ref the secant is 0/0: the local slope there instead.
-        secant = (y - y_ref).div_(dx.add_(close))
-        local = x.sign().clamp_(min=0) if self.relu else vjp(op, x, torch.ones_like(x))
-        return _fill_close(secant, local, close)
+            slopes = (y - y_ref).div_(x - x_ref)
+            if math.isfinite(float(slopes.sum())):
+                return slopes
+            return secant(y, y_ref, x, x_ref, lambda: x.sign().clamp_(min=0), self.eps)
+        return secant(y, y_ref, x, x_ref, lambda: vjp(op, x, torch.ones_like(x)), self.eps)
 
     def backward(self, op: Op, state: Any, grad: torch.Tensor) -> torch.Tensor:
-        joint, slopes = state
-        if joint:  # the reference row gets no gradient
-            return torch.cat([grad[:-1] * slopes, grad.new_zeros(1, *grad.shape[1:])])
-        return grad * slopes
+        return grad * state
+
+
+class Midpoint(PairedRule):
+    """A product bilinear in its two operands: the ordinary gradient at the midpoints
+    ``(a + a0) / 2`` and ``(b + b0) / 2`` is an exact multiplier (see the module doc)."""
+
+    label = "midpoint (bilinear)"
+    arity = 2
+
+    def pair(self, op: Op, xs: Tensors, y: Any, aux: Any, refs: Tensors, y_ref: Any, _: Any) -> Any:
+        return tuple((x + r).mul_(0.5) for x, r in zip(xs, refs, strict=True))
+
+    def backward(self, op: Op, state: Any, grad: torch.Tensor) -> Any:
+        with torch.enable_grad():
+            mids = tuple(m.requires_grad_(True) for m in state)
+            return torch.autograd.grad(op(*mids), mids, grad)
 
 
 def _unpool(values: torch.Tensor, indices: torch.Tensor, shape: torch.Size) -> torch.Tensor:
@@ -116,72 +145,140 @@ class DeepLiftMaxPool(PairedRule):
         self.func, self.rest, self.kwargs, self.eps = func, rest[:5], dict(kwargs), eps
         self.kwargs["return_indices"] = True
 
-    def _pool(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    @classmethod
+    def handler(
+        cls, engine: RuleEngine, name: str, func: Any, args: Any, kwargs: Any
+    ) -> DeepLiftMaxPool:
+        if kwargs.get("return_indices") or (len(args) > 6 and args[6]):
+            raise engine.unsupported(name, " with return_indices=True")
+        return cls(func, tuple(args[1:]), kwargs)
+
+    def evaluate(self, op: Op, *xs: torch.Tensor) -> tuple[torch.Tensor, Any]:
         # the faster CPU kernel for many channels (same values and indices; see _kernels)
-        return channels_last_pool(self.func, x, *self.rest, **self.kwargs)
+        return channels_last_pool(self.func, xs[0], *self.rest, **self.kwargs)
 
-    def reference(self, op: Op, x: torch.Tensor) -> tuple[torch.Tensor, Any]:
-        y, indices = self._pool(x)
-        return y, (x.clone(), y.clone(), indices)
-
-    def forward_paired(self, op: Op, x: torch.Tensor, saved: Any) -> tuple[torch.Tensor, Any]:
-        if saved is JOINT:  # the reference is the batch's last row
-            y, indices = self._pool(x)
-            state = self._routes(x[:-1], y[:-1], indices[:-1], x[-1:], y[-1:], indices[-1:])
-            return y, (True, state)
-        x_ref, y_ref, i_ref = saved
-        y, i_in = self._pool(x)
-        return y, (False, self._routes(x, y, i_in, x_ref, y_ref, i_ref))
-
-    def _routes(
-        self,
-        x: torch.Tensor,
-        y: torch.Tensor,
-        i_in: torch.Tensor,
-        x_ref: torch.Tensor,
-        y_ref: torch.Tensor,
-        i_ref: torch.Tensor,
-    ) -> tuple[Any, ...]:
+    def pair(
+        self, op: Op, xs: Tensors, y: Any, i_in: Any, refs: Tensors, y_ref: Any, i_ref: Any
+    ) -> Any:
         # What the backward needs is computed now (later in-place operations of the model
         # on ``x`` or ``y`` cannot change it).
         top = torch.maximum(y, y_ref)
-        dx = x - x_ref
+        dx = xs[0] - refs[0]
         close = _close(dx.abs(), self.eps)
         if close is not None:
             dx.add_(close)  # 0/0 there (see backward): divide by ~1 instead
         return top - y_ref, y - top, i_in, i_ref, dx, close
 
     def backward(self, op: Op, state: Any, grad: torch.Tensor) -> torch.Tensor:
-        joint, (up, down, i_in, i_ref, dx, close) = state
-        g = grad[:-1] if joint else grad
+        up, down, i_in, i_ref, dx, close = state
         shape = dx.shape
-        routed = _unpool(g * up, i_in, shape)
+        routed = _unpool(grad * up, i_in, shape)
         i_ref = i_ref.expand(shape[0], *i_ref.shape[1:])  # one reference row, broadcast
-        routed.view(*shape[:2], -1).scatter_add_(2, i_ref.flatten(2), (g * down).flatten(2))
+        routed.view(*shape[:2], -1).scatter_add_(2, i_ref.flatten(2), (grad * down).flatten(2))
         m = routed.div_(dx)
         if close is not None:  # where x == x_ref: the gradient, routed through x's argmax
-            m = _fill_close(m, _unpool(g, i_in, shape), close)
-        if joint:  # the reference row gets no gradient
-            return torch.cat([m, m.new_zeros(1, *m.shape[1:])])
+            m = _fill_close(m, _unpool(grad, i_in, shape), close)
         return m
 
 
-@functools.cache
-def deeplift_handlers() -> Mapping[str, Handler]:
-    """DeepLIFT's handlers (stateless; built once)."""
-    handlers = linear_handlers()
-    rescale, relu = Rescale(), Rescale(relu=True)
-
-    def maxpool(engine: RuleEngine, name: str, func: Any, args: Any, kwargs: Any) -> Rule:
-        if kwargs.get("return_indices") or (len(args) > 6 and args[6]):
-            raise engine.unsupported(name, " with return_indices=True")
-        return DeepLiftMaxPool(func, tuple(args[1:]), kwargs)
-
-    handlers.update({name: (lambda *a: rescale) for name in ACTIVATIONS - RELU_OPS})
-    handlers.update({name: (lambda *a: relu) for name in RELU_OPS})
-    handlers.update({name: maxpool for name in MAX_POOL_OPS})
-    return handlers
+def _dim(args: Any, kwargs: Any, default: Any = None) -> Any:
+    return kwargs.get("dim", args[1] if len(args) > 1 else default)
 
 
-#: The operations that keep a reference state in DeepLIFT's paired pass.
-DEEPLIFT_REFERENCE_OPS = ACTIVATIONS | MAX_POOL_OPS
+def _lead(
+    r: torch.Tensor, r_ref: torch.Tensor, u: torch.Tensor, u_ref: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """For ``u * r - u0 * r0`` (``r`` a per-row scale) the exact split ``(u - u0) r' + u'' (r -
+    r0)`` with ``(r', u'') = (r, u0)`` where ``r <= r0``, else ``(r0, u)``: the smaller scale
+    multiplies the difference, so multipliers stay of the size of the larger side's values
+    (the symmetric midpoint split multiplies by ``(r + r0) / 2``, which for a reference
+    with a tiny deviation, e.g. a zero baseline under a norm, is huge and cancels)."""
+    small = r <= r_ref
+    return torch.where(small, r, r_ref), torch.where(small, u_ref, u)
+
+
+class SoftmaxSecant(PairedRule):
+    """DeepLIFT for ``softmax(x)`` along ``dim``, written as ``e * r`` with ``e = exp(x - c)``
+    (``c`` shared by the row and its reference), ``r = 1 / sum(e)``: the secant of ``exp``,
+    the exact multiplier ``-r r0`` of the reciprocal, and :func:`_lead`'s split of the
+    product."""
+
+    label = "rescale (softmax)"
+
+    def __init__(self, dim: int) -> None:
+        self.dim = dim
+
+    @classmethod
+    def handler(cls, engine: RuleEngine, name: str, func: Any, args: Any, kwargs: Any) -> Any:
+        dim = _dim(args, kwargs)
+        if dim is None:
+            raise engine.unsupported(name, " without `dim`")
+        return cls(int(dim))
+
+    def pair(self, op: Op, xs: Tensors, y: Any, aux: Any, refs: Tensors, y_ref: Any, _: Any) -> Any:
+        (x,), (x_ref,), d = xs, refs, self.dim
+        low = torch.finfo(x.dtype).min  # masked (-inf) entries: 0/0 -> the local slope, 0
+        x, x_ref = x.clamp(min=low), x_ref.clamp(min=low)
+        c = torch.maximum(x.amax(d, keepdim=True), x_ref.amax(d, keepdim=True))
+        e, e_ref = (x - c).exp(), (x_ref - c).exp()
+        r, r_ref = e.sum(d, keepdim=True).reciprocal(), e_ref.sum(d, keepdim=True).reciprocal()
+        r_lead, e_other = _lead(r, r_ref, e, e_ref)
+        return secant(e, e_ref, x, x_ref, lambda: e), r_lead, e_other, -r * r_ref
+
+    def backward(self, op: Op, state: Any, grad: torch.Tensor) -> torch.Tensor:
+        m_exp, r_lead, e_other, m_r = state
+        g_e = grad * r_lead + m_r * (grad * e_other).sum(self.dim, keepdim=True)
+        return g_e * m_exp
+
+
+class LayerNormSecant(PairedRule):
+    """DeepLIFT for ``layer_norm``: ``y = w * d * r + b`` with ``d = x - mean(x)`` (linear),
+    ``r = (mean(d^2) + eps)^(-1/2)``: :func:`_lead`'s split of ``d * r``, the midpoint rule
+    for ``d^2`` and the exact secant ``-1 / (s s0 (s + s0))`` of ``v -> v^(-1/2)``."""
+
+    label = "rescale (layer norm)"
+
+    def __init__(self, ndim: int, weight: torch.Tensor | None, eps: float) -> None:
+        self.dims = tuple(range(-ndim, 0))
+        self.weight, self.eps = weight, eps
+
+    @classmethod
+    def handler(cls, engine: RuleEngine, name: str, func: Any, args: Any, kwargs: Any) -> Any:
+        shape = kwargs.get("normalized_shape", args[1] if len(args) > 1 else None)
+        weight = kwargs.get("weight", args[2] if len(args) > 2 else None)
+        eps = kwargs.get("eps", args[4] if len(args) > 4 else 1e-5)
+        return cls(len(tuple(shape)), weight, float(eps))
+
+    def _centred(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        d = x - x.mean(self.dims, keepdim=True)
+        return d, (d * d).mean(self.dims, keepdim=True).add_(self.eps).sqrt_()
+
+    def pair(self, op: Op, xs: Tensors, y: Any, aux: Any, refs: Tensors, y_ref: Any, _: Any) -> Any:
+        (d, s), (d_ref, s_ref) = self._centred(xs[0]), self._centred(refs[0])
+        r_lead, d_other = _lead(s.reciprocal(), s_ref.reciprocal(), d, d_ref)
+        n = math.prod(d.shape[k] for k in self.dims)
+        scale = -2 / (n * s * s_ref * (s + s_ref))  # d(mean d^2)/dd times the secant of r
+        return r_lead, d_other, (d + d_ref) / 2, scale
+
+    def backward(self, op: Op, state: Any, grad: torch.Tensor) -> torch.Tensor:
+        r_lead, d_other, d_mid, scale = state
+        g = grad if self.weight is None else grad * self.weight
+        g_d = g * r_lead + d_mid * (scale * (g * d_other).sum(self.dims, keepdim=True))
+        return g_d - g_d.mean(self.dims, keepdim=True)
+
+
+#: DeepLIFT's table: operation name -> handler (a rule per call, None: the gradient).
+DEEPLIFT_RULES: Mapping[str, Any] = {
+    **entries(WEIGHTED_OPS | AVG_POOL_OPS, gradient),
+    "batch_norm": eval_batch_norm,
+    **entries(ACTIVATIONS - RELU_OPS, always(Rescale())),
+    **entries(RELU_OPS, always(Rescale(relu=True))),
+    **entries(MAX_POOL_OPS, DeepLiftMaxPool.handler),
+    "softmax": SoftmaxSecant.handler,
+    "layer_norm": LayerNormSecant.handler,
+    **entries(BILINEAR_OPS, bilinear(Midpoint())),
+    **ATTENTION,
+}
+
+#: The operations that keep a reference run in DeepLIFT's paired pass.
+DEEPLIFT_REFERENCE_OPS = ACTIVATIONS | MAX_POOL_OPS | BILINEAR_OPS | {"softmax", "layer_norm"}

@@ -17,6 +17,11 @@ Dependence is tracked by ``requires_grad``: the method switches off the paramete
 inside the model-state guard, so only tensors computed from the explained rows require grad.
 The module running each operation is tracked with global forward hooks (nothing is added
 to the model), so :attr:`RuleEngine.records` says which rule each layer's operation got.
+
+A method is a table ``op name -> handler`` (see :class:`Handler`): a handler looks at one
+call and returns the :class:`Rule` for it, or None for the ordinary gradient; a
+:class:`Decompose` entry runs a compound operation (attention) as the smaller operations
+it is made of, each of which then meets its own rule.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -31,55 +37,26 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from pellucid._targets import Forward
+from pellucid.attribution.rules._ops import (
+    DENOMINATOR_OPS,
+    DROPOUT_OPS,
+    PASS_OPS,
+    SCALE_OPS,
+    is_inplace,
+    op_name,
+)
 
 __all__ = [
-    "ACTIVATIONS",
-    "RELU_OPS",
+    "Constant",
+    "Decompose",
+    "Handler",
     "Rule",
     "RuleEngine",
     "UnsupportedOperationError",
-    "apply_rule",
-    "eval_batch_norm",
-    "freeze_parameters",
-    "linear_handlers",
-    "unchanged",
     "vjp",
 ]
 
-#: Linear or structural operations: the ordinary gradient is the right one for every method.
-PASS_OPS = frozenset(
-    """add __add__ __radd__ __iadd__ add_ sub __sub__ __rsub__ __isub__ sub_ rsub neg __neg__
-    neg_ negative positive __pos__ flatten unflatten reshape view view_as permute transpose t
-    contiguous T mT squeeze unsqueeze __getitem__ cat concat concatenate stack hstack vstack split
-    chunk narrow select expand expand_as repeat clone to type float double half sum mean pad
-    identity movedim swapaxes unbind tensor_split split_with_sizes flip roll index_select
-    gather __setitem__ _reshape_alias zero_pad2d constant_pad_nd""".split()
-)
-#: Products and quotients: linear when only one operand (the numerator) depends on inputs.
-SCALE_OPS = frozenset(
-    """mul __mul__ __rmul__ __imul__ mul_ multiply div __truediv__ __itruediv__ div_ divide
-    true_divide matmul __matmul__ __rmatmul__ mm bmm""".split()
-)
-_DENOMINATOR_OPS = frozenset("div __truediv__ __itruediv__ div_ divide true_divide".split())
-#: Dropout is the identity when not training.
-DROPOUT_OPS = frozenset(
-    "dropout dropout1d dropout2d dropout3d alpha_dropout feature_alpha_dropout".split()
-)
-
-RELU_OPS = frozenset({"relu", "relu_"})
-#: Element-wise non-linearities (DeepLIFT's rescale rule applies to all of them).
-ACTIVATIONS = frozenset(
-    """relu relu_ sigmoid sigmoid_ tanh tanh_ elu elu_ leaky_relu leaky_relu_ softplus gelu
-    silu silu_ selu selu_ celu celu_ relu6 hardtanh hardtanh_ mish hardswish hardsigmoid
-    logsigmoid""".split()
-)
-WEIGHTED_OPS = frozenset({"linear", "conv1d", "conv2d", "conv3d"})
-AVG_POOL_OPS = frozenset(
-    """avg_pool1d avg_pool2d avg_pool3d adaptive_avg_pool1d adaptive_avg_pool2d
-    adaptive_avg_pool3d""".split()
-)
-MAX_POOL_OPS = frozenset({"max_pool1d", "max_pool2d", "max_pool3d"})
-NORM_OPS = frozenset({"batch_norm"})
+Op = Callable[..., torch.Tensor]
 
 
 class UnsupportedOperationError(ValueError):
@@ -109,57 +86,50 @@ def _call_depends(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
     return _depends(args) or (bool(kwargs) and _depends(kwargs))
 
 
-def _is_inplace(name: str, kwargs: Mapping[str, Any]) -> bool:
-    return bool(kwargs.get("inplace", False)) or (name.endswith("_") and not name.startswith("__"))
-
-
 class Rule:
-    """A modified backward for one operation ``y = op(x)``; ``x`` is the dependent input.
+    """A modified backward for one operation ``y = op(*xs)`` of ``arity`` operands.
 
-    Subclasses implement ``forward(op, x) -> (y, state)`` (no grad) and
-    ``backward(op, state, grad_y) -> grad_x``. ``label`` is what ``extras["rules"]`` shows.
+    ``forward(op, *xs) -> (y, state)`` runs without a graph; ``backward(op, state, grad)``
+    returns the operands' gradients (one tensor when ``arity`` is 1). ``label`` is what
+    ``extras["rules"]`` shows. An operation with several operands of which only one
+    depends on the inputs is linear in it: it keeps its ordinary gradient.
     """
 
     label = "rule"
+    arity = 1
 
-    def forward(
-        self, op: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor
-    ) -> tuple[torch.Tensor, Any]:
-        return op(x), None
+    def forward(self, op: Op, *xs: torch.Tensor) -> tuple[torch.Tensor, Any]:
+        return op(*xs), None
 
-    def backward(
-        self, op: Callable[[torch.Tensor], torch.Tensor], state: Any, grad: torch.Tensor
-    ) -> torch.Tensor:
+    def backward(self, op: Op, state: Any, grad: torch.Tensor) -> Any:
         raise TypeError(f"{type(self).__name__} must implement backward.")
+
+
+class Constant(Rule):
+    """The output is treated as a constant: it is returned detached from the graph, so no
+    gradient flows into the operation and later products with it are linear (CP-LRP's
+    attention weights)."""
+
+    def __init__(self, label: str = "constant") -> None:
+        self.label = label
 
 
 class _RuleFunction(torch.autograd.Function):
     @staticmethod
-    def forward(
-        ctx: Any, x: torch.Tensor, rule: Rule, op: Callable[..., Any], saved: Any
-    ) -> torch.Tensor:
-        if saved is not None:  # a paired rule (see ``_paired``): the reference's state
-            y, state = rule.forward_paired(op, x.detach(), saved)  # type: ignore[attr-defined]
-        else:
-            y, state = rule.forward(op, x.detach())
+    def forward(ctx: Any, rule: Rule, op: Op, *xs: torch.Tensor) -> torch.Tensor:
+        y, state = rule.forward(op, *(x.detach() for x in xs))
         ctx.rule, ctx.op, ctx.state = rule, op, state
         return y
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None, None]:
-        return ctx.rule.backward(ctx.op, ctx.state, grad), None, None, None
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
+        grads = ctx.rule.backward(ctx.op, ctx.state, grad)
+        if isinstance(grads, torch.Tensor):
+            grads = (grads,)
+        return (None, None, *grads)
 
 
-def apply_rule(
-    rule: Rule, op: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, saved: Any = None
-) -> torch.Tensor:
-    """``op(x)`` whose backward is ``rule``'s (``saved``: a paired rule's reference state)."""
-    return _RuleFunction.apply(x, rule, op, saved)
-
-
-def vjp(
-    op: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, v: torch.Tensor
-) -> torch.Tensor:
+def vjp(op: Op, x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """``v^T d op / d x`` at ``x`` (the ordinary gradient of ``op``)."""
     with torch.enable_grad():
         xx = x.detach().requires_grad_(True)
@@ -171,52 +141,13 @@ def vjp(
 Handler = Callable[..., "Rule | None"]
 
 
-def unchanged(engine: RuleEngine, name: str, func: Any, args: Any, kwargs: Any) -> None:
-    """Handler: the ordinary gradient is this method's rule for the op."""
-    return None
+@dataclass(frozen=True)
+class Decompose:
+    """Table entry: run a compound operation as ``function(engine, *args, **kwargs)``
+    (written with smaller torch operations, each of which meets its own rule)."""
 
-
-def eval_batch_norm(engine: RuleEngine, name: str, func: Any, args: Any, kwargs: Any) -> None:
-    """Handler: batch norm is affine (ordinary gradient) in eval mode; refused in training."""
-    training = kwargs.get("training", args[5] if len(args) > 5 else False)
-    if training:
-        raise engine.unsupported(
-            name,
-            " in training mode (it mixes the rows of a batch); call "
-            "model.eval() or pass eval_mode=True",
-        )
-    return None
-
-
-def linear_handlers() -> dict[str, Handler]:
-    """Weighted layers, average pooling and eval-mode batch norm with the ordinary gradient."""
-    handlers: dict[str, Handler] = {name: unchanged for name in WEIGHTED_OPS | AVG_POOL_OPS}
-    handlers["batch_norm"] = eval_batch_norm
-    return handlers
-
-
-def freeze_parameters(model: Any) -> None:
-    """Switch off ``requires_grad`` of every parameter (inside the model guard, which restores
-    it), so that only tensors computed from the explained rows require grad."""
-    if isinstance(model, nn.Module):
-        for param in model.parameters():
-            if param.requires_grad:
-                param.requires_grad_(False)
-
-
-#: Operation names by function object (functions and builtins are long-lived; the bound
-#: ``__get__`` wrappers of tensor properties are made anew on every access: not cached).
-_NAMES: dict[Any, str] = {}
-_CACHEABLE = (type(torch.relu), type(_depends), type(torch.Tensor.add))
-
-
-def _op_name(func: Any) -> str:
-    name = getattr(func, "__name__", None) or repr(func)
-    if name == "__get__":  # a tensor property such as x.T: name it by the property
-        return str(getattr(getattr(func, "__self__", None), "__name__", name))
-    if type(func) in _CACHEABLE:
-        _NAMES[func] = name
-    return name
+    function: Callable[..., Any]
+    label: str = "decomposed"
 
 
 class _Mode(TorchFunctionMode):
@@ -316,9 +247,13 @@ class RuleEngine:
         )
 
     def dispatch(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        name = _NAMES.get(func) if type(func) in _CACHEABLE else None
-        if name is None:
-            name = _op_name(func)
+        name = op_name(func)
+        handler = self.handlers.get(name)
+        if isinstance(handler, Decompose):  # in every pass, whatever depends on the inputs
+            if _call_depends(args, kwargs):
+                self.record(name, handler.label)
+            with _Mode(self):  # torch pops the mode while it calls us: the parts meet it
+                return handler.function(self, *args, **kwargs)
         return self._dispatch(name, func, args, kwargs)
 
     def _dispatch(self, name: str, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -342,7 +277,7 @@ class RuleEngine:
             operands = [a for a in args[:2] if isinstance(a, torch.Tensor) and a.requires_grad]
             if len(operands) > 1:
                 raise self.unsupported(name, " (a product of two input-dependent tensors)")
-            if name in _DENOMINATOR_OPS and len(args) > 1 and _depends(args[1]):
+            if name in DENOMINATOR_OPS and len(args) > 1 and _depends(args[1]):
                 raise self.unsupported(name, " (an input-dependent denominator)")
         if name in DROPOUT_OPS:
             training = kwargs.get("training", args[2] if len(args) > 2 else True)
@@ -353,12 +288,12 @@ class RuleEngine:
                 )
 
     def _op(
-        self, name: str, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> tuple[Callable[[torch.Tensor], torch.Tensor], bool]:
-        """The op as an out-of-place function of its first argument, and whether the model
-        called it in place."""
-        inplace = _is_inplace(name, kwargs)
-        rest = args[1:]
+        self, name: str, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], arity: int = 1
+    ) -> tuple[Op, bool]:
+        """The op as an out-of-place function of its first ``arity`` arguments, and whether
+        the model called it in place."""
+        inplace = is_inplace(name, kwargs)
+        rest = args[arity:]
         call_kwargs = dict(kwargs)
         if "inplace" in call_kwargs:
             call_kwargs["inplace"] = False
@@ -368,30 +303,41 @@ class RuleEngine:
             if target is None:
                 raise self.unsupported(name)
 
-        def op(t: torch.Tensor) -> torch.Tensor:
-            return target(t, *rest, **call_kwargs)
+        def op(*ts: torch.Tensor) -> torch.Tensor:
+            return target(*ts, *rest, **call_kwargs)
 
         return op, inplace
 
-    def _run_rule(
-        self,
-        name: str,
-        func: Any,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        rule: Rule,
-        saved: Any = None,
-    ) -> Any:
-        x = args[0]
+    def _operands(
+        self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], arity: int
+    ) -> tuple[torch.Tensor, ...]:
+        """The rule's operands, checked: tensors, and nothing else depends on the inputs."""
+        xs = args[:arity]
         if (
-            not isinstance(x, torch.Tensor)
-            or not x.requires_grad
-            or _call_depends(args[1:], kwargs)
+            len(xs) < arity
+            or not all(isinstance(x, torch.Tensor) for x in xs)
+            or _call_depends(args[arity:], kwargs)
         ):
             raise self.unsupported(name, " (its input-dependent argument is not the first one)")
-        op, inplace = self._op(name, func, args, kwargs)
+        return xs
+
+    def _run_rule(
+        self, name: str, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], rule: Rule
+    ) -> Any:
+        xs = self._operands(name, args, kwargs, rule.arity)
+        dependent = sum(x.requires_grad for x in xs)
+        if dependent < len(xs):
+            if dependent == 0:
+                return func(*args, **kwargs)
+            if rule.arity > 1:  # a product with a constant is linear in the other operand
+                self.record(name, "gradient")
+                return func(*args, **kwargs)
+        op, inplace = self._op(name, func, args, kwargs, rule.arity)
         self.record(name, rule.label)
-        y = apply_rule(rule, op, x, saved)
+        if isinstance(rule, Constant):
+            y = op(*(x.detach() for x in xs))
+        else:
+            y = _RuleFunction.apply(rule, op, *xs)
         if inplace:
-            return x.copy_(y)
+            return xs[0].copy_(y)
         return y

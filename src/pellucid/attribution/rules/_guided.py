@@ -1,55 +1,46 @@
-"""Guided backpropagation's and deconvolution's rules: modified ReLU backward passes.
+"""Guided backpropagation's and deconvolution's tables: modified ReLU backward passes.
 
-Guided backprop (Springenberg et al. 2015) passes only positive gradients where the input
-was positive; deconvolution (Zeiler and Fergus 2014) passes positive gradients whatever the
-input. Linear layers, pooling and eval-mode batch norm keep their ordinary gradient.
+Guided backprop (Springenberg et al. 2015) passes only positive gradients where the unit
+was active (``relu(grad) * f'(x)``: ``x > 0`` for ReLU, ``0 < x < 6`` for ReLU6);
+deconvolution (Zeiler and Fergus 2014) passes positive gradients whatever the input.
+Linear layers, pooling and eval-mode batch norm keep their ordinary gradient; every other
+non-linearity is refused.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Mapping
 from typing import Any
 
-import torch
-
-from pellucid.attribution.rules._engine import (
-    MAX_POOL_OPS,
-    RELU_OPS,
-    Handler,
-    Rule,
-    linear_handlers,
-    unchanged,
+from pellucid.attribution.rules._elementwise import (
+    Elementwise,
+    derivative,
+    positive,
+    positive_part,
 )
+from pellucid.attribution.rules._ops import AVG_POOL_OPS, MAX_POOL_OPS, RELU_OPS, WEIGHTED_OPS
+from pellucid.attribution.rules._tables import always, entries, eval_batch_norm, gradient
 
-__all__ = ["DeconvReLU", "GuidedReLU", "relu_handlers"]
+__all__ = ["DECONVOLUTION_RULES", "GUIDED_RULES", "GuidedReLU"]
 
+#: Clamped-linear units: ReLU, ReLU6 (``hardtanh(0, 6)``) and hardtanh.
+CLAMPS = RELU_OPS | {"relu6", "hardtanh", "hardtanh_"}
 
-class GuidedReLU(Rule):
-    """Backward: ``relu(grad) * (x > 0)``."""
+#: Guided backprop's rule on a ReLU (also used by guided Grad-CAM).
+GuidedReLU = Elementwise("guided", slope=positive, grad_map=positive_part)
+_GUIDED_CLAMP = Elementwise("guided", slope=derivative, grad_map=positive_part)
+_DECONVOLUTION = Elementwise("deconvolution", grad_map=positive_part)
 
-    label = "guided"
+_LINEAR: Mapping[str, Any] = {
+    **entries(WEIGHTED_OPS | AVG_POOL_OPS | MAX_POOL_OPS, gradient),
+    "batch_norm": eval_batch_norm,
+}
 
-    def forward(
-        self, op: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor
-    ) -> tuple[torch.Tensor, Any]:
-        return op(x), x > 0
-
-    def backward(self, op: Any, state: Any, grad: torch.Tensor) -> torch.Tensor:
-        return grad.clamp(min=0) * state
-
-
-class DeconvReLU(Rule):
-    """Backward: ``relu(grad)`` (the forward mask is ignored)."""
-
-    label = "deconvolution"
-
-    def backward(self, op: Any, state: Any, grad: torch.Tensor) -> torch.Tensor:
-        return grad.clamp(min=0)
-
-
-def relu_handlers(rule: Rule) -> dict[str, Handler]:
-    """``rule`` on every ReLU; linear ops, pooling and eval-mode batch norm unchanged."""
-    handlers = linear_handlers()
-    handlers.update({name: unchanged for name in MAX_POOL_OPS})
-    handlers.update({name: (lambda *a, _rule=rule: _rule) for name in RELU_OPS})
-    return handlers
+#: Guided backprop's table: operation name -> handler.
+GUIDED_RULES: Mapping[str, Any] = {
+    **_LINEAR,
+    **entries(CLAMPS - RELU_OPS, always(_GUIDED_CLAMP)),
+    **entries(RELU_OPS, always(GuidedReLU)),
+}
+#: Deconvolution's table.
+DECONVOLUTION_RULES: Mapping[str, Any] = {**_LINEAR, **entries(CLAMPS, always(_DECONVOLUTION))}

@@ -1,36 +1,59 @@
-"""LRP's rules (epsilon, zero, gamma, alpha-beta, z-plus) and the per-layer rule chooser.
+"""LRP's rules (epsilon, zero, gamma, alpha-beta, z-plus), the per-layer chooser, the table.
 
 LRP rules relate the relevance at a layer's output ``R = z * g`` to its input, written in
 the "modified gradient" form (the attribution at the input is ``x * grad``): epsilon
 ``x * J^T (R / (z + eps sign z))``, gamma with weights ``W + gamma W+``, and alpha-beta with
-separate positive and negative contributions.
+separate positive and negative contributions. Transformers' operations follow AttnLRP and
+CP-LRP (Ali et al. 2022; Achtibat et al. 2024), chosen so that relevance is conserved:
+
+* layer norm: epsilon on its linearization with the standard deviation held constant;
+* element-wise activations with ``f(0) = 0`` (GELU, SiLU, ReLU6, hardswish, ...): relevance
+  passes through unchanged, ``R_x = R_y``;
+* softmax attention: the attention weights are constants, so ``weights @ v`` is linear in
+  ``v`` and all relevance flows through the values;
+* other products of two input-dependent tensors: each operand gets half (the uniform rule).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
 from pellucid._validation import check_choice
+from pellucid.attribution.rules._attention import ATTENTION
+from pellucid.attribution.rules._elementwise import Elementwise, ratio
 from pellucid.attribution.rules._engine import (
-    AVG_POOL_OPS,
-    MAX_POOL_OPS,
-    RELU_OPS,
-    WEIGHTED_OPS,
+    Constant,
     Handler,
     Rule,
     RuleEngine,
-    eval_batch_norm,
-    unchanged,
     vjp,
 )
+from pellucid.attribution.rules._ops import (
+    AVG_POOL_OPS,
+    BILINEAR_OPS,
+    MAX_POOL_OPS,
+    RELU_OPS,
+    WEIGHTED_OPS,
+    ZERO_FIXED_ACTIVATIONS,
+)
+from pellucid.attribution.rules._tables import always, bilinear, entries, eval_batch_norm, gradient
 
-__all__ = ["LRP_RULES", "AlphaBeta", "Epsilon", "LrpRules", "lrp_handlers", "stabilize"]
+__all__ = [
+    "LRP_RULES",
+    "AlphaBeta",
+    "Epsilon",
+    "LrpRules",
+    "Uniform",
+    "lrp_handlers",
+    "stabilize",
+]
 
-Op = Callable[[torch.Tensor], torch.Tensor]
+Op = Callable[..., torch.Tensor]
 
 LRP_RULES = ("epsilon", "zero", "gamma", "alpha_beta", "zplus")
 _FAMILIES = ("linear", "conv", "batch_norm", "avg_pool", "max_pool")
@@ -44,24 +67,69 @@ def stabilize(z: torch.Tensor, epsilon: float) -> torch.Tensor:
     return torch.where(den == 0, torch.ones_like(den), den)
 
 
+@dataclass(frozen=True, eq=False)
 class Epsilon(Rule):
-    """LRP-epsilon (LRP-0 with ``epsilon=0``; gamma when ``modified`` uses W + gamma W+).
+    """LRP-epsilon (LRP-0 with ``epsilon=0``): backward ``J'^T (g * z / stabilize(z'))``.
 
-    Backward: ``J_mod^T (g * z / stabilize(z_mod))`` where ``z_mod = modified(x)``.
+    ``modifier(x)`` gives the op ``z'`` whose Jacobian ``J'`` carries the relevance: the
+    gamma rule's ``W + gamma W+``, layer norm's linearization; None: the op itself.
     """
 
-    def __init__(self, epsilon: float, modified: Op | None = None, label: str = "") -> None:
-        self.epsilon, self.modified = epsilon, modified
-        self.label = label or f"epsilon({epsilon:g})"
+    epsilon: float
+    modifier: Callable[[torch.Tensor], Op] | None = None
+    label: str = ""
 
-    def forward(self, op: Op, x: torch.Tensor) -> tuple[torch.Tensor, Any]:
+    def __post_init__(self) -> None:
+        if not self.label:
+            object.__setattr__(self, "label", f"epsilon({self.epsilon:g})")
+
+    def forward(self, op: Op, *xs: torch.Tensor) -> tuple[torch.Tensor, Any]:
+        x = xs[0]
         z = op(x)
-        z_mod = z if self.modified is None else self.modified(x)
-        return z, (x.clone(), z / stabilize(z_mod, self.epsilon))
+        modified = op if self.modifier is None else self.modifier(x)
+        z_mod = z if self.modifier is None else modified(x)
+        return z, (x.clone(), z / stabilize(z_mod, self.epsilon), modified)
 
     def backward(self, op: Op, state: Any, grad: torch.Tensor) -> torch.Tensor:
-        x, ratio = state
-        return vjp(self.modified or op, x, grad * ratio)
+        x, ratio_, modified = state
+        return vjp(modified, x, grad * ratio_)
+
+
+class Uniform(Rule):
+    """A product of two input-dependent tensors: each operand gets half the relevance (the
+    ordinary gradient, halved: ``sum(a * g_a) = sum(b * g_b) = sum(z * g) / 2``)."""
+
+    label = "uniform (bilinear)"
+    arity = 2
+
+    def forward(self, op: Op, *xs: torch.Tensor) -> tuple[torch.Tensor, Any]:
+        return op(*xs), tuple(x.clone() for x in xs)
+
+    def backward(self, op: Op, state: Any, grad: torch.Tensor) -> Any:
+        with torch.enable_grad():
+            xs = tuple(x.requires_grad_(True) for x in state)
+            return torch.autograd.grad(op(*xs), xs, grad * 0.5)
+
+
+def _frozen_layer_norm(args: Any, kwargs: Any) -> Callable[[torch.Tensor], Op]:
+    """Layer norm's linearization at ``x``: the standard deviation of ``x`` held constant."""
+    shape = tuple(kwargs.get("normalized_shape", args[1] if len(args) > 1 else ()))
+    weight = kwargs.get("weight", args[2] if len(args) > 2 else None)
+    bias = kwargs.get("bias", args[3] if len(args) > 3 else None)
+    eps = float(kwargs.get("eps", args[4] if len(args) > 4 else 1e-5))
+    dims = tuple(range(-len(shape), 0))
+
+    def modifier(x: torch.Tensor) -> Op:
+        scale = (x.var(dims, unbiased=False, keepdim=True) + eps).rsqrt()
+
+        def linear(t: torch.Tensor) -> torch.Tensor:
+            out = (t - t.mean(dims, keepdim=True)) * scale
+            out = out if weight is None else out * weight
+            return out if bias is None else out + bias
+
+        return linear
+
+    return modifier
 
 
 class AlphaBeta(Rule):
@@ -84,9 +152,9 @@ class AlphaBeta(Rule):
         self.epsilon = epsilon
         self.label = label or f"alpha_beta({alpha:g},{beta:g})"
 
-    def forward(self, op: Op, x: torch.Tensor) -> tuple[torch.Tensor, Any]:
-        z = op(x)
-        return z, (x.clone(), z.clone())
+    def forward(self, op: Op, *xs: torch.Tensor) -> tuple[torch.Tensor, Any]:
+        z = op(xs[0])
+        return z, (xs[0].clone(), z.clone())
 
     def backward(self, op: Op, state: Any, grad: torch.Tensor) -> torch.Tensor:
         x, z = state
@@ -108,6 +176,10 @@ class AlphaBeta(Rule):
             self.alpha * gp_pos - self.beta * gn_pos,
             self.alpha * gp_neg - self.beta * gn_neg,
         )
+
+
+#: Relevance passes through an activation unchanged: ``R_x = R_y``.
+_IDENTITY = Elementwise("identity", slope=ratio)
 
 
 def _family(name: str) -> str:
@@ -162,6 +234,11 @@ class LrpRules:
             return self.composite[family]
         return self.rule if family in ("linear", "conv") else "epsilon"
 
+    def layer_norm(self, engine: RuleEngine, name: str, func: Any, args: Any, kwargs: Any) -> Rule:
+        """Handler: epsilon on layer norm's linearization (its deviation held constant)."""
+        label = f"epsilon({self.epsilon:g}), constant deviation"
+        return Epsilon(self.epsilon, modifier=_frozen_layer_norm(args, kwargs), label=label)
+
     def __call__(self, engine: RuleEngine, name: str, func: Any, args: Any, kwargs: Any) -> Rule:
         if name == "batch_norm":
             eval_batch_norm(engine, name, func, args, kwargs)
@@ -190,7 +267,7 @@ class LrpRules:
             b_g = None if bias is None else bias + self.gamma * bias.clamp(min=0)
             return Epsilon(
                 self.epsilon,
-                modified=lambda t: weighted(t, w_g, b_g),
+                modifier=lambda x: lambda t: weighted(t, w_g, b_g),
                 label=f"gamma({self.gamma:g})",
             )
         alpha, beta = (1.0, 0.0) if choice == "zplus" else (self.alpha, self.beta)
@@ -205,10 +282,15 @@ class LrpRules:
 
 
 def lrp_handlers(chooser: LrpRules) -> dict[str, Handler]:
-    """LRP's handlers: ``chooser`` picks each weighted/pooling/norm op's rule; ReLUs pass
-    relevance through."""
-    handlers: dict[str, Handler] = {
-        name: chooser for name in WEIGHTED_OPS | AVG_POOL_OPS | MAX_POOL_OPS | {"batch_norm"}
+    """LRP's table: ``chooser`` picks each weighted/pooling/norm op's rule; ReLUs pass
+    relevance through with their gradient, other activations with ``R_x = R_y``."""
+    handlers: dict[str, Any] = {
+        **entries(WEIGHTED_OPS | AVG_POOL_OPS | MAX_POOL_OPS | {"batch_norm"}, chooser),
+        **entries(ZERO_FIXED_ACTIVATIONS - RELU_OPS, always(_IDENTITY)),
+        **entries(RELU_OPS, gradient),
+        "softmax": always(Constant("constant (attention weights)")),
+        "layer_norm": chooser.layer_norm,
+        **entries(BILINEAR_OPS, bilinear(Uniform())),
+        **ATTENTION,
     }
-    handlers.update({name: unchanged for name in RELU_OPS})
     return handlers

@@ -21,12 +21,7 @@ import torch
 
 from pellucid._batching import chunks
 from pellucid._targets import Forward
-from pellucid.attribution.rules._engine import (
-    Rule,
-    RuleEngine,
-    UnsupportedOperationError,
-    _call_depends,
-)
+from pellucid.attribution.rules._engine import Rule, RuleEngine, UnsupportedOperationError
 
 __all__ = [
     "JOINT",
@@ -47,26 +42,71 @@ class BroadcastMismatch(UnsupportedOperationError):
 #: ``saved`` of a joint pass: the reference is the last row of the same batch.
 JOINT = object()
 
+Op = Callable[..., torch.Tensor]
+
 
 class PairedRule(Rule):
     """A rule that compares every row with its reference row (DeepLIFT's multipliers).
 
-    The engine runs the reference rows first, without a graph: there ``reference(op, x_ref)``
-    returns ``(y_ref, saved)``. Then it runs the explained rows, and ``forward_paired(op, x,
-    saved)`` returns ``(y, state)`` for ``backward``. ``saved`` must not alias tensors the
-    model may still change in place (clone what is kept). In a joint pass ``saved`` is
-    :data:`JOINT`: the batch's last row is the reference, and it gets a zero gradient.
+    ``evaluate(op, *xs) -> (y, aux)`` runs the operation (``aux``: what else the rule needs
+    of a run, e.g. max pooling's argmax; None by default). The reference rows run first,
+    without a graph; the engine keeps their operands, output and ``aux``. Then for the
+    explained rows ``pair(op, xs, y, aux, refs, y_ref, aux_ref)`` returns the state of
+    ``backward``. The references may be one row that broadcasts against the batch.
     """
 
-    def reference(
-        self, op: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor
-    ) -> tuple[torch.Tensor, Any]:
-        raise TypeError(f"{type(self).__name__} must implement reference.")
+    def evaluate(self, op: Op, *xs: torch.Tensor) -> tuple[torch.Tensor, Any]:
+        return op(*xs), None
 
-    def forward_paired(
-        self, op: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, saved: Any
-    ) -> tuple[torch.Tensor, Any]:
-        raise TypeError(f"{type(self).__name__} must implement forward_paired.")
+    def pair(
+        self,
+        op: Op,
+        xs: tuple[torch.Tensor, ...],
+        y: torch.Tensor,
+        aux: Any,
+        refs: tuple[torch.Tensor, ...],
+        y_ref: torch.Tensor,
+        aux_ref: Any,
+    ) -> Any:
+        raise TypeError(f"{type(self).__name__} must implement pair.")
+
+
+def _rows(value: Any, rows: slice) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value[rows]
+    if isinstance(value, tuple):
+        return tuple(_rows(v, rows) for v in value)
+    return value
+
+
+_HEAD, _LAST = slice(None, -1), slice(-1, None)
+
+
+class _Bound(Rule):
+    """A :class:`PairedRule` with its reference: the saved reference run, or :data:`JOINT`
+    (the reference is the batch's last row, which gets a zero gradient)."""
+
+    def __init__(self, rule: PairedRule, saved: Any) -> None:
+        self.rule, self.saved, self.label, self.arity = rule, saved, rule.label, rule.arity
+
+    def forward(self, op: Op, *xs: torch.Tensor) -> tuple[torch.Tensor, Any]:
+        y, aux = self.rule.evaluate(op, *xs)
+        if self.saved is JOINT:
+            head = tuple(x[_HEAD] for x in xs), y[_HEAD], _rows(aux, _HEAD)
+            last = tuple(x[_LAST] for x in xs), y[_LAST], _rows(aux, _LAST)
+            return y, self.rule.pair(op, *head, *last)
+        refs, y_ref, aux_ref = self.saved
+        return y, self.rule.pair(op, xs, y, aux, refs, y_ref, aux_ref)
+
+    def backward(self, op: Op, state: Any, grad: torch.Tensor) -> Any:
+        if self.saved is not JOINT:
+            return self.rule.backward(op, state, grad)
+        grads = self.rule.backward(op, state, grad[_HEAD])
+        if isinstance(grads, torch.Tensor):
+            grads = (grads,)
+        return tuple(
+            None if g is None else torch.cat([g, g.new_zeros(1, *g.shape[1:])]) for g in grads
+        )
 
 
 class PairedEngine(RuleEngine):
@@ -77,7 +117,7 @@ class PairedEngine(RuleEngine):
         self.reference_ops = frozenset(reference_ops)
         self._mode: str | None = None
         self._broadcast = False
-        self._saved: list[tuple[str, tuple[int, ...], Any]] = []
+        self._saved: list[tuple[str, tuple[tuple[int, ...], ...], Any]] = []
         self._position, self._rows = 0, 0
 
     @contextmanager
@@ -101,8 +141,8 @@ class PairedEngine(RuleEngine):
         try:
             yield
             if self._position != len(self._saved):
-                name, shape, _ = self._saved[self._position]
-                raise self._mismatch(f"`{name}` of shape {shape} never ran on the inputs")
+                name, shapes, _ = self._saved[self._position]
+                raise self._mismatch(f"`{name}` of shape {shapes[0]} never ran on the inputs")
         finally:
             self._mode, self._saved = None, []
 
@@ -126,55 +166,49 @@ class PairedEngine(RuleEngine):
 
     def _dispatch(self, name: str, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         if self._mode is not None and name in self.reference_ops:
-            return self._dispatch_paired(name, func, args, kwargs)
+            x = args[0] if args else None
+            if isinstance(x, torch.Tensor) and x.is_floating_point():
+                rule = self.handlers[name](self, name, func, args, kwargs)
+                if isinstance(rule, PairedRule):
+                    return self._dispatch_paired(name, func, args, kwargs, rule)
+                if rule is not None:
+                    raise TypeError(f"The handler of `{name}` must return a PairedRule.")
         if self._mode == "reference":  # nothing requires grad there: no rules needed
             return func(*args, **kwargs)
         return super()._dispatch(name, func, args, kwargs)
 
-    def _paired_rule(
-        self, name: str, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> PairedRule:
-        rule = self.handlers[name](self, name, func, args, kwargs)
-        if not isinstance(rule, PairedRule):
-            raise TypeError(f"The handler of `{name}` must return a PairedRule.")
-        return rule
-
     def _dispatch_paired(
-        self, name: str, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+        self, name: str, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], rule: PairedRule
     ) -> Any:
-        x = args[0] if args else None
-        if not isinstance(x, torch.Tensor) or not x.is_floating_point():
-            return func(*args, **kwargs)
-        shape = tuple(x.shape)
+        xs = args[: rule.arity]
         if self._mode == "joint":
-            if len(shape) == 0 or shape[0] != self._rows:
-                raise BroadcastMismatch(f"`{name}`: rows {shape}, expected {self._rows} first")
-            if not _call_depends(args, kwargs):
-                return func(*args, **kwargs)
-            rule = self._paired_rule(name, func, args, kwargs)
-            return self._run_rule(name, func, args, kwargs, rule, JOINT)
+            for t in xs:
+                if isinstance(t, torch.Tensor) and t.requires_grad:
+                    if t.ndim == 0 or t.shape[0] != self._rows:
+                        raise BroadcastMismatch(f"`{name}`: rows {tuple(t.shape)}")
+            return self._run_rule(name, func, args, kwargs, _Bound(rule, JOINT))
+        shapes = tuple(tuple(t.shape) if isinstance(t, torch.Tensor) else () for t in xs)
         if self._mode == "reference":
-            rule = self._paired_rule(name, func, args, kwargs)
-            op, inplace = self._op(name, func, args, kwargs)
-            y, saved = rule.reference(op, x)
-            self._saved.append((name, shape, saved))
-            return x.copy_(y) if inplace else y
+            op, inplace = self._op(name, func, args, kwargs, rule.arity)
+            y, aux = rule.evaluate(op, *xs)
+            self._saved.append((name, shapes, (tuple(t.clone() for t in xs), y.clone(), aux)))
+            return xs[0].copy_(y) if inplace else y
         if self._position >= len(self._saved):
-            raise self._mismatch(f"`{name}` of shape {shape} did not run on the baseline")
-        ref_name, ref_shape, saved = self._saved[self._position]
-        if self._broadcast and ref_name == name and ref_shape != shape:
-            if len(shape) == 0 or ref_shape != (1, *shape[1:]):
-                raise BroadcastMismatch(f"`{name}`: reference {ref_shape}, rows {shape}")
-        elif (ref_name, ref_shape) != (name, shape):
-            raise self._mismatch(
-                f"`{ref_name}` of shape {ref_shape} on the baseline, `{name}` of shape {shape} "
-                "on the inputs"
-            )
+            raise self._mismatch(f"`{name}` of shape {shapes[0]} did not run on the baseline")
+        ref_name, ref_shapes, saved = self._saved[self._position]
+        if ref_name != name or len(ref_shapes) != len(shapes):
+            raise self._mismatch(f"`{ref_name}` on the baseline, `{name}` on the inputs")
+        for ref_shape, shape in zip(ref_shapes, shapes, strict=True):
+            if ref_shape == shape:
+                continue
+            if not self._broadcast or len(shape) == 0 or ref_shape != (1, *shape[1:]):
+                if self._broadcast:
+                    raise BroadcastMismatch(f"`{name}`: reference {ref_shape}, rows {shape}")
+                raise self._mismatch(
+                    f"`{name}` of shape {ref_shape} on the baseline, of shape {shape} on the inputs"
+                )
         self._position += 1
-        if not _call_depends(args, kwargs):
-            return func(*args, **kwargs)
-        rule = self._paired_rule(name, func, args, kwargs)
-        return self._run_rule(name, func, args, kwargs, rule, saved)
+        return self._run_rule(name, func, args, kwargs, _Bound(rule, saved))
 
 
 #: Models whose shared reference row was seen to broadcast at every paired operation (the
@@ -203,40 +237,74 @@ def _is_shared(baseline: torch.Tensor, forward: Forward) -> bool:
     return not forward.aligned and torch.equal(baseline, baseline[:1].expand_as(baseline))
 
 
-class PairedForward(Forward):
-    """Runs the baseline rows first (no graph; every non-linearity keeps its reference
-    input and output), then the rows themselves with the rules that compare the two. Only
-    the explained rows carry a graph, so the backward pass is over N rows, not 2N. When all
-    examples share one baseline (zeros, a number, the mean of a background set) the
-    reference pass runs on a single row whose activations broadcast against the batch;
-    a model whose intermediate shapes do not allow that is rerun with all baseline rows.
-    Once a model has shown that the batch comes first at every paired operation, later
-    calls append the reference row to the batch and run a single pass (the separate pass
-    over one row cost 17% of DeepLIFT on the digits SmallCNN).
-    ``reference_output`` is the baselines' output of the last call, one row per input row."""
+class TwoPasses:
+    """Reference-pass strategy: the baseline rows run first, then the explained rows. When
+    all examples share one baseline the reference runs on one row, which must broadcast
+    at every paired operation; else (:class:`BroadcastMismatch`) on all baseline rows."""
 
-    def __init__(self, engine: PairedEngine, forward: Forward, baseline: torch.Tensor) -> None:
+    def __call__(
+        self, forward: PairedForward, x: torch.Tensor, index: torch.Tensor | None
+    ) -> torch.Tensor:
+        if forward.shared and _batch_first(forward.model) is not False:
+            try:
+                return forward._pair(x, index, shared=True)
+            except BroadcastMismatch:
+                _remember(forward.model, False)
+        return forward._pair(x, index, shared=False)
+
+
+class JointPass(TwoPasses):
+    """Reference-pass strategy: once a model has shown (by the checked two passes, on first
+    sight) that the batch comes first at every paired operation, a shared reference row is
+    appended to the batch and one pass serves both (measured with
+    ``benchmarks/bench_decomposition.py --strategies``: 24% of DeepLIFT's time on the digits
+    SmallCNN, 36% on TinyResNet, 3% on an MLP). Results do not depend on history: the first
+    sight's two passes only decide; the joint pass computes."""
+
+    def __call__(
+        self, forward: PairedForward, x: torch.Tensor, index: torch.Tensor | None
+    ) -> torch.Tensor:
+        if not forward.shared or _batch_first(forward.model) is False:
+            return super().__call__(forward, x, index)
+        try:
+            if _batch_first(forward.model) is None:
+                forward._pair(x, index, shared=True)
+                _remember(forward.model, True)
+                forward.engine.records.clear()  # the joint pass records the rules again
+                forward.engine.calls.clear()
+            return forward._joint(x)
+        except BroadcastMismatch:
+            _remember(forward.model, False)
+        return forward._pair(x, index, shared=False)
+
+
+#: The strategy DeepLIFT uses.
+REFERENCE_PASS: TwoPasses = JointPass()
+
+
+class PairedForward(Forward):
+    """Runs every row with its reference (see the module doc): only the explained rows
+    carry a graph, so the backward pass is over N rows, not 2N. How the references run is
+    ``strategy``'s choice (:class:`TwoPasses`, :class:`JointPass`; default
+    :data:`REFERENCE_PASS`). ``reference_output`` is the baselines' output of the last
+    call, one row per input row."""
+
+    def __init__(
+        self,
+        engine: PairedEngine,
+        forward: Forward,
+        baseline: torch.Tensor,
+        strategy: TwoPasses | None = None,
+    ) -> None:
         self._adopt(forward)
         self.pools, self.convnet = (), False  # the rules see the model's own operations
         self.engine, self.baseline = engine, baseline
+        self.strategy = REFERENCE_PASS if strategy is None else strategy
         self.shared = _is_shared(baseline, forward)
         self.reference_output: torch.Tensor | None = None
 
     def __call__(self, x: torch.Tensor, example_index: torch.Tensor | None = None) -> torch.Tensor:
-        if self.shared and _batch_first(self.model) is not False:
-            try:
-                if _batch_first(self.model) is None:
-                    # First sight of this model: the strict two-pass check (the one-row
-                    # reference must broadcast at every paired operation), then the
-                    # joint pass every call uses, so that results do not depend on history.
-                    self._pair(x, example_index, shared=True)
-                    _remember(self.model, True)
-                    self.engine.records.clear()  # the joint pass records the rules again
-                    self.engine.calls.clear()
-                return self._joint(x)
-            except BroadcastMismatch:
-                _remember(self.model, False)
-        return self._pair(x, example_index, shared=False)
+        return self.strategy(self, x, example_index)
 
     def _joint(self, x: torch.Tensor) -> torch.Tensor:
         """One pass over the rows and the shared reference row appended to them."""
