@@ -102,7 +102,7 @@ def guided_backprop(
     eval_mode: bool | None = None,
 ) -> Explanation:
     """Guided backpropagation: the gradient with every ReLU's backward set to
-    ``relu(grad) * (x > 0)``.
+    ``relu(grad) * (x > 0)`` (ReLU6 and hardtanh: ``relu(grad)`` where the unit is active).
 
     ``extras["rules"]`` lists the rule each executed operation got (per layer).
 

@@ -61,12 +61,16 @@ def deeplift(
 ) -> Explanation:
     """DeepLIFT with the rescale rule (Shrikumar et al. 2017): ``(x - b) * multipliers``.
 
-    Every chunk of inputs runs twice: first its baselines, without a graph, where every
-    non-linearity keeps its reference input and output, then the inputs, where every
-    element-wise non-linearity (ReLU, sigmoid, tanh, GELU, ...) multiplies the backward by
-    its secant slope between the two (one backward over the inputs only), max pooling routes the output difference through the argmax, and linear
-    operations (linear, conv, eval-mode batch norm, average pooling, adds, reshapes) keep
-    their gradient. Attributions sum to ``f(x) - f(b)`` up to rounding;
+    Every chunk of inputs runs with its baselines (first, without a graph, or as one extra
+    row when all examples share it), and every non-linearity turns the two runs into exact
+    multipliers (one backward over the inputs only): element-wise non-linearities (ReLU,
+    ReLU6, sigmoid, tanh, GELU, SiLU, hardswish, ...) their secant slope, max pooling the
+    output difference routed through the argmax, layer norm and softmax their exact
+    secants, products of two input-dependent tensors (attention's ``q k^T`` and
+    ``weights @ v``, gates) the gradient at the midpoints; attention
+    (``nn.MultiheadAttention``, ``scaled_dot_product_attention``) runs as those parts.
+    Linear operations (linear, conv, eval-mode batch norm, average pooling, adds, reshapes)
+    keep their gradient. Attributions sum to ``f(x) - f(b)`` up to rounding;
     ``extras["completeness_gap"]`` reports the difference per example.
 
     Args:
@@ -171,12 +175,16 @@ def lrp(
     """Layer-wise relevance propagation (Bach et al. 2015; Montavon et al. 2019).
 
     The target score is redistributed layer by layer down to the inputs. Linear and conv
-    layers use ``rule``; batch norm and pooling use epsilon; ReLUs pass relevance through;
-    residual adds split it in proportion to each branch's contribution. ``composite`` maps
+    layers use ``rule``; batch norm and pooling use epsilon; ReLUs pass relevance through,
+    and so do GELU, SiLU, ReLU6, hardswish and tanh (``R_x = R_y``); layer norm uses
+    epsilon with its deviation held constant; softmax attention holds its weights constant
+    (CP-LRP: relevance flows through the values); residual adds split relevance in
+    proportion to each branch's contribution. ``composite`` maps
     layer families (``"linear"``, ``"conv"``, ``"batch_norm"``, ``"avg_pool"``,
     ``"max_pool"``) or ``nn.Module`` classes to rules, e.g. ``{"conv": "gamma",
     "linear": "epsilon"}``. ``extras["conservation_error"]`` is ``sum(relevance) - f(x)``
-    per example (biases and epsilon absorb some relevance).
+    per example (biases, epsilon and other constants added to a layer's output, such as
+    positional embeddings, absorb some relevance).
 
     Args:
         rule: ``"epsilon"``, ``"zero"`` (LRP-0), ``"gamma"``, ``"alpha_beta"`` or ``"zplus"``.
