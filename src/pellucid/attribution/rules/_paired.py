@@ -7,7 +7,9 @@ with the ``k``-th of the reference pass (the same operation on the same shape, e
 error naming it: data-dependent control flow cannot be decomposed), and its rule compares
 the two. Only the explained rows carry a graph, so the backward pass is over N rows, not 2N.
 A reference that all examples share runs on one row, broadcast against the batch
-(:class:`BroadcastMismatch` where an operation's shapes do not allow that).
+(:class:`BroadcastMismatch` where an operation's shapes do not allow that), or rides with
+the batch as its last row in a single pass: the reference-pass strategies
+:class:`TwoPasses` and :class:`JointPass` choose.
 """
 
 from __future__ import annotations

@@ -1,0 +1,105 @@
+"""DeepLIFT, LRP and guided backprop on random-weight torchvision models (no downloads):
+completeness and conservation in float64 on mobilenet_v2, convnext_tiny and vit_b_16."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from pellucid import deeplift, guided_backprop, lrp
+
+torchvision = pytest.importorskip("torchvision")
+
+pytestmark = pytest.mark.slow
+D = torch.float64
+# Both decompositions are exact in exact arithmetic; float64 rounding over the ~200-400
+# operations of these models stays many orders below this (measured: 1e-12 or less).
+REL = 1e-8
+
+
+def _calibrate(model: nn.Module, x: torch.Tensor) -> None:
+    """Batch-norm statistics of ``x`` (random-init statistics shrink mobilenet_v2's output
+    to ~1e-10, which would make relative gaps meaningless)."""
+    norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    if not norms:
+        return
+    for m in norms:
+        m.momentum = None  # the cumulative average: after one batch, that batch's statistics
+        m.reset_running_stats()
+    with torch.no_grad():
+        model.train()(x)
+    model.eval()
+
+
+def _model(name: str) -> tuple[nn.Module, torch.Tensor]:
+    """The torchvision architecture with its own random initialization, in float64;
+    vit_b_16 at 112 px (49 patches: the same layers as at 224 px, a quarter of the cost;
+    ``benchmarks/bench_decomposition.py --zoo`` runs it at 224 px)."""
+    torch.manual_seed(0)
+    size = 112 if name == "vit_b_16" else 64
+    kw = {"image_size": size} if name == "vit_b_16" else {}
+    model = getattr(torchvision.models, name)(weights=None, **kw).to(D).eval()
+    x = torch.randn(2, 3, size, size, dtype=D)
+    if name == "vit_b_16":  # its head starts at zero: random, so the output is not constant
+        nn.init.normal_(model.heads.head.weight, std=0.05)
+    _calibrate(model, torch.randn(4, 3, size, size, dtype=D))
+    return model, x
+
+
+MODELS = ["mobilenet_v2", "convnext_tiny", "vit_b_16"]
+
+
+def _relative(gap: torch.Tensor, scale: torch.Tensor) -> float:
+    return float(gap.abs().max() / scale.abs().max())
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_deeplift_is_complete_on_the_zoo(name):
+    model, x = _model(name)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    e = deeplift(model, x, target=1)
+    with torch.no_grad():
+        diff = model(x)[:, 1] - model(torch.zeros_like(x))[:, 1]
+    assert diff.abs().max() > 1e-3  # a model whose output moves
+    assert _relative(e.extras["completeness_gap"], diff) < REL
+    summed = e.attributions.flatten(1).sum(1)
+    assert _relative(summed - diff, diff) < REL  # against the model's own forward
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())
+
+
+def _without_additive_parameters(model: nn.Module) -> nn.Module:
+    """Biases, batch-norm shifts and positional embeddings set to zero: LRP conserves
+    relevance exactly only where no constant adds to a layer's output (a constant takes
+    its share, as a bias does)."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias") or "pos_embedding" in name:
+                p.zero_()
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.zero_()
+    return model
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_lrp_conserves_relevance_on_the_zoo(name):
+    model, x = _model(name)
+    model = _without_additive_parameters(model)
+    e = lrp(model, x, target=1, rule="zero", epsilon=0.0)
+    with torch.no_grad():
+        f_x = model(x)[:, 1]
+    assert f_x.abs().max() > 1e-3
+    assert _relative(e.extras["conservation_error"], f_x) < REL
+    labels = set(e.extras["rules"].values())
+    expected = {"mobilenet_v2": "identity", "convnext_tiny": "identity"}.get(
+        name, "constant (attention weights)"
+    )
+    assert expected in labels
+
+
+def test_guided_backprop_runs_on_mobilenet_v2_relu6():
+    model, x = _model("mobilenet_v2")
+    e = guided_backprop(model, x, target=1)
+    assert e.attributions.shape == x.shape and torch.isfinite(e.attributions).all()
+    assert e.extras["rules"]["features.0.2: hardtanh"] == "guided"
