@@ -16,8 +16,8 @@ def register(sub: Any) -> None:
     parser = sub.add_parser(
         "prune",
         help="prune your model (channels or weights), fine-tune it, compare size and speed",
-        description="Prune --model (a factory with --weights, a .pt2/TorchScript file is not "
-        "prunable, or a reference key), fine-tune it on the training split of --data, and "
+        description="Prune --model (a factory with --weights, or a reference key; exported and "
+        "scripted programs cannot be pruned), fine-tune it on the training split of --data, and "
         "print parameters, MACs, measured latency and the test metric before and after. The "
         "pruned model is written to --out (safetensors; reload it with "
         "pellucid.pruning.io.load and the same factory).",
@@ -79,6 +79,14 @@ def run(args: argparse.Namespace) -> int:
 
     kind, amount = _check(args)
     if is_user_model(args):
+        from pellucid.cli._sources import model_spec
+
+        if not model_spec(args).is_factory:
+            raise UsageError(
+                f"`--model` {args.model!r} is a .pt2/TorchScript program, which cannot be "
+                "pruned (its graph is fixed); give the factory 'package.module:function' "
+                "and --weights."
+            )
         model, ds = load_sources(args, weights_needed=True)
     else:
         from pellucid.cli.explain import _reference
