@@ -7,6 +7,7 @@ stages reuse the same weights).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import sys
@@ -189,8 +190,11 @@ class StudyContext:
             return self._models[(key, seed)][0], ds, self._models[(key, seed)][1]
         epochs = spec.quick_epochs if self.quick else spec.epochs
         tag = f"{key.replace('/', '__')}__seed{seed}__e{epochs}"
-        if isinstance(spec, UserModel):  # a user's name may hold anything: keep it safe
-            tag = "user__" + re.sub(r"[^A-Za-z0-9_.-]", "_", key) + f"__seed{seed}__e{epochs}"
+        if isinstance(spec, UserModel):  # a user's name may hold anything: keep it safe;
+            # the recipe's digest keeps weights trained under other kwargs/data/lr apart
+            digest = hashlib.sha1(repr(spec).encode()).hexdigest()[:10]
+            safe = re.sub(r"[^A-Za-z0-9_.-]", "_", key)
+            tag = f"user__{safe}__{digest}__seed{seed}__e{epochs}"
         weights = self.models_dir / f"{tag}.safetensors"
         meta = self.models_dir / f"{tag}.json"
         model = spec.build(ds, seed)
