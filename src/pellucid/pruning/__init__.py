@@ -22,6 +22,7 @@ from pellucid.pruning.schedules import (
 )
 from pellucid.pruning.structured import ChannelGroup, ChannelPruningPlan, plan_channel_pruning
 from pellucid.pruning.unstructured import (
+    LayerCollapseWarning,
     SparsityReport,
     apply_masks_,
     detach_pruned_,
@@ -39,6 +40,7 @@ __all__ = [
     "ChannelPruning",
     "Distillation",
     "GroupLasso",
+    "LayerCollapseWarning",
     "MagnitudePruning",
     "PolynomialPruning",
     "PruneResult",

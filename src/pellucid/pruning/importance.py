@@ -30,6 +30,7 @@ __all__ = [
     "bn_scale",
     "gradient_magnitude",
     "magnitude",
+    "prunable_parameters",
     "prunable_weights",
     "random_importance",
     "taylor",
@@ -47,6 +48,43 @@ def prunable_weights(model: nn.Module) -> dict[str, Any]:
         ['0', '2']
     """
     return {name: m for name, m in model.named_modules() if isinstance(m, PRUNABLE_TYPES)}
+
+
+def _parameter_names(module: nn.Module) -> tuple[str, ...]:
+    if isinstance(module, PRUNABLE_TYPES):
+        return ("weight",)
+    if isinstance(module, nn.RNNBase):
+        return tuple(n for n in module._flat_weights_names if n.startswith("weight"))
+    if isinstance(module, nn.RNNCellBase):
+        return ("weight_ih", "weight_hh")
+    if isinstance(module, nn.MultiheadAttention):
+        names = ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight")
+        return tuple(
+            n for n in names if getattr(module, n, None) is not None or hasattr(module, n + "_orig")
+        )
+    return ()
+
+
+def prunable_parameters(model: nn.Module) -> dict[str, tuple[nn.Module, str]]:
+    """Every weight unstructured pruning acts on: ``{key: (module, parameter name)}``.
+
+    Linear and convolution weights are keyed by their module's name (as in
+    :func:`prunable_weights`); the other weight matrices by their parameter path:
+    recurrent layers' ``weight_ih_l*``/``weight_hh_l*`` (LSTM, GRU, RNN and their cells)
+    and ``nn.MultiheadAttention``'s input projections (its ``out_proj`` is a Linear).
+    Embeddings are lookups, not pruned.
+
+    Example:
+        >>> lstm = nn.Sequential(nn.LSTM(3, 4), nn.Linear(4, 2))
+        >>> sorted(prunable_parameters(lstm))
+        ['0.weight_hh_l0', '0.weight_ih_l0', '1']
+    """
+    slots: dict[str, tuple[nn.Module, str]] = {}
+    for name, module in model.named_modules():
+        for param in _parameter_names(module):
+            key = name if param == "weight" else (f"{name}.{param}" if name else param)
+            slots[key] = (module, param)
+    return slots
 
 
 def effective_weight(module: nn.Module, name: str = "weight") -> torch.Tensor:

@@ -16,7 +16,7 @@ Example:
 
 from __future__ import annotations
 
-import numbers
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,9 +26,18 @@ from torch import nn
 from torch.nn.utils import prune
 
 from pellucid._validation import check_choice, check_float, did_you_mean
-from pellucid.pruning.importance import effective_weight, prunable_weights
+from pellucid._warnings import PellucidWarning
+from pellucid.pruning._selection import (
+    check_amount,
+    check_min_keep,
+    drop_smallest,
+    n_to_prune,
+    protect,
+)
+from pellucid.pruning.importance import effective_weight, prunable_parameters
 
 __all__ = [
+    "LayerCollapseWarning",
     "SparsityReport",
     "apply_masks_",
     "detach_pruned_",
@@ -43,59 +52,42 @@ __all__ = [
 Importance = str | Mapping[str, torch.Tensor]
 
 
-def _check_amount(amount: Any) -> float | int:
-    if isinstance(amount, bool) or not isinstance(amount, numbers.Real):
-        raise TypeError(
-            f"`amount` must be a fraction in [0, 1) or a non-negative integer count; "
-            f"got {amount!r} ({type(amount).__name__})."
-        )
-    if isinstance(amount, numbers.Integral):
-        if amount < 0:
-            raise ValueError(f"`amount` must be a non-negative integer count; got {amount}.")
-        return int(amount)
-    return check_float(
-        "amount",
-        amount,
-        min_value=0.0,
-        max_value=1.0,
-        max_inclusive=False,
-        hint=" Pass a fraction such as 0.9, or an integer count of weights.",
-    )
+class LayerCollapseWarning(PellucidWarning):
+    """Pruning removed every weight of a layer (the model may now predict a constant)."""
 
 
-def _n_to_prune(amount: float | int, size: int, where: str) -> int:
-    n = amount if isinstance(amount, int) else round(amount * size)
-    if n > size:
-        raise ValueError(
-            f"`amount` must be at most the number of unpruned weights; got {amount} for "
-            f"{where}, which has {size}."
-        )
-    return n
+Slot = tuple[nn.Module, str]
 
 
-def _targets(model: nn.Module, layers: Any) -> dict[str, Any]:
+def _targets(model: nn.Module, layers: Any) -> dict[str, Slot]:
     if not isinstance(model, nn.Module):
         raise TypeError(f"`model` must be an nn.Module; got {type(model).__name__}.")
-    modules = prunable_weights(model)
+    slots = prunable_parameters(model)
     if layers is None:
-        if not modules:
-            raise ValueError("`model` has no Linear or convolution weights to prune.")
-        return modules
-    chosen: dict[str, Any] = {}
-    for name in layers:
-        if name not in modules:
+        if not slots:
             raise ValueError(
-                f"`layers` must name Linear or convolution modules of the model; got {name!r}."
-                + did_you_mean(str(name), modules)
+                "`model` has no Linear, convolution, recurrent or attention weights to prune."
             )
-        chosen[name] = modules[name]
+        return slots
+    chosen: dict[str, Slot] = {}
+    for name in layers:
+        if name in slots:
+            chosen[name] = slots[name]
+            continue
+        inside = {k: v for k, v in slots.items() if k.startswith(f"{name}.")}
+        if not inside:
+            raise ValueError(
+                f"`layers` must name Linear, convolution, recurrent or attention modules (or "
+                f"their weights) of the model; got {name!r}." + did_you_mean(str(name), slots)
+            )
+        chosen.update(inside)  # a recurrent/attention module: all its weight matrices
     return chosen
 
 
 def _scores(
-    name: str, module: nn.Module, importance: Importance, generator: torch.Generator | None
+    name: str, slot: Slot, importance: Importance, generator: torch.Generator | None
 ) -> torch.Tensor:
-    weight = effective_weight(module).detach()
+    weight = effective_weight(*slot).detach()
     if isinstance(importance, Mapping):
         if name not in importance:
             raise ValueError(
@@ -115,9 +107,10 @@ def _scores(
     return weight.abs() if kind == "l1" else weight.pow(2)
 
 
-def _current_mask(module: Any) -> torch.Tensor:
-    mask = getattr(module, "weight_mask", None)
-    return mask.detach() if mask is not None else torch.ones_like(module.weight)
+def _current_mask(slot: Slot) -> torch.Tensor:
+    module, param = slot
+    mask = getattr(module, param + "_mask", None)
+    return mask.detach() if mask is not None else torch.ones_like(getattr(module, param))
 
 
 def magnitude_masks(
@@ -128,13 +121,16 @@ def magnitude_masks(
     importance: Importance = "l1",
     layers: list[str] | None = None,
     generator: torch.Generator | None = None,
+    min_keep: float | int = 0,
 ) -> dict[str, torch.Tensor]:
     """Compute (without attaching) the masks that prune the least important weights.
 
     The same masks as ``torch.nn.utils.prune.l1_unstructured`` (``scope="layer"``) and
     ``global_unstructured`` (``scope="global"``) for the same ``amount``: exactly
     ``round(amount * n)`` of the ``n`` still-unpruned weights are removed, at the smallest
-    scores. Already-pruned weights stay pruned.
+    scores. Already-pruned weights stay pruned. Recurrent layers (LSTM, GRU, RNN) and
+    ``nn.MultiheadAttention`` input projections are pruned too, keyed by parameter path
+    (``"rnn.weight_ih_l0"``; see :func:`pellucid.pruning.importance.prunable_parameters`).
 
     Args:
         model: the network.
@@ -142,8 +138,13 @@ def magnitude_masks(
         scope: ``"global"`` ranks all weights together; ``"layer"`` prunes each layer alone.
         importance: ``"l1"``, ``"l2"``, ``"random"``, or ``{layer name: per-weight scores}``
             (for example from :func:`pellucid.pruning.importance.taylor`).
-        layers: names of the Linear/convolution modules to prune (default: all).
+        layers: names of the modules (or weight keys) to prune (default: all).
         generator: for ``importance="random"``.
+        min_keep: a per-layer floor: every layer keeps at least this many of its unpruned
+            weights (an integer count, or a fraction in (0, 1] of the layer's size), its
+            highest-scoring ones. The floor wins over ``amount``: fewer weights are removed
+            when ``amount`` would cut a layer below it. Default 0 (no floor): global pruning
+            may then remove whole layers, which :func:`apply_masks_` warns about.
 
     Returns:
         ``{layer name: full 0/1 mask}`` (old mask times new).
@@ -152,37 +153,30 @@ def magnitude_masks(
         >>> net = nn.Linear(4, 1)
         >>> magnitude_masks(net, amount=0.5, scope="layer")[""].sum().item()
         2.0
+        >>> magnitude_masks(net, amount=1, scope="layer", min_keep=4)[""].sum().item()
+        4.0
     """
-    amount = _check_amount(amount)
+    amount = check_amount(amount)
     scope = check_choice("scope", scope, ("global", "layer"))
-    modules = _targets(model, layers)
-    scores = {n: _scores(n, m, importance, generator) for n, m in modules.items()}
-    masks = {n: _current_mask(m) for n, m in modules.items()}
-    result: dict[str, torch.Tensor] = {}
+    min_keep = check_min_keep(min_keep)
+    slots = _targets(model, layers)
+    masks = {n: _current_mask(slot) for n, slot in slots.items()}
+    scores = {n: _scores(n, slot, importance, generator) for n, slot in slots.items()}
+    scores = protect(scores, masks, min_keep)
     if scope == "layer":
-        for name, score in scores.items():
-            alive = masks[name] == 1
-            remaining = score[alive]
-            k = _n_to_prune(amount, remaining.numel(), f"layer {name!r}")
-            new = masks[name].clone(memory_format=torch.contiguous_format)
-            if k:
-                drop = torch.topk(remaining.reshape(-1), k=k, largest=False).indices
-                partial = torch.ones_like(remaining)
-                partial.view(-1)[drop] = 0
-                new[alive] = partial.to(new.dtype)
-            result[name] = new
-        return result
-    flat_score = torch.cat([s.reshape(-1) for s in scores.values()])
+        return {
+            name: drop_smallest(
+                masks[name],
+                score,
+                n_to_prune(amount, int((masks[name] == 1).sum()), f"layer {name!r}"),
+            )
+            for name, score in scores.items()
+        }
     flat_mask = torch.cat([masks[n].reshape(-1) for n in scores])
-    alive = flat_mask == 1
-    remaining = flat_score[alive]
-    k = _n_to_prune(amount, remaining.numel(), "the model")
-    new_flat = flat_mask.clone()
-    if k:
-        drop = torch.topk(remaining, k=k, largest=False).indices
-        partial = torch.ones_like(remaining)
-        partial[drop] = 0
-        new_flat[alive] = partial.to(new_flat.dtype)
+    k = n_to_prune(amount, int((flat_mask == 1).sum()), "the model")
+    flat_score = torch.cat([s.reshape(-1) for s in scores.values()])
+    new_flat = drop_smallest(flat_mask, flat_score, k)
+    result: dict[str, torch.Tensor] = {}
     offset = 0
     for name in scores:
         size = masks[name].numel()
@@ -208,19 +202,33 @@ def threshold_masks(
         tensor([[0., 1.]])
     """
     threshold = check_float("threshold", threshold, min_value=0.0)
-    modules = _targets(model, layers)
+    slots = _targets(model, layers)
     return {
-        name: _current_mask(m)
-        * (_scores(name, m, importance, None) >= threshold).to(m.weight.dtype)
-        for name, m in modules.items()
+        name: _current_mask(slot)
+        * (_scores(name, slot, importance, None) >= threshold).to(_current_mask(slot).dtype)
+        for name, slot in slots.items()
     }
+
+
+def _slot(model: nn.Module, modules: dict[str, nn.Module], key: str) -> Slot | None:
+    module = modules.get(key)
+    if module is not None:
+        return (module, "weight") if hasattr(module, "weight") else None
+    path, _, param = key.rpartition(".")
+    owner = modules.get(path)
+    if owner is not None and param and (hasattr(owner, param + "_orig") or hasattr(owner, param)):
+        return owner, param
+    return None
 
 
 def apply_masks_(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> nn.Module:
     """Attach full masks (from :func:`magnitude_masks`) in the ``torch.nn.utils.prune`` format.
 
     Every mask is checked before any module changes, so a bad mask leaves the model as it
-    was. An existing mask is combined with the new one, as torch does.
+    was. An existing mask is combined with the new one, as torch does. A mask that removes
+    every remaining weight of a layer warns (:class:`LayerCollapseWarning`): the layer then
+    outputs its bias only, and the model usually collapses to a constant; pass
+    ``min_keep=`` to :func:`prune_magnitude_` to keep a floor per layer.
 
     Example:
         >>> net = nn.Linear(2, 1)
@@ -228,23 +236,41 @@ def apply_masks_(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> nn.Modu
         >>> prune.is_pruned(net), net.weight[0, 1].item() == 0
         (True, True)
     """
+    return _attach(model, masks, stacklevel=3)
+
+
+def _attach(model: nn.Module, masks: Mapping[str, torch.Tensor], *, stacklevel: int) -> nn.Module:
     modules = dict(model.named_modules())
-    checked: list[tuple[Any, torch.Tensor]] = []
+    checked: list[tuple[str, Slot, torch.Tensor]] = []
     for name, mask in masks.items():
-        module = modules.get(name)
-        if module is None or not hasattr(module, "weight"):
+        slot = _slot(model, modules, name)
+        if slot is None:
             raise ValueError(
-                f"`masks` must be keyed by names of weighted modules; got {name!r}."
-                + did_you_mean(name, [n for n in modules if n])
+                f"`masks` must be keyed by names of weighted modules or weight paths; got "
+                f"{name!r}." + did_you_mean(name, prunable_parameters(model))
             )
-        if not isinstance(mask, torch.Tensor) or mask.shape != module.weight.shape:
+        shape = tuple(getattr(slot[0], slot[1]).shape)
+        if not isinstance(mask, torch.Tensor) or tuple(mask.shape) != shape:
             raise ValueError(
-                f"`masks[{name!r}]` must have the weight's shape {tuple(module.weight.shape)}; "
+                f"`masks[{name!r}]` must have the weight's shape {shape}; "
                 f"got {getattr(mask, 'shape', type(mask).__name__)}."
             )
-        checked.append((module, mask))
-    for module, mask in checked:
-        prune.custom_from_mask(module, "weight", mask.to(module.weight.device))
+        checked.append((name, slot, mask))
+    emptied = [
+        name
+        for name, slot, mask in checked
+        if mask.numel() and not bool(mask.any()) and bool(_current_mask(slot).any())
+    ]
+    for _, (module, param), mask in checked:
+        prune.custom_from_mask(module, param, mask.to(getattr(module, param).device))
+    if emptied:
+        warnings.warn(
+            f"pruning removed every weight of {', '.join(repr(n) for n in emptied)}: the "
+            "layer now outputs its bias only and the model may predict a constant. Pass "
+            "`min_keep=` (e.g. min_keep=0.01) to keep a floor of weights in every layer.",
+            LayerCollapseWarning,
+            stacklevel=stacklevel,
+        )
     return detach_pruned_(model)
 
 
@@ -275,6 +301,7 @@ def prune_magnitude_(
     importance: Importance = "l1",
     layers: list[str] | None = None,
     generator: torch.Generator | None = None,
+    min_keep: float | int = 0,
 ) -> nn.Module:
     """Prune the least important weights in place (masks in torch's format); return ``model``.
 
@@ -293,8 +320,9 @@ def prune_magnitude_(
         importance=importance,
         layers=layers,
         generator=generator,
+        min_keep=min_keep,
     )
-    return apply_masks_(model, masks)
+    return _attach(model, masks, stacklevel=3)
 
 
 def prune_threshold_(
@@ -312,9 +340,8 @@ def prune_threshold_(
         >>> sparsity(net).overall
         1.0
     """
-    return apply_masks_(
-        model, threshold_masks(model, threshold=threshold, importance=importance, layers=layers)
-    )
+    masks = threshold_masks(model, threshold=threshold, importance=importance, layers=layers)
+    return _attach(model, masks, stacklevel=3)
 
 
 def make_permanent_(model: nn.Module) -> nn.Module:
@@ -337,8 +364,10 @@ class SparsityReport:
     """Fraction of zero weights per prunable layer and over all of them.
 
     Attributes:
-        overall: zeros / weights over every Linear and convolution weight.
-        layers: ``{layer name: fraction of zeros}``.
+        overall: zeros / weights over every weight pruning acts on: Linear, convolution,
+            recurrent (``weight_ih``/``weight_hh``) and attention input projections.
+        layers: ``{layer name or weight path: fraction of zeros}`` (keys as in
+            :func:`pellucid.pruning.importance.prunable_parameters`).
         zeros, total: the counts behind ``overall``.
     """
 
@@ -366,8 +395,8 @@ def sparsity(model: nn.Module) -> SparsityReport:
     layers: dict[str, float] = {}
     zeros = total = 0
     with torch.no_grad():
-        for name, module in prunable_weights(model).items():
-            weight = effective_weight(module)
+        for name, slot in prunable_parameters(model).items():
+            weight = effective_weight(*slot)
             z = int((weight == 0).sum())
             layers[name] = z / max(weight.numel(), 1)
             zeros += z
