@@ -282,3 +282,58 @@ def test_bad_arguments():
         GradientMonitor(model="net")
     with pytest.raises(ValueError, match="`ratio` must be > 1"):
         GradientMonitor(model=MLP(2, 2)).diagnose(ratio=1.0)
+
+
+def test_a_vanishing_setup_is_not_also_exploding(digits):
+    # sigmoid + small init: the gradient shrinks as it flows back, so the head sits far above
+    # every hidden layer. That is one finding (vanishing), not also "exploding: head".
+    net = DeepPlainNet(64, 10, depth=12, activation="sigmoid", init_scale=0.2)
+    monitor = GradientMonitor(log_every=4)
+    fit(
+        net,
+        digits.train,
+        epochs=1,
+        batch_size=64,
+        optimizer="sgd",
+        lr=0.1,
+        monitor=monitor,
+        progress=False,
+    )
+    kinds = [f.kind for f in monitor.diagnose()]
+    assert "vanishing" in kinds
+    assert "exploding" not in kinds, [str(f) for f in monitor.diagnose()]
+
+
+def test_depth_diagnosis_has_one_direction():
+    from pellucid._gradient_diagnosis import diagnose_history
+
+    # RMS grows 10x per layer toward the output and the head sits far above: vanishing at
+    # the input side only (the head is where the gradient enters, it cannot "explode")
+    sizes = [100] * 8
+    row = torch.tensor([10.0**j for j in range(-6, 1)] + [1e4], dtype=torch.float64) * 10
+    norms = row.repeat(8, 1)
+    findings = diagnose_history(
+        layers=[f"l{j}" for j in range(8)],
+        steps=list(range(8)),
+        norms=norms,
+        losses=torch.ones(8),
+        sizes=sizes,
+        dead={},
+        ratio=100.0,
+        growth=100.0,
+    )
+    assert [f.kind for f in findings] == ["vanishing"]
+    assert findings[0].layers[0] == "l0" and "l7" not in findings[0].layers
+    # the mirror image (grows as it flows back) is exploding only
+    findings = diagnose_history(
+        layers=[f"l{j}" for j in range(8)],
+        steps=list(range(8)),
+        norms=norms.flip(1),
+        losses=torch.ones(8),
+        sizes=sizes,
+        dead={},
+        ratio=100.0,
+        growth=100.0,
+    )
+    assert [f.kind for f in findings] == ["exploding"]
+    assert findings[0].layers[0] == "l0"

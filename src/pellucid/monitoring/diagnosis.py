@@ -156,6 +156,14 @@ def _depth(layers: list[str], norms: torch.Tensor, sizes: list[int], ratio: floa
             high.append((j, value / ref))
         elif value * ratio < ref:
             low.append((j, ref / max(value, 1e-300)))
+    # One direction only: gradients either shrink or grow as they flow back. Layers on the
+    # wrong side of the reference in the other direction are the output end of that same
+    # trend (e.g. a head far above vanishing hidden layers), not a second finding.
+    trend = _trend(rms)
+    if trend > 0:
+        high = []
+    elif trend < 0:
+        low = []
     if high:
         high.sort(key=lambda t: -t[1])
         names = ", ".join(f"{layers[j]} (x{r:.3g})" for j, r in high[:4])
@@ -187,6 +195,17 @@ def _depth(layers: list[str], norms: torch.Tensor, sizes: list[int], ratio: floa
             )
         )
     return out
+
+
+def _trend(rms: torch.Tensor) -> float:
+    """Least-squares slope of log gradient RMS over depth (input -> output side)."""
+    keep = torch.isfinite(rms) & (rms > 0)
+    if int(keep.sum()) < 2:
+        return 0.0
+    depth = torch.arange(rms.numel(), dtype=torch.float64)[keep]
+    logs = rms[keep].to(torch.float64).log()
+    depth = depth - depth.mean()
+    return float((depth * (logs - logs.mean())).sum() / depth.pow(2).sum())
 
 
 def _finite_median(x: torch.Tensor) -> torch.Tensor:
