@@ -113,6 +113,11 @@ def _best_method(key: str, metric: str, methods: list[str], runs: list[dict[str,
     return text + "."
 
 
+def _live(variant: dict[str, Any]) -> list[dict[str, Any]]:
+    """The runs of a variant whose model did not collapse (the only ones that are scored)."""
+    return [r for r in variant["runs"] if not r.get("collapsed")]
+
+
 def _describe_variant(name: str, variant: dict[str, Any]) -> str:
     sparsity = [_num(r["sparsity"]) for r in variant["runs"]]
     mean = sum(sparsity) / len(sparsity) if sparsity else math.nan
@@ -129,14 +134,25 @@ def _model_findings(key: str, entry: dict[str, Any]) -> dict[str, Any]:
     sentences: list[str] = []
     rows: list[list[Any]] = []
     focus = {}
-    for family in ("unstructured", "structured"):
-        levels = [(v["level"], n) for n, v in variants.items() if v["family"] == family]
+    for family in ("unstructured", "structured"):  # the highest level that still works
+        levels = [
+            (v["level"], n) for n, v in variants.items() if v["family"] == family and _live(v)
+        ]
         if levels:
             focus[max(levels)[1]] = family
     focus.update({n: "clipped" for n, v in variants.items() if v["family"] == "clipped"})
     for name, variant in variants.items():
         if name == "dense":
             continue
+        dead = [r for r in variant["runs"] if r.get("collapsed")]
+        if dead:
+            sentences.append(
+                f"{key}, {_describe_variant(name, variant)}: excluded from the "
+                f"explanation-quality verdicts on {len(dead)} of {len(variant['runs'])} "
+                f"seed(s), because the model collapsed ({dead[0]['collapsed']}). A dead "
+                "model's explanations look sparse and a surrogate copies it perfectly; that "
+                "is no evidence that pruning makes a model more interpretable."
+            )
         acc = _paired(
             {r["seed"]: _num(r.get("accuracy")) for r in dense_runs},
             {r["seed"]: _num(r.get("accuracy")) for r in variant["runs"]},
@@ -163,7 +179,7 @@ def _model_findings(key: str, entry: dict[str, Any]) -> dict[str, Any]:
         for metric in ORIENTATION:
             cmp = _paired(
                 _seed_means(dense_runs, metric, methods),
-                _seed_means(variant["runs"], metric, methods),
+                _seed_means(_live(variant), metric, methods),
             )
             rows.append(
                 [
@@ -218,8 +234,12 @@ def _series(entry: dict[str, Any], methods: list[str]) -> dict[str, Any]:
     metrics = ("faithfulness", "deletion_auc", "agreement", "sparseness")
     for metric in metrics:
         lines: dict[str, list[list[float]]] = {}
-        for name, variant in entry["variants"].items():
-            if variant["family"] not in ("dense", "unstructured", "structured"):
+        for name, whole in entry["variants"].items():
+            variant = {**whole, "runs": _live(whole)}
+            if (
+                variant["family"] not in ("dense", "unstructured", "structured")
+                or not (variant["runs"])
+            ):
                 continue
             for method in methods:
                 values = [_num(r["methods"].get(method, {}).get(metric)) for r in variant["runs"]]
@@ -236,7 +256,10 @@ def _series(entry: dict[str, Any], methods: list[str]) -> dict[str, Any]:
                 )
         out[metric] = lines
     fidelity: dict[str, list[list[float]]] = {}
-    for variant in entry["variants"].values():
+    for whole in entry["variants"].values():
+        variant = {**whole, "runs": _live(whole)}
+        if not variant["runs"]:
+            continue
         family = variant["family"]
         values = [_num(r["fidelity"]) for r in variant["runs"]]
         for line in ("unstructured", "structured"):

@@ -23,9 +23,16 @@ import torch
 from torch import nn
 
 from pellucid._registry import get_method, list_methods
-from pellucid.report.html import Figure, Paragraph, Section, Table, figure_png
+from pellucid.report.html import Figure, Paragraph, Section, Table
+from pellucid.study.collapse import detect_collapse
 from pellucid.study.context import StudyContext, check_model_keys
 from pellucid.study.errors import ConfigError
+from pellucid.study.stages._interpretability_report import (
+    TABLE,
+    num,
+    plus_minus,
+    randomization_png,
+)
 from pellucid.study.stages.base import Stage
 from pellucid.study.stats import mean_ci
 
@@ -209,7 +216,9 @@ class InterpretabilityStage(Stage):
             "occlusion",
         ],
         "clipping": ["agc", "autoclip"],
-        "unstructured": [0.5, 0.8, 0.95],
+        # 0.99 collapses the breast-cancer MLP to the majority class on every seed: the
+        # report shows how such a dead variant is excluded from the verdicts
+        "unstructured": [0.5, 0.8, 0.95, 0.99],
         "structured": [0.3, 0.6],
         "finetune_epochs": 2,
         "n_explain": 24,
@@ -286,6 +295,23 @@ class InterpretabilityStage(Stage):
                 for name, family, level, model, acc in _variants(ctx, key, seed, cfg):
                     ctx.log(f"interpretability: {key} seed {seed} {name}")
                     sparsity = 1.0 - count_nonzeros(model) / dense_params
+                    labels = ds.y_test if ds.task == "classification" else None
+                    collapsed = detect_collapse(model, ds.X_test, labels=labels)
+                    if collapsed is not None:  # not scored: excluded from every verdict
+                        ctx.log(f"interpretability: {key} seed {seed} {name} collapsed")
+                        variant = entry["variants"].setdefault(
+                            name, {"family": family, "level": level, "runs": []}
+                        )
+                        variant["runs"].append(
+                            {
+                                "seed": seed,
+                                "sparsity": sparsity,
+                                "accuracy": acc,
+                                "collapsed": collapsed,
+                                "methods": {},
+                            }
+                        )
+                        continue
                     surrogate = GlobalSurrogate(
                         model, kind="tree", max_depth=cfg["surrogate_depth"], random_state=seed
                     ).fit(ds.X_train, validation=ds.X_test)
@@ -295,6 +321,7 @@ class InterpretabilityStage(Stage):
                         "accuracy": acc,
                         "fidelity": surrogate.fidelity_,
                         "leaves": surrogate.complexity_["leaves"],
+                        "collapsed": None,
                         "methods": {},
                     }
                     for method in methods:
@@ -346,13 +373,20 @@ class InterpretabilityStage(Stage):
                 "are means over seeds with 95% confidence half-widths."
             )
         ]
+        excluded: list[str] = []
         for key, entry in result["models"].items():
             rows = []
             for name, variant in entry["variants"].items():
+                dead = [r for r in variant["runs"] if r.get("collapsed")]
+                if dead:
+                    seeds = ", ".join(str(r["seed"]) for r in dead)
+                    why = f"collapsed on seed(s) {seeds}: {dead[0]['collapsed']}"
+                    rows.append([name, "excluded", why, *["–"] * (len(TABLE) - 1)])
+                    excluded.append(f"{key} {name} ({why})")
                 for method in entry.get("methods", []):
                     vals = [r["methods"][method] for r in variant["runs"] if method in r["methods"]]
                     if vals:
-                        cells = [_pm(*mean_ci([_num(v.get(m)) for v in vals])) for m in TABLE]
+                        cells = [plus_minus(*mean_ci([num(v.get(m)) for v in vals])) for m in TABLE]
                         rows.append([name, method, *cells])
             columns = ["variant", "method", *(TABLE[m] for m in TABLE)]
             caption = f"{key}: explanation quality per variant"
@@ -360,60 +394,24 @@ class InterpretabilityStage(Stage):
             if entry["randomization"]:
                 blocks.append(
                     Figure(
-                        _randomization_png(key, entry),
+                        randomization_png(key, entry),
                         f"{key}: cascading randomization check (dense model).",
                     )
                 )
+        if excluded:
+            blocks.append(
+                Paragraph(
+                    "Excluded from the interpretability verdicts, because the model collapsed "
+                    "(constant or one-class predictions, or accuracy at the majority-class "
+                    "rate; a dead model's explanations look sparse and a surrogate copies it "
+                    "perfectly, which is no evidence of interpretability): "
+                    + "; ".join(excluded)
+                    + ".",
+                    kind="warning",
+                )
+            )
         if result.get("errors"):
             blocks.append(
                 Paragraph("Not scored: " + "; ".join(result["errors"][:8]), kind="warning")
             )
         return Section(self.title, blocks)
-
-
-#: Report table columns: metric -> heading.
-TABLE = {
-    "faithfulness": "faithfulness ↑",
-    "deletion_auc": "deletion AUC ↓",
-    "sparseness": "sparseness",
-    "max_sensitivity": "max-sensitivity ↓",
-    "agreement": "agreement w/ dense",
-}
-
-
-def _num(value: Any) -> float:
-    return math.nan if value is None else float(value)
-
-
-def _pm(mean: float, half: float) -> str:
-    if math.isnan(mean):
-        return "–"
-    return f"{mean:.3g}" if math.isnan(half) else f"{mean:.3g} ± {half:.2g}"
-
-
-def _randomization_png(key: str, entry: dict[str, Any]) -> bytes:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from pellucid.metrics import RandomizationCheck
-    from pellucid.plot.metrics import randomization_curves
-
-    checks = [  # one "example" per seed: the band spans the seeds' medians
-        RandomizationCheck(
-            method=method,
-            layers=tuple(runs[0]["layers"]),
-            correlations=torch.tensor(
-                [[_num(v) for v in r["median"]] for r in runs], dtype=torch.float64
-            ).T,
-            threshold=0.5,
-            measure="spearman",
-        )
-        for method, runs in entry["randomization"].items()
-    ]
-    fig, ax = plt.subplots(figsize=(6.5, 3.6))
-    randomization_curves(checks, ax=ax)
-    ax.set_title(key)
-    fig.tight_layout()
-    return figure_png(fig)
