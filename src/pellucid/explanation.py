@@ -82,6 +82,12 @@ class Explanation:
         }
         tensors["attributions"] = self.attributions.detach().cpu().contiguous()
         tensors["inputs"] = self.inputs.detach().cpu().contiguous()
+        storages: set[int] = set()
+        for key, tensor in tensors.items():  # safetensors refuses tensors sharing memory
+            ptr = tensor.untyped_storage().data_ptr()
+            if ptr in storages and tensor.numel():
+                tensors[key] = tensor.clone()
+            storages.add(ptr)
         metadata = {"pellucid": json.dumps(meta)}
         return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
 

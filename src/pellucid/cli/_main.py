@@ -25,6 +25,7 @@ COMMANDS: tuple[str, ...] = (
     "diagnose",
     "prune",
     "stages",
+    "show",
 )
 
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from pellucid.cli._errors import UsageError
+from pellucid.cli._errors import UsageError, flag
 from pellucid.cli._sources import add_source_arguments, is_user_model, model_spec
 
 __all__ = ["register", "run"]
+
+OPTIMIZERS = ("adam", "adamw", "sgd")
 
 MODELS = ("MLP", "DeepPlainNet", "SmallCNN", "TinyResNet")
 
@@ -40,6 +42,13 @@ def register(sub: Any) -> None:
         help="none, norm:MAX, value:V, agc:FACTOR, autoclip, zclip, or a weight constraint "
         "applied after each step: weight:C (clip to [-C, C]) or maxnorm:M",
     )
+    parser.add_argument(
+        "--nonfinite",
+        choices=("propagate", "raise", "skip", "zero"),
+        default="propagate",
+        help="what a step with NaN/inf gradients does: propagate (as torch; default), raise "
+        "(stop training), skip (drop the step) or zero (zero those gradients)",
+    )
     parser.add_argument("--log-every", type=int, default=5, help="monitor sampling period")
     parser.add_argument("--seed", type=int, default=0, help="seed")
     parser.add_argument("--out", default=None, help="write the monitor history (JSON or CSV)")
@@ -47,8 +56,9 @@ def register(sub: Any) -> None:
     parser.set_defaults(run=run)
 
 
-def clipper(spec: str) -> object:
-    """The ``GradientClipper`` a ``--clip`` spec names, or None for ``none``."""
+def clipper(spec: str, nonfinite: str = "propagate") -> object:
+    """The clipper a ``--clip`` spec names (with the ``--nonfinite`` policy), or None for
+    ``--clip none`` with ``--nonfinite propagate``."""
     from pellucid import clipping
     from pellucid._validation import did_you_mean
 
@@ -74,8 +84,11 @@ def clipper(spec: str) -> object:
     except ValueError as exc:
         raise UsageError(f"`--clip` {spec!r}: {exc}") from exc
     if isinstance(transform, clipping.WeightConstraint):
-        return clipping.WeightClipper(transform, nonfinite="skip")
-    return None if transform is None else clipping.GradientClipper(transform)
+        policy = "skip" if nonfinite == "propagate" else nonfinite
+        return clipping.WeightClipper(transform, nonfinite=policy)
+    if transform is None and nonfinite == "propagate":
+        return None
+    return clipping.GradientClipper(transform, nonfinite=nonfinite)
 
 
 def _model_kwargs(args: argparse.Namespace, ds: Any) -> dict[str, object]:
@@ -125,41 +138,70 @@ def _user_model(args: argparse.Namespace) -> tuple[Any, Any]:
     return model, ds
 
 
+def _check_numbers(args: argparse.Namespace) -> None:
+    from pellucid._validation import did_you_mean
+
+    for name in ("epochs", "log_every", "depth"):
+        value = getattr(args, name)
+        if value < 1:
+            raise UsageError(f"`--{name.replace('_', '-')}` must be an integer >= 1; got {value}.")
+    if not args.lr > 0:
+        raise UsageError(f"`--lr` must be a number > 0; got {args.lr}.")
+    if not args.init_scale > 0:
+        raise UsageError(f"`--init-scale` must be a number > 0; got {args.init_scale}.")
+    if args.seed < 0:
+        raise UsageError(f"`--seed` must be an integer >= 0; got {args.seed}.")
+    if args.optimizer not in OPTIMIZERS:
+        raise UsageError(
+            f"`--optimizer` must be one of {', '.join(OPTIMIZERS)}; got {args.optimizer!r}."
+            + did_you_mean(args.optimizer, OPTIMIZERS)
+        )
+
+
 def run(args: argparse.Namespace) -> int:
     """Train as ``args`` say under a ``GradientMonitor``; print the findings."""
+    from pellucid.clipping import NonFiniteGradientError
     from pellucid.data import load_dataset
     from pellucid.models import build_model
     from pellucid.monitoring import GradientMonitor
     from pellucid.training import evaluate, fit
 
+    _check_numbers(args)
     if is_user_model(args):
         model, ds = _user_model(args)
         name, where = args.model, ds.source
     else:
-        ds = load_dataset(args.dataset, seed=args.seed)
+        with flag("--dataset", args.dataset):
+            ds = load_dataset(args.dataset, seed=args.seed)
         model = build_model(args.model, seed=args.seed, **_model_kwargs(args, ds))
         name, where = args.model, args.dataset
-    clip = clipper(args.clip)
+    clip = clipper(args.clip, args.nonfinite)
     monitor = GradientMonitor(log_every=args.log_every)
     loss = "cross_entropy" if ds.task == "classification" else "mse"
-    history = fit(
-        model,
-        ds.train,
-        epochs=args.epochs,
-        optimizer=args.optimizer,
-        lr=args.lr,
-        loss=loss,
-        seed=args.seed,
-        monitor=monitor,
-        clipper=clip,  # type: ignore[arg-type]
-        progress=None,
-    )
-    result = evaluate(model, ds.test)
-    print(
-        f"{name} on {where}: {len(history.step_losses)} steps, "
-        f"{history.skipped_steps} skipped; test "
-        + ", ".join(f"{k} {v:.4f}" for k, v in result.items())
-    )
+    try:
+        history = fit(
+            model,
+            ds.train,
+            epochs=args.epochs,
+            optimizer=args.optimizer,
+            lr=args.lr,
+            loss=loss,
+            seed=args.seed,
+            monitor=monitor,
+            clipper=clip,  # type: ignore[arg-type]
+            progress=None,
+        )
+    except NonFiniteGradientError as exc:  # --nonfinite raise: stop, then diagnose
+        print(f"training stopped (--nonfinite raise): {exc}")
+        status = 1
+    else:
+        result = evaluate(model, ds.test)
+        print(
+            f"{name} on {where}: {len(history.step_losses)} steps, "
+            f"{history.skipped_steps} skipped; test "
+            + ", ".join(f"{k} {v:.4f}" for k, v in result.items())
+        )
+        status = 0
     findings = monitor.diagnose()
     if not findings:
         print("diagnosis: no exploding, vanishing or dead-unit findings.")
@@ -168,4 +210,4 @@ def run(args: argparse.Namespace) -> int:
     if args.out:
         path = monitor.to_csv(args.out) if args.out.endswith(".csv") else monitor.to_json(args.out)
         print(f"monitor history: {path}")
-    return 0
+    return status

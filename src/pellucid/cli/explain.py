@@ -10,6 +10,8 @@ from dataclasses import replace
 from typing import Any
 
 from pellucid.cli._errors import UsageError, flag
+from pellucid.cli._explain_options import check_target, input_kind, method_kwargs, methods_epilog
+from pellucid.cli._paths import CACHE_ENV, cache_dir, output_file
 from pellucid.cli._sources import add_source_arguments, is_user_model, load_sources
 
 __all__ = ["parse_rows", "register", "run"]
@@ -24,7 +26,11 @@ def register(sub: Any) -> None:
         "Explanation file (safetensors). --model is a factory 'package.module:function' "
         "(with --weights) or a .pt2/TorchScript file, and --data your data; or --model is a "
         "reference key such as breast_cancer/MLP (trained here, or reused from --study-dir). "
+        f"Reference models are trained once and cached in --cache-dir (or ${CACHE_ENV}, else "
+        "~/.cache/pellucid) unless --study-dir names a study folder to reuse. "
         "Under torchrun the rows are sharded across ranks and merged.",
+        epilog=methods_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_source_arguments(
         parser,
@@ -39,10 +45,21 @@ def register(sub: Any) -> None:
     parser.add_argument(
         "--target", default="predicted", help="'predicted' or a class index (default: predicted)"
     )
+    parser.add_argument("--layer", default=None, help="module name, for layer methods (grad_cam)")
+    parser.add_argument("--n-samples", type=int, default=None, help="samples (sampling methods)")
+    parser.add_argument(
+        "--baseline", default=None, help="a number, or 'mean' (the training mean row)"
+    )
+    parser.add_argument(
+        "--feature-mask",
+        default=None,
+        help="'grid', 'slic', or a .npy file of integer group ids (one example's shape)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="training seed / split seed")
     parser.add_argument(
-        "--study-dir", default="pellucid-study", help="reuse trained weights from this study folder"
+        "--study-dir", default=None, help="reuse (or train into) this study folder's models"
     )
+    parser.add_argument("--cache-dir", default=None, help=f"cache folder (default: ${CACHE_ENV})")
     parser.add_argument("--out", default="explanation.safetensors", help="output file")
     parser.add_argument("--plot", default=None, metavar="PNG", help="also draw the first example")
     parser.add_argument("--quick", action="store_true", help="train briefly (smoke run)")
@@ -80,23 +97,27 @@ def _target(text: str) -> int | str:
     return target
 
 
-def _reference(args: argparse.Namespace) -> tuple[Any, Any, str]:
+def _reference(args: argparse.Namespace) -> tuple[Any, Any, str, str]:
     from pathlib import Path
 
     from pellucid.study.context import StudyContext
 
     if args.seed < 0:
         raise UsageError(f"`--seed` must be an integer >= 0; got {args.seed}.")
-    study_dir = Path(args.study_dir)
-    if study_dir.exists() and not study_dir.is_dir():
-        raise UsageError(f"`--study-dir` must be a directory; got the file {str(study_dir)!r}.")
+    if args.study_dir is not None:
+        home = Path(args.study_dir)
+        if home.exists() and not home.is_dir():
+            raise UsageError(f"`--study-dir` must be a directory; got the file {str(home)!r}.")
+    else:
+        home = cache_dir(args.cache_dir)
     key = args.model or "digits/SmallCNN"
-    ctx = StudyContext(out_dir=study_dir, seeds=[args.seed], quick=args.quick, progress=True)
+    ctx = StudyContext(out_dir=home, seeds=[args.seed], quick=args.quick, progress=True)
     with flag("--model", key):
-        ctx.spec(key)
+        spec = ctx.spec(key)
     model, ds, record = ctx.trained(key, args.seed)
+    print(f"model weights: {ctx.models_dir}", file=sys.stderr)
     metrics = ", ".join(f"test {k} {v:.4f}" for k, v in record["test"].items())
-    return model, ds, metrics
+    return model, ds, metrics, spec.model
 
 
 def run(args: argparse.Namespace) -> int:
@@ -112,25 +133,38 @@ def run(args: argparse.Namespace) -> int:
         info = get_method(args.method)
     rows = parse_rows(args.rows, args.n)
     target = _target(args.target)
-    out = Path(args.out)
-    if out.is_dir():
-        raise UsageError(f"`--out` must be a file path; {str(out)!r} is a directory.")
+    if args.n_samples is not None and args.n_samples < 1:
+        raise UsageError(f"`--n-samples` must be an integer >= 1; got {args.n_samples}.")
+    out = output_file("--out", args.out)
     if args.plot is not None and not args.plot.lower().endswith(".png"):
         raise UsageError(f"`--plot` must name a .png file; got {args.plot!r}.")
     if is_user_model(args):
         model, ds = load_sources(args, weights_needed=True)
-        metrics = f"data {ds.source}"
+        metrics, architecture = f"data {ds.source}", ""
     else:
-        model, ds, metrics = _reference(args)
-    if rows.start >= len(ds.X_test):
+        model, ds, metrics, architecture = _reference(args)
+    if rows.stop > len(ds.X_test):
+        flag_name = "--n" if args.n is not None else "--rows"
         raise UsageError(
-            f"`--rows` {rows.start}:{rows.stop} starts past the {len(ds.X_test)} test rows."
+            f"`{flag_name}` asks for rows {rows.start}:{rows.stop}, but there are only "
+            f"{len(ds.X_test)} test rows; pass at most --rows {rows.start}:{len(ds.X_test)}."
         )
     x = ds.X_test[rows]
+    kind = input_kind(architecture, x)
+    if kind not in info.input_kinds:
+        from pellucid._registry import list_methods
+
+        fits = [n for n in list_methods() if kind in get_method(n).input_kinds]
+        raise UsageError(
+            f"`--method {info.name}` explains {' or '.join(info.input_kinds)} inputs; this "
+            f"model takes {kind} inputs. Methods for {kind} inputs: {', '.join(fits)}."
+        )
+    check_target(target, model, x)
     kwargs: dict[str, Any] = {"target": target}
     grouped = ds.feature_mask is not None
     if grouped and "feature_mask" in inspect.signature(info.fn).parameters:
         kwargs["feature_mask"] = ds.feature_mask  # one-hot columns: one player per column
+    kwargs.update(method_kwargs(args, info, model, ds))
     if dist.is_available() and "WORLD_SIZE" in os.environ and not dist.is_initialized():
         dist.init_process_group("gloo")
     with flag("--method", args.method):
