@@ -115,6 +115,10 @@ BAD = [
     (["diagnose", "--model", "SmallCNN", "--dataset", "wine"], "--model SmallCNN", "digits"),
     (["study", "--seed", "-2"], "--seed", ">= 0"),
     (["study", "--stages", "trainng"], "trainng", "training"),
+    (["prune"], "--structured", "--unstructured"),
+    (["prune", "--unstructured", "1.5"], "--unstructured", "(0, 1)"),
+    (["prune", "--unstructured", "0.5", "--lr", "0"], "--lr", "> 0"),
+    (["stages", "--bogus"], "--bogus", "--help"),
 ]
 
 

@@ -305,7 +305,7 @@ def test_a_vanishing_setup_is_not_also_exploding(digits):
 
 
 def test_depth_diagnosis_has_one_direction():
-    from pellucid._gradient_diagnosis import diagnose_history
+    from pellucid.monitoring.diagnosis import diagnose_history
 
     # RMS grows 10x per layer toward the output and the head sits far above: vanishing at
     # the input side only (the head is where the gradient enters, it cannot "explode")

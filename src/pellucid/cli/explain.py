@@ -109,7 +109,7 @@ def _reference(args: argparse.Namespace) -> tuple[Any, Any, str, str]:
         if home.exists() and not home.is_dir():
             raise UsageError(f"`--study-dir` must be a directory; got the file {str(home)!r}.")
     else:
-        home = cache_dir(args.cache_dir)
+        home = cache_dir(getattr(args, "cache_dir", None))
     key = args.model or "digits/SmallCNN"
     ctx = StudyContext(out_dir=home, seeds=[args.seed], quick=args.quick, progress=True)
     with flag("--model", key):

@@ -45,7 +45,7 @@ def register(sub: Any) -> None:
     parser.add_argument("--batch-size", type=int, default=64, help="fine-tuning batch size")
     parser.add_argument("--latency-batch", type=int, default=32, help="rows per timed forward")
     parser.add_argument("--seed", type=int, default=0, help="seed (split, fine-tuning)")
-    parser.add_argument("--study-dir", default="pellucid-study", help=argparse.SUPPRESS)
+    parser.add_argument("--study-dir", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--quick", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--out", default="pruned.safetensors", help="output file")
     parser.set_defaults(run=run)
@@ -91,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         from pellucid.cli.explain import _reference
 
-        model, ds, _ = _reference(args)
+        model, ds, _, _ = _reference(args)
     loss = "cross_entropy" if ds.task == "classification" else "mse"
     before = evaluate(model, ds.test)
     with flag(f"--{kind}", amount):

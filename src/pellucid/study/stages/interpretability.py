@@ -188,6 +188,12 @@ def _variants(ctx: StudyContext, key: str, seed: int, cfg: dict[str, Any]):
             )
 
 
+def _collapsed(model: nn.Module, ds: Any) -> str | None:
+    """Why the variant collapsed on the whole test split (see ``study.collapse``), or None."""
+    labels = ds.y_test if ds.task == "classification" else None
+    return detect_collapse(model, ds.X_test, labels=labels)
+
+
 def _methods(cfg: dict[str, Any], image: bool) -> list[str]:
     known = set(list_methods())
     kind = "image" if image else "tabular"
@@ -295,22 +301,15 @@ class InterpretabilityStage(Stage):
                 for name, family, level, model, acc in _variants(ctx, key, seed, cfg):
                     ctx.log(f"interpretability: {key} seed {seed} {name}")
                     sparsity = 1.0 - count_nonzeros(model) / dense_params
-                    labels = ds.y_test if ds.task == "classification" else None
-                    collapsed = detect_collapse(model, ds.X_test, labels=labels)
+                    collapsed = _collapsed(model, ds)
                     if collapsed is not None:  # not scored: excluded from every verdict
                         ctx.log(f"interpretability: {key} seed {seed} {name} collapsed")
-                        variant = entry["variants"].setdefault(
+                        entry["variants"].setdefault(
                             name, {"family": family, "level": level, "runs": []}
-                        )
-                        variant["runs"].append(
-                            {
-                                "seed": seed,
-                                "sparsity": sparsity,
-                                "accuracy": acc,
-                                "collapsed": collapsed,
-                                "methods": {},
-                            }
-                        )
+                        )["runs"].append(
+                            {"seed": seed, "sparsity": sparsity, "accuracy": acc,
+                             "collapsed": collapsed, "methods": {}}
+                        )  # fmt: skip
                         continue
                     surrogate = GlobalSurrogate(
                         model, kind="tree", max_depth=cfg["surrogate_depth"], random_state=seed
