@@ -10,6 +10,7 @@ from __future__ import annotations
 from pellucid.pruning import importance, io, measure
 from pellucid.pruning.distill import Distillation, distillation_loss
 from pellucid.pruning.finetune import PruneResult, prune_and_finetune
+from pellucid.pruning.l1 import L1Penalty
 from pellucid.pruning.schedules import (
     BNScaleL1,
     ChannelPruning,
@@ -40,6 +41,7 @@ __all__ = [
     "ChannelPruning",
     "Distillation",
     "GroupLasso",
+    "L1Penalty",
     "LayerCollapseWarning",
     "MagnitudePruning",
     "PolynomialPruning",
