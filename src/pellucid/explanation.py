@@ -93,7 +93,13 @@ class Explanation:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Explanation:
-        """Read an explanation written by :meth:`save`; refuses other files clearly."""
+        """Read an explanation written by :meth:`save`; refuses other files clearly.
+
+        Raises:
+            FileNotFoundError: `path` is not an existing file.
+            ValueError: the file is not a pellucid explanation (safetensors with pellucid metadata),
+                or has a newer format version.
+        """
         from safetensors import safe_open
 
         path = Path(path)

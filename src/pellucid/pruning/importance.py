@@ -99,6 +99,10 @@ def effective_weight(module: nn.Module, name: str = "weight") -> torch.Tensor:
 def magnitude(weight: torch.Tensor, *, p: int = 1) -> torch.Tensor:
     """Per-weight magnitude ``|w|**p`` (L1 for ``p=1``, squared L2 for ``p=2``).
 
+    Raises:
+        TypeError: `weight` is not a tensor, or `p` is not an integer.
+        ValueError: `weight` is empty, or `p` < 1.
+
     Example:
         >>> magnitude(torch.tensor([-2.0, 1.0]), p=2)
         tensor([4., 1.])
@@ -153,7 +157,12 @@ def bn_scale(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def as_pair(data: Any, name: str = "data") -> tuple[torch.Tensor, torch.Tensor]:
-    """``(X, y)`` from a pair, or from a dataset's ``.train`` split."""
+    """``(X, y)`` from a pair, or from a dataset's ``.train`` split.
+
+    Raises:
+        TypeError: `data` is neither a pair of tensors nor a dataset with `.train`.
+        ValueError: inputs and labels have different (or zero) numbers of rows.
+    """
     if hasattr(data, "train") and isinstance(data.train, tuple):
         data = data.train
     if isinstance(data, tuple | list) and len(data) == 2:
@@ -289,6 +298,10 @@ def activation_gradient(
 
     Returns:
         ``{layer name: tensor of shape (out units,)}``.
+
+    Raises:
+        TypeError: `data` is neither a pair of tensors nor a dataset with `.train`.
+        ValueError: `layers` names a module the model does not have, or `loss` is unknown.
 
     Example:
         >>> net = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))

@@ -149,6 +149,12 @@ def magnitude_masks(
     Returns:
         ``{layer name: full 0/1 mask}`` (old mask times new).
 
+    Raises:
+        TypeError: `model` is not an nn.Module, or a number argument has the wrong type.
+        ValueError: `amount` is out of range, `scope` or `importance` is unknown, `layers` names no
+            prunable weight, an `importance` mapping lacks a layer or has the wrong shape, or the
+            model has no prunable weights.
+
     Example:
         >>> net = nn.Linear(4, 1)
         >>> magnitude_masks(net, amount=0.5, scope="layer")[""].sum().item()
@@ -194,6 +200,11 @@ def threshold_masks(
 ) -> dict[str, torch.Tensor]:
     """Masks that remove every weight whose score is strictly below ``threshold``.
 
+    Raises:
+        TypeError: `model` is not an nn.Module, or a number argument has the wrong type.
+        ValueError: `threshold` is negative, `layers` names no prunable weight, or the model has no
+            prunable weights.
+
     Example:
         >>> net = nn.Linear(2, 1)
         >>> with torch.no_grad():
@@ -229,6 +240,10 @@ def apply_masks_(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> nn.Modu
     every remaining weight of a layer warns (:class:`LayerCollapseWarning`): the layer then
     outputs its bias only, and the model usually collapses to a constant; pass
     ``min_keep=`` to :func:`prune_magnitude_` to keep a floor per layer.
+
+    Raises:
+        ValueError: a key of `masks` names no weighted module or weight, or a mask's shape differs
+            from its weight's.
 
     Example:
         >>> net = nn.Linear(2, 1)
@@ -307,6 +322,10 @@ def prune_magnitude_(
 
     See :func:`magnitude_masks` for the arguments.
 
+    Raises:
+        TypeError: `model` is not an nn.Module, or a number argument has the wrong type.
+        ValueError: as :func:`magnitude_masks` (nothing is changed then).
+
     Example:
         >>> net = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))
         >>> _ = prune_magnitude_(net, amount=0.75, scope="layer")
@@ -333,6 +352,10 @@ def prune_threshold_(
     layers: list[str] | None = None,
 ) -> nn.Module:
     """Remove, in place, every weight whose score is below ``threshold``; return ``model``.
+
+    Raises:
+        TypeError: `model` is not an nn.Module, or a number argument has the wrong type.
+        ValueError: as :func:`threshold_masks` (nothing is changed then).
 
     Example:
         >>> net = nn.Linear(4, 4)
@@ -384,6 +407,9 @@ class SparsityReport:
 
 def sparsity(model: nn.Module) -> SparsityReport:
     """Count zero weights (as the forward pass sees them) per layer and overall.
+
+    Raises:
+        TypeError: `model` is not an nn.Module.
 
     Example:
         >>> print(sparsity(nn.Linear(2, 2)))  # doctest: +ELLIPSIS
