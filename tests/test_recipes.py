@@ -17,3 +17,4 @@ def test_every_recipe_runs(tmp_path, monkeypatch, capsys):
         exec(compile(block, str(RECIPES), "exec"), namespace)
     out = capsys.readouterr().out
     assert "plain [" in out and "clipped [" in out and "fidelity" in out
+    assert "gradients of" in out and (tmp_path / "probes.png").stat().st_size > 1000

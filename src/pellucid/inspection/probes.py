@@ -72,7 +72,8 @@ def _weighted(model: nn.Module) -> list[str]:
     return [
         name
         for name, m in model.named_modules()
-        if isinstance(getattr(m, "weight", None), nn.Parameter) and m.weight.ndim >= 2
+        # a tensor, not only a Parameter: a pruned layer's weight is orig * mask
+        if isinstance(getattr(m, "weight", None), torch.Tensor) and m.weight.ndim >= 2
     ]
 
 
