@@ -11,6 +11,7 @@ says how to call each method: ``contract_kwargs`` (small budgets), ``needs_layer
 
 from __future__ import annotations
 
+import inspect
 import warnings
 
 import pytest
@@ -248,3 +249,61 @@ def test_save_load_round_trip(info, tmp_path):
 def test_registered_methods_are_exported(info):
     assert getattr(pellucid, info.name) is info.fn
     assert info.fn.__doc__ and "Example:" in info.fn.__doc__
+
+
+class _Trace(nn.Module):
+    """A conv net on 3x16x16 images whose user hook records the layout of every call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1)
+        self.pool = nn.MaxPool2d(2)
+        self.fc = nn.Linear(8 * 8 * 8, N_CLASSES)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.pool(torch.relu(self.conv2(torch.relu(self.conv1(x)))))
+        return self.fc(h.flatten(1))
+
+
+def _traced_calls(model: nn.Module, fn) -> tuple[list[int], object]:
+    seen: list[int] = []
+    handle = model.conv1.register_forward_hook(lambda m, a, out: seen.append(a[0].shape[0]))
+    try:
+        return seen, fn()
+    finally:
+        handle.remove()
+
+
+@pytest.mark.slow
+def test_fast_layout_path_is_invisible(info, monkeypatch):
+    """On a model and workload large enough for the channels-last path (forced to be taken
+    wherever pellucid may take it), every method gives what it gives in the given layout, the
+    user's hook sees the same calls, and nothing of the model changes."""
+    import pellucid._kernels as kernels
+
+    if "image" not in info.input_kinds:
+        pytest.skip("the layout policy concerns images")
+    torch.manual_seed(0)
+    model, x = _Trace().eval(), torch.randn(3, 3, 16, 16)
+    kwargs = _kwargs(info, "conv2")
+    kwargs.pop("generator", None)
+    if "feature_mask" in inspect.signature(info.fn).parameters:  # 16 blocks of 4x4 pixels
+        blocks = torch.arange(16).view(4, 4).repeat_interleave(4, 0).repeat_interleave(4, 1)
+        kwargs["feature_mask"] = blocks.expand(3, 16, 16)
+
+    def run() -> Explanation:
+        extra = {"generator": torch.Generator().manual_seed(0)} if info.stochastic else {}
+        return info.fn(model, x, **kwargs, **extra)
+
+    monkeypatch.setattr(kernels, "MIN_EXPECTED_ROWS", 1 << 40)  # never measured: as given
+    run()  # a first sight some methods learn from (DeepLIFT's joint reference pass)
+    plain_calls, plain = _traced_calls(model, run)
+    monkeypatch.setattr(kernels, "MIN_EXPECTED_ROWS", 0)  # always measured...
+    monkeypatch.setattr(kernels, "MIN_GAIN", 0.0)  # ...and channels-last always chosen
+    _dirty(model)
+    before = _snapshot(model)
+    fast_calls, fast = _traced_calls(model, run)
+    _assert_untouched(model, before)
+    assert fast_calls == plain_calls  # the trial runs are not seen by the user's hooks
+    # other convolution kernels: equal to float32 rounding
+    torch.testing.assert_close(fast.attributions, plain.attributions, rtol=1e-4, atol=1e-5)

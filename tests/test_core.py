@@ -10,8 +10,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import pellucid
+from pellucid._evaluate import select_output
 from pellucid._state import model_guard
-from pellucid._targets import resolve_target, select_output
+from pellucid._targets import resolve_target
 from pellucid._validation import check_float, check_int
 from pellucid.explanation import Explanation
 
@@ -92,7 +93,7 @@ def test_an_int_target_scores_one_column_without_row_indices():
 
 
 def test_forward_knows_when_rows_need_their_example_index():
-    from pellucid._targets import Forward
+    from pellucid._evaluate import Forward
 
     model = torch.nn.Linear(2, 1)
     assert not Forward(model, n_examples=3).aligned

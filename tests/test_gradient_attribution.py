@@ -409,7 +409,7 @@ def test_layer_outputs_changed_in_place_later_are_explained_as_without(inplace_m
     if inplace_model == "bn_relu":
         layers = [nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(inplace=True)]
         net = nn.Sequential(*layers, nn.Flatten(), nn.Linear(144, 2)).to(D).eval()
-        plain = nn.Sequential(*[nn.ReLU() if isinstance(m, nn.ReLU) else m for m in net])
+        plain = nn.Sequential(*[nn.ReLU() if isinstance(m, nn.ReLU) else m for m in net]).eval()
         x, layer = torch.randn(3, 3, 8, 8, dtype=D), "1"
     else:
         net = _AddInPlace().to(D).eval()

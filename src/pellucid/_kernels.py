@@ -1,51 +1,65 @@
-"""Faster equivalent CPU kernels, used only while pellucid itself runs the user's model.
+"""The memory-layout policy of the evaluator: channels-last only where it measurably wins.
 
-PyTorch's CPU max pooling is several times slower on contiguous (NCHW) tensors than on
-channels-last ones whenever there are more than a few channels: it vectorizes along the
-width, which is short in small images. Measured here (one thread, 2x2 pooling, inputs of
-2M values, both format conversions included): 2.2-3.9x faster from 8 channels up, for 8x8
-to 112x112 images; slower with 3 channels. Values and indices are identical (the same
-window scan picks the same maximum on ties). On the digits SmallCNN max pooling is a third
-of a forward pass.
+PyTorch's CPU convolutions and max pooling run on channels-last (NHWC) tensors with other
+kernels than on contiguous (NCHW) ones, and which is faster depends on the model and the
+image size: a small residual network on 3x32x32 images runs forward and backward about a
+quarter faster channels-last, max pooling with many channels several times faster, while
+torchvision's resnet18 on 64x64 images runs about twice as slow. So the choice is made per
+evaluation, by measuring on the model at hand, never by a fixed rule and never remembered
+across calls:
 
-:func:`fast_kernels` runs the model's ``nn.MaxPool2d`` modules that way for the duration of
-one call: their ``forward`` is shadowed by an instance attribute, removed again on exit
-(also when the call raises), so the model is left exactly as it was and nothing else of it
-is touched (a torch-function mode would put every operation of the model through Python).
-Without a graph the pooling simply runs on a channels-last copy; with one, a small autograd
-function keeps the fast forward and the (already fast) contiguous backward, with the same
-gradients. Models without max pooling pay nothing; rule-based methods, which decompose the
-pooling themselves, do not use it.
+* ``"off"``: the model runs on the inputs as given (the default for single passes, and for
+  every rule-based method, which decompose the model's own operations);
+* ``"channels_last"``: images run on a channels-last copy, outputs and gradients come back
+  in the usual layout;
+* ``"auto"``: off until the evaluator is told that enough rows are coming
+  (:meth:`Layout.expect`); then, at the first eligible call (CPU float32 images of a
+  network with 2-d convolutions), a few rows of that call run twice in each layout, and the
+  faster one (channels-last only if it wins by :data:`MIN_GAIN`) is used for the rest of
+  this evaluation.
 
-:func:`call_channels_last` runs a whole convolutional network on a channels-last copy of
-images from 16x16 pixels (float32, CPU): the convolutions then skip their layout reorders
-(TinyResNet on 3x32x32: 1.27x faster forward and backward). Values agree to float rounding;
-gradients and outputs come back in the usual layout; a model that refuses the layout (a
-``.view`` of an activation) runs as given, and is remembered.
+The trial runs are invisible to the user's hooks: the model's module hooks are set aside
+while they run (and put back, also when a trial raises), and a model that refuses the
+channels-last layout (a ``.view`` of an activation raises) simply stays on the given
+layout. Nothing of the model is touched otherwise: no module's ``forward`` is replaced and
+no per-model state is kept.
+
+:func:`channels_last_pool` is the op-level form used by rule engines, which run their own
+max-pooling rule: the same values and indices, computed on a channels-last copy.
 """
 
 from __future__ import annotations
 
-import weakref
-from collections.abc import Callable, Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
-from torch.nn.modules.utils import _pair
 
-__all__ = [
-    "call_channels_last",
-    "channels_last_pool",
-    "fast_kernels",
-    "fast_pools",
-    "is_convnet",
-]
+__all__ = ["KERNEL_MODES", "Layout", "channels_last_pool", "hooks_set_aside"]
 
-#: Channel count from which channels-last max pooling wins on the CPU (see above).
+KERNEL_MODES = ("auto", "off", "channels_last")
+#: Channel count from which channels-last max pooling wins on the CPU.
 MIN_CHANNELS = 8
+#: Rows of the first call measured in each layout (twice each, best time kept).
+TRIAL_ROWS = 8
+#: ``"auto"`` measures only when at least this many rows are expected: the trial (four
+#: passes of ``TRIAL_ROWS``) then costs at most a sixteenth of the work.
+MIN_EXPECTED_ROWS = 64 * TRIAL_ROWS
+#: Channels-last is chosen only when it is at least this much faster (noise margin).
+MIN_GAIN = 1.1
+
+_HOOK_DICTS = (
+    "_forward_hooks",
+    "_forward_pre_hooks",
+    "_backward_hooks",
+    "_backward_pre_hooks",
+    "_forward_hooks_with_kwargs",
+    "_forward_pre_hooks_with_kwargs",
+    "_forward_hooks_always_called",
+)
 
 
 def _worth_it(x: Any) -> bool:
@@ -75,103 +89,22 @@ def channels_last_pool(func: Any, x: torch.Tensor, *args: Any, **kwargs: Any) ->
     return _contiguous(func(x.contiguous(memory_format=torch.channels_last), *args, **kwargs))
 
 
-class _MaxPool2d(torch.autograd.Function):
-    """Max pooling with the channels-last forward and the contiguous backward."""
-
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, params: tuple[Any, ...]) -> torch.Tensor:
-        kernel, stride, padding, dilation, ceil_mode = params
-        y, indices = channels_last_pool(
-            F.max_pool2d_with_indices, x, kernel, stride, padding, dilation, ceil_mode
-        )
-        ctx.save_for_backward(x, indices)
-        ctx.params = params
-        return y
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
-        x, indices = ctx.saved_tensors
-        kernel, stride, padding, dilation, ceil_mode = ctx.params
-        grad_x = torch.ops.aten.max_pool2d_with_indices_backward(
-            grad.contiguous(), x, kernel, stride, padding, dilation, ceil_mode, indices
-        )
-        return grad_x, None
-
-
-def _fast_forward(module: nn.MaxPool2d) -> Callable[[torch.Tensor], Any]:
-    kernel = list(_pair(module.kernel_size))
-    stride = list(_pair(module.stride)) if module.stride else kernel
-    params = (
-        kernel,
-        stride,
-        list(_pair(module.padding)),
-        list(_pair(module.dilation)),
-        bool(module.ceil_mode),
-    )
-    original = type(module).forward
-
-    def forward(x: torch.Tensor) -> Any:
-        if not _worth_it(x):
-            return original(module, x)
-        if torch.is_grad_enabled() and x.requires_grad:
-            if module.return_indices:
-                return original(module, x)
-            return _MaxPool2d.apply(x, params)
-        func = F.max_pool2d_with_indices if module.return_indices else F.max_pool2d
-        return channels_last_pool(func, x, *params)
-
-    return forward
-
-
 @contextmanager
-def fast_kernels(pools: Sequence[nn.MaxPool2d]) -> Iterator[None]:
-    """Within the block, the max-pooling modules ``pools`` (from :func:`fast_pools`) run on
-    channels-last copies of CPU inputs with many channels (identical results, faster)."""
-    shadowed = []
+def hooks_set_aside(model: nn.Module) -> Iterator[None]:
+    """Within the block, ``model``'s module hooks are set aside (restored on exit), so that
+    runs made only to measure are not seen by the user's hooks."""
+    saved = []
     try:
-        for module in pools:
-            if "forward" not in module.__dict__:  # a forward set on the instance: leave it
-                module.forward = _fast_forward(module)  # type: ignore[method-assign,assignment]
-                shadowed.append(module)
+        for module in model.modules():
+            for attr in _HOOK_DICTS:
+                current = module.__dict__.get(attr)
+                if current:
+                    saved.append((module, attr, current))
+                    setattr(module, attr, type(current)())
         yield
     finally:
-        for module in shadowed:
-            del module.forward
-
-
-def fast_pools(model: Any) -> tuple[nn.MaxPool2d, ...]:
-    """The 2-d max-pooling modules of ``model`` (an ``nn.Module``) that
-    :func:`fast_kernels` may speed up; none for other callables."""
-    if not isinstance(model, nn.Module):
-        return ()
-    return tuple(m for m in model.modules() if type(m) is nn.MaxPool2d)  # type: ignore[misc]
-
-
-# ------------------------------------------------------------------ channels-last networks
-#: Images from this many pixels run channels-last through a convolutional network on the
-#: CPU. Measured here (one thread, forward+backward, the same rows): TinyResNet 1.27x
-#: faster on 3x32x32, 1.09x on 3x16x16; 0.98-1.02x on 8x8 and on the plain SmallCNN.
-MIN_CHANNELS_LAST_PIXELS = 256
-#: Models known to run channels-last (True) or to refuse it (False), e.g. with a ``.view``
-#: of an activation; weakly keyed, so forgotten with the model.
-_CHANNELS_LAST: weakref.WeakKeyDictionary[nn.Module, bool] = weakref.WeakKeyDictionary()
-
-
-def is_convnet(model: Any) -> bool:
-    """Whether ``model`` is an ``nn.Module`` with 2-d convolutions (channels-last may pay)."""
-    return isinstance(model, nn.Module) and any(isinstance(m, nn.Conv2d) for m in model.modules())
-
-
-def _wants_channels_last(model: nn.Module, x: Any) -> bool:
-    return (
-        isinstance(x, torch.Tensor)
-        and x.ndim == 4
-        and x.dtype == torch.float32
-        and x.device.type == "cpu"
-        and x.shape[2] * x.shape[3] >= MIN_CHANNELS_LAST_PIXELS
-        and not x.is_contiguous(memory_format=torch.channels_last)
-        and _CHANNELS_LAST.get(model, True)
-    )
+        for module, attr, current in saved:
+            setattr(module, attr, current)
 
 
 class _ChannelsLast(torch.autograd.Function):
@@ -186,29 +119,86 @@ class _ChannelsLast(torch.autograd.Function):
         return grad.contiguous()
 
 
-def call_channels_last(
-    model: nn.Module, x: torch.Tensor, args: Sequence[Any], kwargs: dict[str, Any]
-) -> Any:
-    """``model(x, *args, **kwargs)``, on a channels-last copy of ``x`` where that is faster.
-
-    The copy is differentiable, so gradients reach ``x`` in its own layout; the values agree
-    with the contiguous call to float rounding (the convolutions use other kernels). A
-    model that refuses channels-last input (a ``RuntimeError``, typically from ``.view`` of
-    an activation) is run again as given, and remembered, so it is tried only once (its
-    forward hooks may see that first, failed call); an error of the model's own raises from
-    that second call.
-    """
-    if not _wants_channels_last(model, x):
-        return model(x, *args, **kwargs)
+def _to_channels_last(x: torch.Tensor) -> torch.Tensor:
     if x.requires_grad and torch.is_grad_enabled():
-        moved = _ChannelsLast.apply(x)
-    else:
-        moved = x.contiguous(memory_format=torch.channels_last)
-    try:
-        out = model(moved, *args, **kwargs)
-    except RuntimeError:
-        out = model(x, *args, **kwargs)  # a genuine error of the model raises again here
-        _CHANNELS_LAST[model] = False
-        return out
-    _CHANNELS_LAST[model] = True
-    return out
+        return _ChannelsLast.apply(x)  # type: ignore[no-any-return]
+    return x.contiguous(memory_format=torch.channels_last)
+
+
+class Layout:
+    """One evaluation's memory-layout choice for ``model`` (see the module docstring).
+
+    Args:
+        model: the callable the evaluator runs; only an ``nn.Module`` with ``nn.Conv2d``
+            layers is ever run channels-last.
+        mode: ``"auto"``, ``"off"`` or ``"channels_last"``.
+    """
+
+    def __init__(self, model: Any, mode: str = "auto") -> None:
+        if mode not in KERNEL_MODES:
+            raise ValueError(f"`kernels` must be one of {KERNEL_MODES}; got {mode!r}.")
+        self.model, self.mode = model, mode
+        convnet = isinstance(model, nn.Module) and any(
+            isinstance(m, nn.Conv2d) for m in model.modules()
+        )
+        self.channels_last: bool | None = None if mode == "auto" else mode == "channels_last"
+        if not convnet:
+            self.channels_last = False
+        self.expected = 0
+        self.trial: dict[str, float] = {}  # best trial seconds per layout, once measured
+
+    def expect(self, rows: int) -> None:
+        """Announce ``rows`` rows to come (``"auto"`` measures only for large workloads)."""
+        self.expected = max(self.expected, int(rows))
+
+    @staticmethod
+    def eligible(x: Any) -> bool:
+        """CPU float32 images (N, C, H, W) not already channels-last."""
+        return (
+            isinstance(x, torch.Tensor)
+            and x.ndim == 4
+            and x.dtype == torch.float32
+            and x.device.type == "cpu"
+            and not x.is_contiguous(memory_format=torch.channels_last)
+        )
+
+    def call(
+        self, run: Callable[[torch.Tensor, int | None], torch.Tensor], x: torch.Tensor
+    ) -> torch.Tensor:
+        """``run(x, None)`` in the chosen layout; the output comes back contiguous.
+        ``run(rows, k)`` calls the model on rows standing for the first ``k`` rows of ``x``
+        (with their aligned arguments) and returns the explained output tensor."""
+        if self.channels_last is False or not self.eligible(x):
+            return run(x, None)
+        if self.channels_last is None:
+            if self.expected < MIN_EXPECTED_ROWS or x.shape[0] < 2:
+                return run(x, None)
+            self.channels_last = self._measure(run, x)
+        if not self.channels_last:
+            return run(x, None)
+        # an image-shaped output may come back channels-last: give it the usual layout
+        return run(_to_channels_last(x), None).contiguous()
+
+    def _measure(
+        self, run: Callable[[torch.Tensor, int | None], torch.Tensor], x: torch.Tensor
+    ) -> bool:
+        """Time ``TRIAL_ROWS`` rows in both layouts (twice each, interleaved) with hooks set
+        aside; True when channels-last wins by ``MIN_GAIN``."""
+        k = min(TRIAL_ROWS, x.shape[0])
+        grad = torch.is_grad_enabled() and x.requires_grad
+        rows = x[:k].detach().requires_grad_(grad)
+        best = {"given": float("inf"), "channels_last": float("inf")}
+        with hooks_set_aside(self.model):
+            try:
+                for _ in range(2):
+                    for layout in best:
+                        moved = rows if layout == "given" else _to_channels_last(rows)
+                        start = time.perf_counter()
+                        out = run(moved, k)
+                        if grad and out.requires_grad:
+                            torch.autograd.grad(out.sum(), rows, allow_unused=True)
+                        best[layout] = min(best[layout], time.perf_counter() - start)
+            except RuntimeError:  # the model refuses channels-last (or fails): as given
+                return False
+        self.trial = best
+        return best["channels_last"] * MIN_GAIN < best["given"]

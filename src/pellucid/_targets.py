@@ -1,168 +1,25 @@
 """THE place that turns a model output and a ``target`` into one score per row.
 
-Every method calls the model through :class:`Forward` (extra arguments, output selection)
-and reduces its output with a :class:`ResolvedTarget` (which output to explain). Targets
-are resolved once, on the unperturbed inputs, so ``"predicted"`` means the prediction for
-the original example in every perturbed row.
+Every method reduces the model's output (see :mod:`pellucid._evaluate`) with a
+:class:`ResolvedTarget` (which output to explain). Targets are resolved once, on the
+unperturbed inputs, so ``"predicted"`` means the prediction for the original example in
+every perturbed row.
 """
 
 from __future__ import annotations
 
 import numbers
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
 import torch
-from torch import nn
 
-from pellucid._kernels import call_channels_last, fast_kernels, fast_pools, is_convnet
 from pellucid._validation import describe_value
 
-__all__ = ["Forward", "ResolvedTarget", "resolve_target", "select_output"]
+__all__ = ["ResolvedTarget", "Target", "resolve_target"]
 
 Target = int | str | Sequence[int] | torch.Tensor | Callable[[torch.Tensor], torch.Tensor] | None
-
-
-def select_output(raw: Any, output: Any = None) -> torch.Tensor:
-    """Pick the tensor to explain from a model's return value.
-
-    ``output`` may be None (the tensor itself, or the first tensor of a tuple, list, dict or
-    ``ModelOutput``), an int (tuple/list index), a str (dict key or attribute) or a callable.
-    """
-    if callable(output) and not isinstance(output, str | int):
-        result = output(raw)
-    elif output is None:
-        result = _first_tensor(raw)
-    elif isinstance(output, bool):
-        raise TypeError(f"`output` must be an int, str, callable or None; got {output!r}.")
-    elif isinstance(output, int):
-        if not isinstance(raw, Sequence) or isinstance(raw, torch.Tensor):
-            raise TypeError(
-                f"`output={output}` indexes a tuple or list, but the model returned "
-                f"{describe_value(raw)}."
-            )
-        if not -len(raw) <= output < len(raw):
-            raise ValueError(f"`output` must index the model's {len(raw)} outputs; got {output}.")
-        result = raw[output]
-    elif isinstance(output, str):
-        if isinstance(raw, Mapping):
-            if output not in raw:
-                raise ValueError(
-                    f"`output` must be a key of the model's output; got {output!r}, keys are "
-                    f"{list(raw.keys())}."
-                )
-            result = raw[output]
-        elif hasattr(raw, output):
-            result = getattr(raw, output)
-        else:
-            raise ValueError(f"`output={output!r}` is not a key or attribute of the output.")
-    else:
-        raise TypeError(
-            f"`output` must be an int, str, callable or None; got {describe_value(output)}."
-        )
-    if not isinstance(result, torch.Tensor):
-        raise TypeError(
-            f"The selected model output must be a tensor; got {describe_value(result)}. "
-            "Pass `output=` (a key, an index or a callable) to choose one."
-        )
-    return result
-
-
-def _first_tensor(raw: Any) -> torch.Tensor:
-    if isinstance(raw, torch.Tensor):
-        return raw
-    values = raw.values() if isinstance(raw, Mapping) else raw
-    if isinstance(values, Sequence) or isinstance(raw, Mapping):
-        for value in values:
-            if isinstance(value, torch.Tensor):
-                return value
-    raise TypeError(
-        f"The model must return a tensor, or a tuple/dict holding one; got {describe_value(raw)}."
-    )
-
-
-class Forward:
-    """Call ``model(x, *forward_args, **forward_kwargs)`` and select the explained output.
-
-    Batch-aligned extra arguments (tensors whose first dimension equals the number of
-    examples) are repeated alongside perturbed rows: ``example_index[i]`` names the example
-    that row ``i`` of ``x`` was made from.
-    """
-
-    def __init__(
-        self,
-        model: Callable[..., Any],
-        *,
-        n_examples: int,
-        forward_args: Any = None,
-        forward_kwargs: Mapping[str, Any] | None = None,
-        output: Any = None,
-    ) -> None:
-        if forward_args is None:
-            forward_args = ()
-        elif not isinstance(forward_args, tuple | list):
-            forward_args = (forward_args,)
-        if forward_kwargs is not None and not isinstance(forward_kwargs, Mapping):
-            raise TypeError(
-                f"`forward_kwargs` must be a dict of extra model arguments; "
-                f"got {describe_value(forward_kwargs)}."
-            )
-        self.model = model
-        self.n_examples = n_examples
-        self.args = tuple(forward_args)
-        self.kwargs = dict(forward_kwargs or {})
-        self.output = output
-        # faster equivalent kernels while the model runs (see ``_kernels``)
-        self.pools = fast_pools(model)
-        self.convnet = is_convnet(model)
-
-    def _align(self, value: Any, example_index: torch.Tensor | None) -> Any:
-        if (
-            example_index is not None
-            and isinstance(value, torch.Tensor)
-            and value.ndim > 0
-            and value.shape[0] == self.n_examples
-        ):
-            return value.index_select(0, example_index.to(value.device))
-        return value
-
-    def with_model(self, model: Callable[..., Any]) -> Forward:
-        """The same arguments and output selection around another model callable."""
-        return Forward(
-            model,
-            n_examples=self.n_examples,
-            forward_args=self.args,
-            forward_kwargs=self.kwargs,
-            output=self.output,
-        )
-
-    def _adopt(self, other: Forward) -> None:
-        """Initialize as a copy of ``other``'s (already validated) configuration, for
-        subclasses."""
-        self.model, self.n_examples, self.output = other.model, other.n_examples, other.output
-        self.args, self.kwargs, self.pools = other.args, dict(other.kwargs), other.pools
-        self.convnet = other.convnet
-
-    @property
-    def aligned(self) -> bool:
-        """Whether some extra argument is batch-aligned (rows then need their example index)."""
-        return any(
-            isinstance(v, torch.Tensor) and v.ndim > 0 and v.shape[0] == self.n_examples
-            for v in (*self.args, *self.kwargs.values())
-        )
-
-    def __call__(self, x: torch.Tensor, example_index: torch.Tensor | None = None) -> torch.Tensor:
-        args = [self._align(a, example_index) for a in self.args]
-        kwargs = {k: self._align(v, example_index) for k, v in self.kwargs.items()}
-        if not self.pools and not self.convnet:
-            return select_output(self.model(x, *args, **kwargs), self.output)
-        with fast_kernels(self.pools):
-            if not self.convnet:
-                return select_output(self.model(x, *args, **kwargs), self.output)
-            raw = call_channels_last(cast(nn.Module, self.model), x, args, kwargs)
-        # an image-shaped output may have come back channels-last: give it the usual layout
-        return select_output(raw, self.output).contiguous()
 
 
 @dataclass(frozen=True)

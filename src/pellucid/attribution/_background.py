@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import torch
 
+from pellucid._evaluate import Prepared, broadcast_baseline
 from pellucid._validation import check_finite_tensor, check_int, check_tensor
 from pellucid.attribution._coalitions import CoalitionValues, FeatureMask, resolve_feature_mask
-from pellucid.attribution._common import Prepared, broadcast_baseline
 
 __all__ = ["build_game", "summarize_background"]
 

@@ -16,9 +16,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from pellucid._evaluate import AtLayer, Prepared, broadcast_baseline
 from pellucid._random import example_generators, per_example
 from pellucid._validation import check_finite_tensor, check_tensor, describe_value, did_you_mean
-from pellucid.attribution._common import LayerForward, Prepared, broadcast_baseline
 
 __all__ = ["BASELINES", "gaussian_blur", "resolve_baseline"]
 
@@ -126,7 +126,7 @@ def to_explained_space(
         check_finite_tensor(name, value)
     value = value.detach()
     forward = prep.forward
-    if not isinstance(forward, LayerForward):
+    if not isinstance(forward, AtLayer):
         expected = prep.inputs.shape[1:]
         if value.shape[1:] != expected:
             raise ValueError(
@@ -134,7 +134,7 @@ def to_explained_space(
                 f"{tuple(value.shape)}."
             )
         return value.to(device=prep.inputs.device, dtype=prep.inputs.dtype)
-    from pellucid.attribution._common import layer_activations
+    from pellucid._evaluate import layer_activations
 
     raw = forward.raw_inputs
     value = value.to(device=raw.device)
@@ -149,5 +149,5 @@ def to_explained_space(
     index = torch.zeros(n, dtype=torch.long, device=raw.device)
     if per_example and n == raw.shape[0]:
         index = torch.arange(n, device=raw.device)
-    _, acts = layer_activations(forward, forward.layer, value.to(raw.dtype), index)
+    _, acts = layer_activations(forward.base, forward.layer, value.to(raw.dtype), index)
     return acts

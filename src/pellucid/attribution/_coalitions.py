@@ -3,7 +3,7 @@
 A *player* is a group of input features (``feature_mask``); a *coalition* is a boolean row
 over the players (True = the player keeps its input value, False = it takes the reference
 value). :class:`CoalitionValues` turns coalitions into model scores for every example, as
-large batched forwards through :func:`pellucid._batching.map_chunks`: only one chunk of
+large batched forwards through :func:`pellucid._evaluate.map_chunks`: only one chunk of
 perturbed rows exists at a time, so memory is bounded by ``batch_size`` however many
 coalitions are asked for. Masks are built on the inputs' device.
 :func:`kernel_coalitions` draws KernelSHAP's stratified, balanced coalitions.
@@ -18,8 +18,8 @@ from typing import Any
 
 import torch
 
-from pellucid._batching import block_scores, chunk_rows, map_chunks
-from pellucid._targets import Forward, ResolvedTarget
+from pellucid._evaluate import Evaluates, block_scores, chunk_rows, map_chunks
+from pellucid._targets import ResolvedTarget
 from pellucid._validation import describe_value
 from pellucid.attribution._linear_fit import ConstrainedDesign, constrained_design
 from pellucid.attribution.segmentation import grid_segments, slic_segments
@@ -353,7 +353,7 @@ class CoalitionValues:
 
     def __init__(
         self,
-        forward: Forward,
+        forward: Evaluates,
         target: ResolvedTarget,
         inputs: torch.Tensor,
         fmask: FeatureMask,
@@ -430,6 +430,7 @@ class CoalitionValues:
             scores = self.target.scores(self.forward(rows.view(-1, *self.shape), exi), exi)
             return scores.view(-1, self.n_ref) @ self.weights
 
+        self.forward.expect(total * (1 if self.weights is None else self.n_ref))
         return map_chunks(evaluate, total, pairs).view(self.n_examples, s)
 
     def _blocks(self, zf: torch.Tensor, rows: int) -> torch.Tensor:

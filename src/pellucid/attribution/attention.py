@@ -17,10 +17,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from pellucid._batching import map_chunks, resolve_batch_size
+from pellucid._evaluate import Forward, map_chunks, resolve_batch_size
 from pellucid._registry import register
 from pellucid._state import model_guard
-from pellucid._targets import Forward, Target, resolve_target
+from pellucid._targets import Target, resolve_target
 from pellucid._validation import check_choice, check_int, check_tensor, describe_value
 from pellucid.explanation import Explanation
 

@@ -15,20 +15,16 @@ from typing import Any
 
 import torch
 
+from pellucid._evaluate import input_gradients, prepare, prepared_gradients, track_first_forward
 from pellucid._registry import register
 from pellucid._state import model_guard
 from pellucid._targets import Target
-from pellucid.attribution._common import prepare
-from pellucid.attribution.gradients import (
-    input_gradients,
-    prepared_gradients,
-    track_first_forward,
-)
 from pellucid.attribution.rules import (
     DECONVOLUTION_RULES,
     GUIDED_RULES,
     Handler,
     RuleEngine,
+    UnsupportedOperationError,
     freeze_parameters,
 )
 from pellucid.explanation import Explanation
@@ -62,13 +58,14 @@ def rule_gradients(
         forward_kwargs=forward_kwargs,
         output=output,
         wrap=engine.wrap,
+        passthrough=(UnsupportedOperationError,),
         track_grad=track_first_forward(inputs, batch_size),
     )
     if prep.graph_output is not None:
         grad = prepared_gradients(prep, batch_size)
     else:
         grad = input_gradients(
-            engine.wrap(prep.forward), prep.target, prep.inputs, batch_size=batch_size
+            engine.wrap(prep.model_forward), prep.target, prep.inputs, batch_size=batch_size
         )
     return prep, grad, engine
 

@@ -11,22 +11,16 @@ backpropagation.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
 
 from pellucid._registry import register
-from pellucid._state import model_guard
+from pellucid._shell import Run, check_bool, explaining
 from pellucid._targets import Target
 from pellucid._validation import check_choice
-from pellucid.attribution._common import prepare
 from pellucid.attribution.backprop import rule_gradients
-from pellucid.attribution.gradients import (
-    _check_bool,
-    prepared_gradients,
-    track_first_forward,
-)
 from pellucid.attribution.rules import GUIDED_RULES
 from pellucid.explanation import Explanation
 
@@ -35,18 +29,17 @@ __all__ = ["grad_cam", "guided_grad_cam"]
 _MODES = {1: "linear", 2: "bilinear", 3: "trilinear"}
 
 
-def _cam(
-    model: Any, inputs: torch.Tensor, layer: Any, relu: bool, **kw: Any
-) -> tuple[Any, torch.Tensor]:
+def _require_layer(layer: Any) -> None:
     if layer is None:
         raise ValueError(
             "`layer` is required: the convolutional layer (or its name) whose output map is "
             "weighted, usually the last conv block, e.g. layer='features.3'."
         )
-    batch_size = kw.pop("batch_size")
-    prep = prepare(
-        model, inputs, layer=layer, track_grad=track_first_forward(inputs, batch_size, layer), **kw
-    )
+
+
+def _cam(run: Run, relu: bool) -> torch.Tensor:
+    """The channel-weighted map at the layer's resolution, (N, 1, *spatial)."""
+    prep = run.prep
     if not prep.inputs.is_floating_point() or prep.raw_inputs is None:
         raise TypeError("Grad-CAM needs a layer with a floating-point output.")
     acts = prep.inputs
@@ -55,10 +48,9 @@ def _cam(
             f"`layer` must output feature maps (N, C, *spatial) for Grad-CAM; "
             f"{prep.layer_name!r} outputs shape {tuple(acts.shape)}. Choose a conv layer."
         )
-    grads = prepared_gradients(prep, batch_size)
-    weights = grads.mean(dim=tuple(range(2, acts.ndim)), keepdim=True)
+    weights = run.gradients().mean(dim=tuple(range(2, acts.ndim)), keepdim=True)
     cam = (weights * acts).sum(dim=1, keepdim=True)
-    return prep, cam.clamp(min=0) if relu else cam
+    return cam.clamp(min=0) if relu else cam
 
 
 def _upsample(cam: torch.Tensor, raw: torch.Tensor, mode: str) -> torch.Tensor:
@@ -112,35 +104,19 @@ def grad_cam(
         >>> grad_cam(net, torch.ones(2, 1, 8, 8), layer="0", target=1).attributions.shape
         torch.Size([2, 1, 8, 8])
     """
-    _check_bool("relu", relu)
+    check_bool("relu", relu)
     upsample = check_choice("upsample", upsample, ("linear", "nearest"))
-    with model_guard(model, eval_mode=eval_mode, method="grad_cam"):
-        prep, cam = _cam(
-            model,
-            inputs,
-            layer,
-            relu,
-            target=target,
-            batch_size=batch_size,
-            forward_args=forward_args,
-            forward_kwargs=forward_kwargs,
-            output=output,
+    _require_layer(layer)
+    with explaining("grad_cam", locals(), track_grad=True) as run:
+        cam = _cam(run, relu)
+        raw = cast(torch.Tensor, run.prep.raw_inputs)
+        run.result(
+            _upsample(cam, raw, upsample).to(raw.dtype),
+            inputs=raw,
+            params={"relu": relu, "upsample": upsample},
+            extras={"cam": cam.detach()},
         )
-        raw = prep.raw_inputs
-        attributions = _upsample(cam, raw, upsample).to(raw.dtype)
-    return Explanation(
-        attributions=attributions,
-        inputs=raw,
-        method="grad_cam",
-        target=prep.target.describe(),
-        params={
-            "layer": prep.layer_name,
-            "relu": relu,
-            "upsample": upsample,
-            "batch_size": batch_size,
-        },
-        extras={"cam": cam.detach()},
-    )
+    return run.explanation
 
 
 @register(kind="decomposition", needs_layer=True, input_kinds=("image",))
@@ -170,29 +146,31 @@ def guided_grad_cam(
         torch.Size([2, 1, 8, 8])
     """
     upsample = check_choice("upsample", upsample, ("linear", "nearest"))
-    common = {
-        "target": target,
-        "batch_size": batch_size,
-        "forward_args": forward_args,
-        "forward_kwargs": forward_kwargs,
-        "output": output,
-    }
-    with model_guard(model, eval_mode=eval_mode, method="guided_grad_cam"):
-        prep, cam = _cam(model, inputs, layer, True, **common)
-        raw = prep.raw_inputs
+    _require_layer(layer)
+    with explaining("guided_grad_cam", locals(), track_grad=True) as run:
+        cam = _cam(run, True)
+        raw = cast(torch.Tensor, run.prep.raw_inputs)
         if not raw.is_floating_point():
             raise TypeError(f"Guided Grad-CAM needs floating-point inputs; got dtype {raw.dtype}.")
-        _, guided, engine = rule_gradients("guided_grad_cam", GUIDED_RULES, model, raw, **common)
-        attributions = guided * _upsample(cam, raw, upsample).to(raw.dtype)
-    return Explanation(
-        attributions=attributions,
-        inputs=raw,
-        method="guided_grad_cam",
-        target=prep.target.describe(),
-        params={"layer": prep.layer_name, "upsample": upsample, "batch_size": batch_size},
-        extras={
-            "cam": cam.detach(),
-            "rules": dict(engine.records),
-            "rule_calls": dict(engine.calls),
-        },
-    )
+        _, guided, engine = rule_gradients(
+            "guided_grad_cam",
+            GUIDED_RULES,
+            model,
+            raw,
+            target=target,
+            batch_size=batch_size,
+            forward_args=forward_args,
+            forward_kwargs=forward_kwargs,
+            output=output,
+        )
+        run.result(
+            guided * _upsample(cam, raw, upsample).to(raw.dtype),
+            inputs=raw,
+            params={"upsample": upsample},
+            extras={
+                "cam": cam.detach(),
+                "rules": dict(engine.records),
+                "rule_calls": dict(engine.calls),
+            },
+        )
+    return run.explanation

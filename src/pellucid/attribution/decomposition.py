@@ -15,14 +15,13 @@ from typing import Any
 
 import torch
 
+from pellucid._evaluate import Forward, Prepared, all_finite, grad_batch_size, prepare
 from pellucid._registry import register
 from pellucid._state import model_guard
-from pellucid._targets import Forward, Target
+from pellucid._targets import Target
 from pellucid._validation import check_choice, check_finite_tensor, check_float, check_tensor
 from pellucid.attribution._baselines import resolve_baseline
-from pellucid.attribution._common import Prepared, _all_finite, prepare
 from pellucid.attribution.backprop import rule_gradients
-from pellucid.attribution.gradients import grad_batch_size
 from pellucid.attribution.rules import (
     DEEPLIFT_REFERENCE_OPS,
     DEEPLIFT_RULES,
@@ -30,6 +29,7 @@ from pellucid.attribution.rules import (
     LrpRules,
     PairedEngine,
     PairedForward,
+    UnsupportedOperationError,
     deeplift_chunks,
     freeze_parameters,
     lrp_handlers,
@@ -96,7 +96,7 @@ def deeplift(
         raise ValueError("`baseline='uniform'` is random; pass the drawn tensor to deeplift.")
     with model_guard(model, eval_mode=eval_mode, method="deeplift"):
         x = check_tensor("inputs", inputs, min_ndim=1, floating=True).detach()
-        if not _all_finite(x):
+        if not all_finite(x):
             check_finite_tensor("inputs", x)
         base = resolve_baseline(
             baseline,
@@ -123,6 +123,7 @@ def deeplift(
             forward_kwargs=forward_kwargs,
             output=output,
             wrap=wrap,
+            passthrough=(UnsupportedOperationError,),
             track_grad=size >= n,
         )
         if prep.graph_output is not None and prep.leaf is not None:  # one chunk: reuse graph
@@ -131,7 +132,7 @@ def deeplift(
                 (grad,) = torch.autograd.grad(scores.sum(), prep.leaf)
             diff = (scores - prep.target.scores(reference_output(paired[0]), None)).detach()
         else:
-            grad, diff = deeplift_chunks(wrap(prep.forward), prep.target, x, size)
+            grad, diff = deeplift_chunks(wrap(prep.model_forward), prep.target, x, size)
         attributions = (x - base) * grad
         gap = _sum(attributions) - diff
     return Explanation(

@@ -13,43 +13,26 @@ from typing import Any
 
 import torch
 
-from pellucid._batching import map_chunks, resolve_batch_size
 from pellucid._deprecation import renamed
+from pellucid._evaluate import (
+    Evaluates,
+    map_chunks,
+    resolve_batch_size,
+)
 from pellucid._random import example_generators, per_example
 from pellucid._registry import register
-from pellucid._state import model_guard
-from pellucid._targets import Forward, ResolvedTarget, Target
+from pellucid._shell import explaining
+from pellucid._targets import ResolvedTarget, Target
 from pellucid._validation import check_generator, check_int
 from pellucid.attribution._baselines import resolve_baseline, to_explained_space
-from pellucid.attribution._common import prepare
 from pellucid.attribution._quadrature import quadrature_nodes
-from pellucid.attribution.gradients import _layer_params, path_gradients
 from pellucid.explanation import Explanation
 
-__all__ = ["expected_gradients", "integrated_gradients", "target_scores"]
-
-
-def target_scores(
-    forward: Forward,
-    target: ResolvedTarget,
-    rows: torch.Tensor,
-    example_index: torch.Tensor,
-    *,
-    batch_size: int | None = None,
-) -> torch.Tensor:
-    """The target score of every row (no gradient), ``batch_size`` rows at a time."""
-    size = resolve_batch_size(batch_size, rows[0].numel(), total=rows.shape[0])
-
-    def run(start: int, stop: int) -> torch.Tensor:
-        index = example_index[start:stop]
-        return target.scores(forward(rows[start:stop], index), index)
-
-    with torch.no_grad():
-        return map_chunks(run, rows.shape[0], size, grad=True)
+__all__ = ["expected_gradients", "integrated_gradients"]
 
 
 def _mean_reference_scores(
-    forward: Forward, target: ResolvedTarget, refs: torch.Tensor, n: int, batch_size: int | None
+    forward: Evaluates, target: ResolvedTarget, refs: torch.Tensor, n: int, batch_size: int | None
 ) -> torch.Tensor:
     """Per example, the mean target score over the reference rows."""
     size = resolve_batch_size(batch_size, refs[0].numel(), total=refs.shape[0])
@@ -116,22 +99,12 @@ def integrated_gradients(
         >>> torch.allclose(e.attributions, net.weight.detach().expand(2, 3))
         True
     """
-    alphas, weights = quadrature_nodes(quadrature, n_steps)
+    nodes = quadrature_nodes(quadrature, n_steps)
     check_generator("generator", generator)
-    with model_guard(model, eval_mode=eval_mode, method="integrated_gradients"):
-        prep = prepare(
-            model,
-            inputs,
-            target=target,
-            forward_args=forward_args,
-            forward_kwargs=forward_kwargs,
-            output=output,
-            layer=layer,
-        )
-        x = prep.inputs
-        base = resolve_baseline(baseline, prep, background=background, generator=generator)
-        alphas = alphas.to(device=x.device, dtype=x.dtype)
-        weights = weights.to(device=x.device, dtype=x.dtype)
+    with explaining("integrated_gradients", locals()) as run:
+        x = run.inputs
+        base = resolve_baseline(baseline, run.prep, background=background, generator=generator)
+        alphas, weights = (t.to(device=x.device, dtype=x.dtype) for t in nodes)
         delta = x - base
         view = (-1,) + (1,) * (x.ndim - 1)
 
@@ -141,39 +114,23 @@ def integrated_gradients(
         def combine(grad: torch.Tensor, example: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
             return grad * weights[step].view(view)
 
-        total = path_gradients(
-            prep.forward,
-            prep.target,
-            x,
-            per_example=alphas.numel(),
-            make_rows=make_rows,
-            combine=combine,
-            batch_size=batch_size,
+        attributions = run.path_gradients(alphas.numel(), make_rows, combine) * delta
+        f_x, f_base = run.scores(), run.scores(base)
+        run.result(
+            attributions,
+            baseline=base,
+            params={
+                "n_steps": alphas.numel(),
+                "quadrature": quadrature,
+                "baseline": baseline if isinstance(baseline, str | int | float) else None,
+            },
+            extras={
+                "completeness_gap": (_per_example_sum(attributions) - (f_x - f_base)).detach(),
+                "output": f_x.detach(),
+                "baseline_output": f_base.detach(),
+            },
         )
-        attributions = total * delta
-        index = torch.arange(x.shape[0], device=x.device)
-        f_base = target_scores(prep.forward, prep.target, base, index, batch_size=batch_size)
-    f_x = prep.target.scores(prep.output, None)
-    gap = _per_example_sum(attributions) - (f_x - f_base)
-    return Explanation(
-        attributions=attributions,
-        inputs=x,
-        method="integrated_gradients",
-        target=prep.target.describe(),
-        baseline=base,
-        params={
-            "n_steps": alphas.numel(),
-            "quadrature": quadrature,
-            "baseline": baseline if isinstance(baseline, str | int | float) else None,
-            "batch_size": batch_size,
-            **_layer_params(prep),
-        },
-        extras={
-            "completeness_gap": gap.detach(),
-            "output": f_x.detach(),
-            "baseline_output": f_base.detach(),
-        },
-    )
+    return run.explanation
 
 
 @register(kind="gradient", stochastic=True, contract_kwargs={"n_samples": 6})
@@ -220,80 +177,64 @@ def expected_gradients(
     if isinstance(noise, bool) or not isinstance(noise, int | float) or not noise >= 0:
         raise ValueError(f"`noise` must be a number >= 0; got {noise!r}.")
     check_generator("generator", generator)
-    with model_guard(model, eval_mode=eval_mode, method="expected_gradients"):
-        prep = prepare(
-            model,
-            inputs,
-            target=target,
-            forward_args=forward_args,
-            forward_kwargs=forward_kwargs,
-            output=output,
-            layer=layer,
-        )
-        x = prep.inputs
-        if background is None:
-            refs = torch.zeros_like(x[:1])
-        else:
-            refs = to_explained_space(background, prep, name="background")
-        n = x.shape[0]
-        # one stream per example: a row's draws do not depend on its batch or rank
-        streams = example_generators(generator, n, device=x.device)
-        choice = per_example(
-            streams,
-            lambda g: torch.randint(refs.shape[0], (n_samples,), generator=g, device=x.device),
-            device=x.device,
-        )
-        alpha = per_example(
-            streams,
-            lambda g: torch.rand(n_samples, generator=g, dtype=x.dtype, device=x.device),
-            device=x.device,
-        )
-        flat = x.reshape(n, -1)
-        scale = (flat.max(dim=1).values - flat.min(dim=1).values) * float(noise)
-        eps = None
-        if noise > 0:
-            eps = per_example(
-                streams,
-                lambda g: torch.randn(
-                    (n_samples, *x.shape[1:]), generator=g, dtype=x.dtype, device=x.device
-                ),
-                device=x.device,
-            )
+    with explaining("expected_gradients", locals()) as run:
+        x, n = run.inputs, run.inputs.shape[0]
+        refs = torch.zeros_like(x[:1])
+        if background is not None:
+            refs = to_explained_space(background, run.prep, name="background")
+        choice, alpha, bump = _draws(x, refs.shape[0], n_samples, float(noise), generator)
         view = (-1,) + (1,) * (x.ndim - 1)
 
         def make_rows(example: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
             b = refs[choice[example, step]]
             rows = b + alpha[example, step].view(view) * (x[example] - b)
-            if eps is not None:
-                rows = rows + scale[example].view(view) * eps[example, step]
-            return rows
+            return rows if bump is None else rows + bump[example, step]
 
         def combine(grad: torch.Tensor, example: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
             return grad * (x[example] - refs[choice[example, step]]) / n_samples
 
-        attributions = path_gradients(
-            prep.forward,
-            prep.target,
-            x,
-            per_example=n_samples,
-            make_rows=make_rows,
-            combine=combine,
-            batch_size=batch_size,
+        attributions = run.path_gradients(n_samples, make_rows, combine)
+        f_refs = _mean_reference_scores(run.prep.forward, run.prep.target, refs, n, batch_size)
+        run.result(
+            attributions,
+            baseline=refs,
+            params={"n_samples": n_samples, "noise": float(noise)},
+            extras={
+                "completeness_gap": (
+                    _per_example_sum(attributions) - (run.scores() - f_refs)
+                ).detach()
+            },
         )
-        f_refs = _mean_reference_scores(prep.forward, prep.target, refs, n, batch_size)
-    f_x = prep.target.scores(prep.output, None)
-    gap = _per_example_sum(attributions) - (f_x - f_refs)
-    return Explanation(
-        attributions=attributions,
-        inputs=x,
-        method="expected_gradients",
-        target=prep.target.describe(),
-        baseline=refs,
-        params={
-            "n_samples": n_samples,
-            "noise": float(noise),
-            "batch_size": batch_size,
-            **_layer_params(prep),
-        },
-        extras={"completeness_gap": gap.detach()},
+    return run.explanation
+
+
+def _draws(
+    x: torch.Tensor, n_refs: int, n_samples: int, noise: float, generator: Any
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Per example and sample: the reference drawn, the path position and the Gaussian
+    noise (``noise`` times the example's value range; None when 0)."""
+    n = x.shape[0]
+    # one stream per example: a row's draws do not depend on its batch or rank
+    streams = example_generators(generator, n, device=x.device)
+    choice = per_example(
+        streams,
+        lambda g: torch.randint(n_refs, (n_samples,), generator=g, device=x.device),
+        device=x.device,
     )
+    alpha = per_example(
+        streams,
+        lambda g: torch.rand(n_samples, generator=g, dtype=x.dtype, device=x.device),
+        device=x.device,
+    )
+    if noise <= 0:
+        return choice, alpha, None
+    flat = x.reshape(n, -1)
+    scale = (flat.max(dim=1).values - flat.min(dim=1).values) * noise
+    eps = per_example(
+        streams,
+        lambda g: torch.randn(
+            (n_samples, *x.shape[1:]), generator=g, dtype=x.dtype, device=x.device
+        ),
+        device=x.device,
+    )
+    return choice, alpha, eps * scale.view(n, 1, *([1] * (x.ndim - 1)))

@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from pellucid._batching import block_scores
+from pellucid._evaluate import Prepared, block_scores, broadcast_baseline, prepare
 from pellucid._registry import register
 from pellucid._state import model_guard
 from pellucid._targets import Target
@@ -34,7 +34,6 @@ from pellucid.attribution._coalitions import (
     chunk_rows,
     resolve_feature_mask,
 )
-from pellucid.attribution._common import Prepared, broadcast_baseline, prepare
 from pellucid.attribution._linear_fit import weighted_ridge
 from pellucid.attribution.segmentation import grid_segments, slic_segments
 from pellucid.explanation import Explanation

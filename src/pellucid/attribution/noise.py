@@ -14,13 +14,12 @@ from typing import Any
 import torch
 
 from pellucid._deprecation import renamed
+from pellucid._evaluate import input_gradients
 from pellucid._random import example_generators, per_example
 from pellucid._registry import get_method, register
-from pellucid._state import model_guard
+from pellucid._shell import Run, explaining
 from pellucid._targets import Target
 from pellucid._validation import check_choice, check_float, check_generator, check_int
-from pellucid.attribution._common import prepare
-from pellucid.attribution.gradients import input_gradients
 from pellucid.explanation import Explanation
 
 __all__ = ["VARIANTS", "smoothgrad"]
@@ -89,31 +88,11 @@ def smoothgrad(
     n_samples = check_int("n_samples", n_samples, min_value=1)
     noise = check_float("noise", noise, min_value=0.0)
     kwargs = dict(explain_kwargs or {})
-    if isinstance(base, str):
-        info = get_method(base, argument="base")
-        if info.kind != "gradient" or info.name == "smoothgrad":
-            raise ValueError(
-                f"`base` must be a gradient method other than smoothgrad; got {base!r} "
-                f"(kind {info.kind!r})."
-            )
-        name, fn = info.name, info.fn
-    elif callable(base):
-        name, fn = getattr(base, "__name__", "callable"), base
-    else:
-        raise TypeError(f"`base` must be a method name or a function; got {base!r}.")
+    name, fn = _wrapped(base)
     fast = name in _FAST and fn is get_method(name).fn and set(kwargs) <= {"absolute"}
     check_generator("generator", generator)
-    with model_guard(model, eval_mode=eval_mode, method="smoothgrad"):
-        prep = prepare(
-            model,
-            inputs,
-            target=target,
-            forward_args=forward_args,
-            forward_kwargs=forward_kwargs,
-            output=output,
-        )
-        x = prep.inputs
-        n = x.shape[0]
+    with explaining("smoothgrad", locals()) as run:
+        x, n = run.inputs, run.inputs.shape[0]
         flat = x.reshape(n, -1)
         sigma = (flat.max(dim=1).values - flat.min(dim=1).values) * noise
         # one stream per example: the noise of a row does not depend on its batch or rank
@@ -128,6 +107,7 @@ def smoothgrad(
         noisy = (x.unsqueeze(1) + sigma.view(view) * eps).reshape(n * n_samples, *x.shape[1:])
         example = torch.arange(n, device=x.device).repeat_interleave(n_samples)
         if fast:
+            prep = run.prep
             grad = input_gradients(
                 prep.forward, prep.target, noisy, example_index=example, batch_size=batch_size
             )
@@ -137,42 +117,68 @@ def smoothgrad(
                 samples = grad.abs() if kwargs.get("absolute", True) else grad
             inner: dict[str, Any] = dict(kwargs)
         else:
-            repeated_target: Any = target
-            index = prep.target.index
-            if prep.target.kind == "index" and index is not None:
-                repeated_target = index.index_select(0, example.to(index.device))
-            align = prep.forward._align
-            inner_expl = fn(
-                model,
-                noisy,
-                target=repeated_target,
-                batch_size=batch_size,
-                forward_args=[align(a, example) for a in prep.forward.args] or None,
-                forward_kwargs={k: align(v, example) for k, v in prep.forward.kwargs.items()},
-                output=output,
-                eval_mode=False,
-                **kwargs,
-            )
-            samples = inner_expl.attributions
-            inner = dict(inner_expl.params)
+            samples, inner = _explain_noisy(run, fn, model, noisy, example, target, kwargs)
         samples = samples.reshape(n, n_samples, *samples.shape[1:])
         attributions = _aggregate(samples, variant)
-    return Explanation(
-        attributions=attributions,
-        inputs=x,
-        method="smoothgrad",
-        target=prep.target.describe(),
-        params={
-            "base": name,
-            "variant": variant,
-            "n_samples": n_samples,
-            "noise": noise,
-            "explain_kwargs": inner,
-            "batch_size": batch_size,
-        },
-        extras={
-            "standard_error": samples.std(dim=1) / n_samples**0.5
-            if n_samples > 1
-            else torch.zeros_like(attributions)
-        },
+        run.result(
+            attributions,
+            params={
+                "base": name,
+                "variant": variant,
+                "n_samples": n_samples,
+                "noise": noise,
+                "explain_kwargs": inner,
+            },
+            extras={
+                "standard_error": samples.std(dim=1) / n_samples**0.5
+                if n_samples > 1
+                else torch.zeros_like(attributions)
+            },
+        )
+    return run.explanation
+
+
+def _wrapped(base: Any) -> tuple[str, Callable[..., Explanation]]:
+    """The name and function of the method ``base`` names (or is)."""
+    if isinstance(base, str):
+        info = get_method(base, argument="base")
+        if info.kind != "gradient" or info.name == "smoothgrad":
+            raise ValueError(
+                f"`base` must be a gradient method other than smoothgrad; got {base!r} "
+                f"(kind {info.kind!r})."
+            )
+        return info.name, info.fn
+    if callable(base):
+        return getattr(base, "__name__", "callable"), base
+    raise TypeError(f"`base` must be a method name or a function; got {base!r}.")
+
+
+def _explain_noisy(
+    run: Run,
+    fn: Callable[..., Explanation],
+    model: Any,
+    noisy: torch.Tensor,
+    example: torch.Tensor,
+    target: Any,
+    kwargs: dict[str, Any],
+) -> tuple[torch.Tensor, dict[str, Any]]:
+    """Explain the noisy copies with the wrapped method ``fn``; per-example arguments (the
+    target, batch-aligned model arguments) follow the copies."""
+    prep = run.prep
+    repeated_target: Any = target
+    index = prep.target.index
+    if prep.target.kind == "index" and index is not None:
+        repeated_target = index.index_select(0, example.to(index.device))
+    forward = prep.model_forward
+    inner = fn(
+        model,
+        noisy,
+        target=repeated_target,
+        batch_size=run.batch_size,
+        forward_args=[forward.align(a, example) for a in forward.args] or None,
+        forward_kwargs={k: forward.align(v, example) for k, v in forward.kwargs.items()},
+        output=forward.output,
+        eval_mode=False,
+        **kwargs,
     )
+    return inner.attributions, dict(inner.params)

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from pellucid._batching import block_scores, map_chunks
+from pellucid._evaluate import block_scores, broadcast_baseline, map_chunks, prepare
 from pellucid._registry import register
 from pellucid._state import model_guard
 from pellucid._targets import Target
@@ -24,7 +24,6 @@ from pellucid.attribution._coalitions import (
     mix,
     resolve_feature_mask,
 )
-from pellucid.attribution._common import broadcast_baseline, prepare
 from pellucid.explanation import Explanation
 
 __all__ = ["feature_ablation", "occlusion"]
@@ -182,10 +181,12 @@ def occlusion(
                 balance=batch_size is None,
             )
         elif live is None:
+            prep.forward.expect(n * n_win)
             scores = map_chunks(evaluate, n * n_win, size)
         else:
             scores = full.repeat_interleave(n_win)
             if n_live:
+                prep.forward.expect(n_live)
                 scores[live] = map_chunks(evaluate, n_live, size).to(scores.dtype)
         drops = (full.unsqueeze(1) - scores.view(n, n_win)).to(x.dtype)
         total = torch.zeros_like(flat_x)

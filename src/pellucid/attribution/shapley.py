@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from pellucid._evaluate import Prepared, prepare
 from pellucid._registry import register
 from pellucid._state import model_guard
 from pellucid._targets import Target
@@ -28,7 +29,6 @@ from pellucid.attribution._coalitions import (
     all_coalitions,
     kernel_design,
 )
-from pellucid.attribution._common import Prepared, prepare
 from pellucid.attribution._linear_fit import LinearFit, constrained_fit, efficient_wls
 from pellucid.explanation import Explanation
 

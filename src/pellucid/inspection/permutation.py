@@ -17,9 +17,8 @@ import torch
 import torch.nn.functional as F
 
 from pellucid._adapt import adapt
-from pellucid._batching import map_chunks
+from pellucid._evaluate import Forward, map_chunks
 from pellucid._state import model_guard
-from pellucid._targets import Forward
 from pellucid._validation import check_choice, check_int, check_model, check_tensor, describe_value
 from pellucid.attribution._coalitions import chunk_rows, mix, resolve_feature_mask
 
@@ -198,6 +197,7 @@ def permutation_importance(
                 scoring, forward(rows.view(-1, *shape), row), labels.index_select(0, row)
             )
 
+        forward.expect(rp * n)
         permuted = map_chunks(evaluate, rp * n, size).view(n_repeats, p, n)
     if name == "r2":
         centered = labels.reshape(n, -1).double()

@@ -15,9 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pellucid._batching import chunks, map_chunks, resolve_batch_size
+from pellucid._evaluate import chunks, map_chunks, resolve_batch_size, select_output
 from pellucid._state import model_guard
-from pellucid._targets import resolve_target, select_output
+from pellucid._targets import resolve_target
 from pellucid._validation import check_choice, check_layer, check_tensor, describe_value
 
 __all__ = [

@@ -16,9 +16,8 @@ import numpy as np
 import torch
 
 from pellucid._adapt import adapt
-from pellucid._batching import map_chunks, resolve_batch_size
+from pellucid._evaluate import map_chunks, resolve_batch_size, select_output
 from pellucid._state import model_guard
-from pellucid._targets import select_output
 from pellucid._validation import check_choice, check_float, check_int, check_layer, describe_value
 
 __all__ = ["MIN_HELD_OUT", "GlobalSurrogate", "Rule"]

@@ -16,10 +16,9 @@ from typing import Any
 import torch
 
 from pellucid._adapt import adapt
-from pellucid._batching import map_chunks, resolve_batch_size
-from pellucid._targets import Forward, ResolvedTarget
+from pellucid._evaluate import Forward, map_chunks, prepare, resolve_batch_size
+from pellucid._targets import ResolvedTarget
 from pellucid._validation import check_finite_tensor, check_tensor, describe_value
-from pellucid.attribution._common import prepare
 from pellucid.explanation import Explanation
 
 __all__ = [
@@ -212,6 +211,7 @@ def score_rows(
         rows, index = make_rows(start, stop)
         return setup.target.scores(setup.forward(rows, index), index).to(setup.inputs.dtype)
 
+    setup.forward.expect(total)
     return map_chunks(run, total, size).clone()  # a normal tensor, not an inference one
 
 

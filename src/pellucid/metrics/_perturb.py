@@ -8,8 +8,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from pellucid._evaluate import broadcast_baseline
 from pellucid._validation import check_float, check_tensor, describe_value
-from pellucid.attribution._common import broadcast_baseline
 
 __all__ = ["fill_values", "gaussian_blur", "per_example"]
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from pellucid._batching import DEFAULT_ELEMENT_BUDGET
+from pellucid._evaluate import DEFAULT_ELEMENT_BUDGET
 from pellucid._validation import check_choice, check_int
 from pellucid.metrics._common import as_attributions, flat_features
 

@@ -7,8 +7,8 @@ from typing import Any
 
 import torch
 
+from pellucid._evaluate import broadcast_baseline
 from pellucid._state import model_guard
-from pellucid.attribution._common import broadcast_baseline
 from pellucid.metrics._common import flat_features, score_rows, setup_metric
 
 __all__ = ["completeness_gap"]

@@ -17,9 +17,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from pellucid._evaluate import prepare
 from pellucid._state import model_guard
 from pellucid._validation import check_float, check_layer, describe_value
-from pellucid.attribution._common import prepare
 from pellucid.metrics._common import make_explainer, rows_target
 from pellucid.metrics.agreement import MEASURES, agreement
 

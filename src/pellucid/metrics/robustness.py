@@ -14,10 +14,9 @@ from typing import Any
 import torch
 
 from pellucid._adapt import adapt
-from pellucid._batching import chunks, resolve_batch_size
+from pellucid._evaluate import chunks, prepare, resolve_batch_size
 from pellucid._state import model_guard
 from pellucid._validation import check_float, check_int, check_tensor
-from pellucid.attribution._common import prepare
 from pellucid.metrics._common import make_explainer, rows_target
 from pellucid.metrics._perturb import per_example
 

@@ -36,7 +36,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from pellucid._targets import Forward
+from pellucid._evaluate import Forward
 from pellucid.attribution.rules._ops import (
     DENOMINATOR_OPS,
     DROPOUT_OPS,

@@ -21,8 +21,7 @@ from typing import Any
 
 import torch
 
-from pellucid._batching import chunks
-from pellucid._targets import Forward
+from pellucid._evaluate import Forward, chunks
 from pellucid.attribution.rules._engine import Rule, RuleEngine, UnsupportedOperationError
 
 __all__ = [
@@ -284,12 +283,13 @@ class JointPass(TwoPasses):
 REFERENCE_PASS: TwoPasses = JointPass()
 
 
-class PairedForward(Forward):
+class PairedForward:
     """Runs every row with its reference (see the module doc): only the explained rows
     carry a graph, so the backward pass is over N rows, not 2N. How the references run is
     ``strategy``'s choice (:class:`TwoPasses`, :class:`JointPass`; default
     :data:`REFERENCE_PASS`). ``reference_output`` is the baselines' output of the last
-    call, one row per input row."""
+    call, one row per input row. A composition around the method's ``Forward``: the same
+    model call, in the given layout (the rules see the model's own operations)."""
 
     def __init__(
         self,
@@ -298,12 +298,19 @@ class PairedForward(Forward):
         baseline: torch.Tensor,
         strategy: TwoPasses | None = None,
     ) -> None:
-        self._adopt(forward)
-        self.pools, self.convnet = (), False  # the rules see the model's own operations
+        self.base = forward.with_model(forward.model, kernels="off")
+        self.model, self.n_examples = forward.model, forward.n_examples
         self.engine, self.baseline = engine, baseline
         self.strategy = REFERENCE_PASS if strategy is None else strategy
         self.shared = _is_shared(baseline, forward)
         self.reference_output: torch.Tensor | None = None
+
+    @property
+    def aligned(self) -> bool:
+        return self.base.aligned
+
+    def expect(self, rows: int) -> None:
+        """Nothing to plan: paired passes run in the given layout."""
 
     def __call__(self, x: torch.Tensor, example_index: torch.Tensor | None = None) -> torch.Tensor:
         return self.strategy(self, x, example_index)
@@ -313,7 +320,7 @@ class PairedForward(Forward):
         n = x.shape[0]
         rows = torch.cat([x, self.baseline[:1].to(x.dtype)])
         with self.engine.active(), self.engine.joint_pass(n + 1):
-            out = super().__call__(rows, None)
+            out = self.base(rows, None)
         if out.ndim == 0 or out.shape[0] != n + 1:
             raise BroadcastMismatch(f"the output has shape {tuple(out.shape)}")
         self.reference_output = out[n:].detach().expand(n, *out.shape[1:])
@@ -331,14 +338,14 @@ class PairedForward(Forward):
         base = base.to(x.dtype)
         try:  # the reference pass records nothing per layer: no module tracking (faster)
             with self.engine.active(track_modules=False), self.engine.reference_pass():
-                reference = super().__call__(base, base_index)
+                reference = self.base(base, base_index)
         except UnsupportedOperationError:
             with self.engine.active(), self.engine.reference_pass():  # to name the layer
-                super().__call__(base, base_index)
+                self.base(base, base_index)
             raise
 
         with self.engine.active(), self.engine.paired_pass(broadcast=shared):
-            out = super().__call__(x, example_index)
+            out = self.base(x, example_index)
         if shared and reference.ndim > 0:
             reference = reference.expand(x.shape[0], *reference.shape[1:])
         self.reference_output = reference

@@ -1,9 +1,11 @@
-"""Shared front door of every attribution method: validate once, resolve the target once.
+"""The front door of every method: validate once, run the model once, resolve the target once.
 
-``prepare`` checks the model and inputs, runs the model once on the unperturbed inputs
-(no grad) and returns the callable :class:`~pellucid._targets.Forward`, the
-:class:`~pellucid._targets.ResolvedTarget` and that first output. Methods then work only
-with tensors.
+``prepare`` checks the model and inputs, runs the model once on the unperturbed inputs and
+returns a :class:`Prepared`: the :class:`~pellucid._evaluate.Forward` that evaluates rows
+(an :class:`~pellucid._evaluate.AtLayer` with ``layer=``), the
+:class:`~pellucid._targets.ResolvedTarget` and that first output. Methods, metrics and
+inspection tools then work only with tensors. ``broadcast_baseline`` gives a reference the
+inputs' shape.
 """
 
 from __future__ import annotations
@@ -16,18 +18,24 @@ from typing import Any
 import torch
 from torch import nn
 
-from pellucid._targets import Forward, ResolvedTarget, Target, resolve_target
+from pellucid._evaluate._call import AtLayer, Evaluates, Forward
+from pellucid._targets import ResolvedTarget, Target, resolve_target
 from pellucid._validation import check_finite_tensor, check_layer, check_model, check_tensor
-from pellucid.attribution.rules import UnsupportedOperationError
 
-__all__ = ["LayerForward", "Prepared", "broadcast_baseline", "prepare"]
+__all__ = [
+    "Prepared",
+    "all_finite",
+    "broadcast_baseline",
+    "layer_activations",
+    "prepare",
+]
 
 
 @dataclass
 class Prepared:
     """What ``prepare`` hands a method."""
 
-    forward: Forward
+    forward: Evaluates  # a Forward, or an AtLayer with ``layer``
     target: ResolvedTarget
     output: torch.Tensor  # the model's output on the original inputs (detached)
     inputs: torch.Tensor  # the inputs, detached (the layer's output when ``layer`` is given)
@@ -36,63 +44,18 @@ class Prepared:
     leaf: torch.Tensor | None = None  # with ``track_grad``: the rows the graph starts from
     graph_output: torch.Tensor | None = None  # with ``track_grad``: the output, with graph
 
-
-class LayerForward(Forward):
-    """A :class:`Forward` whose argument is a layer's output instead of the model's input.
-
-    ``forward(h, example_index)`` runs the model on the original inputs of the rows'
-    examples and substitutes ``h`` for ``layer``'s output through a forward hook, so
-    gradients flow from the scores to ``h`` only. This is how token-id models are explained:
-    through the embedding layer.
-    """
-
-    def __init__(self, base: Forward, layer: nn.Module, raw_inputs: torch.Tensor) -> None:
-        self._adopt(base)
-        self.layer = layer
-        self.raw_inputs = raw_inputs
-
     @property
-    def aligned(self) -> bool:
-        """Always: each row runs on its own example's raw inputs."""
-        return True
-
-    def __call__(self, x: torch.Tensor, example_index: torch.Tensor | None = None) -> torch.Tensor:
-        if example_index is None:
-            if x.shape[0] != self.n_examples:
-                raise ValueError(
-                    f"Layer activations have {x.shape[0]} rows but there are {self.n_examples} "
-                    "examples; pass `example_index`."
-                )
-            raw = self.raw_inputs
-        else:
-            raw = self.raw_inputs.index_select(0, example_index.to(self.raw_inputs.device))
-
-        grad_mode = torch.is_grad_enabled()
-
-        def substitute(module: nn.Module, args: Any, out: Any) -> torch.Tensor:
-            if not isinstance(out, torch.Tensor) or out.shape != x.shape:
-                raise ValueError(
-                    f"`layer` output of shape {_shape(out)} cannot be replaced by activations of "
-                    f"shape {tuple(x.shape)}."
-                )
-            torch.set_grad_enabled(grad_mode)  # gradients start at ``x``: no graph before it
-            # a copy: the model may change the layer's output in place (``ReLU(inplace=True)``
-            # after a batch norm, ResNet's ``out += identity``), never ``x`` itself
-            return x.clone()
-
-        handle = self.layer.register_forward_hook(substitute)
-        try:
-            with torch.set_grad_enabled(False):
-                return super().__call__(raw, example_index)
-        finally:
-            handle.remove()
+    def model_forward(self) -> Forward:
+        """The Forward that calls the model on its own inputs (under any layer composition)."""
+        forward = self.forward
+        return forward.base if isinstance(forward, AtLayer) else forward  # type: ignore[return-value]
 
 
 class _ModelError(Exception):
     """The model itself failed (wrapped so that ``prepare`` can tell it from our checks)."""
 
 
-def _all_finite(value: torch.Tensor) -> bool:
+def all_finite(value: torch.Tensor) -> bool:
     """True when every entry is finite, from one sum (a NaN or inf entry makes the sum
     non-finite; a finite sum proves them all finite). A non-finite sum may also be an
     overflow: callers then run ``check_finite_tensor``, which decides and words the error."""
@@ -138,13 +101,10 @@ def layer_activations(
         return None
 
     handles = [layer.register_forward_hook(capture)]
-    if isinstance(forward.model, nn.Module):
-        # a model call refused channels-last is run again: count the layer's calls anew
-        handles.append(forward.model.register_forward_pre_hook(lambda m, a: captured.clear()))
     try:
         with torch.set_grad_enabled(False):
             try:
-                out = Forward.__call__(forward, raw, example_index)
+                out = forward(raw, example_index)
             except (RuntimeError, ValueError, IndexError, TypeError) as exc:
                 raise _ModelError(exc) from exc
     finally:
@@ -199,25 +159,27 @@ def prepare(
     floating: bool = True,
     layer: Any = None,
     track_grad: bool = False,
-    wrap: Callable[[Forward], Forward] | None = None,
+    wrap: Callable[[Forward], Any] | None = None,
+    passthrough: tuple[type[Exception], ...] = (),
 ) -> Prepared:
     """Validate ``model``/``inputs`` and resolve ``target`` on the unperturbed inputs.
 
     With ``layer`` (a submodule or its dotted name), the returned ``inputs`` are that layer's
-    output and ``forward`` takes such activations (see :class:`LayerForward`); the model's
+    output and ``forward`` takes such activations (see :class:`AtLayer`); the model's
     own inputs may then be token ids (any dtype).
 
     With ``track_grad``, this first forward records the autograd graph from ``leaf`` (the
     inputs or the layer's output) to ``graph_output``, so that a method needing one backward
     pass does not run the model twice. ``wrap`` changes how that forward calls the model
-    (e.g. rule engines).
+    (e.g. rule engines); exceptions of the ``passthrough`` types raise unchanged (others
+    from the model are worded as "the model could not run").
     """
     check_model("model", model)
     if layer is not None:
         module = check_layer(model, layer)
         floating = False
     inputs = check_tensor("inputs", inputs, min_ndim=1, floating=floating)
-    if inputs.is_floating_point() and not _all_finite(inputs):
+    if inputs.is_floating_point() and not all_finite(inputs):
         check_finite_tensor("inputs", inputs)
     inputs = inputs.detach()
     forward = Forward(
@@ -237,27 +199,28 @@ def prepare(
                 try:
                     leaf = inputs.detach().requires_grad_(track_grad)
                     graph = call(leaf, None)
-                except UnsupportedOperationError:
+                except passthrough:
                     raise
                 except (RuntimeError, ValueError, IndexError, TypeError) as exc:
                     raise _ModelError(exc) from exc
             out = graph
     except _ModelError as wrapped:
         raise ValueError(
-            _model_failure(model, inputs, wrapped.__cause__, forward_args, forward_kwargs)
+            f"The model could not run on `inputs` of shape {tuple(inputs.shape)} "
+            f"(batch first): {wrapped.__cause__}"
         ) from wrapped.__cause__
     if out.ndim == 0 or out.shape[0] != inputs.shape[0]:
         raise ValueError(
             f"The model must return one row per example: `inputs` has {inputs.shape[0]} rows "
             f"but the output has shape {tuple(out.shape)}. Inputs must be batch first."
         )
-    if out.is_floating_point() and not _all_finite(out):
+    if out.is_floating_point() and not all_finite(out):
         check_finite_tensor("model output", out)
     resolved = resolve_target(target, out)
     if layer is not None:
         names = {id(m): n for n, m in model.named_modules()}
         return Prepared(
-            forward=LayerForward(forward, module, inputs),
+            forward=AtLayer(forward, module, inputs),
             target=resolved,
             output=out.detach(),
             inputs=activations,

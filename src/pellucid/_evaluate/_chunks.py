@@ -1,4 +1,4 @@
-"""THE chunked evaluation engine: rows -> model -> scores, ``batch_size`` rows at a time.
+"""Chunked evaluation: rows -> model -> scores, ``batch_size`` rows at a time.
 
 Perturbation methods describe their work as ``total`` virtual rows (examples x
 perturbations) and a ``make_rows(start, stop)`` function that builds only one chunk, so
@@ -16,7 +16,8 @@ import torch
 from pellucid._validation import check_int
 
 if TYPE_CHECKING:
-    from pellucid._targets import Forward, ResolvedTarget
+    from pellucid._evaluate._call import Evaluates
+    from pellucid._targets import ResolvedTarget
 
 __all__ = [
     "CPU_CHUNK_ELEMENTS",
@@ -99,7 +100,7 @@ def map_chunks(
 
 
 def block_scores(
-    forward: Forward,
+    forward: Evaluates,
     target: ResolvedTarget,
     block: Callable[[int, int, int, int], torch.Tensor],
     n: int,
@@ -118,7 +119,8 @@ def block_scores(
 
     Example:
         >>> import torch
-        >>> from pellucid._targets import Forward, resolve_target
+        >>> from pellucid._evaluate import Forward
+        >>> from pellucid._targets import resolve_target
         >>> x = torch.ones(2, 3)
         >>> fwd = Forward(lambda t: t.sum(1, keepdim=True), n_examples=2)
         >>> shift = torch.arange(4.0).unsqueeze(1)  # 4 perturbations: add 0, 1, 2, 3
@@ -129,6 +131,7 @@ def block_scores(
     """
     # Rows need their example's index only for a per-example target or batch-aligned
     # model arguments; otherwise none is built.
+    forward.expect(n * s)
     needs_index = target.per_example or forward.aligned
     ex_all = torch.arange(n, device=device).repeat_interleave(s) if needs_index else None
     per = max(1, rows // s)  # whole examples per block, else perturbations per block

@@ -1,0 +1,75 @@
+"""THE model evaluator: rows -> model -> outputs, scores and gradients.
+
+Every method, metric and inspection tool runs the user's model through this package:
+
+* :mod:`._call`: :class:`Forward` (extra arguments, output selection, the memory-layout
+  policy of :mod:`pellucid._kernels`) and :class:`AtLayer`, which evaluates rows standing
+  for a layer's output by composition around a Forward;
+* :mod:`._prepare`: ``prepare`` (validate, first forward, target resolved once, layer
+  capture) and ``broadcast_baseline``;
+* :mod:`._chunks`: chunk sizes and the chunked forward loops (``map_chunks``,
+  ``block_scores``), bounded in memory by ``batch_size``;
+* :mod:`._gradients`: the gradient engine (``input_gradients``, ``path_gradients``,
+  ``prepared_gradients``, ``target_scores``).
+
+Rule-based methods wrap the model call (``Forward.with_model``) and the paired DeepLIFT pass
+composes a Forward too (``attribution/rules``); the target reduction lives in
+:mod:`pellucid._targets`.
+"""
+
+from __future__ import annotations
+
+from pellucid._evaluate._call import AtLayer, Evaluates, Forward, select_output
+from pellucid._evaluate._chunks import (
+    CPU_CHUNK_ELEMENTS,
+    CPU_SPATIAL_CHUNK_ELEMENTS,
+    DEFAULT_ELEMENT_BUDGET,
+    block_scores,
+    chunk_rows,
+    chunks,
+    map_chunks,
+    resolve_batch_size,
+)
+from pellucid._evaluate._gradients import (
+    GRAD_BUDGET_FACTOR,
+    grad_batch_size,
+    input_gradients,
+    path_gradients,
+    prepared_gradients,
+    target_scores,
+    track_first_forward,
+)
+from pellucid._evaluate._prepare import (
+    Prepared,
+    all_finite,
+    broadcast_baseline,
+    layer_activations,
+    prepare,
+)
+
+__all__ = [
+    "CPU_CHUNK_ELEMENTS",
+    "CPU_SPATIAL_CHUNK_ELEMENTS",
+    "DEFAULT_ELEMENT_BUDGET",
+    "GRAD_BUDGET_FACTOR",
+    "AtLayer",
+    "Evaluates",
+    "Forward",
+    "Prepared",
+    "all_finite",
+    "block_scores",
+    "broadcast_baseline",
+    "chunk_rows",
+    "chunks",
+    "grad_batch_size",
+    "input_gradients",
+    "layer_activations",
+    "map_chunks",
+    "path_gradients",
+    "prepare",
+    "prepared_gradients",
+    "resolve_batch_size",
+    "select_output",
+    "target_scores",
+    "track_first_forward",
+]

@@ -1,0 +1,163 @@
+"""The gradient engine: d target score / d rows, ``batch_size`` rows at a time.
+
+``input_gradients`` differentiates given rows; ``path_gradients`` builds each chunk of
+virtual rows lazily (integrated gradients' path points, expected gradients' samples), so
+memory stays bounded by ``batch_size`` however many steps or samples are asked for;
+``prepared_gradients`` reuses the graph of ``prepare``'s first forward when one backward
+over all rows fits. ``target_scores`` evaluates rows without a graph. Every engine tells
+the forward how many rows are coming (its layout policy measures only for large work).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from pellucid._evaluate._call import Evaluates
+from pellucid._evaluate._chunks import chunks, map_chunks, resolve_batch_size
+from pellucid._targets import ResolvedTarget
+
+__all__ = [
+    "GRAD_BUDGET_FACTOR",
+    "grad_batch_size",
+    "input_gradients",
+    "path_gradients",
+    "prepared_gradients",
+    "target_scores",
+    "track_first_forward",
+]
+
+#: Without ``batch_size``, a backward chunk holds 1/16 of the forward-only element budget:
+#: the activations kept for the backward pass are many times the inputs.
+GRAD_BUDGET_FACTOR = 16
+
+
+def grad_batch_size(batch_size: int | None, row_numel: int, *, total: int) -> int:
+    """Rows per forward+backward chunk: ``batch_size``, or a default bounded in memory."""
+    if batch_size is not None:
+        return resolve_batch_size(batch_size, row_numel, total=total)
+    return resolve_batch_size(None, row_numel * GRAD_BUDGET_FACTOR, total=total)
+
+
+def _gradient(
+    forward: Evaluates,
+    target: ResolvedTarget,
+    chunk: torch.Tensor,
+    index: torch.Tensor | None,
+) -> torch.Tensor:
+    chunk = chunk.detach().requires_grad_(True)
+    with torch.enable_grad():
+        scores = target.scores(forward(chunk, index), index)
+        if not scores.requires_grad:
+            raise ValueError(
+                "The target score does not depend on the explained inputs (no gradient path); "
+                "check `target`, `output` and `layer`."
+            )
+        (grad,) = torch.autograd.grad(scores.sum(), chunk)
+    return grad
+
+
+def input_gradients(
+    forward: Evaluates,
+    target: ResolvedTarget,
+    rows: torch.Tensor,
+    *,
+    example_index: torch.Tensor | None = None,
+    batch_size: int | None = None,
+) -> torch.Tensor:
+    """d score / d rows for every row (rows may repeat examples, see ``example_index``)."""
+    size = grad_batch_size(batch_size, rows[0].numel(), total=rows.shape[0])
+    forward.expect(rows.shape[0])
+    grads = []
+    for start, stop in chunks(rows.shape[0], size):
+        index = example_index[start:stop] if example_index is not None else None
+        if index is None and stop - start != forward.n_examples:
+            index = torch.arange(start, stop, device=rows.device)
+        grads.append(_gradient(forward, target, rows[start:stop], index))
+    return grads[0] if len(grads) == 1 else torch.cat(grads)
+
+
+def path_gradients(
+    forward: Evaluates,
+    target: ResolvedTarget,
+    like: torch.Tensor,
+    *,
+    per_example: int,
+    make_rows: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    combine: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
+    batch_size: int | None = None,
+) -> torch.Tensor:
+    """Sum ``combine(grad, example, step)`` over ``per_example`` rows of every example.
+
+    Row ``r`` of the virtual ``len(like) * per_example`` rows belongs to example
+    ``r // per_example`` and step ``r % per_example``; ``make_rows(example, step)`` builds only
+    the rows of one chunk, so at most ``batch_size`` rows exist at a time.
+
+    Returns:
+        A tensor shaped like ``like``: the per-example sums.
+    """
+    n = like.shape[0]
+    total = n * per_example
+    size = grad_batch_size(batch_size, like[0].numel(), total=total)
+    forward.expect(total)
+    result = torch.zeros_like(like)
+    for start, stop in chunks(total, size):
+        rows_index = torch.arange(start, stop, device=like.device)
+        example, step = rows_index // per_example, rows_index % per_example
+        rows = make_rows(example, step)
+        grad = _gradient(forward, target, rows, example)
+        contribution = combine(grad, example, step)
+        if stop - start == total:  # one chunk: a reshape-sum is cheaper than index_add
+            result += contribution.reshape(n, per_example, *like.shape[1:]).sum(dim=1)
+        else:
+            result.index_add_(0, example, contribution)
+    return result
+
+
+def track_first_forward(inputs: Any, batch_size: int | None, layer: Any = None) -> bool:
+    """True when one backward over all rows fits ``batch_size``: then ``prepare`` keeps the
+    graph of its forward and the method needs no second one. (With ``layer``, the budget is
+    counted on the inputs; layers rarely make rows much larger.)"""
+    if not isinstance(inputs, torch.Tensor) or inputs.ndim == 0:
+        return False
+    if inputs.shape[0] == 0:
+        return False
+    n = inputs.shape[0]
+    return grad_batch_size(batch_size, inputs[0].numel(), total=n) >= n
+
+
+def prepared_gradients(prep: Any, batch_size: int | None) -> torch.Tensor:
+    """d score / d inputs, from the graph ``prepare(track_grad=True)`` kept, else chunked."""
+    if prep.graph_output is None or prep.leaf is None:
+        return input_gradients(prep.forward, prep.target, prep.inputs, batch_size=batch_size)
+    with torch.enable_grad():
+        scores = prep.target.scores(prep.graph_output, None)
+        if not scores.requires_grad:
+            raise ValueError(
+                "The target score does not depend on the explained inputs (no gradient path); "
+                "check `target`, `output` and `layer`."
+            )
+        (grad,) = torch.autograd.grad(scores.sum(), prep.leaf)
+    return grad
+
+
+def target_scores(
+    forward: Evaluates,
+    target: ResolvedTarget,
+    rows: torch.Tensor,
+    example_index: torch.Tensor,
+    *,
+    batch_size: int | None = None,
+) -> torch.Tensor:
+    """The target score of every row (no gradient), ``batch_size`` rows at a time."""
+    size = resolve_batch_size(batch_size, rows[0].numel(), total=rows.shape[0])
+    forward.expect(rows.shape[0])
+
+    def run(start: int, stop: int) -> torch.Tensor:
+        index = example_index[start:stop]
+        return target.scores(forward(rows[start:stop], index), index)
+
+    with torch.no_grad():
+        return map_chunks(run, rows.shape[0], size, grad=True)

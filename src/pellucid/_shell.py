@@ -1,0 +1,172 @@
+"""The method shell: validate -> guard the model -> prepare -> build the Explanation, once.
+
+Every public attribution method is its signature, its docstring and a tensor-only core::
+
+    def saliency(model, inputs, *, target=None, absolute=True, ..., eval_mode=None):
+        check_bool("absolute", absolute)                      # its own arguments
+        with explaining("saliency", locals(), track_grad=True) as run:
+            grad = run.gradients()                            # the core: tensors only
+            run.result(grad.abs() if absolute else grad, params={"absolute": absolute})
+        return run.explanation
+
+:func:`explaining` takes the shared arguments from the call's ``locals()`` (``model``,
+``inputs``, ``target``, ``layer``, ``batch_size``, ``forward_args``, ``forward_kwargs``,
+``output``, ``eval_mode``), enters :func:`~pellucid._state.model_guard`, runs
+:func:`~pellucid._evaluate.prepare` once, and on a clean exit builds the
+:class:`~pellucid.explanation.Explanation` from what the core handed to :meth:`Run.result`:
+the method name, the resolved target, ``batch_size`` and the layer's name in ``params``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+
+from pellucid._evaluate import (
+    Prepared,
+    path_gradients,
+    prepare,
+    prepared_gradients,
+    target_scores,
+    track_first_forward,
+)
+from pellucid._state import model_guard
+from pellucid.explanation import Explanation
+
+__all__ = ["Run", "check_bool", "explaining"]
+
+#: The arguments the shell handles; everything else belongs to the method's core.
+SHARED = ("model", "inputs", "target", "layer", "batch_size", "forward_args", "forward_kwargs")
+
+
+def check_bool(name: str, value: Any) -> bool:
+    """``value`` if it is a bool, else a TypeError naming ``name``."""
+    if not isinstance(value, bool):
+        raise TypeError(f"`{name}` must be True or False; got {value!r}.")
+    return value
+
+
+class Run:
+    """One call of a method inside the shell: the prepared evaluation and its result."""
+
+    def __init__(self, name: str, prep: Prepared, batch_size: int | None) -> None:
+        self.name, self.prep, self.batch_size = name, prep, batch_size
+        self._explanation: Explanation | None = None
+        self._result: dict[str, Any] | None = None
+
+    # what the core works with
+    @property
+    def inputs(self) -> torch.Tensor:
+        """The explained rows (a layer's activations with ``layer=``)."""
+        return self.prep.inputs
+
+    def gradients(self) -> torch.Tensor:
+        """d target score / d explained rows: from ``prepare``'s graph when it was kept,
+        else ``batch_size`` rows at a time."""
+        return prepared_gradients(self.prep, self.batch_size)
+
+    def path_gradients(
+        self,
+        per_example: int,
+        make_rows: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+        combine: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
+    ) -> torch.Tensor:
+        """Per example, the sum of ``combine(grad, example, step)`` over ``per_example``
+        virtual rows ``make_rows(example, step)`` (see
+        :func:`~pellucid._evaluate.path_gradients`)."""
+        return path_gradients(
+            self.prep.forward,
+            self.prep.target,
+            self.prep.inputs,
+            per_example=per_example,
+            make_rows=make_rows,
+            combine=combine,
+            batch_size=self.batch_size,
+        )
+
+    def scores(self, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """Target scores, one per example: of the explained inputs (from ``prepare``'s
+        forward) or of ``rows`` standing for them (one row per example, no graph)."""
+        if rows is None:
+            return self.prep.target.scores(self.prep.output, None)
+        index = torch.arange(rows.shape[0], device=rows.device)
+        return target_scores(
+            self.prep.forward, self.prep.target, rows, index, batch_size=self.batch_size
+        )
+
+    def result(
+        self,
+        attributions: torch.Tensor,
+        *,
+        params: Mapping[str, Any] | None = None,
+        extras: Mapping[str, Any] | None = None,
+        baseline: torch.Tensor | None = None,
+        inputs: torch.Tensor | None = None,
+    ) -> None:
+        """Hand over the core's result (``inputs`` defaults to the explained rows)."""
+        self._result = {
+            "attributions": attributions,
+            "params": dict(params or {}),
+            "extras": dict(extras or {}),
+            "baseline": baseline,
+            "inputs": self.prep.inputs if inputs is None else inputs,
+        }
+
+    @property
+    def explanation(self) -> Explanation:
+        """The :class:`Explanation` built when the ``with`` block ended."""
+        if self._explanation is None:
+            raise RuntimeError(f"{self.name}: the method's core returned no result.")
+        return self._explanation
+
+    def _build(self) -> None:
+        if self._result is None:
+            raise RuntimeError(f"{self.name}: the method's core returned no result.")
+        r = self._result
+        params = {**r["params"], "batch_size": self.batch_size}
+        if self.prep.layer_name is not None:
+            params["layer"] = self.prep.layer_name
+        self._explanation = Explanation(
+            attributions=r["attributions"],
+            inputs=r["inputs"],
+            method=self.name,
+            target=self.prep.target.describe(),
+            baseline=r["baseline"],
+            params=params,
+            extras=r["extras"],
+        )
+
+
+@contextmanager
+def explaining(
+    name: str, call: Mapping[str, Any], *, track_grad: bool = False, **prepare_kwargs: Any
+) -> Iterator[Run]:
+    """Guard the model, prepare the call's inputs and target, and build the Explanation.
+
+    Args:
+        name: the method's registered name.
+        call: the method's arguments (its ``locals()`` on entry).
+        track_grad: keep the first forward's graph when one backward over all rows fits
+            ``batch_size`` (methods with a single gradient pass).
+        prepare_kwargs: further arguments of :func:`~pellucid._evaluate.prepare`.
+    """
+    model, inputs, batch_size = call["model"], call["inputs"], call.get("batch_size")
+    layer = call.get("layer")
+    with model_guard(model, eval_mode=call.get("eval_mode"), method=name):
+        prep = prepare(
+            model,
+            inputs,
+            target=call.get("target"),
+            forward_args=call.get("forward_args"),
+            forward_kwargs=call.get("forward_kwargs"),
+            output=call.get("output"),
+            layer=layer,
+            track_grad=track_grad and track_first_forward(inputs, batch_size, layer),
+            **prepare_kwargs,
+        )
+        run = Run(name, prep, batch_size)
+        yield run
+        run._build()
