@@ -189,26 +189,57 @@ def prepare(
         forward_kwargs=forward_kwargs,
         output=output,
     )
-    try:
-        if layer is not None:
-            graph, leaf = layer_activations(forward, module, inputs, track=track_grad)
-            out, activations = graph.detach(), leaf.detach()
-        else:
-            call = wrap(forward) if wrap is not None else forward
+    if layer is not None:
+        graph, leaf = _first_forward(
+            lambda: layer_activations(forward, module, inputs, track=track_grad), inputs
+        )
+        activations = leaf.detach()
+    else:
+        call = wrap(forward) if wrap is not None else forward
+        leaf = inputs.detach().requires_grad_(track_grad)
+
+        def first() -> tuple[torch.Tensor, torch.Tensor]:
             with torch.set_grad_enabled(track_grad):
                 try:
-                    leaf = inputs.detach().requires_grad_(track_grad)
-                    graph = call(leaf, None)
+                    return call(leaf, None), leaf
                 except passthrough:
                     raise
                 except (RuntimeError, ValueError, IndexError, TypeError) as exc:
                     raise _ModelError(exc) from exc
-            out = graph
+
+        graph, _ = _first_forward(first, inputs)
+        activations = inputs
+    out = graph.detach()
+    _check_output(out, inputs)
+    tracked = {"leaf": leaf, "graph_output": graph} if track_grad else {}
+    prepared = Prepared(
+        forward=forward, target=resolve_target(target, out), output=out, inputs=activations
+    )
+    if layer is None:
+        return Prepared(**{**vars(prepared), **tracked})
+    names = {id(m): n for n, m in model.named_modules()}
+    at_layer = {
+        "forward": AtLayer(forward, module, inputs),
+        "raw_inputs": inputs,
+        "layer_name": names.get(id(module), ""),
+    }
+    return Prepared(**{**vars(prepared), **tracked, **at_layer})
+
+
+def _first_forward(
+    run: Callable[[], tuple[torch.Tensor, torch.Tensor]], inputs: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``run()``, with a failure of the model itself worded for the user."""
+    try:
+        return run()
     except _ModelError as wrapped:
         raise ValueError(
             f"The model could not run on `inputs` of shape {tuple(inputs.shape)} "
             f"(batch first): {wrapped.__cause__}"
         ) from wrapped.__cause__
+
+
+def _check_output(out: torch.Tensor, inputs: torch.Tensor) -> None:
     if out.ndim == 0 or out.shape[0] != inputs.shape[0]:
         raise ValueError(
             f"The model must return one row per example: `inputs` has {inputs.shape[0]} rows "
@@ -216,29 +247,6 @@ def prepare(
         )
     if out.is_floating_point() and not all_finite(out):
         check_finite_tensor("model output", out)
-    resolved = resolve_target(target, out)
-    if layer is not None:
-        names = {id(m): n for n, m in model.named_modules()}
-        return Prepared(
-            forward=AtLayer(forward, module, inputs),
-            target=resolved,
-            output=out.detach(),
-            inputs=activations,
-            raw_inputs=inputs,
-            layer_name=names.get(id(module), ""),
-            leaf=leaf if track_grad else None,
-            graph_output=graph if track_grad else None,
-        )
-    if track_grad:
-        return Prepared(
-            forward=forward,
-            target=resolved,
-            output=out.detach(),
-            inputs=inputs,
-            leaf=leaf,
-            graph_output=graph,
-        )
-    return Prepared(forward=forward, target=resolved, output=out.detach(), inputs=inputs)
 
 
 def broadcast_baseline(
