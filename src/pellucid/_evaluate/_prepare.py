@@ -191,7 +191,7 @@ def prepare(
     )
     if layer is not None:
         graph, leaf = _first_forward(
-            lambda: layer_activations(forward, module, inputs, track=track_grad), inputs
+            lambda: layer_activations(forward, module, inputs, track=track_grad), forward, inputs
         )
         activations = leaf.detach()
     else:
@@ -207,7 +207,7 @@ def prepare(
                 except (RuntimeError, ValueError, IndexError, TypeError) as exc:
                     raise _ModelError(exc) from exc
 
-        graph, _ = _first_forward(first, inputs)
+        graph, _ = _first_forward(first, forward, inputs)
         activations = inputs
     out = graph.detach()
     _check_output(out, inputs)
@@ -227,16 +227,15 @@ def prepare(
 
 
 def _first_forward(
-    run: Callable[[], tuple[torch.Tensor, torch.Tensor]], inputs: torch.Tensor
+    run: Callable[[], tuple[torch.Tensor, torch.Tensor]], forward: Forward, inputs: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``run()``, with a failure of the model itself worded for the user."""
     try:
         return run()
     except _ModelError as wrapped:
-        raise ValueError(
-            f"The model could not run on `inputs` of shape {tuple(inputs.shape)} "
-            f"(batch first): {wrapped.__cause__}"
-        ) from wrapped.__cause__
+        args = forward.args or None
+        message = _model_failure(forward.model, inputs, wrapped.__cause__, args, forward.kwargs)
+        raise ValueError(message) from wrapped.__cause__
 
 
 def _check_output(out: torch.Tensor, inputs: torch.Tensor) -> None:
