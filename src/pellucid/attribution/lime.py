@@ -24,9 +24,9 @@ from typing import Any
 
 import torch
 
-from pellucid._evaluate import Prepared, block_scores, broadcast_baseline, prepare
+from pellucid._evaluate import Prepared, block_scores, broadcast_baseline
 from pellucid._registry import register
-from pellucid._state import model_guard
+from pellucid._shell import Run, explaining
 from pellucid._targets import Target
 from pellucid._validation import check_float, check_generator, check_int, check_tensor
 from pellucid.attribution._coalitions import (
@@ -175,16 +175,8 @@ def lime(
     )
     check_int("n_segments", n_segments, min_value=1)
     check_generator("generator", generator)
-    with model_guard(model, eval_mode=eval_mode, method="lime"):
-        prep = prepare(
-            model,
-            inputs,
-            target=target,
-            forward_args=forward_args,
-            forward_kwargs=forward_kwargs,
-            output=output,
-        )
-        x = prep.inputs
+    with explaining("lime", locals()) as run:
+        x = run.inputs
         if train_data is not None:
             if feature_mask is not None or baseline is not None:
                 raise ValueError(
@@ -192,61 +184,86 @@ def lime(
                     "around the example; `feature_mask` and `baseline` belong to the "
                     "interpretable (on/off) sampler. Pass one or the other."
                 )
-            d = x[0].numel()
-            n_samples = check_int(
-                "n_samples",
-                n_samples,
-                min_value=d + 2,
-                hint=(f" A ridge fit over {d} features needs at least {d + 2} samples."),
+            fit, attr, base, n_samples, width = _lime_tabular(
+                run, train_data, n_samples, width, alpha, generator
             )
-            eps, y, weights, mean, width, std = _tabular(
-                prep, train_data, n_samples, width, generator, batch_size
-            )
-            fit = weighted_ridge(eps, y, weights, alpha=alpha)
-            slope = fit.coef / std.to(torch.float64)
-            attr = (slope * (x.reshape(x.shape[0], -1) - mean).to(torch.float64)).view_as(x)
-            base, mode = mean.view(x.shape[1:]), "tabular"
+            mode = "tabular"
         else:
-            fmask = resolve_feature_mask(feature_mask, x, n_segments=n_segments)
-            p = fmask.n_players
-            n_samples = check_int(
-                "n_samples",
-                n_samples,
-                min_value=p + 2,
-                hint=(f" A ridge fit over {p} players needs at least {p + 2} samples."),
+            fit, attr, base, n_samples, width = _lime_interpretable(
+                run, feature_mask, n_segments, baseline, n_samples, width, alpha, generator
             )
-            width = 0.25 if width is None else width
-            base = broadcast_baseline(baseline, x)
-            game = CoalitionValues(
-                prep.forward, prep.target, x, fmask, baseline=base, batch_size=batch_size
-            )
-            z = torch.rand(n_samples, p, generator=generator).to(x.device) < 0.5
-            z[0] = True
-            on = z.sum(1).to(torch.float64)
-            cosine = 1.0 - on.sqrt() / math.sqrt(p)  # cos(z, 1) = |z| / sqrt(|z| P)
-            weights = _kernel(cosine, width)
-            fit = weighted_ridge(z, game(z), weights, alpha=alpha)
-            attr = fmask.spread(fit.coef).view_as(x)
             mode = "interpretable"
-    return Explanation(
-        attributions=attr.to(x.dtype),
-        inputs=x,
-        method="lime",
-        target=prep.target.describe(),
-        baseline=base,
-        params={
-            "n_samples": n_samples,
-            "mode": mode,
-            "kernel_width": width,
-            "alpha": alpha,
-            "feature_mask": feature_mask,
-            "n_segments": n_segments,
-            "batch_size": batch_size,
-        },
-        extras={
-            "coefficients": fit.coef.to(x.dtype),
-            "intercept": fit.intercept,
-            "r2": fit.r2,
-            "stderr": fit.stderr.to(x.dtype),
-        },
+        run.result(
+            attr.to(x.dtype),
+            baseline=base,
+            params={
+                "n_samples": n_samples,
+                "mode": mode,
+                "kernel_width": width,
+                "alpha": alpha,
+                "feature_mask": feature_mask,
+                "n_segments": n_segments,
+            },
+            extras={
+                "coefficients": fit.coef.to(x.dtype),
+                "intercept": fit.intercept,
+                "r2": fit.r2,
+                "stderr": fit.stderr.to(x.dtype),
+            },
+        )
+    return run.explanation
+
+
+def _lime_tabular(
+    run: Run, train_data: Any, n_samples: int, width: float | None, alpha: float, generator: Any
+) -> tuple[Any, torch.Tensor, torch.Tensor, int, float]:
+    """The tabular sampler: Gaussian perturbations of every feature, scaled by the training
+    data; the fit's slopes times the example's distance from the training mean."""
+    x = run.inputs
+    d = x[0].numel()
+    n_samples = check_int(
+        "n_samples",
+        n_samples,
+        min_value=d + 2,
+        hint=(f" A ridge fit over {d} features needs at least {d + 2} samples."),
     )
+    eps, y, weights, mean, width, std = _tabular(
+        run.prep, train_data, n_samples, width, generator, run.batch_size
+    )
+    fit = weighted_ridge(eps, y, weights, alpha=alpha)
+    slope = fit.coef / std.to(torch.float64)
+    attr = (slope * (x.reshape(x.shape[0], -1) - mean).to(torch.float64)).view_as(x)
+    return fit, attr, mean.view(x.shape[1:]), n_samples, width
+
+
+def _lime_interpretable(
+    run: Run,
+    feature_mask: Any,
+    n_segments: int,
+    baseline: Any,
+    n_samples: int,
+    width: float | None,
+    alpha: float,
+    generator: Any,
+) -> tuple[Any, torch.Tensor, torch.Tensor, int, float]:
+    """The interpretable sampler: players on or off, off ones at the baseline."""
+    x = run.inputs
+    fmask = resolve_feature_mask(feature_mask, x, n_segments=n_segments)
+    p = fmask.n_players
+    n_samples = check_int(
+        "n_samples",
+        n_samples,
+        min_value=p + 2,
+        hint=(f" A ridge fit over {p} players needs at least {p + 2} samples."),
+    )
+    width = 0.25 if width is None else width
+    base = broadcast_baseline(baseline, x)
+    game = CoalitionValues(
+        run.prep.forward, run.prep.target, x, fmask, baseline=base, batch_size=run.batch_size
+    )
+    z = torch.rand(n_samples, p, generator=generator).to(x.device) < 0.5
+    z[0] = True
+    on = z.sum(1).to(torch.float64)
+    cosine = 1.0 - on.sqrt() / math.sqrt(p)  # cos(z, 1) = |z| / sqrt(|z| P)
+    fit = weighted_ridge(z, game(z), _kernel(cosine, width), alpha=alpha)
+    return fit, fmask.spread(fit.coef).view_as(x), base, n_samples, width

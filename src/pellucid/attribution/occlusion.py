@@ -13,9 +13,9 @@ from typing import Any
 
 import torch
 
-from pellucid._evaluate import block_scores, broadcast_baseline, map_chunks, prepare
+from pellucid._evaluate import block_scores, broadcast_baseline, map_chunks
 from pellucid._registry import register
-from pellucid._state import model_guard
+from pellucid._shell import Run, explaining
 from pellucid._targets import Target
 from pellucid._validation import check_int
 from pellucid.attribution._coalitions import (
@@ -105,16 +105,8 @@ def occlusion(
         >>> torch.allclose(e.attributions, net.weight.detach().expand(2, 4))
         True
     """
-    with model_guard(model, eval_mode=eval_mode, method="occlusion"):
-        prep = prepare(
-            model,
-            inputs,
-            target=target,
-            forward_args=forward_args,
-            forward_kwargs=forward_kwargs,
-            output=output,
-        )
-        x = prep.inputs
+    with explaining("occlusion", locals()) as run:
+        x = run.inputs
         shape = tuple(x.shape[1:])
         win = _window_shape("window", window, shape)
         step = _window_shape("stride", 1 if stride is None else stride, shape)
@@ -127,85 +119,98 @@ def occlusion(
             )
         # captum's positions: the last window is clipped at the edge, so all is covered
         counts = tuple(-(-(shape[d] - win[d]) // step[d]) + 1 for d in range(len(shape)))
-        n_win = math.prod(counts)
         base = broadcast_baseline(baseline, x)
-        n = x.shape[0]
-        flat_x, flat_b = x.reshape(n, -1), base.reshape(n, -1)
-        full = prep.target.scores(prep.output)
+        windows = _Windows(counts, win, step, shape, x)
+        drops, n_live = _drops(run, windows, base)
+        run.result(
+            windows.spread(drops, run.batch_size).view_as(x),
+            baseline=base,
+            params={"window": win, "stride": step},
+            extras={"n_windows": windows.n, "n_evaluations": n_live},
+        )
+    return run.explanation
 
-        # all window masks at once when small (the usual case), else built per chunk
-        cached = None
-        if n_win * flat_x.shape[1] <= 1 << 22:
-            ids = torch.arange(n_win, device=x.device)
-            cached = _window_masks(ids, counts, win, step, shape).to(x.dtype)
 
-        def masks_of(ids: torch.Tensor) -> torch.Tensor:
-            if cached is not None:
-                return cached.index_select(0, ids)
-            return _window_masks(ids, counts, win, step, shape).to(x.dtype)
+class _Windows:
+    """The occlusion windows of one example shape: masks cached when small, else built."""
 
-        # a window whose features already equal the baseline leaves the input unchanged: its
-        # drop is exactly 0, so only the windows that change something are evaluated
-        live = None
-        if cached is not None and not bool((flat_x != flat_b).all()):
-            live = ((flat_x != flat_b).to(x.dtype) @ cached.T).reshape(-1).nonzero().view(-1)
-        n_live = n * n_win if live is None else live.numel()
-        size = chunk_rows(batch_size, shape, total=max(1, n_live), device=x.device)
+    def __init__(
+        self,
+        counts: tuple[int, ...],
+        win: tuple[int, ...],
+        step: tuple[int, ...],
+        shape: tuple[int, ...],
+        x: torch.Tensor,
+    ) -> None:
+        self.counts, self.win, self.step, self.shape = counts, win, step, shape
+        self.n, self.dtype, self.device = math.prod(counts), x.dtype, x.device
+        self.cached = None  # all window masks at once when small (the usual case)
+        if self.n * math.prod(shape) <= 1 << 22:
+            self.cached = self.masks(torch.arange(self.n, device=x.device))
 
-        def evaluate(start: int, stop: int) -> torch.Tensor:
-            if live is None:
-                idx = torch.arange(start, stop, device=x.device)
-            else:
-                idx = live[start:stop]
-            ex = idx // n_win
-            occluded = masks_of(idx % n_win)
-            rows = mix(occluded, flat_b.index_select(0, ex), flat_x.index_select(0, ex))
-            return prep.target.scores(prep.forward(rows.view(-1, *shape), ex), ex)
+    def masks(self, ids: torch.Tensor) -> torch.Tensor:
+        if self.cached is not None:
+            return self.cached.index_select(0, ids)
+        return _window_masks(ids, self.counts, self.win, self.step, self.shape).to(self.dtype)
 
-        if cached is not None and live is None:  # every window: one broadcast per block
-            kept = 1 - cached
-
-            def block(e0: int, e1: int, j0: int, j1: int) -> torch.Tensor:
-                off = flat_x[e0:e1].unsqueeze(1) * kept[j0:j1].unsqueeze(0)
-                on = cached[j0:j1].unsqueeze(0)
-                return torch.addcmul(off, flat_b[e0:e1].unsqueeze(1), on).view(-1, *shape)
-
-            scores = block_scores(
-                prep.forward,
-                prep.target,
-                block,
-                n,
-                n_win,
-                size,
-                device=x.device,
-                balance=batch_size is None,
-            )
-        elif live is None:
-            prep.forward.expect(n * n_win)
-            scores = map_chunks(evaluate, n * n_win, size)
-        else:
-            scores = full.repeat_interleave(n_win)
-            if n_live:
-                prep.forward.expect(n_live)
-                scores[live] = map_chunks(evaluate, n_live, size).to(scores.dtype)
-        drops = (full.unsqueeze(1) - scores.view(n, n_win)).to(x.dtype)
-        total = torch.zeros_like(flat_x)
-        covered = torch.zeros(flat_x.shape[1], dtype=x.dtype, device=x.device)
-        mask_rows = n_win if cached is not None else max(1, size // max(1, n))
-        for lo in range(0, n_win, mask_rows):
-            masks = masks_of(torch.arange(lo, min(n_win, lo + mask_rows), device=x.device))
+    def spread(self, drops: torch.Tensor, batch_size: int | None) -> torch.Tensor:
+        """Each feature's mean drop over the windows that cover it, (N, features)."""
+        n = drops.shape[0]
+        total = drops.new_zeros(n, math.prod(self.shape))
+        covered = torch.zeros(total.shape[1], dtype=self.dtype, device=self.device)
+        size = chunk_rows(batch_size, self.shape, total=max(1, n * self.n), device=self.device)
+        mask_rows = self.n if self.cached is not None else max(1, size // max(1, n))
+        for lo in range(0, self.n, mask_rows):
+            masks = self.masks(torch.arange(lo, min(self.n, lo + mask_rows), device=self.device))
             total += drops[:, lo : lo + masks.shape[0]] @ masks
             covered += masks.sum(0)
-        attr = torch.where(covered > 0, total / covered.clamp_min(1), torch.zeros_like(total))
-    return Explanation(
-        attributions=attr.view_as(x),
-        inputs=x,
-        method="occlusion",
-        target=prep.target.describe(),
-        baseline=base,
-        params={"window": win, "stride": step, "batch_size": batch_size},
-        extras={"n_windows": n_win, "n_evaluations": n_live},
-    )
+        return torch.where(covered > 0, total / covered.clamp_min(1), torch.zeros_like(total))
+
+
+def _drops(run: Run, windows: _Windows, base: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """``f(x) - f(x with window w occluded)`` for every example and window, (N, windows),
+    and the number of rows evaluated."""
+    prep, x, n_win, shape, cached = run.prep, run.inputs, windows.n, windows.shape, windows.cached
+    n = x.shape[0]
+    flat_x, flat_b = x.reshape(n, -1), base.reshape(n, -1)
+    full = prep.target.scores(prep.output)
+    # a window whose features already equal the baseline leaves the input unchanged: its
+    # drop is exactly 0, so only the windows that change something are evaluated
+    live = None
+    if cached is not None and not bool((flat_x != flat_b).all()):
+        live = ((flat_x != flat_b).to(x.dtype) @ cached.T).reshape(-1).nonzero().view(-1)
+    n_live = n * n_win if live is None else live.numel()
+    size = chunk_rows(run.batch_size, shape, total=max(1, n_live), device=x.device)
+
+    def evaluate(start: int, stop: int) -> torch.Tensor:
+        idx = torch.arange(start, stop, device=x.device) if live is None else live[start:stop]
+        ex = idx // n_win
+        rows = mix(
+            windows.masks(idx % n_win), flat_b.index_select(0, ex), flat_x.index_select(0, ex)
+        )
+        return prep.target.scores(prep.forward(rows.view(-1, *shape), ex), ex)
+
+    if cached is not None and live is None:  # every window: one broadcast per block
+        kept = 1 - cached
+
+        def block(e0: int, e1: int, j0: int, j1: int) -> torch.Tensor:
+            off = flat_x[e0:e1].unsqueeze(1) * kept[j0:j1].unsqueeze(0)
+            on = cached[j0:j1].unsqueeze(0)
+            return torch.addcmul(off, flat_b[e0:e1].unsqueeze(1), on).view(-1, *shape)
+
+        balance = run.batch_size is None
+        scores = block_scores(
+            prep.forward, prep.target, block, n, n_win, size, device=x.device, balance=balance
+        )
+    elif live is None:
+        prep.forward.expect(n * n_win)
+        scores = map_chunks(evaluate, n * n_win, size)
+    else:
+        scores = full.repeat_interleave(n_win)
+        if n_live:
+            prep.forward.expect(n_live)
+            scores[live] = map_chunks(evaluate, n_live, size).to(scores.dtype)
+    return (full.unsqueeze(1) - scores.view(n, n_win)).to(x.dtype), n_live
 
 
 @register(kind="perturbation", input_kinds=("tabular", "image"))
@@ -246,33 +251,20 @@ def feature_ablation(
         >>> e.extras["values"].shape
         torch.Size([1, 2])
     """
-    with model_guard(model, eval_mode=eval_mode, method="feature_ablation"):
-        prep = prepare(
-            model,
-            inputs,
-            target=target,
-            forward_args=forward_args,
-            forward_kwargs=forward_kwargs,
-            output=output,
-        )
-        x = prep.inputs
+    with explaining("feature_ablation", locals()) as run:
+        x = run.inputs
         check_int("n_segments", n_segments, min_value=1)
         fmask = resolve_feature_mask(feature_mask, x, n_segments=n_segments)
         base = broadcast_baseline(baseline, x)
         game = CoalitionValues(
-            prep.forward, prep.target, x, fmask, baseline=base, batch_size=batch_size
+            run.prep.forward, run.prep.target, x, fmask, baseline=base, batch_size=batch_size
         )
-        p = fmask.n_players
-        drop_one = ~torch.eye(p, dtype=torch.bool, device=x.device)
-        full = prep.target.scores(prep.output)
-        values = (full.unsqueeze(1) - game(drop_one)).to(x.dtype)
-        attr = fmask.spread(values).view_as(x)
-    return Explanation(
-        attributions=attr,
-        inputs=x,
-        method="feature_ablation",
-        target=prep.target.describe(),
-        baseline=base,
-        params={"feature_mask": feature_mask, "n_segments": n_segments, "batch_size": batch_size},
-        extras={"values": values, "n_players": p},
-    )
+        drop_one = ~torch.eye(fmask.n_players, dtype=torch.bool, device=x.device)
+        values = (run.scores().unsqueeze(1) - game(drop_one)).to(x.dtype)
+        run.result(
+            fmask.spread(values).view_as(x),
+            baseline=base,
+            params={"feature_mask": feature_mask, "n_segments": n_segments},
+            extras={"values": values, "n_players": fmask.n_players},
+        )
+    return run.explanation

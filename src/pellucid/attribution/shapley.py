@@ -17,9 +17,8 @@ from typing import Any
 
 import torch
 
-from pellucid._evaluate import Prepared, prepare
 from pellucid._registry import register
-from pellucid._state import model_guard
+from pellucid._shell import Run, explaining
 from pellucid._targets import Target
 from pellucid._validation import check_generator, check_int
 from pellucid.attribution._background import build_game, summarize_background
@@ -56,21 +55,17 @@ def _with_ends(
 
 
 def _result(
-    name: str,
-    prep: Prepared,
+    run: Run,
     fmask: FeatureMask,
     values: torch.Tensor,
     base: Any,
     params: dict[str, Any],
     extras: dict[str, Any],
-) -> Explanation:
-    x = prep.inputs
+) -> None:
+    x = run.inputs
     values = values.to(x.dtype)
-    return Explanation(
-        attributions=fmask.spread(values).view_as(x),
-        inputs=x,
-        method=name,
-        target=prep.target.describe(),
+    run.result(
+        fmask.spread(values).view_as(x),
         baseline=base,
         params=params,
         extras={"values": values, "n_players": fmask.n_players, **extras},
@@ -119,15 +114,8 @@ def exact_shapley(
         >>> torch.allclose(e.attributions, net.weight.detach())
         True
     """
-    with model_guard(model, eval_mode=eval_mode, method="exact_shapley"):
-        prep = prepare(
-            model,
-            inputs,
-            target=target,
-            forward_args=forward_args,
-            forward_kwargs=forward_kwargs,
-            output=output,
-        )
+    with explaining("exact_shapley", locals()) as run:
+        prep = run.prep
         game, fmask, base = build_game(
             prep,
             feature_mask=feature_mask,
@@ -159,24 +147,24 @@ def exact_shapley(
             coef = torch.where(z, w_in[size].unsqueeze(1), -w_out[size].unsqueeze(1))
             values += game(z).to(torch.float64) @ coef
         _, empty, full = _with_ends(game, z_all[:0])
-    return _result(
-        "exact_shapley",
-        prep,
-        fmask,
-        values,
-        base,
-        {
-            "feature_mask": feature_mask,
-            "n_segments": n_segments,
-            "batch_size": batch_size,
-            "background": background is not None,
-        },
-        {
-            "expected_value": empty,
-            "efficiency_gap": values.sum(1) - (full - empty),
-            "n_evaluations": game.rows_per_eval(1 << p),
-        },
-    )
+        _result(
+            run,
+            fmask,
+            values,
+            base,
+            {
+                "feature_mask": feature_mask,
+                "n_segments": n_segments,
+                "batch_size": batch_size,
+                "background": background is not None,
+            },
+            {
+                "expected_value": empty,
+                "efficiency_gap": values.sum(1) - (full - empty),
+                "n_evaluations": game.rows_per_eval(1 << p),
+            },
+        )
+    return run.explanation
 
 
 @register(
@@ -233,15 +221,8 @@ def sampling_shapley(
     if not isinstance(antithetic, bool):
         raise TypeError(f"`antithetic` must be True or False; got {antithetic!r}.")
     check_generator("generator", generator)
-    with model_guard(model, eval_mode=eval_mode, method="sampling_shapley"):
-        prep = prepare(
-            model,
-            inputs,
-            target=target,
-            forward_args=forward_args,
-            forward_kwargs=forward_kwargs,
-            output=output,
-        )
+    with explaining("sampling_shapley", locals()) as run:
+        prep = run.prep
         game, fmask, base = build_game(
             prep,
             feature_mask=feature_mask,
@@ -278,27 +259,27 @@ def sampling_shapley(
             if units.shape[1] > 1
             else (torch.zeros_like(values))
         )
-    return _result(
-        "sampling_shapley",
-        prep,
-        fmask,
-        values,
-        base,
-        {
-            "n_samples": n_perm,
-            "antithetic": antithetic,
-            "feature_mask": feature_mask,
-            "n_segments": n_segments,
-            "batch_size": batch_size,
-            "background": background is not None,
-        },
-        {
-            "stderr": stderr.to(prep.inputs.dtype),
-            "expected_value": empty,
-            "efficiency_gap": values.sum(1) - (full - empty),
-            "n_evaluations": game.rows_per_eval(n_perm * (p - 1) + 1),
-        },
-    )
+        _result(
+            run,
+            fmask,
+            values,
+            base,
+            {
+                "n_samples": n_perm,
+                "antithetic": antithetic,
+                "feature_mask": feature_mask,
+                "n_segments": n_segments,
+                "batch_size": batch_size,
+                "background": background is not None,
+            },
+            {
+                "stderr": stderr.to(prep.inputs.dtype),
+                "expected_value": empty,
+                "efficiency_gap": values.sum(1) - (full - empty),
+                "n_evaluations": game.rows_per_eval(n_perm * (p - 1) + 1),
+            },
+        )
+    return run.explanation
 
 
 @register(
@@ -350,15 +331,8 @@ def kernel_shap(
         True
     """
     check_generator("generator", generator)
-    with model_guard(model, eval_mode=eval_mode, method="kernel_shap"):
-        prep = prepare(
-            model,
-            inputs,
-            target=target,
-            forward_args=forward_args,
-            forward_kwargs=forward_kwargs,
-            output=output,
-        )
+    with explaining("kernel_shap", locals()) as run:
+        prep = run.prep
         game, fmask, base = build_game(
             prep,
             feature_mask=feature_mask,
@@ -397,28 +371,28 @@ def kernel_shap(
                     fit.r2,
                     fit.stderr.index_select(1, perm),
                 )
-    return _result(
-        "kernel_shap",
-        prep,
-        fmask,
-        fit.coef,
-        base,
-        {
-            "n_samples": budget,
-            "feature_mask": feature_mask,
-            "n_segments": n_segments,
-            "batch_size": batch_size,
-            "background": background is not None,
-        },
-        {
-            "stderr": fit.stderr.to(prep.inputs.dtype),
-            "r2": fit.r2,
-            "exact": exact,
-            "expected_value": empty,
-            "efficiency_gap": fit.coef.sum(1) - (full - empty),
-            "n_evaluations": game.rows_per_eval(z.shape[0] + 1),
-        },
-    )
+        _result(
+            run,
+            fmask,
+            fit.coef,
+            base,
+            {
+                "n_samples": budget,
+                "feature_mask": feature_mask,
+                "n_segments": n_segments,
+                "batch_size": batch_size,
+                "background": background is not None,
+            },
+            {
+                "stderr": fit.stderr.to(prep.inputs.dtype),
+                "r2": fit.r2,
+                "exact": exact,
+                "expected_value": empty,
+                "efficiency_gap": fit.coef.sum(1) - (full - empty),
+                "n_evaluations": game.rows_per_eval(z.shape[0] + 1),
+            },
+        )
+    return run.explanation
 
 
 for _fn in (exact_shapley, sampling_shapley, kernel_shap):
