@@ -175,15 +175,15 @@ def lime(
     )
     check_int("n_segments", n_segments, min_value=1)
     check_generator("generator", generator)
+    if train_data is not None and (feature_mask is not None or baseline is not None):
+        raise ValueError(
+            "`train_data` selects the tabular sampler, which perturbs every feature around "
+            "the example; `feature_mask` and `baseline` belong to the interpretable (on/off) "
+            "sampler. Pass one or the other."
+        )
     with explaining("lime", locals()) as run:
         x = run.inputs
         if train_data is not None:
-            if feature_mask is not None or baseline is not None:
-                raise ValueError(
-                    "`train_data` selects the tabular sampler, which perturbs every feature "
-                    "around the example; `feature_mask` and `baseline` belong to the "
-                    "interpretable (on/off) sampler. Pass one or the other."
-                )
             fit, attr, base, n_samples, width = _lime_tabular(
                 run, train_data, n_samples, width, alpha, generator
             )
@@ -193,17 +193,11 @@ def lime(
                 run, feature_mask, n_segments, baseline, n_samples, width, alpha, generator
             )
             mode = "interpretable"
+        params = {"n_samples": n_samples, "mode": mode, "kernel_width": width, "alpha": alpha}
         run.result(
             attr.to(x.dtype),
             baseline=base,
-            params={
-                "n_samples": n_samples,
-                "mode": mode,
-                "kernel_width": width,
-                "alpha": alpha,
-                "feature_mask": feature_mask,
-                "n_segments": n_segments,
-            },
+            params={**params, "feature_mask": feature_mask, "n_segments": n_segments},
             extras={
                 "coefficients": fit.coef.to(x.dtype),
                 "intercept": fit.intercept,

@@ -54,6 +54,12 @@ def _with_ends(
     return v[:, :-1], v[:, -1], full.to(torch.float64)
 
 
+def _game(run: Run, call: dict[str, Any]) -> tuple[Any, FeatureMask, Any]:
+    """The coalition game of the call's players and references (see ``build_game``)."""
+    keys = ("feature_mask", "n_segments", "baseline", "background", "background_weights")
+    return build_game(run.prep, batch_size=run.batch_size, **{k: call[k] for k in keys})
+
+
 def _result(
     run: Run,
     fmask: FeatureMask,
@@ -116,15 +122,7 @@ def exact_shapley(
     """
     with explaining("exact_shapley", locals()) as run:
         prep = run.prep
-        game, fmask, base = build_game(
-            prep,
-            feature_mask=feature_mask,
-            n_segments=n_segments,
-            baseline=baseline,
-            background=background,
-            background_weights=background_weights,
-            batch_size=batch_size,
-        )
+        game, fmask, base = _game(run, locals())
         p, device = fmask.n_players, prep.inputs.device
         if p > MAX_EXACT_PLAYERS:
             raise ValueError(
@@ -223,41 +221,10 @@ def sampling_shapley(
     check_generator("generator", generator)
     with explaining("sampling_shapley", locals()) as run:
         prep = run.prep
-        game, fmask, base = build_game(
-            prep,
-            feature_mask=feature_mask,
-            n_segments=n_segments,
-            baseline=baseline,
-            background=background,
-            background_weights=background_weights,
-            batch_size=batch_size,
-        )
+        game, fmask, base = _game(run, locals())
         p, n, device = fmask.n_players, prep.inputs.shape[0], prep.inputs.device
-        half = (n_samples + 1) // 2 if antithetic else n_samples
-        ranks = torch.rand(half, p, generator=generator).argsort(1).argsort(1).to(device)
-        if antithetic:
-            ranks = torch.cat([ranks, p - 1 - ranks])
-        n_perm = ranks.shape[0]
-        steps = torch.arange(1, p, device=device).view(1, p - 1, 1)
-        z = (ranks.unsqueeze(1) < steps).reshape(-1, p)  # prefixes of size 1..P-1
-        inner, empty, full = _with_ends(game, z, prep.target.scores(prep.output))
-        inner = inner.view(n, n_perm, p - 1)
-        chain = torch.cat(
-            [
-                empty.view(n, 1, 1).expand(n, n_perm, 1),
-                inner,
-                full.view(n, 1, 1).expand(n, n_perm, 1),
-            ],
-            dim=2,
-        )
-        marginal = chain.diff(dim=2)  # (N, perms, P): contribution of the player at rank k
-        contrib = marginal.gather(2, ranks.unsqueeze(0).expand(n, -1, -1))
-        values = contrib.mean(1)
-        units = (contrib[:, :half] + contrib[:, half:]) / 2 if antithetic else contrib
-        stderr = (
-            units.std(1) / math.sqrt(units.shape[1])
-            if units.shape[1] > 1
-            else (torch.zeros_like(values))
+        values, stderr, empty, full, n_perm = _permutation_values(
+            run, game, p, n_samples, antithetic, generator
         )
         _result(
             run,
@@ -280,6 +247,38 @@ def sampling_shapley(
             },
         )
     return run.explanation
+
+
+def _permutation_values(
+    run: Run, game: Any, p: int, n_samples: int, antithetic: bool, generator: Any
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """Mean marginal contributions over random player orders (with their reverses when
+    ``antithetic``), their standard error, v(empty), v(full) and the number of orders."""
+    n, device = run.inputs.shape[0], run.inputs.device
+    half = (n_samples + 1) // 2 if antithetic else n_samples
+    ranks = torch.rand(half, p, generator=generator).argsort(1).argsort(1).to(device)
+    if antithetic:
+        ranks = torch.cat([ranks, p - 1 - ranks])
+    n_perm = ranks.shape[0]
+    steps = torch.arange(1, p, device=device).view(1, p - 1, 1)
+    z = (ranks.unsqueeze(1) < steps).reshape(-1, p)  # prefixes of size 1..P-1
+    inner, empty, full = _with_ends(game, z, run.scores())
+    chain = torch.cat(
+        [
+            empty.view(n, 1, 1).expand(n, n_perm, 1),
+            inner.view(n, n_perm, p - 1),
+            full.view(n, 1, 1).expand(n, n_perm, 1),
+        ],
+        dim=2,
+    )
+    marginal = chain.diff(dim=2)  # (N, perms, P): contribution of the player at rank k
+    contrib = marginal.gather(2, ranks.unsqueeze(0).expand(n, -1, -1))
+    values = contrib.mean(1)
+    units = (contrib[:, :half] + contrib[:, half:]) / 2 if antithetic else contrib
+    stderr = (
+        units.std(1) / math.sqrt(units.shape[1]) if units.shape[1] > 1 else torch.zeros_like(values)
+    )
+    return values, stderr, empty, full, n_perm
 
 
 @register(
@@ -333,15 +332,7 @@ def kernel_shap(
     check_generator("generator", generator)
     with explaining("kernel_shap", locals()) as run:
         prep = run.prep
-        game, fmask, base = build_game(
-            prep,
-            feature_mask=feature_mask,
-            n_segments=n_segments,
-            baseline=baseline,
-            background=background,
-            background_weights=background_weights,
-            batch_size=batch_size,
-        )
+        game, fmask, base = _game(run, locals())
         p, device = fmask.n_players, prep.inputs.device
         budget = min((1 << min(p, 62)) - 2, 2 * p + 2048) if n_samples is None else n_samples
         if n_samples is not None:
@@ -352,25 +343,7 @@ def kernel_shap(
                 hint=f" The regression over {p} players needs at least {p} coalitions "
                 f"(use {2 * p + 2048} or more for a reliable estimate).",
             )
-        if p == 1:
-            z = torch.zeros(0, 1, dtype=torch.bool, device=device)
-            weights = torch.zeros(0, dtype=torch.float64, device=device)
-            values, empty, full = _with_ends(game, z, prep.target.scores(prep.output))
-            fit = efficient_wls(z, values - empty.unsqueeze(1), weights, full - empty)
-            exact = True
-        else:
-            z, design, perm, exact = kernel_design(
-                p, budget, generator=generator, device=device, dtype=prep.inputs.dtype
-            )
-            values, empty, full = _with_ends(game, z, prep.target.scores(prep.output))
-            fit = constrained_fit(design, values - empty.unsqueeze(1), full - empty, exact=exact)
-            if perm is not None:  # the design's players in the evaluated coalitions' order
-                fit = LinearFit(
-                    fit.coef.index_select(1, perm),
-                    fit.intercept,
-                    fit.r2,
-                    fit.stderr.index_select(1, perm),
-                )
+        fit, z, empty, full, exact = _kernel_fit(run, game, p, budget, generator)
         _result(
             run,
             fmask,
@@ -393,6 +366,35 @@ def kernel_shap(
             },
         )
     return run.explanation
+
+
+def _kernel_fit(
+    run: Run, game: Any, p: int, budget: int, generator: Any
+) -> tuple[LinearFit, torch.Tensor, torch.Tensor, torch.Tensor, bool]:
+    """The constrained weighted regression of KernelSHAP on ``budget`` coalitions: the fit,
+    the coalitions, v(empty), v(full) and whether the design enumerated them all."""
+    device = run.inputs.device
+    if p == 1:
+        z = torch.zeros(0, 1, dtype=torch.bool, device=device)
+        weights = torch.zeros(0, dtype=torch.float64, device=device)
+        values, empty, full = _with_ends(game, z, run.scores())
+        return (
+            efficient_wls(z, values - empty.unsqueeze(1), weights, full - empty),
+            z,
+            empty,
+            full,
+            True,
+        )
+    z, design, perm, exact = kernel_design(
+        p, budget, generator=generator, device=device, dtype=run.inputs.dtype
+    )
+    values, empty, full = _with_ends(game, z, run.scores())
+    fit = constrained_fit(design, values - empty.unsqueeze(1), full - empty, exact=exact)
+    if perm is not None:  # the design's players in the evaluated coalitions' order
+        fit = LinearFit(
+            fit.coef.index_select(1, perm), fit.intercept, fit.r2, fit.stderr.index_select(1, perm)
+        )
+    return fit, z, empty, full, exact
 
 
 for _fn in (exact_shapley, sampling_shapley, kernel_shap):
