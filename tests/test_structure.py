@@ -6,10 +6,10 @@ found even when one side imports lazily inside a function: a lazy import hides a
 import time but still ties the two modules together. Imports under ``if TYPE_CHECKING:``
 are not edges (they never run).
 
-Private modules: a module whose own name starts with ``_`` (``pellucid/attribution/_common.py``)
+Private modules: a module whose own name starts with ``_`` (``pellucid/attribution/_coalitions.py``)
 belongs to its package. It may be imported by the modules of that package and of the
 package's subpackages (``pellucid.attribution.rules.*`` may import
-``pellucid.attribution._common``), never from a sibling package (``pellucid.metrics`` may
+``pellucid.attribution._coalitions``), never from a sibling package (``pellucid.metrics`` may
 not). The top-level package is everything, so for top-level private modules
 (``pellucid._x``) that rule says nothing: those imported from a subpackage must be listed in
 ``SHARED_PRIVATE`` with the reason they are shared.
