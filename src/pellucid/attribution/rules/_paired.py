@@ -257,10 +257,12 @@ class TwoPasses:
 class JointPass(TwoPasses):
     """Reference-pass strategy: once a model has shown (by the checked two passes, on first
     sight) that the batch comes first at every paired operation, a shared reference row is
-    appended to the batch and one pass serves both (measured with
-    ``benchmarks/bench_decomposition.py --strategies``: 24% of DeepLIFT's time on the digits
-    SmallCNN, 36% on TinyResNet, 3% on an MLP). Results do not depend on history: the first
-    sight's two passes only decide; the joint pass computes."""
+    appended to the batch and one pass serves both. Results do not depend on history: the
+    first sight's two passes only decide; the joint pass computes. Measured against
+    :class:`TwoPasses` with its one-row reference (``benchmarks/bench_decomposition.py
+    --strategies``) the gain is within timing noise on the reference models (it was 32-37%
+    against a reference pass over all N baseline rows); :data:`REFERENCE_PASS` is the
+    single place that chooses."""
 
     def __call__(
         self, forward: PairedForward, x: torch.Tensor, index: torch.Tensor | None
