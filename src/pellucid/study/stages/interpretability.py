@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -27,29 +26,23 @@ from pellucid.report.html import Figure, Paragraph, Section, Table
 from pellucid.study.collapse import detect_collapse
 from pellucid.study.context import StudyContext, check_model_keys
 from pellucid.study.errors import ConfigError
+from pellucid.study.examples import ExampleRecorder
 from pellucid.study.stages._interpretability_report import (
     TABLE,
     num,
     plus_minus,
     randomization_png,
 )
+from pellucid.study.stages._scoring import (
+    IMAGE_KWARGS,
+    METHOD_KWARGS,
+    explainer,
+    score_variant,
+)
 from pellucid.study.stages.base import Stage
 from pellucid.study.stats import mean_ci
 
 __all__ = ["CLIPPERS", "IMAGE_KWARGS", "METHOD_KWARGS", "InterpretabilityStage"]
-
-#: Budgets of the sampling methods inside the study.
-METHOD_KWARGS: dict[str, dict[str, Any]] = {
-    "integrated_gradients": {"n_steps": 16},
-    "smoothgrad": {"n_samples": 8},
-    "expected_gradients": {"n_samples": 8},
-    "kernel_shap": {"n_samples": 256},
-    "lime": {"n_samples": 256},
-    "sampling_shapley": {"n_samples": 8},
-}
-
-#: Extra keyword arguments for image inputs (2x2 occlusion patches on 8x8 digits).
-IMAGE_KWARGS: dict[str, dict[str, Any]] = {"occlusion": {"window": 2, "stride": 2}}
 
 #: Clipping variants: name -> (transform factory name, its arguments) in pellucid.clipping.
 CLIPPERS: dict[str, tuple[str, tuple[Any, ...]]] = {
@@ -65,74 +58,6 @@ def _clip_transform(name: str) -> Any:
 
     factory, args = CLIPPERS[name]
     return getattr(clipping, factory)(*args)
-
-
-def _probabilities(out: torch.Tensor) -> torch.Tensor:
-    return out.softmax(dim=-1)
-
-
-def _explainer(method: str, seed: int, *, image: bool = False) -> Callable[..., torch.Tensor]:
-    """``explain(model, inputs, *, target)`` with the study's budget and a fixed seed."""
-    info = get_method(method)
-    kwargs = dict(METHOD_KWARGS.get(method, {}))
-    if image:
-        kwargs.update(IMAGE_KWARGS.get(method, {}))
-
-    def explain(model: Any, inputs: torch.Tensor, *, target: Any = None) -> torch.Tensor:
-        extra = dict(kwargs)
-        if info.stochastic:
-            extra["generator"] = torch.Generator().manual_seed(seed)
-        return info.fn(model, inputs, target=target, **extra).attributions
-
-    explain.__name__ = method
-    return explain
-
-
-def _nanmean(t: torch.Tensor) -> float:
-    return float(t.double().nanmean())
-
-
-def _score(
-    model: nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    method: str,
-    dense_attr: torch.Tensor | None,
-    cfg: dict[str, Any],
-    seed: int,
-) -> tuple[dict[str, float], torch.Tensor]:
-    from pellucid import metrics
-
-    explain = _explainer(method, seed, image=x.ndim > 2)
-    attr = explain(model, x, target=y)
-    gen = torch.Generator().manual_seed(seed)
-    kw: dict[str, Any] = {"target": y, "output": _probabilities}
-    out = {
-        "deletion_auc": _nanmean(metrics.deletion_auc(model, x, attr, **kw)),
-        "insertion_auc": _nanmean(metrics.insertion_auc(model, x, attr, **kw)),
-        "faithfulness": _nanmean(
-            metrics.faithfulness_correlation(
-                model, x, attr, n_samples=cfg["faithfulness_samples"], generator=gen, **kw
-            )
-        ),
-        "sparseness": _nanmean(metrics.sparseness(attr)),
-        "complexity": _nanmean(metrics.complexity(attr)),
-        "max_sensitivity": _nanmean(
-            metrics.max_sensitivity(
-                model,
-                x,
-                explain,
-                target=y,
-                radius=cfg["radius"],
-                n_samples=cfg["sensitivity_samples"],
-                generator=gen,
-            )
-        ),
-    }
-    if dense_attr is not None:
-        out["agreement"] = _nanmean(metrics.spearman(dense_attr, attr))
-        out["top_k_agreement"] = _nanmean(metrics.top_k_overlap(dense_attr, attr, k=0.2))
-    return out, attr
 
 
 def _train_clipped(ctx: StudyContext, key: str, seed: int, clip: str) -> nn.Module:
@@ -298,6 +223,16 @@ class InterpretabilityStage(Stage):
                 entry["methods"] = methods
                 dense_params = count_parameters(dense)
                 dense_attr: dict[str, torch.Tensor] = {}
+                recorder = ExampleRecorder(
+                    key,
+                    seed,
+                    x,
+                    y,
+                    feature_names=list(ds.feature_names or []),
+                    class_names=list(ds.class_names or []),
+                    mean=ds.mean,
+                    std=ds.std,
+                )
                 for name, family, level, model, acc in _variants(ctx, key, seed, cfg):
                     ctx.log(f"interpretability: {key} seed {seed} {name}")
                     sparsity = 1.0 - count_nonzeros(model) / dense_params
@@ -321,19 +256,20 @@ class InterpretabilityStage(Stage):
                         "fidelity": surrogate.fidelity_,
                         "leaves": surrogate.complexity_["leaves"],
                         "collapsed": None,
-                        "methods": {},
                     }
-                    for method in methods:
-                        try:
-                            scores, attr = _score(
-                                model, x, y, method, dense_attr.get(method), cfg, seed
-                            )
-                        except (ValueError, TypeError, RuntimeError) as exc:
-                            out["errors"].append(f"{key} {name} {method}: {exc}")
-                            continue
-                        if name == "dense":
-                            dense_attr[method] = attr
-                        run["methods"][method] = scores
+                    run["methods"] = score_variant(
+                        model,
+                        name,
+                        key,
+                        x,
+                        y,
+                        methods,
+                        dense_attr,
+                        cfg,
+                        seed,
+                        out["errors"],
+                        recorder if seed == ctx.seeds[0] else None,
+                    )
                     variant = entry["variants"].setdefault(
                         name, {"family": family, "level": level, "runs": []}
                     )
@@ -343,7 +279,7 @@ class InterpretabilityStage(Stage):
                     check = model_randomization_check(
                         dense,
                         x[:n_rand],
-                        _explainer(method, seed, image=x.ndim > 2),
+                        explainer(method, seed, image=x.ndim > 2),
                         target=y[:n_rand],
                         generator=torch.Generator().manual_seed(seed),
                     )
@@ -355,6 +291,8 @@ class InterpretabilityStage(Stage):
                             "fraction_passed": check.fraction_passed,
                         }
                     )
+                if seed == ctx.seeds[0]:
+                    entry["examples"] = recorder.save(ctx.out_dir / "results" / "examples")
             entry["task"] = ds.task
             entry["model"] = spec.model
             out["models"][key] = entry
