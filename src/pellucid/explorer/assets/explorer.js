@@ -225,6 +225,7 @@
       const x0 = S.absolute ? mid : mid + (W - mid) / 2;
       const [r, g, b] = colour(v / scale, S.absolute);
       const row = h("g", { "data-feature": j, transform: "translate(0," + (k * rowH) + ")" },
+        h("rect", { class: "hit", x: 0, y: 0, width: W, height: rowH, fill: "#fff", "fill-opacity": 0 }),
         h("text", { x: mid - 6, y: 12, "text-anchor": "end", "font-size": 11 },
           featureName(ds, j).slice(0, 32)),
         h("rect", { x: S.absolute || v >= 0 ? x0 : x0 - len, y: 2, width: Math.max(len, 1),
