@@ -147,7 +147,10 @@ def _overview(
             if config["quick"]
             else ""
         )
-        + f"Total time {total:.1f} s on {os.cpu_count()} CPU core(s)."
+        + f"Total time {total:.1f} s on {os.cpu_count()} CPU core(s). "
+        + "To look at single examples, methods and model variants interactively, open "
+        "explorer.html next to this page (written by `pellucid study`) or run "
+        "`pellucid serve` on the study folder."
     )
     return Section(
         "Overview",
