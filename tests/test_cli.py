@@ -23,7 +23,7 @@ def _run(*args: str) -> subprocess.CompletedProcess[str]:
 def test_every_command_is_registered_from_its_module():
     parser = build_parser()
     sub = next(a for a in parser._actions if a.dest == "command")
-    for name in ("study", "explain", "diagnose", "stages"):
+    for name in ("study", "explain", "diagnose", "stages", "serve"):
         assert name in sub.choices
         assert sub.choices[name].get_default("run").__module__ == f"pellucid.cli.{name}"
 
@@ -35,6 +35,7 @@ def test_every_command_is_registered_from_its_module():
         ["explain", "--n", "x"],
         ["study", "--seed", "1.5"],
         ["diagnose", "--nosuchflag"],
+        ["serve", "--port", "x", "."],
     ],
 )
 def test_parse_errors_are_one_line_exit_2(args):

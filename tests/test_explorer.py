@@ -205,3 +205,41 @@ def test_server_is_read_only_and_refuses_other_hosts(server):
     assert _get(server, "/", method="POST")[0] == 501
     assert _get(server, "/files/report/index.html", method="PUT")[0] == 501
     assert _get(server, "/", host="evil.example:80")[0] == 403
+
+
+def test_serve_command_prints_its_address_and_serves(tmp_path):
+    import subprocess
+    import sys
+
+    _explanations(tmp_path)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pellucid.cli", "serve", str(tmp_path), "--port", "0"],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        line = proc.stderr.readline()
+        port = int(re.search(r"http://127\.0\.0\.1:(\d+)/", line).group(1))
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        conn.request("GET", "/api/manifest")
+        assert json.loads(conn.getresponse().read())["datasets"][0]["n"] == 5
+        conn.close()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        proc.stderr.close()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["serve", "missing-dir"], "`DIR` must be an existing directory"),
+        (["serve", ".", "--port", "70000"], "`--port` must be an integer in [0, 65535]"),
+    ],
+)
+def test_serve_command_bad_input_is_one_line(args, message, capsys):
+    from pellucid.cli import main
+
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -28,6 +29,15 @@ def test_quick_study_writes_report_and_json(quick_study):
         assert stored["stage"] == stage and "result" in stored
     training = json.loads((quick_study / "results" / "training.json").read_text())["result"]
     assert training["digits/SmallCNN"]["runs"][0]["test"]["accuracy"] > 0.5
+
+
+def test_quick_study_writes_the_explorer_next_to_the_report(quick_study):
+    html = (quick_study / "report" / "explorer.html").read_text()
+    manifest = re.search(r'<script type="application/json" id="px-manifest">(.*?)</script>', html)
+    datasets = json.loads(manifest.group(1))["datasets"]
+    interp = json.loads((quick_study / "results" / "interpretability.json").read_text())
+    assert [d["title"] for d in datasets] == list(interp["result"]["models"])
+    assert datasets[0]["variants"][0] == "dense" and datasets[0]["has_curves"]
 
 
 def test_rerun_resumes_from_cache(quick_study, capsys):

@@ -26,6 +26,7 @@ COMMANDS: tuple[str, ...] = (
     "prune",
     "stages",
     "show",
+    "serve",
 )
 
 

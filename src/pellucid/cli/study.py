@@ -14,6 +14,7 @@ def register(sub: Any) -> None:
         "study",
         help="train, clip, prune and explain reference models; write an HTML report",
         description="Run the trade-off study on embedded data and write OUT/report/index.html "
+        "(and OUT/report/explorer.html, the interactive explorer) "
         "plus machine-readable results in OUT/results/. Finished stages are cached; a rerun "
         "resumes.",
     )
@@ -49,5 +50,9 @@ def run(args: argparse.Namespace) -> int:
     report = run_study(
         config, args.out, resume=not args.no_resume, progress=False if args.quiet else True
     )
+    from pellucid.explorer import write_static_page
+
+    explorer = write_static_page(args.out)
     print(f"report: {report}")
+    print(f"explorer: {explorer}")
     return 0
