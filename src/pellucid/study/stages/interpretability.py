@@ -129,6 +129,37 @@ def _methods(cfg: dict[str, Any], image: bool) -> list[str]:
     ]
 
 
+def _randomization(
+    out: dict[str, list[dict[str, Any]]],
+    dense: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    dense_attr: dict[str, torch.Tensor],
+    cfg: dict[str, Any],
+    seed: int,
+) -> None:
+    """The cascading randomization check of every method that explained the dense model."""
+    from pellucid.metrics import model_randomization_check
+
+    n_rand = min(cfg["randomization_examples"], x.shape[0])
+    for method in dense_attr:
+        check = model_randomization_check(
+            dense,
+            x[:n_rand],
+            explainer(method, seed, image=x.ndim > 2),
+            target=y[:n_rand],
+            generator=torch.Generator().manual_seed(seed),
+        )
+        out.setdefault(method, []).append(
+            {
+                "seed": seed,
+                "layers": list(check.layers),
+                "median": [float(c.nanmedian()) for c in check.correlations],
+                "fraction_passed": check.fraction_passed,
+            }
+        )
+
+
 class InterpretabilityStage(Stage):
     """Scores explanation methods on dense, clipped and pruned variants of the models."""
 
@@ -207,7 +238,6 @@ class InterpretabilityStage(Stage):
 
     def _run(self, ctx: StudyContext, cfg: dict[str, Any]) -> dict[str, Any]:
         from pellucid.inspection import GlobalSurrogate
-        from pellucid.metrics import model_randomization_check
         from pellucid.pruning.measure import count_nonzeros, count_parameters
 
         start = time.perf_counter()
@@ -274,23 +304,7 @@ class InterpretabilityStage(Stage):
                         name, {"family": family, "level": level, "runs": []}
                     )
                     variant["runs"].append(run)
-                n_rand = min(cfg["randomization_examples"], x.shape[0])
-                for method in dense_attr:
-                    check = model_randomization_check(
-                        dense,
-                        x[:n_rand],
-                        explainer(method, seed, image=x.ndim > 2),
-                        target=y[:n_rand],
-                        generator=torch.Generator().manual_seed(seed),
-                    )
-                    entry["randomization"].setdefault(method, []).append(
-                        {
-                            "seed": seed,
-                            "layers": list(check.layers),
-                            "median": [float(c.nanmedian()) for c in check.correlations],
-                            "fraction_passed": check.fraction_passed,
-                        }
-                    )
+                _randomization(entry["randomization"], dense, x, y, dense_attr, cfg, seed)
                 if seed == ctx.seeds[0]:
                     entry["examples"] = recorder.save(ctx.out_dir / "results" / "examples")
             entry["task"] = ds.task
