@@ -42,11 +42,10 @@ def resolve_batch_size(batch_size: int | None, row_numel: int, *, total: int) ->
 
 
 #: On CPU, chunks of about this many input values keep the model's activations in cache:
-#: KernelSHAP on a 30-feature MLP evaluates 64,064 rows in 13.7 ms in chunks of ~4,000 rows,
-#: 19.0 ms in chunks of ~1,000 (more per-chunk overhead) and 27.4 ms in one call. Examples
-#: with a spatial shape (images) feed convolutions whose activations are many times their
-#: inputs: for them the smaller budget (occlusion of 16 8x8 digits through a small CNN:
-#: 25 ms in chunks of 392 rows, 31 ms in one call of 784).
+#: one huge call spills them, many tiny calls pay per-call overhead, and a middle size beats
+#: both (``benchmarks/bench_perturbation_attribution.py`` measures the whole method against
+#: its peer). Examples with a spatial shape (images) feed convolutions whose activations are
+#: many times their inputs: for them the smaller budget.
 CPU_CHUNK_ELEMENTS, CPU_SPATIAL_CHUNK_ELEMENTS = 1 << 17, 1 << 15
 
 

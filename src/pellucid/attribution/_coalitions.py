@@ -263,7 +263,7 @@ def _kernel_layout(
 
 
 #: Balancing a design: at most this many greedy sweeps over its coalitions, this many swap
-#: steps in all (about 0.1 ms each for 30 players, paid once per design), and only designs of
+#: steps in all (a one-off cost per design, which is cached), and only designs of
 #: up to this many coalitions and players (larger budgets gain little over random draws).
 BALANCE_SWEEPS, BALANCE_STEPS = 4, 2048
 BALANCE_MAX_COALITIONS, BALANCE_MAX_PLAYERS = 8192, 256
@@ -409,7 +409,7 @@ class CoalitionValues:
             self.batch_size, self.shape, total=total * self.n_ref, device=self.x.device
         )
         pairs = max(1, size // self.n_ref)
-        zf = z.to(self.x.dtype)  # float masks: a multiply-add is ~40x faster than where on CPU
+        zf = z.to(self.x.dtype)  # float masks: a multiply-add is much cheaper than torch.where
         if self.weights is None and self.fmask.shared and total > 0:
             return self._blocks(zf, pairs)
         identity = self.identity

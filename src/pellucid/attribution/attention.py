@@ -132,6 +132,12 @@ def attention_maps(
         eval_mode: True runs in eval mode for this call (no attention dropout); None (the
             default) warns in training mode; False keeps the mode silently.
 
+    Raises:
+        TypeError: `model` is not an nn.Module, `inputs` is not a tensor, or an option has the wrong
+            type.
+        ValueError: the model has no nn.MultiheadAttention layer, or its layers' maps differ in
+            shape.
+
     Example:
         >>> import torch
         >>> from pellucid.models import TinyTransformer
@@ -253,6 +259,12 @@ def attention(
         Other arguments as in :func:`attention_maps` (``output`` selects the output that
         ``target`` is validated against).
 
+    Raises:
+        TypeError: `model` is not an nn.Module, `inputs` is not a tensor, or an option has the wrong
+            type.
+        ValueError: the model has no nn.MultiheadAttention layer, `layer` is out of range, or
+            `head_fusion` is unknown.
+
     Example:
         >>> import torch
         >>> from pellucid.models import TinyTransformer
@@ -316,6 +328,12 @@ def attention_rollout(
         residual: add the identity for the skip connection.
         query: the output position to explain, or None for the mean over positions.
         Other arguments as in :func:`attention_maps`.
+
+    Raises:
+        TypeError: `model` is not an nn.Module, `inputs` is not a tensor, or an option has the wrong
+            type.
+        ValueError: the model has no nn.MultiheadAttention layer, the maps are not square (cross-
+            attention), `query` is out of range, or `head_fusion` is unknown.
 
     Example:
         >>> import torch

@@ -103,6 +103,14 @@ def guided_backprop(
 
     ``extras["rules"]`` lists the rule each executed operation got (per layer).
 
+    Raises:
+        TypeError: `model` is not callable, `inputs` is not a floating-point tensor, or an option
+            has the wrong type.
+        ValueError: `inputs` is empty or holds NaN/inf, `target` does not fit the model's output, or
+            `batch_size` < 1.
+        UnsupportedOperationError: the model runs an operation without a rule (a ValueError naming
+            the operation).
+
     Example:
         >>> import torch
         >>> net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 1))
@@ -136,6 +144,14 @@ def deconvolution(
     eval_mode: bool | None = None,
 ) -> Explanation:
     """Deconvolution (Zeiler and Fergus 2014): every ReLU's backward set to ``relu(grad)``.
+
+    Raises:
+        TypeError: `model` is not callable, `inputs` is not a floating-point tensor, or an option
+            has the wrong type.
+        ValueError: `inputs` is empty or holds NaN/inf, `target` does not fit the model's output, or
+            `batch_size` < 1.
+        UnsupportedOperationError: the model runs an operation without a rule (a ValueError naming
+            the operation).
 
     Example:
         >>> import torch

@@ -97,6 +97,13 @@ def grad_cam(
         output: which part of a tuple/dict return value to explain.
         eval_mode: True explains in eval mode for this call; None warns in training mode.
 
+    Raises:
+        TypeError: `model` is not callable, `inputs` is not a floating-point tensor, or an option
+            has the wrong type.
+        ValueError: `inputs` is empty or holds NaN/inf, `target` does not fit the model's output, or
+            `layer` is missing or not a submodule of `model`, its output is not feature maps (N, C,
+            *spatial), or `upsample` is unknown.
+
     Example:
         >>> import torch
         >>> net = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.Flatten(),
@@ -137,6 +144,15 @@ def guided_grad_cam(
 
     Takes the arguments of :func:`grad_cam` (the map is always rectified). The guided
     backprop rules are attached to the executed ReLU calls (see :func:`guided_backprop`).
+
+    Raises:
+        TypeError: `model` is not callable, `inputs` is not a floating-point tensor, or an option
+            has the wrong type.
+        ValueError: `inputs` is empty or holds NaN/inf, `target` does not fit the model's output, or
+            `layer` is missing or not a submodule of `model`, or its output is not feature maps (N,
+            C, *spatial).
+        UnsupportedOperationError: the model runs an operation without a rule (a ValueError naming
+            the operation).
 
     Example:
         >>> import torch

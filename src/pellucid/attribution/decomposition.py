@@ -85,6 +85,14 @@ def deeplift(
         output: which part of a tuple/dict return value to explain.
         eval_mode: True explains in eval mode for this call; None warns in training mode.
 
+    Raises:
+        TypeError: `model` is not callable, `inputs` is not a floating-point tensor, or an option
+            has the wrong type.
+        ValueError: `inputs` is empty or holds NaN/inf, `target` does not fit the model's output, or
+            `baseline` does not broadcast to `inputs`.
+        UnsupportedOperationError: the model runs an operation without a rule (a ValueError naming
+            the operation).
+
     Example:
         >>> import torch
         >>> net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 1))
@@ -194,6 +202,14 @@ def lrp(
         gamma: the gamma rule's boost of positive weights.
         alpha, beta: the alpha-beta rule's weights (conservative when alpha - beta = 1).
         Other arguments as in :func:`deeplift` (no baseline).
+
+    Raises:
+        TypeError: `model` is not callable, `inputs` is not a floating-point tensor, or an option
+            has the wrong type.
+        ValueError: `inputs` is empty or holds NaN/inf, `target` does not fit the model's output, or
+            a rule name is unknown.
+        UnsupportedOperationError: the model runs an operation without a rule (a ValueError naming
+            the operation).
 
     Example:
         >>> import torch

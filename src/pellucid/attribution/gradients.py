@@ -48,6 +48,12 @@ def saliency(
         output: which part of a tuple/dict/ModelOutput return value to explain.
         eval_mode: True explains in eval mode for this call; None warns in training mode.
 
+    Raises:
+        TypeError: `model` is not callable, `inputs` is not a floating-point tensor, or an option
+            has the wrong type.
+        ValueError: `inputs` is empty or holds NaN/inf, `target` does not fit the model's output, or
+            `batch_size` < 1.
+
     Example:
         >>> import torch
         >>> net = torch.nn.Linear(3, 1)
@@ -77,6 +83,12 @@ def input_x_gradient(
     """Input x gradient (Shrikumar et al. 2016): ``inputs * d score / d inputs``.
 
     Takes the same arguments as :func:`saliency` (without ``absolute``).
+
+    Raises:
+        TypeError: `model` is not callable, `inputs` is not a floating-point tensor, or an option
+            has the wrong type.
+        ValueError: `inputs` is empty or holds NaN/inf, `target` does not fit the model's output, or
+            `batch_size` < 1.
 
     Example:
         >>> import torch

@@ -92,6 +92,13 @@ def integrated_gradients(
         output: which part of a tuple/dict return value to explain.
         eval_mode: True explains in eval mode for this call; None warns in training mode.
 
+    Raises:
+        TypeError: `model` is not callable, `inputs` is not a floating-point tensor, or an option
+            has the wrong type.
+        ValueError: `inputs` is empty or holds NaN/inf, `target` does not fit the model's output, or
+            `baseline` does not broadcast to `inputs`, `n_steps` is below what `quadrature` needs,
+            or `quadrature` is unknown.
+
     Example:
         >>> import torch
         >>> net = torch.nn.Linear(3, 1)
@@ -164,6 +171,12 @@ def expected_gradients(
             each example's value range (SmoothGrad-style; 0 disables it).
         generator: the random source (same state, same result).
         Other arguments as in :func:`integrated_gradients`.
+
+    Raises:
+        TypeError: `model` is not callable, `inputs` is not a floating-point tensor, or an option
+            has the wrong type.
+        ValueError: `inputs` is empty or holds NaN/inf, `target` does not fit the model's output, or
+            the baselines do not match `inputs`, `n_samples` < 1, or `noise` is negative.
 
     Example:
         >>> import torch

@@ -159,6 +159,13 @@ def lime(
         generator: the random source (same state, same result).
         batch_size: rows per forward pass (memory bound).
 
+    Raises:
+        TypeError: `model` is not callable, `inputs` is not a floating-point tensor, or an option
+            has the wrong type.
+        ValueError: `inputs` is empty or holds NaN/inf, `target` does not fit the model's output, or
+            `feature_mask` does not match `inputs`, `n_samples` is too small for the fit (the
+            message says how many), or `alpha`, `kernel_width` or `n_segments` is out of range.
+
     Example:
         >>> import torch
         >>> net = torch.nn.Linear(3, 1, bias=False)

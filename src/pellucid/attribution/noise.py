@@ -77,6 +77,13 @@ def smoothgrad(
         output: which part of a tuple/dict return value to explain.
         eval_mode: True explains in eval mode for this call; None warns in training mode.
 
+    Raises:
+        TypeError: `model` is not callable, `inputs` is not a floating-point tensor, or an option
+            has the wrong type.
+        ValueError: `inputs` is empty or holds NaN/inf, `target` does not fit the model's output, or
+            `base` is not a gradient method (smoothgrad excluded), `variant` is unknown, `n_samples`
+            < 1, or `noise` is negative.
+
     Example:
         >>> import torch
         >>> net = torch.nn.Linear(3, 1)

@@ -98,6 +98,12 @@ def occlusion(
         baseline: the value occluded features take (scalar or broadcastable tensor; 0).
         batch_size: rows per forward pass (memory bound).
 
+    Raises:
+        TypeError: `model` is not callable, `inputs` is not a floating-point tensor, or an option
+            has the wrong type.
+        ValueError: `inputs` is empty or holds NaN/inf, `target` does not fit the model's output, or
+            `window` or `stride` does not fit the input shape, or `baseline` does not broadcast.
+
     Example:
         >>> import torch
         >>> net = torch.nn.Linear(4, 1, bias=False)
@@ -243,6 +249,12 @@ def feature_ablation(
         n_segments: number of superpixels for ``"grid"``/``"slic"``.
         baseline: the value ablated features take (scalar or broadcastable tensor; 0).
         batch_size: rows per forward pass (memory bound).
+
+    Raises:
+        TypeError: `model` is not callable, `inputs` is not a floating-point tensor, or an option
+            has the wrong type.
+        ValueError: `inputs` is empty or holds NaN/inf, `target` does not fit the model's output, or
+            `feature_mask` does not match `inputs`, or `baseline` does not broadcast.
 
     Example:
         >>> import torch

@@ -113,6 +113,12 @@ def exact_shapley(
         model: a callable ``Tensor -> Tensor``.
         inputs: a batch-first float tensor.{shared}
 
+    Raises:
+        TypeError: `model` is not callable, `inputs` is not a floating-point tensor, or an option
+            has the wrong type.
+        ValueError: `inputs` is empty or holds NaN/inf, `target` does not fit the model's output, or
+            `feature_mask` does not match `inputs`, or there are too many players to enumerate.
+
     Example:
         >>> import torch
         >>> net = torch.nn.Linear(3, 1, bias=False)
@@ -205,6 +211,12 @@ def sampling_shapley(
         n_samples: number of permutations (>= 2).
         antithetic: pair every permutation with its reverse.
         generator: the random source (same state, same result).{shared}
+
+    Raises:
+        TypeError: `model` is not callable, `inputs` is not a floating-point tensor, or an option
+            has the wrong type.
+        ValueError: `inputs` is empty or holds NaN/inf, `target` does not fit the model's output, or
+            `feature_mask` does not match `inputs`, or `n_samples` < 2.
 
     Example:
         >>> import torch
@@ -321,6 +333,12 @@ def kernel_shap(
         n_samples: coalitions to evaluate per example (default ``2P + 2048``, capped at
             ``2**P - 2``); at least P, the number of players.
         generator: the random source (same state, same result).{shared}
+
+    Raises:
+        TypeError: `model` is not callable, `inputs` is not a floating-point tensor, or an option
+            has the wrong type.
+        ValueError: `inputs` is empty or holds NaN/inf, `target` does not fit the model's output, or
+            `feature_mask` does not match `inputs`, or `n_samples` is below the number of players.
 
     Example:
         >>> import torch
