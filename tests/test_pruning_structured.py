@@ -125,8 +125,14 @@ class LayerNormMLP(nn.Module):
 
 def test_layernorm_linear_chain():
     torch.manual_seed(2)
-    with pytest.raises(ValueError, match="called more than once"):
-        plan_channel_pruning(LayerNormMLP(), torch.randn(2, 5), amount=0.5)
+    # a module called twice: both calls' inputs are pruned alike, its outputs once
+    shared = LayerNormMLP()
+    plan = plan_channel_pruning(shared, torch.randn(2, 5), amount=0.5)
+    plan.apply_(shared)
+    assert sum(p.numel() for p in shared.parameters()) == plan.params_after
+    assert shared(torch.randn(4, 5)).shape == (4, 3)
+    assert shared.fc1.out_features == 6 == shared.fc2.in_features == shared.norm.weight.numel()
+    assert shared.fc2.out_features == 3 == shared.fc3.in_features  # floor(7 * 0.5)
     model = nn.Sequential(nn.Linear(5, 12), nn.LayerNorm(12), nn.GELU(), nn.Linear(12, 3))
     plan = plan_channel_pruning(model, torch.randn(2, 5), amount=0.25)
     plan.apply_(model)
@@ -134,14 +140,16 @@ def test_layernorm_linear_chain():
     assert model(torch.randn(4, 5)).shape == (4, 3)
 
 
-def test_transformer_prunes_mlp_hidden_and_keeps_residual_stream():
+def test_transformer_prunes_mlp_hidden_and_residual_stream_with_its_position():
     model = TinyTransformer(5, 3).eval()
     x = torch.randn(2, 7, 5)
     plan = plan_channel_pruning(model, x, amount=0.5)
     text = str(plan)
-    assert "position" in text
+    assert "position[param]" in text and "blocks.0.attn[elementwise]" in text
     plan.apply_(model)
-    assert model.blocks[0].mlp[0].out_features == 32 and model.embedding.out_features == 32
+    assert model.blocks[0].mlp[0].out_features == 32 and model.embedding.out_features == 16
+    assert model.position.shape[-1] == 16 == model.blocks[1].attn.embed_dim
+    assert sum(p.numel() for p in model.parameters()) == plan.params_after
     assert model(x).shape == (2, 3)
 
 
@@ -237,14 +245,16 @@ class Untraceable(nn.Module):
 
 
 class Unsupported(nn.Module):
+    """Two operations whose channel dependence pellucid cannot follow."""
+
     def __init__(self) -> None:
         super().__init__()
         self.fc = nn.Linear(4, 6)
-        self.gn = nn.GroupNorm(2, 6)
+        self.fc2 = nn.Linear(4, 6)
         self.out = nn.Linear(6, 2)
 
     def forward(self, x):
-        return self.out(self.gn(self.fc(x)))
+        return self.out(torch.cumsum(self.fc(x), 1) + torch.roll(self.fc2(x), 1, 1))
 
 
 def _state(model):
@@ -260,7 +270,12 @@ def _state(model):
         (SmallCNN(), {"amount": 0.5, "importance": "taylor"}, ValueError, r"needs `data="),
         (SmallCNN(), {"amount": {"nope": 0.5}}, ValueError, r"`amount` keys must name"),
         (Untraceable(), {"amount": 0.5}, ValueError, r"cannot be traced by torch.fx at .*py:\d+"),
-        (Unsupported(), {"amount": 0.5}, ValueError, r"node 'gn' \(GroupNorm\).*ignore=.*'fc'"),
+        (
+            Unsupported(),
+            {"amount": 0.5},
+            ValueError,
+            r"(?s)2 operation.*node 'cumsum' \(cumsum\).*node 'roll'.*ignore=.*\['fc', 'fc2'\]",
+        ),
     ],
 )
 def test_bad_input_leaves_model_untouched(model, kwargs, error, match):
@@ -273,8 +288,9 @@ def test_bad_input_leaves_model_untouched(model, kwargs, error, match):
 
 def test_unsupported_node_can_be_ignored():
     model = Unsupported()
-    plan_channel_pruning(model, torch.randn(1, 4), amount=0.5, ignore=["fc"]).apply_(model)
-    assert model.fc.out_features == 6
+    plan = plan_channel_pruning(model, torch.randn(1, 4), amount=0.5, ignore=["fc", "fc2"])
+    plan.apply_(model)
+    assert model.fc.out_features == 6 == model.fc2.out_features
 
 
 def test_plan_on_another_model_or_masked_model_is_refused_untouched():

@@ -1,4 +1,4 @@
-"""Build smaller copies of Linear, convolution, BatchNorm and LayerNorm modules.
+"""Build smaller copies of Linear, convolution, norm and multi-head attention modules.
 
 ``shrink_module`` keeps the given output and input indices and copies the weights;
 ``module_spec`` / ``empty_like_spec`` describe and rebuild a module's (pruned) shape, for
@@ -20,6 +20,8 @@ SHRINKABLE: tuple[type[nn.Module], ...] = (
     nn.modules.conv._ConvNd,
     nn.modules.batchnorm._BatchNorm,
     nn.LayerNorm,
+    nn.GroupNorm,
+    nn.MultiheadAttention,
 )
 
 
@@ -89,9 +91,37 @@ def shrink_module(
                     new.weight = _param(module.weight, module.weight[keep])
                 if module.bias is not None:
                     new.bias = _param(module.bias, module.bias[keep])
+        elif isinstance(module, nn.GroupNorm):
+            keep = out_keep if out_keep is not None else in_keep
+            if keep is not None:
+                new.num_channels = int(keep.numel())
+                if module.affine:
+                    new.weight = _param(module.weight, module.weight[keep])
+                    new.bias = _param(module.bias, module.bias[keep])
+        elif isinstance(module, nn.MultiheadAttention):
+            keep = out_keep if out_keep is not None else in_keep
+            if keep is not None:
+                _shrink_attention(new, module, keep)
         else:
             raise TypeError(f"Cannot shrink a {type(module).__name__}.")
     return new
+
+
+def _shrink_attention(new: Any, module: nn.MultiheadAttention, keep: torch.Tensor) -> None:
+    """Keep embedding channels ``keep`` (the same ones in every head, q/k/v and output)."""
+    width = module.embed_dim
+    rows = torch.cat([keep, keep + width, keep + 2 * width])
+    new.in_proj_weight = _param(module.in_proj_weight, module.in_proj_weight[rows][:, keep])
+    if module.in_proj_bias is not None:
+        new.in_proj_bias = _param(module.in_proj_bias, module.in_proj_bias[rows])
+    proj = module.out_proj
+    new.out_proj.weight = _param(proj.weight, proj.weight[keep][:, keep])
+    if proj.bias is not None:
+        new.out_proj.bias = _param(proj.bias, proj.bias[keep])
+    n = int(keep.numel())
+    new.out_proj.in_features = new.out_proj.out_features = n
+    new.embed_dim = new.kdim = new.vdim = n
+    new.head_dim = n // module.num_heads
 
 
 def module_spec(module: nn.Module) -> dict[str, Any]:
@@ -115,6 +145,10 @@ def module_spec(module: nn.Module) -> dict[str, Any]:
         return {"type": kind, "out": module.num_features}
     if isinstance(module, nn.LayerNorm):
         return {"type": kind, "out": int(module.normalized_shape[-1])}
+    if isinstance(module, nn.GroupNorm):
+        return {"type": kind, "out": module.num_channels, "groups": module.num_groups}
+    if isinstance(module, nn.MultiheadAttention):
+        return {"type": kind, "out": module.embed_dim, "heads": module.num_heads}
     raise TypeError(f"No shape spec for a {type(module).__name__}.")
 
 
@@ -126,6 +160,8 @@ def empty_like_spec(module: nn.Module, spec: dict[str, Any]) -> nn.Module:
     if "in" in spec and spec["in"] != current["in"]:
         groups = spec.get("groups", 1)
         in_keep = torch.arange(spec["in"] // groups)
+    if isinstance(module, nn.GroupNorm | nn.MultiheadAttention):
+        return shrink_module(module, out, None)
     if isinstance(module, nn.modules.conv._ConvNd) and spec.get("groups") != module.groups:
         if not (spec["groups"] == spec["in"] == spec["out"]):
             raise ValueError(f"Cannot rebuild a convolution with spec {spec}.")

@@ -41,23 +41,35 @@ class Segment:
     repeat: int = 1
 
 
-@dataclass
+@dataclass(frozen=True)
 class Value:
+    """A traced tensor: its channel ``layout`` along dimension ``cdim``.
+
+    ``free`` marks a tensor whose channel dimension is not decided yet (the model's input,
+    a tensor attribute): it is frozen and takes whatever dimension it meets. ``param`` names
+    the parameter such a tensor is (possibly expanded), so that it can be sliced along the
+    channels it meets (positional embeddings, class tokens, layer scales).
+    """
+
     layout: tuple[Segment, ...]
     cdim: int
     shape: tuple[int, ...]
-    free: bool = False  # a frozen tensor (input, attribute) whose channel dim is not known
+    free: bool = False
+    param: str | None = None
 
 
 @dataclass
 class Member:
     """A module slice tied to channel spaces: its output (``role="out"``: producers,
-    ``"elementwise"``: BN/LN/depthwise conv) or input (``role="in"``: consumers)."""
+    ``"elementwise"``: BN/LN/GN/depthwise conv/tied attention) or input (``role="in"``:
+    consumers); ``role="param"``: a parameter sliced along ``dim``; ``role="heads"``: the
+    attention module whose head count the layout's channels are."""
 
     module: str
     role: str
     layout: tuple[Segment, ...]
     node: str
+    dim: int = 0
 
 
 @dataclass
@@ -71,6 +83,12 @@ class ChannelGraph:
     producers: dict[int, str] = field(default_factory=dict)
     group_divisors: dict[int, list[int]] = field(default_factory=dict)
     needs_frozen: list[tuple[int, str]] = field(default_factory=list)
+    attrs: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    def divide(self, layout: tuple[Segment, ...], divisor: int) -> None:
+        """Channels of ``layout`` are kept in equal numbers per ``divisor`` chunk."""
+        for seg in layout:
+            self.group_divisors.setdefault(seg.space, []).append(divisor)
 
     def new_space(self, length: int, frozen: str | None = None) -> int:
         self.lengths.append(length)

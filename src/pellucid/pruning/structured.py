@@ -1,10 +1,14 @@
-"""Structured pruning that physically removes channels and units.
+"""Structured pruning that physically removes channels, units and attention heads.
 
 :func:`plan_channel_pruning` traces the model with ``torch.fx``, groups coupled channels
 (Conv -> BatchNorm -> activation -> Conv, Linear -> Linear, flatten into Linear, both sides
-of residual additions, concatenations, depthwise and grouped convolutions, LayerNorm),
-scores each group and decides which channels stay. Planning is pure; the printable
-:class:`ChannelPruningPlan` then shrinks the modules with :meth:`ChannelPruningPlan.apply_`.
+of residual additions, concatenations, depthwise and grouped convolutions, Layer/Group
+norms, squeeze-excitation, permutes and reshapes, positional embeddings and class tokens,
+the heads of attention blocks), scores each group and decides which channels stay. Planning
+is pure and runs in four steps: validate the arguments, build the groups, score and select
+each group's channels, and turn the kept channels into per-module indices. The printable,
+frozen :class:`ChannelPruningPlan` then shrinks the modules with
+:meth:`ChannelPruningPlan.apply_`, which verifies the pruned model on the example input.
 The model's output shape never changes; a plan that does not fit leaves the model untouched.
 
 Example:
@@ -22,170 +26,31 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 from torch.nn.utils import prune
 
-from pellucid._state import model_guard
 from pellucid._validation import check_choice, check_float, check_int, did_you_mean
 from pellucid.pruning import importance as imp
-from pellucid.pruning._graph import ChannelGraph, Member, Segment, build_graph, output_shape
-from pellucid.pruning._shrink import SHRINKABLE, module_spec, shrink_module
+from pellucid.pruning._graph import ChannelGraph, Member, Segment, build_graph
+from pellucid.pruning._plan import ChannelGroup, ChannelPruningPlan
+from pellucid.pruning._shrink import module_spec
 
 __all__ = ["IMPORTANCES", "ChannelGroup", "ChannelPruningPlan", "plan_channel_pruning"]
 
 IMPORTANCES = ("l1", "l2", "bn_scale", "random", "taylor", "activation")
 
 
-@dataclass
-class ChannelGroup:
-    """Channels that are kept or removed together.
-
-    Attributes:
-        channels: how many channels the group has.
-        members: ``(module name, role)`` with role ``"out"`` (its outputs are the channels),
-            ``"elementwise"`` (BatchNorm, LayerNorm, depthwise conv) or ``"in"`` (its inputs).
-        keep: sorted indices of the kept channels.
-        frozen: why the group is not pruned (None when it is prunable).
-        scores: the group importance of each channel (None when frozen).
-    """
-
-    channels: int
-    members: list[tuple[str, str]]
-    keep: torch.Tensor
-    frozen: str | None = None
-    scores: torch.Tensor | None = None
-
-    @property
-    def leader(self) -> str:
-        """The first layer producing the group's channels."""
-        outs = [m for m, role in self.members if role == "out"]
-        return outs[0] if outs else (self.members[0][0] if self.members else "<input>")
-
-
-@dataclass
-class ChannelPruningPlan:
-    """Which coupled layers lose which channels; :meth:`apply_` makes it so.
-
-    Attributes:
-        groups: the channel groups (frozen ones included, with their reason).
-        amount, importance: as planned.
-        params_before, params_after: parameter counts of the model before and after.
-    """
-
-    groups: list[ChannelGroup]
-    amount: Any
-    importance: str
-    params_before: int
-    params_after: int
-    _shapes: dict[str, dict[str, Any]] = field(repr=False, default_factory=dict)
-    _out_keep: dict[str, torch.Tensor] = field(repr=False, default_factory=dict)
-    _in_keep: dict[str, torch.Tensor] = field(repr=False, default_factory=dict)
-    _example: tuple[Any, ...] | None = field(repr=False, default=None)
-    _output_shape: Any = field(repr=False, default=None)
-
-    def __str__(self) -> str:
-        pruned = [g for g in self.groups if g.frozen is None and g.keep.numel() < g.channels]
-        lines = [
-            f"ChannelPruningPlan: {len(pruned)} of {len(self.groups)} channel groups pruned "
-            f"(amount={self.amount}, importance={self.importance!r}); parameters "
-            f"{self.params_before} -> {self.params_after}"
-        ]
-        for g in self.groups:
-            members = ", ".join(f"{m}[{role}]" for m, role in g.members)
-            if g.frozen is not None:
-                lines.append(f"  {g.leader}: {g.channels} channels kept ({g.frozen}): {members}")
-            else:
-                lines.append(f"  {g.leader}: {g.channels} -> {g.keep.numel()} channels: {members}")
-        return "\n".join(lines)
-
-    def removed_outputs(self) -> dict[str, torch.Tensor]:
-        """``{module name: indices of its output units that are removed}``."""
-        result = {}
-        for name, keep in self._out_keep.items():
-            total = self._shapes[name]["out"]
-            mask = torch.ones(total, dtype=torch.bool)
-            mask[keep] = False
-            result[name] = torch.nonzero(mask).flatten()
-        return result
-
-    def kept(self, module: str) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """``(kept output indices, kept input indices)`` of a module (None: unchanged)."""
-        return self._out_keep.get(module), self._in_keep.get(module)
-
-    def apply_(self, model: nn.Module) -> nn.Module:
-        """Physically shrink the planned modules of ``model`` in place; return ``model``.
-
-        The model must be the one planned (same module names and shapes) without
-        ``torch.nn.utils.prune`` masks. Everything is checked and every new module built
-        before the first one is swapped in, so an error leaves the model as it was.
-        """
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"`model` must be an nn.Module; got {type(model).__name__}.")
-        modules = dict(model.named_modules())
-        for name, spec in self._shapes.items():
-            module = modules.get(name)
-            if module is None or not isinstance(module, SHRINKABLE):
-                raise ValueError(
-                    f"The plan does not fit `model`: it has no shrinkable module {name!r}."
-                    + did_you_mean(name, [n for n in modules if n])
-                )
-            if prune.is_pruned(module):
-                raise ValueError(
-                    f"`model` carries torch.nn.utils.prune masks (module {name!r}); call "
-                    "pellucid.pruning.make_permanent_(model) before structured pruning."
-                )
-            if module_spec(module) != spec:
-                raise ValueError(
-                    f"The plan does not fit `model`: module {name!r} is {module_spec(module)}, "
-                    f"the plan was made for {spec}. Plan again on this model."
-                )
-        names = set(self._out_keep) | set(self._in_keep)
-        new = {
-            name: shrink_module(modules[name], self._out_keep.get(name), self._in_keep.get(name))
-            for name in sorted(names)
-        }
-        _swap(model, new)
-        problem = self._verify(model)
-        if problem is not None:
-            _swap(model, {name: modules[name] for name in new})
-            raise ValueError(
-                f"The pruned model does not run: {problem}. The plan was not applied and "
-                "`model` is unchanged; plan again on this model (or add the layers around "
-                "the failing operation to `ignore=`)."
-            )
-        return model
-
-    def _verify(self, model: nn.Module) -> str | None:
-        """Run the pruned model on the example input; a reason when it fails, else None."""
-        if self._example is None:
-            return None
-        param = next(model.parameters(), None)
-        device = param.device if param is not None else torch.device("cpu")
-        inputs = tuple(t.to(device) if isinstance(t, torch.Tensor) else t for t in self._example)
-        try:
-            with model_guard(model, eval_mode=True), torch.no_grad():
-                out = model(*inputs)
-        except Exception as err:  # any failure of the user's forward means "does not run"
-            return f"its forward on the example input raised {type(err).__name__}: {err}"
-        shape = output_shape(out)
-        if shape != self._output_shape:
-            return f"its output shape is {shape}, the dense model's was {self._output_shape}"
-        return None
-
-
-def _swap(model: nn.Module, new: Mapping[str, nn.Module]) -> None:
-    modules = dict(model.named_modules())
-    for name, module in new.items():
-        parent_name, _, attr = name.rpartition(".")
-        setattr(modules[parent_name] if parent_name else model, attr, module)
-
-
 def _removed_params(module: Any, out_keep: Any, in_keep: Any) -> int:
     """How many parameters shrinking ``module`` removes (arithmetic, nothing is copied)."""
+    if isinstance(module, nn.MultiheadAttention):
+        keep = out_keep if out_keep is not None else in_keep
+        width, n = module.embed_dim, keep.numel()
+        biases = 3 * (module.in_proj_bias is not None) + (module.out_proj.bias is not None)
+        return 4 * (width * width - n * n) + biases * (width - n)
     before = sum(p.numel() for p in module.parameters(recurse=False))
     if isinstance(module, nn.Linear | nn.modules.conv._ConvNd):
         shape = list(module.weight.shape)
@@ -207,7 +72,9 @@ def _removed_params(module: Any, out_keep: Any, in_keep: Any) -> int:
 
 def _member_scores(module: Any, role: str, p: int) -> torch.Tensor | None:
     """Per-feature magnitude of a member (outputs, or inputs for ``role="in"``)."""
-    if isinstance(module, nn.modules.batchnorm._BatchNorm | nn.LayerNorm):
+    if role not in ("in", "out", "elementwise") or isinstance(module, nn.MultiheadAttention):
+        return None
+    if isinstance(module, nn.modules.batchnorm._BatchNorm | nn.LayerNorm | nn.GroupNorm):
         w = getattr(module, "weight", None)
         return None if w is None else w.detach().abs().pow(p)
     w = module.weight.detach()
@@ -244,7 +111,7 @@ def _group_scores(
     total = torch.zeros(length, dtype=torch.float64)
     found = False
     for member in members:
-        module = modules[member.module]
+        module = modules.get(member.module)
         feature: torch.Tensor | None
         if unit_scores is not None:
             if member.role == "in" or member.module not in unit_scores:
@@ -260,8 +127,10 @@ def _group_scores(
             w = weight_scores[member.module].double()
             dim = 1 if member.role == "in" else 0
             feature = w.transpose(0, dim).flatten(1).sum(1) if w.ndim > 1 else w
-        else:
+        elif module is not None:
             feature = _member_scores(module, member.role, 1 if kind == "l1" else 2)
+        else:
+            feature = None
         if feature is None:
             continue
         for offset, seg in _features(member.layout, graph, root):
@@ -315,36 +184,30 @@ def _check_amount(amount: Any) -> float | int:
     return check_float("amount", amount, min_value=0.0, max_value=1.0, max_inclusive=False)
 
 
-def plan_channel_pruning(
-    model: nn.Module,
-    example_inputs: Any,
-    *,
-    amount: float | int | Mapping[str, float | int],
-    importance: str | Mapping[str, torch.Tensor] = "l2",
-    round_to: int | None = None,
-    ignore: Iterable[str | nn.Module] = (),
-    data: Any = None,
-    generator: torch.Generator | None = None,
-) -> ChannelPruningPlan:
-    """Plan which channels of every coupled group to remove (the model is not changed).
+@dataclass(frozen=True)
+class _Request:
+    """The validated arguments of one planning call."""
 
-    Args:
-        model: an ``nn.Module`` that ``torch.fx`` can trace.
-        example_inputs: a tensor (or tuple) the model runs on, for shapes.
-        amount: fraction in [0, 1) of every group's channels to remove, an integer count, or
-            ``{layer name: fraction or count}`` to prune only the groups of those layers.
-        importance: ``"l2"`` (group magnitude, Torch-Pruning's default), ``"l1"``,
-            ``"bn_scale"`` (network slimming), ``"random"``, ``"taylor"`` (|w * grad|,
-            needs ``data``), ``"activation"`` (mean |activation x gradient| of each unit,
-            needs ``data``), or ``{layer name: per-output-unit scores}``.
-        round_to: keep a multiple of this many channels in every pruned group.
-        ignore: layer names (or modules) whose output channels must stay.
-        data: ``(X, y)`` for the data-driven criteria.
-        generator: for ``importance="random"``.
+    ignored: frozenset[str]
+    default: float | int | None
+    per_layer: Mapping[str, float | int] | None
+    kind: str
+    unit_scores: Mapping[str, torch.Tensor] | None
+    weight_scores: Mapping[str, torch.Tensor] | None
+    round_to: int | None
+    global_ranking: bool
 
-    Returns:
-        The :class:`ChannelPruningPlan`; print it, then ``plan.apply_(model)``.
-    """
+
+def _validate(
+    model: Any,
+    amount: Any,
+    importance: Any,
+    round_to: Any,
+    ignore: Iterable[Any],
+    data: Any,
+    global_ranking: Any,
+) -> _Request:
+    """Check every argument before anything is traced; score data-driven criteria."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"`model` must be an nn.Module; got {type(model).__name__}.")
     modules = dict(model.named_modules())
@@ -365,6 +228,12 @@ def plan_channel_pruning(
             per_layer[key] = _check_amount(value)
     if round_to is not None:
         check_int("round_to", round_to, min_value=1)
+    if not isinstance(global_ranking, bool):
+        raise TypeError(f"`global_ranking` must be a bool; got {global_ranking!r}.")
+    if global_ranking and not isinstance(default, float):
+        raise ValueError(
+            f"`global_ranking=True` needs `amount` as one fraction in [0, 1); got {amount!r}."
+        )
     if prune.is_pruned(model):
         raise ValueError(
             "`model` carries torch.nn.utils.prune masks; call "
@@ -383,8 +252,20 @@ def plan_channel_pruning(
                 weight_scores = imp.taylor(model, data)
             else:
                 unit_scores = imp.activation_gradient(model, data)
-    gm, graph = build_graph(model, example_inputs, ignored)
+    return _Request(
+        frozenset(ignored),
+        default,
+        per_layer,
+        kind,
+        unit_scores,
+        weight_scores,
+        round_to,
+        global_ranking,
+    )
 
+
+def _group(graph: ChannelGraph) -> tuple[list[int], dict[int, list[Member]]]:
+    """The roots of the groups that have a producer, and each root's members."""
     by_root: dict[int, list[Member]] = {}
     for member in graph.members:
         for seg in member.layout:
@@ -392,46 +273,128 @@ def plan_channel_pruning(
             if member not in by_root.setdefault(root, []):
                 by_root[root].append(member)
     roots = sorted({graph.find(s) for s in graph.producers})
-    if per_layer is not None:
-        known = {m.module for r in roots for m in by_root.get(r, [])}
-        for key in per_layer:
-            if key not in known:
-                raise ValueError(
-                    f"`amount` keys must name prunable layers; got {key!r}."
-                    + did_you_mean(key, sorted(known))
-                )
-    groups: list[ChannelGroup] = []
-    keep_of: dict[int, torch.Tensor] = {}
+    return roots, by_root
+
+
+def _divisor(graph: ChannelGraph, root: int) -> int:
+    divisors = [d for s, ds in graph.group_divisors.items() if graph.find(s) == root for d in ds]
+    return math.lcm(*divisors, 1)
+
+
+def _frozen_reason(
+    graph: ChannelGraph, root: int, members: list[Member], request: _Request
+) -> tuple[str | None, float | int | None]:
+    """Why a group stays whole (None when prunable) and the amount that applies to it."""
+    reason = graph.frozen_reason(root)
+    amount = request.default
+    if request.per_layer is not None:
+        hits = [request.per_layer[m.module] for m in members if m.module in request.per_layer]
+        amount = hits[0] if hits else None
+        if amount is None and reason is None:
+            reason = "not selected in `amount`"
+    return reason, amount
+
+
+def _score(
+    graph: ChannelGraph,
+    roots: list[int],
+    by_root: dict[int, list[Member]],
+    modules: dict[str, nn.Module],
+    request: _Request,
+    generator: torch.Generator | None,
+) -> dict[int, tuple[str | None, float | int | None, torch.Tensor | None]]:
+    """Per group root: why it is frozen, the amount that applies, and its channel scores."""
+    result: dict[int, tuple[str | None, float | int | None, torch.Tensor | None]] = {}
+    for root in roots:
+        members = by_root.get(root, [])
+        reason, amount = _frozen_reason(graph, root, members, request)
+        scores = None
+        if reason is None and amount is not None:
+            scores = _group_scores(
+                root,
+                members,
+                graph,
+                modules,
+                request.kind,
+                request.unit_scores,
+                request.weight_scores,
+                generator,
+            )
+        result[root] = (reason, amount, scores)
+    return result
+
+
+def _global_counts(
+    graph: ChannelGraph,
+    scored: Mapping[int, tuple[str | None, Any, torch.Tensor | None]],
+    amount: float,
+) -> dict[int, float]:
+    """Per group, the fraction to remove so that the lowest-ranked channels over all groups
+    (scores divided by their group's mean) go: ``amount`` of all prunable channels."""
+    pooled = {
+        root: scores / scores.mean().clamp_min(1e-12)
+        for root, (_, _, scores) in scored.items()
+        if scores is not None
+    }
+    if not pooled:
+        return {}
+    everything = torch.cat(list(pooled.values()))
+    n_remove = math.floor(everything.numel() * amount + 1e-9)
+    if n_remove == 0:
+        return dict.fromkeys(pooled, 0.0)
+    threshold = torch.sort(everything).values[n_remove - 1]
+    return {
+        root: min(int((s <= threshold).sum()), graph.lengths[root] - 1) / graph.lengths[root]
+        for root, s in pooled.items()
+    }
+
+
+def _select_groups(
+    graph: ChannelGraph,
+    roots: list[int],
+    by_root: dict[int, list[Member]],
+    scored: Mapping[int, tuple[str | None, Any, torch.Tensor | None]],
+    request: _Request,
+) -> tuple[list[ChannelGroup], dict[int, torch.Tensor]]:
+    """Which channels each group keeps (the highest-scored, evenly per divisor chunk)."""
+    fractions = (
+        _global_counts(graph, scored, float(request.default or 0.0))
+        if request.global_ranking
+        else {}
+    )
+    groups, keep_of = [], {}
     for root in roots:
         members = by_root.get(root, [])
         channels = graph.lengths[root]
-        group = ChannelGroup(
-            channels, [(m.module, m.role) for m in members], torch.arange(channels)
+        reason, amount, scores = scored[root]
+        keep = torch.arange(channels)
+        if scores is not None and amount is not None:
+            leader = ChannelGroup(channels, tuple((m.module, m.role) for m in members), keep)
+            divisor = _divisor(graph, root)
+            amount = fractions.get(root, amount)
+            n = _n_keep(channels, amount, request.round_to, divisor, leader.leader)
+            keep = _select(scores, n, divisor)
+        keep_of[root] = keep
+        groups.append(
+            ChannelGroup(channels, tuple((m.module, m.role) for m in members), keep, reason, scores)
         )
-        group.frozen = graph.frozen_reason(root)
-        amount_here: float | int | None = default
-        if per_layer is not None:
-            hits = [per_layer[m.module] for m in members if m.module in per_layer]
-            amount_here = hits[0] if hits else None
-            if amount_here is None and group.frozen is None:
-                group.frozen = "not selected in `amount`"
-        if group.frozen is None and amount_here is not None:
-            divisor = math.lcm(
-                *[d for s, ds in graph.group_divisors.items() if graph.find(s) == root for d in ds],
-                1,
-            )
-            n = _n_keep(channels, amount_here, round_to, divisor, group.leader)
-            scores = _group_scores(
-                root, members, graph, modules, kind, unit_scores, weight_scores, generator
-            )
-            group.scores = scores
-            group.keep = _select(scores, n, divisor)
-        keep_of[root] = group.keep
-        groups.append(group)
+    return groups, keep_of
 
-    out_keep: dict[str, torch.Tensor] = {}
-    in_keep: dict[str, torch.Tensor] = {}
-    shapes: dict[str, dict[str, Any]] = {}
+
+@dataclass(frozen=True)
+class _Indices:
+    shapes: dict[str, dict[str, Any]]
+    out_keep: dict[str, torch.Tensor]
+    in_keep: dict[str, torch.Tensor]
+    params: dict[str, tuple[int, torch.Tensor]]
+    attrs: dict[str, dict[str, int]]
+
+
+def _index(
+    graph: ChannelGraph, keep_of: Mapping[int, torch.Tensor], modules: dict[str, nn.Module]
+) -> _Indices:
+    """Turn every group's kept channels into each member's kept feature indices."""
+    result = _Indices({}, {}, {}, {}, {})
     for member in graph.members:
         indices, offset, changed = [], 0, False
         for seg in member.layout:
@@ -444,29 +407,110 @@ def plan_channel_pruning(
         if not changed:
             continue
         index = torch.cat(indices)
-        shapes[member.module] = module_spec(modules[member.module])
-        target = in_keep if member.role == "in" else out_keep
+        if member.role == "param":
+            result.params[member.module] = (member.dim, index)
+            continue
+        module: Any = modules[member.module]
+        n = int(index.numel())
+        if member.role == "heads":
+            result.attrs.setdefault(member.module, {}).update(
+                num_heads=n, attn_dim=n * module.head_dim
+            )
+            continue
+        if member.role.startswith("attr:"):
+            result.attrs.setdefault(member.module, {})[member.role[5:]] = n
+            continue
+        result.shapes[member.module] = module_spec(module)
+        target = result.in_keep if member.role == "in" else result.out_keep
         target[member.module] = index
         if member.role == "elementwise":
-            in_keep[member.module] = index
+            result.in_keep[member.module] = index
+    return result
+
+
+def _params_after(model: nn.Module, indices: _Indices) -> int:
+    modules = dict(model.named_modules())
+    params = dict(model.named_parameters())
     before = sum(p.numel() for p in model.parameters())
     removed = 0
-    for name in shapes:
-        removed += _removed_params(modules[name], out_keep.get(name), in_keep.get(name))
+    for name in indices.shapes:
+        removed += _removed_params(
+            modules[name], indices.out_keep.get(name), indices.in_keep.get(name)
+        )
+    for name, (dim, index) in indices.params.items():
+        param = params[name]
+        removed += param.numel() - param.numel() // param.shape[dim] * index.numel()
+    return before - removed
+
+
+def plan_channel_pruning(
+    model: nn.Module,
+    example_inputs: Any,
+    *,
+    amount: float | int | Mapping[str, float | int],
+    importance: str | Mapping[str, torch.Tensor] = "l2",
+    round_to: int | None = None,
+    ignore: Iterable[str | nn.Module] = (),
+    data: Any = None,
+    generator: torch.Generator | None = None,
+    global_ranking: bool = False,
+) -> ChannelPruningPlan:
+    """Plan which channels of every coupled group to remove (the model is not changed).
+
+    Args:
+        model: an ``nn.Module``; ``torch.fx`` traces it (submodules it cannot trace are
+            kept whole, and the plan says so).
+        example_inputs: a tensor (or tuple) the model runs on, for shapes and to verify
+            the pruned model.
+        amount: fraction in [0, 1) of every group's channels to remove, an integer count, or
+            ``{layer name: fraction or count}`` to prune only the groups of those layers.
+        importance: ``"l2"`` (group magnitude, Torch-Pruning's default), ``"l1"``,
+            ``"bn_scale"`` (network slimming), ``"random"``, ``"taylor"`` (|w * grad|,
+            needs ``data``), ``"activation"`` (mean |activation x gradient| of each unit,
+            needs ``data``), or ``{layer name: per-output-unit scores}``.
+        round_to: keep a multiple of this many channels in every pruned group.
+        ignore: layer names (or modules) whose output channels must stay.
+        data: ``(X, y)`` for the data-driven criteria.
+        generator: for ``importance="random"``.
+        global_ranking: rank channels across groups (each group's scores divided by their
+            mean) and remove ``amount`` of all prunable channels, so groups lose more or
+            fewer than ``amount`` of their own; needs a fractional ``amount``.
+
+    Returns:
+        The :class:`ChannelPruningPlan`; print it, then ``plan.apply_(model)``.
+
+    Raises:
+        ValueError: an argument is invalid, or some operations cannot be followed (the
+            message lists every one of them and the ``ignore=`` that makes the plan valid).
+        TypeError: ``model`` is not an ``nn.Module`` or an argument has the wrong type.
+    """
+    request = _validate(model, amount, importance, round_to, ignore, data, global_ranking)
+    modules = dict(model.named_modules())
+    gm, graph = build_graph(model, example_inputs, set(request.ignored))
+    roots, by_root = _group(graph)
+    if request.per_layer is not None:
+        known = {m.module for r in roots for m in by_root.get(r, [])}
+        for key in request.per_layer:
+            if key not in known:
+                raise ValueError(
+                    f"`amount` keys must name prunable layers; got {key!r}."
+                    + did_you_mean(key, sorted(known))
+                )
+    scored = _score(graph, roots, by_root, modules, request, generator)
+    groups, keep_of = _select_groups(graph, roots, by_root, scored, request)
+    indices = _index(graph, keep_of, modules)
+    inputs = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
     return ChannelPruningPlan(
-        groups=groups,
+        groups=tuple(groups),
         amount=amount if not isinstance(amount, Mapping) else dict(amount),
-        importance=kind,
-        params_before=before,
-        params_after=before - removed,
-        _shapes=shapes,
-        _out_keep=out_keep,
-        _in_keep=in_keep,
-        _example=_detached(example_inputs),
+        importance=request.kind,
+        params_before=sum(p.numel() for p in model.parameters()),
+        params_after=_params_after(model, indices),
+        _shapes=indices.shapes,
+        _out_keep=indices.out_keep,
+        _in_keep=indices.in_keep,
+        _params=indices.params,
+        _attrs=indices.attrs,
+        _example=tuple(t.detach().clone() if isinstance(t, torch.Tensor) else t for t in inputs),
         _output_shape=gm.meta["output_shape"],
     )
-
-
-def _detached(example_inputs: Any) -> tuple[Any, ...]:
-    inputs = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
-    return tuple(t.detach().clone() if isinstance(t, torch.Tensor) else t for t in inputs)
