@@ -45,9 +45,11 @@ def output_shape(out: Any) -> Any:
 
 
 class _Walker:
-    def __init__(self, gm: fx.GraphModule, ignore: set[str], leaves: dict[str, str]) -> None:
+    def __init__(
+        self, model: nn.Module, gm: fx.GraphModule, ignore: set[str], leaves: dict[str, str]
+    ) -> None:
         self.gm = gm
-        self.modules = dict(gm.named_modules())
+        self.modules = dict(model.named_modules())
         self.params = dict(gm.named_parameters())
         self.ignore = ignore
         self.leaves = leaves
@@ -323,7 +325,7 @@ def build_graph(
                 f"{type(err).__name__}: {err}"
             ) from err
     gm.meta["output_shape"] = output_shape(out)
-    graph = _Walker(gm, ignore, leaves).run()
+    graph = _Walker(model, gm, ignore, leaves).run()
     _refuse_unresolved(graph)
     return gm, graph
 
