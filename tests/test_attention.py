@@ -132,3 +132,72 @@ def test_heatmap_plot():
     assert ax.get_title() == "rollout"
     with pytest.raises(TypeError, match="2-D tensor, AttentionMaps"):
         attention_heatmap("nope")
+
+
+class FusedAttention(nn.Module):
+    """timm-style block: fused qkv, scaled_dot_product_attention, never forms the weights."""
+
+    def __init__(self, dim: int = 8, num_heads: int = 2) -> None:
+        super().__init__()
+        self.num_heads, self.head_dim = num_heads, dim // num_heads
+        self.scale = self.head_dim**-0.5
+        self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+        self.q_norm, self.k_norm = nn.LayerNorm(self.head_dim), nn.Identity()
+
+    def forward(self, x):
+        n, t, c = x.shape
+        q, k, v = self.qkv(x).reshape(n, t, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        out = nn.functional.scaled_dot_product_attention(self.q_norm(q), self.k_norm(k), v)
+        return self.proj(out.transpose(1, 2).reshape(n, t, c))
+
+
+class PatchViT(nn.Module):
+    """4x4 patches of an 8x8 image -> 4 tokens + a class token -> attention -> class token."""
+
+    def __init__(self, fused: bool) -> None:
+        super().__init__()
+        self.embed = nn.Conv2d(3, 8, 4, stride=4)
+        self.cls = nn.Parameter(torch.randn(1, 1, 8))
+        self.fused = fused
+        self.attn = FusedAttention() if fused else nn.MultiheadAttention(8, 2, batch_first=True)
+        self.block = nn.Linear(8, 8)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):
+        tokens = self.embed(x).flatten(2).transpose(1, 2)
+        h = torch.cat([self.cls.expand(x.shape[0], -1, -1), tokens], dim=1)
+        h = h + (self.attn(h) if self.fused else self.attn(h, h, h, need_weights=False)[0])
+        h = torch.relu(self.block(h))
+        return self.head(h[:, 0])
+
+
+def test_fused_attention_weights_are_recomputed_exactly():
+    torch.manual_seed(1)
+    net = PatchViT(fused=True).to(D).eval()
+    x = torch.randn(3, 3, 8, 8, dtype=D)
+    h = torch.cat([net.cls.expand(3, -1, -1), net.embed(x).flatten(2).transpose(1, 2)], 1)
+    a = net.attn
+    q, k, _ = a.qkv(h).reshape(3, 5, 3, 2, 4).permute(2, 0, 3, 1, 4)
+    manual = torch.softmax(a.q_norm(q) @ k.transpose(-1, -2) / 2.0, dim=-1)  # sqrt(head_dim)
+    maps = attention_maps(net, x)
+    assert maps.layers == ["attn"]
+    # float64, same operations in the same order: equal to rounding
+    torch.testing.assert_close(maps.weights[0], manual.detach(), rtol=0, atol=1e-12)
+    torch.testing.assert_close(maps.outputs, net(x).detach(), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_rollout_on_images_lays_tokens_on_the_patch_grid(fused):
+    torch.manual_seed(2)
+    net = PatchViT(fused=fused).to(D).eval()
+    x = torch.randn(2, 3, 8, 8, dtype=D)
+    e = attention_rollout(net, x, query=0)
+    scores = e.extras["token_scores"]  # (N, 5): class token then the 2x2 patches
+    torch.testing.assert_close(scores, e.extras["rollout"][:, 0], rtol=0, atol=1e-12)
+    assert e.attributions.shape == x.shape
+    grid = scores[:, 1:].reshape(2, 2, 2)
+    for i in range(2):
+        for j in range(2):
+            patch = e.attributions[:, :, 4 * i : 4 * i + 4, 4 * j : 4 * j + 4]
+            assert torch.equal(patch, grid[:, i, j, None, None, None].expand_as(patch))
+    assert attention(net, x).attributions.shape == x.shape

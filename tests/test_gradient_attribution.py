@@ -436,3 +436,34 @@ def test_layer_outputs_changed_in_place_later_are_explained_as_without(inplace_m
         ig.attributions,
         integrated_gradients(plain, x, layer=layer, target=0, n_steps=16).attributions,
     )
+
+
+def test_grad_cam_on_tokens_drops_the_class_token_and_uses_the_patch_grid():
+    from pellucid.attribution import grad_cam
+
+    torch.manual_seed(3)
+    embed, head = nn.Linear(3, 6), nn.Linear(6, 2)
+
+    class Tokens(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.cls = nn.Parameter(torch.randn(1, 1, 3, dtype=torch.float64))
+            self.embed, self.head = embed.double(), head.double()
+
+        def forward(self, x):  # (N, 3, 4, 4) -> 16 tokens + a class token
+            t = torch.cat([self.cls.expand(x.shape[0], -1, -1), x.flatten(2).transpose(1, 2)], 1)
+            return self.head(torch.tanh(self.embed(t)).mean(1))
+
+    net = Tokens().eval()
+    x = torch.randn(2, 3, 4, 4, dtype=torch.float64)
+    e = grad_cam(net, x, layer="embed", target=1, reshape="tokens", relu=False)
+    # closed form: activations and gradients of the 16 patch tokens on their 4x4 grid
+    tokens = torch.cat([net.cls.expand(2, -1, -1), x.flatten(2).transpose(1, 2)], 1)
+    acts = net.embed(tokens).detach().requires_grad_(True)
+    (grads,) = torch.autograd.grad(net.head(torch.tanh(acts).mean(1))[:, 1].sum(), acts)
+    a, g = (t[:, 1:].transpose(1, 2).reshape(2, 6, 4, 4) for t in (acts.detach(), grads))
+    expected = (g.mean((2, 3), keepdim=True) * a).sum(1, keepdim=True)
+    torch.testing.assert_close(e.extras["cam"], expected, rtol=0, atol=1e-12)
+    assert e.attributions.shape == x.shape and e.params["reshape"] == "tokens"
+    with pytest.raises(ValueError, match="`reshape` must be None"):
+        grad_cam(net, x, layer="embed", target=1, reshape="grid")

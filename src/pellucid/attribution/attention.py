@@ -1,20 +1,27 @@
-"""Attention maps and attention rollout (Abnar & Zuidema 2020) for ``nn.MultiheadAttention``.
+"""Attention maps and attention rollout (Abnar & Zuidema 2020) for transformer models.
 
-The weights are captured with forward hooks on every ``nn.MultiheadAttention`` of the model:
-a pre-hook asks the layer for per-head weights (``need_weights=True,
+Two kinds of attention layer are read. For ``nn.MultiheadAttention`` (torchvision's ViT), a
+pre-hook asks the layer for per-head weights (``need_weights=True,
 average_attn_weights=False``) and a forward hook records them and hands the caller exactly
-what it asked for (no weights, or head-averaged ones). The hooks are removed on exit, also
-on errors, inside the model-state guard, so the model comes back untouched.
+what it asked for (no weights, or head-averaged ones). Fused-QKV blocks that call
+``scaled_dot_product_attention`` and never form the weights (timm's ``Attention``: ``qkv``,
+``num_heads``, ``head_dim``, ``scale``) get a forward hook that recomputes
+``softmax(q k^T * scale)`` from the block's input with its own projection and q/k norms.
+The hooks are removed on exit, also on errors, inside the model-state guard, so the model
+comes back untouched. On image models the per-token scores are laid back on the patch
+grid (prefix tokens such as the class token dropped) and spread over the patch's pixels.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from pellucid._evaluate import Forward, map_chunks, resolve_batch_size
@@ -44,20 +51,50 @@ class AttentionMaps:
     outputs: torch.Tensor | None = None
 
 
-def _attention_layers(model: Any) -> list[tuple[str, nn.MultiheadAttention]]:
+def _fused(module: nn.Module) -> bool:
+    """A fused-QKV attention block (timm ``Attention``) whose weights can be recomputed."""
+    return (
+        isinstance(getattr(module, "qkv", None), nn.Linear)
+        and all(isinstance(getattr(module, a, None), int) for a in ("num_heads", "head_dim"))
+        and isinstance(getattr(module, "scale", None), float)
+    )
+
+
+def _attention_layers(model: Any) -> list[tuple[str, nn.Module]]:
     if not isinstance(model, nn.Module):
         raise TypeError(
-            f"`model` must be an nn.Module with nn.MultiheadAttention layers; got "
-            f"{describe_value(model)}."
+            f"`model` must be an nn.Module with attention layers; got {describe_value(model)}."
         )
-    found = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.MultiheadAttention)]
+    found = [
+        (n, m)
+        for n, m in model.named_modules()
+        if isinstance(m, nn.MultiheadAttention) or _fused(m)
+    ]
     if not found:
         raise ValueError(
-            f"`model` ({type(model).__name__}) has no nn.MultiheadAttention layer, so it has no "
-            "attention maps. Explain it with a model-agnostic method instead (occlusion, "
-            "kernel_shap, integrated_gradients)."
+            f"`model` ({type(model).__name__}) has no nn.MultiheadAttention layer and no "
+            "fused attention block (with `qkv`, `num_heads`, `head_dim`, `scale`), so it has "
+            "no attention maps. Explain it with a model-agnostic method "
+            "instead (occlusion, kernel_shap, integrated_gradients)."
         )
     return found
+
+
+def _recomputed(module: Any, x: torch.Tensor, mask: Any) -> torch.Tensor:
+    """``softmax(q k^T * scale + mask)`` of a fused-QKV block for its input ``x`` (N, T, C)."""
+    n, t = x.shape[0], x.shape[1]
+    qkv = module.qkv(x).reshape(n, t, 3, module.num_heads, module.head_dim)
+    q, k = qkv.permute(2, 0, 3, 1, 4)[:2]
+    q = module.q_norm(q) if hasattr(module, "q_norm") else q
+    k = module.k_norm(k) if hasattr(module, "k_norm") else k
+    scores = (q * module.scale) @ k.transpose(-2, -1)
+    if isinstance(mask, torch.Tensor):
+        scores = (
+            scores.masked_fill(~mask, float("-inf"))
+            if mask.dtype == torch.bool
+            else (scores + mask)
+        )
+    return scores.softmax(-1)
 
 
 @contextmanager
@@ -100,8 +137,22 @@ def _capture(model: nn.Module) -> Iterator[list[tuple[str, torch.Tensor]]]:
 
         return hook
 
+    def make_fused_hook(name: str) -> Any:
+        def hook(module: nn.Module, args: tuple, kwargs: dict, out: Any) -> None:
+            x = args[0] if args else kwargs["x"]
+            mask = args[1] if len(args) > 1 else kwargs.get("attn_mask")
+            with torch.no_grad():
+                records.append((name, _recomputed(module, x.detach(), mask)))
+
+        return hook
+
     try:
         for name, module in _attention_layers(model):
+            if not isinstance(module, nn.MultiheadAttention):
+                handles.append(
+                    module.register_forward_hook(make_fused_hook(name), with_kwargs=True)
+                )
+                continue
             handles.append(module.register_forward_pre_hook(pre_hook, with_kwargs=True))
             handles.append(module.register_forward_hook(make_hook(name), with_kwargs=True))
         yield records
@@ -209,16 +260,34 @@ def _token_explanation(
     extras: dict,
     target: Any = None,
 ) -> Explanation:
-    """Per-token scores (N, T) -> attributions of the inputs' shape (repeated over features)."""
-    view = scores.reshape(*scores.shape, *([1] * (inputs.ndim - 2)))
-    attr = (
-        view.expand(inputs.shape)
-        .to(inputs.dtype if inputs.is_floating_point() else torch.float32)
-        .clone()
-    )
+    """Per-token scores (N, T) -> attributions of the inputs' shape (repeated over features);
+    on images (N, C, H, W) with a token per patch, the patch grid spread over its pixels."""
+    dtype = inputs.dtype if inputs.is_floating_point() else torch.float32
+    if inputs.ndim == 4 and scores.shape[1] != inputs.shape[1]:
+        extras = {**extras, "token_scores": scores.detach()}
+        scores = _on_grid(scores, inputs.shape[2:])
+        attr = scores.expand(inputs.shape).to(dtype).clone()
+    else:
+        view = scores.reshape(*scores.shape, *([1] * (inputs.ndim - 2)))
+        attr = view.expand(inputs.shape).to(dtype).clone()
     return Explanation(
         attributions=attr, inputs=inputs, method=name, target=target, params=params, extras=extras
     )
+
+
+def _on_grid(scores: torch.Tensor, spatial: torch.Size) -> torch.Tensor:
+    """(N, T) token scores of a ViT -> (N, 1, H, W): prefix tokens (class, register) are
+    the ones beyond the largest square grid; each patch's score covers its pixels."""
+    n, t = scores.shape
+    side = math.isqrt(t)
+    h, w = spatial
+    if side == 0 or h % side or w % side:
+        raise ValueError(
+            f"Cannot lay {t} tokens on the {h}x{w} image: the attention maps need a square "
+            "grid of patches that tiles the image (plus prefix tokens such as a class token)."
+        )
+    grid = scores[:, t - side * side :].reshape(n, 1, side, side)
+    return F.interpolate(grid, size=(h, w), mode="nearest")
 
 
 def _fuse(weights: torch.Tensor, head_fusion: str) -> torch.Tensor:

@@ -5,11 +5,16 @@ mean of the target's gradient, sums over channels and keeps the positive part; t
 upsampled to the input (``upsample="linear"``: bilinear for images, or ``"nearest"``) and
 broadcast over the input channels, so attributions have the inputs' shape. The map at the
 layer's resolution is kept in ``extras["cam"]``. Guided Grad-CAM multiplies it with guided
-backpropagation.
+backpropagation. Token models (ViT, Swin) are explained with ``reshape="tokens"``: a
+(N, T, C) layer output is laid on its square patch grid (prefix tokens such as the class
+token, the ones beyond the largest square, are dropped) and a channels-last (N, H, W, C)
+one is moved to (N, C, H, W); a callable ``reshape`` maps the layer output (and, the same
+way, its gradient) to (N, C, *spatial) itself.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any, cast
 
@@ -37,7 +42,35 @@ def _require_layer(layer: Any) -> None:
         )
 
 
-def _cam(run: Run, relu: bool) -> torch.Tensor:
+def _to_maps(reshape: Any, tensor: torch.Tensor) -> torch.Tensor:
+    """A layer output (or its gradient) as feature maps (N, C, *spatial)."""
+    if reshape is None:
+        return tensor
+    if callable(reshape):
+        return reshape(tensor)
+    if tensor.ndim == 4:  # channels-last (N, H, W, C), e.g. Swin
+        return tensor.permute(0, 3, 1, 2)
+    if tensor.ndim != 3:
+        raise ValueError(
+            f"`reshape='tokens'` needs a layer output of shape (N, T, C) or (N, H, W, C); got "
+            f"{tuple(tensor.shape)}. Pass a callable `reshape` for other layouts."
+        )
+    n, t, c = tensor.shape
+    side = math.isqrt(t)
+    grid = tensor[:, t - side * side :]  # drop the prefix (class/register) tokens
+    return grid.transpose(1, 2).reshape(n, c, side, side)
+
+
+def _check_reshape(reshape: Any) -> Any:
+    if reshape is None or reshape == "tokens" or callable(reshape):
+        return reshape
+    raise ValueError(
+        f"`reshape` must be None (conv feature maps), 'tokens' (ViT/Swin token outputs) or a "
+        f"callable mapping the layer output to (N, C, *spatial); got {reshape!r}."
+    )
+
+
+def _cam(run: Run, relu: bool, reshape: Any = None) -> torch.Tensor:
     """The channel-weighted map at the layer's resolution, (N, 1, *spatial)."""
     prep = run.prep
     if not prep.inputs.is_floating_point() or prep.raw_inputs is None:
@@ -46,9 +79,12 @@ def _cam(run: Run, relu: bool) -> torch.Tensor:
     if acts.ndim < 3:
         raise ValueError(
             f"`layer` must output feature maps (N, C, *spatial) for Grad-CAM; "
-            f"{prep.layer_name!r} outputs shape {tuple(acts.shape)}. Choose a conv layer."
+            f"{prep.layer_name!r} outputs shape {tuple(acts.shape)}. Choose a conv layer, "
+            "or pass `reshape='tokens'` for a transformer block."
         )
-    weights = run.gradients().mean(dim=tuple(range(2, acts.ndim)), keepdim=True)
+    grads = _to_maps(reshape, run.gradients())
+    acts = _to_maps(reshape, acts.detach())
+    weights = grads.mean(dim=tuple(range(2, acts.ndim)), keepdim=True)
     cam = (weights * acts).sum(dim=1, keepdim=True)
     return cam.clamp(min=0) if relu else cam
 
@@ -77,6 +113,7 @@ def grad_cam(
     target: Target = None,
     relu: bool = True,
     upsample: str = "linear",
+    reshape: Any = None,
     batch_size: int | None = None,
     forward_args: Any = None,
     forward_kwargs: Mapping[str, Any] | None = None,
@@ -92,6 +129,9 @@ def grad_cam(
         target: which output to explain (int, per-example, ``"predicted"``, callable, None).
         relu: keep only the positive part of the map (the paper's choice).
         upsample: ``"linear"`` (bilinear for images) or ``"nearest"``.
+        reshape: None for convolutional maps; ``"tokens"`` for a transformer block's
+            (N, T, C) tokens (class token dropped, patches on their square grid) or a
+            channels-last (N, H, W, C) output; or a callable to (N, C, *spatial).
         batch_size: rows per backward pass.
         forward_args: extra positional model arguments; forward_kwargs: keyword ones.
         output: which part of a tuple/dict return value to explain.
@@ -113,14 +153,19 @@ def grad_cam(
     """
     check_bool("relu", relu)
     upsample = check_choice("upsample", upsample, ("linear", "nearest"))
+    reshape = _check_reshape(reshape)
     _require_layer(layer)
     with explaining("grad_cam", locals(), track_grad=True) as run:
-        cam = _cam(run, relu)
+        cam = _cam(run, relu, reshape)
         raw = cast(torch.Tensor, run.prep.raw_inputs)
         run.result(
             _upsample(cam, raw, upsample).to(raw.dtype),
             inputs=raw,
-            params={"relu": relu, "upsample": upsample},
+            params={
+                "relu": relu,
+                "upsample": upsample,
+                "reshape": reshape if reshape is None or isinstance(reshape, str) else "callable",
+            },
             extras={"cam": cam.detach()},
         )
     return run.explanation

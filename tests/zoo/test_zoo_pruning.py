@@ -1,0 +1,65 @@
+"""Structured pruning of random-weight torchvision/timm models: plans apply, the pruned
+model runs with the dense output shape, and the plan's parameter count is the real one."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from pellucid.pruning import plan_channel_pruning
+from zoo.zoo_models import ZOO, build
+
+# models the graph handles completely (no untraceable part); shufflenet's channel shuffle is
+# refused (one error listing every shuffle) and mobilevitv2's transformer blocks are kept
+# whole because torch.fx cannot trace them
+PRUNED = [m for m in ZOO if m[1] != "shufflenet_v2_x0_5"]
+
+
+@pytest.mark.parametrize(("source", "name", "side"), PRUNED, ids=[f"{s}-{n}" for s, n, _ in PRUNED])
+def test_plan_applies_and_runs(source, name, side):
+    model, x = build(source, name, side)
+    with torch.no_grad():
+        dense = model(x)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    plan = plan_channel_pruning(model, x, amount=0.3)
+    # planning changes nothing
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    pruned = plan.apply_(copy.deepcopy(model))
+    with torch.no_grad():
+        out = pruned(x)
+    assert out.shape == dense.shape and torch.isfinite(out).all()
+    assert sum(p.numel() for p in pruned.parameters()) == plan.params_after
+    assert plan.params_after < 0.95 * plan.params_before
+
+
+def test_channel_shuffle_refusal_lists_every_shuffle_and_changes_nothing():
+    model, x = build("tv", "shufflenet_v2_x0_5", 64)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match=r"(?s)operation\(s\) cannot be followed.*view.*ignore="):
+        plan_channel_pruning(model, x, amount=0.3)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+def test_vit_heads_and_stream():
+    model, x = build("timm", "vit_tiny_patch16_224", 64)
+    plan = plan_channel_pruning(model, x, amount=0.4)
+    pruned = plan.apply_(copy.deepcopy(model))
+    attn = pruned.blocks[0].attn
+    # whole heads go (3 -> 1): q/k/v rows and the projection's columns per head
+    assert attn.num_heads == 1 and attn.qkv.out_features == 3 * 64 == 3 * attn.attn_dim
+    assert attn.proj.in_features == 64
+    width = pruned.patch_embed.proj.out_channels
+    assert width < 192 and pruned.pos_embed.shape[-1] == width == pruned.cls_token.shape[-1]
+    assert pruned(x).shape == (1, 1000)
+
+
+def test_torchvision_vit_multihead_attention_and_hidden_dim():
+    model, x = build("tv", "vit_b_16", 64)
+    plan = plan_channel_pruning(model, x, amount=0.5)
+    pruned = plan.apply_(copy.deepcopy(model))
+    mha = pruned.encoder.layers[0].self_attention
+    assert pruned.hidden_dim == mha.embed_dim == 384 and mha.head_dim == 32
+    assert pruned.encoder.pos_embedding.shape[-1] == 384
+    assert pruned(x).shape == (1, 1000)

@@ -1,0 +1,54 @@
+"""Random-weight torchvision and timm models at small resolution, for the zoo tier.
+
+Shared by ``tests/zoo`` and ``benchmarks/bench_zoo.py``; nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+__all__ = ["ZOO", "build"]
+
+#: (source, name, image side): the 18 models of issue 13, at a side that keeps them quick
+ZOO: list[tuple[str, str, int]] = [
+    ("tv", "resnet18", 64),
+    ("tv", "resnet50", 64),
+    ("tv", "mobilenet_v2", 64),
+    ("tv", "mobilenet_v3_small", 64),
+    ("tv", "efficientnet_b0", 64),
+    ("tv", "vgg11_bn", 32),
+    ("tv", "densenet121", 64),
+    ("tv", "regnet_y_400mf", 64),
+    ("tv", "shufflenet_v2_x0_5", 64),
+    ("tv", "squeezenet1_1", 64),
+    ("tv", "convnext_tiny", 64),
+    ("tv", "vit_b_16", 64),
+    ("tv", "swin_t", 64),
+    ("tv", "googlenet", 64),
+    ("tv", "mnasnet0_5", 64),
+    ("timm", "resnet18", 64),
+    ("timm", "mobilevitv2_050", 64),
+    ("timm", "vit_tiny_patch16_224", 64),
+]
+
+
+def build(source: str, name: str, side: int, seed: int = 0) -> tuple[nn.Module, torch.Tensor]:
+    """The model in eval mode with seeded random weights, and one ``(1, 3, side, side)`` input."""
+    torch.manual_seed(seed)
+    if source == "tv":
+        import torchvision
+
+        kwargs: dict = {}
+        if name == "googlenet":
+            kwargs = {"aux_logits": False, "init_weights": False}
+        if name.startswith("vit_"):
+            kwargs = {"image_size": side}
+        model = getattr(torchvision.models, name)(weights=None, **kwargs)
+    else:
+        import timm
+
+        kwargs = {"img_size": side} if name.startswith("vit_") else {}
+        model = timm.create_model(name, pretrained=False, **kwargs)
+    gen = torch.Generator().manual_seed(seed)
+    return model.eval(), torch.randn(1, 3, side, side, generator=gen)
