@@ -14,6 +14,7 @@ import os
 import traceback
 from typing import Any
 
+import torch
 from torch import fx, nn
 
 from pellucid.pruning._layers import is_leaf
@@ -47,11 +48,8 @@ class _Tracer(fx.Tracer):
 
 def _where(err: BaseException) -> str:
     """The last frame of the failure outside torch and pellucid, as ``package/file.py:line``."""
-    import torch
-
-    import pellucid
-
-    skip = (os.path.dirname(torch.__file__), os.path.dirname(pellucid.__file__))
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # .../pellucid
+    skip = (os.path.dirname(os.path.abspath(torch.__file__)), package)
     frames = [
         f
         for f in traceback.extract_tb(err.__traceback__)
