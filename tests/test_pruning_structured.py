@@ -383,3 +383,80 @@ def test_plan_that_breaks_the_forward_is_never_applied():
     assert list(breaks.children()) == children
     assert all(torch.equal(v, before[k]) for k, v in breaks.state_dict().items())
     assert breaks(torch.randn(2, 4)).shape == (2, 4)
+
+
+OPS = ("conv", "residual", "depthwise", "se", "groupnorm", "channels_last", "cat", "shuffle")
+
+
+class Composed(nn.Module):
+    """A random stack of the supported operations on an (N, C, H, W) stream (``shuffle``, a
+    channel shuffle, is not supported: plans through it must be refused cleanly)."""
+
+    def __init__(self, ops: list[str], width: int = 8) -> None:
+        super().__init__()
+        self.ops = list(ops)
+        self.stem = nn.Conv2d(3, width, 3, padding=1)
+        self.blocks = nn.ModuleList()
+        for op in self.ops:
+            if op == "conv":
+                block = nn.Sequential(nn.Conv2d(width, width, 3, padding=1), nn.BatchNorm2d(width))
+            elif op == "residual":
+                block = nn.Sequential(nn.Conv2d(width, width, 1), nn.BatchNorm2d(width), nn.ReLU())
+            elif op == "depthwise":
+                block = nn.Conv2d(width, width, 3, padding=1, groups=width)
+            elif op == "se":
+                block = nn.Sequential(nn.Conv2d(width, 4, 1), nn.ReLU(), nn.Conv2d(4, width, 1))
+            elif op == "groupnorm":
+                block = nn.GroupNorm(2, width)
+            elif op == "channels_last":
+                block = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, width))
+            elif op == "cat":
+                block = nn.ModuleList([nn.Conv2d(width, 4, 1), nn.Conv2d(width, width - 4, 1)])
+            else:
+                block = nn.Identity()
+            self.blocks.append(block)
+        self.head = nn.Linear(width, 3)
+
+    def forward(self, x):
+        h = self.stem(x)
+        for op, block in zip(self.ops, self.blocks, strict=True):
+            if op == "residual":
+                h = h + block(h)
+            elif op == "se":
+                h = h * torch.sigmoid(block(h.mean((2, 3), keepdim=True)))
+            elif op == "channels_last":
+                h = torch.permute(block(h.permute(0, 2, 3, 1)), (0, 3, 1, 2))
+            elif op == "cat":
+                h = torch.cat([block[0](h), block[1](h)], dim=1)
+            elif op == "shuffle":
+                n, c, hh, ww = h.shape
+                h = h.view(n, 2, c // 2, hh, ww).transpose(1, 2).reshape(n, c, hh, ww)
+            else:
+                h = torch.relu(block(h))
+        return self.head(torch.flatten(nn.functional.adaptive_avg_pool2d(h, 1), 1))
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    ops=st.lists(st.sampled_from(OPS), min_size=1, max_size=5),
+    amount=st.floats(0.0, 0.9),
+    seed=st.integers(0, 3),
+)
+def test_random_compositions_apply_to_a_running_model_or_change_nothing(ops, amount, seed):
+    torch.manual_seed(seed)
+    model = _randomize_bn(Composed(ops)).eval()
+    x = torch.randn(2, 3, 6, 6)
+    before, structure = _state(model), repr(model)
+    try:
+        plan = plan_channel_pruning(model, x[:1], amount=amount)
+    except ValueError as err:
+        # only the unsupported channel shuffle is refused, and the model is as it was
+        assert "shuffle" in ops, err
+        assert repr(model) == structure
+        assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+        return
+    plan.apply_(model)
+    with torch.no_grad():
+        out = model(x)
+    assert out.shape == (2, 3) and torch.isfinite(out).all()
+    assert sum(p.numel() for p in model.parameters()) == plan.params_after
