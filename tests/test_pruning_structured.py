@@ -460,3 +460,26 @@ def test_random_compositions_apply_to_a_running_model_or_change_nothing(ops, amo
         out = model(x)
     assert out.shape == (2, 3) and torch.isfinite(out).all()
     assert sum(p.numel() for p in model.parameters()) == plan.params_after
+
+
+class UntraceableInside(nn.Module):
+    """A prunable MLP around a submodule whose forward branches on tensor values."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.inner, self.fc2 = nn.Linear(4, 8), Untraceable(), nn.Linear(4, 2)
+        self.inner.fc = nn.Linear(8, 4)
+
+    def forward(self, x):
+        return self.fc2(self.inner(torch.relu(self.fc1(x))))
+
+
+def test_untraceable_submodule_is_kept_whole_and_named():
+    model = UntraceableInside()
+    plan = plan_channel_pruning(model, torch.ones(1, 4), amount=0.5)
+    text = str(plan)
+    # the failing line is named relative to the file, whatever folder the user works in
+    assert "module 'inner' cannot be traced by torch.fx at test_pruning_structured.py:" in text
+    assert plan.kept("fc1") == (None, None) and plan.kept("inner.fc") == (None, None)
+    plan.apply_(model)
+    assert model(torch.ones(3, 4)).shape == (3, 2)

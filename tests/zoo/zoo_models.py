@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["ZOO", "build"]
+__all__ = ["TIER", "ZOO", "build", "build_small"]
 
 #: (source, name, image side): the 18 models of issue 13, at a side that keeps them quick
 ZOO: list[tuple[str, str, int]] = [
@@ -50,5 +50,47 @@ def build(source: str, name: str, side: int, seed: int = 0) -> tuple[nn.Module, 
 
         kwargs = {"img_size": side} if name.startswith("vit_") else {}
         model = timm.create_model(name, pretrained=False, **kwargs)
+    gen = torch.Generator().manual_seed(seed)
+    return model.eval(), torch.randn(1, 3, side, side, generator=gen)
+
+
+#: the test tier: the same architectures' code paths in small configurations (seconds each)
+TIER: list[tuple[str, str, int]] = [
+    ("tv", "resnet18", 32),
+    ("tv", "mobilenet_v3_small", 32),
+    ("tv", "efficientnet_b0", 32),
+    ("tv", "regnet_y_400mf", 32),
+    ("tv", "squeezenet1_1", 32),
+    ("tv", "mnasnet0_5", 32),
+    ("tv", "googlenet", 32),
+    ("tv", "small_densenet", 32),
+    ("tv", "small_convnext", 32),
+    ("tv", "small_vit", 32),
+    ("tv", "small_swin", 32),
+    ("timm", "resnet18", 32),
+    ("timm", "mobilevitv2_050", 64),
+    ("timm", "vit_tiny_patch16_224", 32),
+]
+
+
+def build_small(source: str, name: str, side: int, seed: int = 0) -> tuple[nn.Module, torch.Tensor]:
+    """Like :func:`build`, with ``small_*`` names for reduced torchvision configurations."""
+    if not name.startswith("small_"):
+        return build(source, name, side, seed)
+    from torchvision.models import convnext, densenet, swin_transformer, vision_transformer
+
+    torch.manual_seed(seed)
+    kind = name[len("small_") :]
+    if kind == "densenet":
+        model: nn.Module = densenet.DenseNet(8, (2, 2), 16, num_classes=10)
+    elif kind == "convnext":
+        blocks = [convnext.CNBlockConfig(16, 32, 2), convnext.CNBlockConfig(32, None, 1)]
+        model = convnext.ConvNeXt(blocks, stochastic_depth_prob=0.1, num_classes=10)
+    elif kind == "vit":
+        model = vision_transformer.VisionTransformer(side, 8, 2, 4, 64, 128, num_classes=10)
+    else:
+        model = swin_transformer.SwinTransformer(
+            [4, 4], 32, [2, 2], [2, 4], [4, 4], stochastic_depth_prob=0.1, num_classes=10
+        )
     gen = torch.Generator().manual_seed(seed)
     return model.eval(), torch.randn(1, 3, side, side, generator=gen)
