@@ -88,6 +88,7 @@ def torch_pruning_prune(model: nn.Module, x: torch.Tensor, ratio: float) -> tupl
 
 def prune_row(source: str, name: str, side: int, ratio: float, batch: int) -> str:
     model, x = build(source, name, side)
+    side = x.shape[-1]
     total = sum(p.numel() for p in model.parameters())
     with torch.no_grad():
         shape = model(x).shape
@@ -188,11 +189,19 @@ def main() -> None:
     parser.add_argument("--ratio", type=float, default=0.3)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--models", default="")
+    parser.add_argument("--side", type=int, default=0, help="image side (default: per model)")
     parser.add_argument("--skip-explain", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    chosen = [m for m in ZOO if not args.models or m[1] in args.models.split(",")]
-    print(f"Structured pruning at ratio {args.ratio} (batch {args.batch} latency, CPU)")
+    chosen = [
+        (s, n, args.side or side)
+        for s, n, side in ZOO
+        if not args.models or n in args.models.split(",")
+    ]
+    print(
+        f"Structured pruning at ratio {args.ratio} (batch {args.batch} latency, CPU, "
+        f"{torch.get_num_threads()} threads)"
+    )
     print(
         f"{'model':28s} {'pellucid: ok  kept  speed   plan':34s}   "
         f"{'Torch-Pruning: ok  kept  speed   plan':36s} kept diff (pts)"

@@ -103,10 +103,10 @@ def test_concat_depthwise_grouped_equal_masked_original():
     pruned = _check_equivalence(model, torch.randn(3, 2, 4, 4), amount=0.5)
     assert (pruned.a.out_channels, pruned.b.out_channels) == (3, 2)
     assert pruned.bn.num_features == 5 == pruned.dw.groups
-    # the grouped conv's input stays (its groups need every input); its output is pruned
-    # evenly per group
-    assert pruned.c.out_channels == 8 and pruned.c.in_channels == 5
-    assert pruned.d.groups == 2 and pruned.d.out_channels == 4
+    # the square grouped conv is pruned inputs and outputs alike, evenly per group (its
+    # input channels are c's outputs)
+    assert pruned.c.out_channels == 4 and pruned.c.in_channels == 5
+    assert (pruned.d.groups, pruned.d.in_channels, pruned.d.out_channels) == (2, 4, 4)
     assert pruned.head.in_features == 4 * 16
 
 
@@ -483,3 +483,23 @@ def test_untraceable_submodule_is_kept_whole_and_named():
     assert plan.kept("fc1") == (None, None) and plan.kept("inner.fc") == (None, None)
     plan.apply_(model)
     assert model(torch.ones(3, 4)).shape == (3, 2)
+
+
+class SquareGrouped(nn.Module):
+    """RegNet-style: 1x1 conv -> BN -> grouped 3x3 conv (in == out) -> 1x1 conv."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.bn = nn.Conv2d(3, 12, 1), nn.BatchNorm2d(12)
+        self.b, self.c = nn.Conv2d(12, 12, 3, padding=1, groups=3), nn.Conv2d(12, 5, 1)
+
+    def forward(self, x):
+        return self.c(torch.relu(self.b(torch.relu(self.bn(self.a(x))))))
+
+
+def test_square_grouped_conv_prunes_inputs_and_outputs_evenly_per_group():
+    torch.manual_seed(6)
+    pruned = _check_equivalence(_randomize_bn(SquareGrouped()), torch.randn(3, 3, 5, 5), amount=0.5)
+    # the groups stay (3), each keeps 2 of its 4 channels, inputs and outputs alike
+    assert (pruned.b.groups, pruned.b.in_channels, pruned.b.out_channels) == (3, 6, 6)
+    assert pruned.a.out_channels == 6 == pruned.c.in_channels

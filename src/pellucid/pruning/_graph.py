@@ -106,12 +106,10 @@ class _Walker:
         if len(a) != len(b) or any(
             x.length != y.length or x.repeat != y.repeat for x, y in zip(a, b, strict=True)
         ):
-            message = (
-                f"Cannot prune through node {node.name!r}: its inputs' channels are "
-                "laid out differently."
-            )
-            self.graph.require_frozen(a, message)
-            self.graph.require_frozen(b, message)
+            # e.g. a concatenation added to one layer's output: kept whole (both sides)
+            reason = f"node {node.name!r} combines channels laid out differently"
+            self.graph.freeze(a, reason)
+            self.graph.freeze(b, reason)
             return False
         for x, y in zip(a, b, strict=True):
             self.graph.union(x.space, y.space, node.name)

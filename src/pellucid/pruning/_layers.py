@@ -70,6 +70,12 @@ def _conv(w: _Walker, node: fx.Node, module: Any, name: str, x: Value, shape: An
         return w.layer(node, name, x, module.out_channels, 1, shape)
     if groups == module.in_channels == module.out_channels and all(s.repeat == 1 for s in x.layout):
         return w.elementwise(node, name, x, shape)
+    if module.in_channels == module.out_channels and all(s.repeat == 1 for s in x.layout):
+        # grouped, square: output channel i is tied to input channel i; every group keeps
+        # the same number, so the groups stay
+        value = w.elementwise(node, name, x, shape)
+        w.graph.divide(x.layout, groups)
+        return value
     w.graph.freeze(x.layout, f"input of grouped convolution {name!r}")
     value = w.layer(node, name, x, module.out_channels, 1, shape, member_in=False)
     w.graph.divide(value.layout, groups)

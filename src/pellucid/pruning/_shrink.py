@@ -60,12 +60,9 @@ def shrink_module(
                 new.groups = new.in_channels = new.out_channels = w.shape[0]
             else:
                 w = w[out_keep] if out_keep is not None else w
-                if in_keep is not None:
-                    if module.groups != 1:
-                        raise ValueError(
-                            "Cannot remove input channels of a grouped convolution; "
-                            "only its output channels."
-                        )
+                if in_keep is not None and module.groups != 1:
+                    w = _grouped_inputs(module, w, out_keep, in_keep)
+                elif in_keep is not None:
                     w = w[:, in_keep]
                 new.out_channels = w.shape[0]
                 new.in_channels = w.shape[1] * module.groups
@@ -105,6 +102,23 @@ def shrink_module(
         else:
             raise TypeError(f"Cannot shrink a {type(module).__name__}.")
     return new
+
+
+def _grouped_inputs(module: Any, w: torch.Tensor, out_keep: Any, in_keep: Any) -> torch.Tensor:
+    """Keep, for every kept output, the kept inputs of its own group (equal per group)."""
+    groups = module.groups
+    per_in, per_out = module.in_channels // groups, module.out_channels // groups
+    counts = torch.bincount(in_keep // per_in, minlength=groups)
+    if not bool((counts == counts[0]).all()):
+        raise ValueError(
+            "Cannot remove input channels of a grouped convolution unevenly across its groups."
+        )
+    local = (in_keep % per_in).reshape(groups, -1)  # (groups, kept per group), sorted
+    rows = out_keep if out_keep is not None else torch.arange(module.out_channels)
+    index = local[rows // per_out]  # (kept outputs, kept per group)
+    return torch.gather(
+        w, 1, index.reshape(*index.shape, *[1] * (w.ndim - 2)).expand(-1, -1, *w.shape[2:])
+    )
 
 
 def _shrink_attention(new: Any, module: nn.MultiheadAttention, keep: torch.Tensor) -> None:
@@ -160,6 +174,9 @@ def empty_like_spec(module: nn.Module, spec: dict[str, Any]) -> nn.Module:
     if "in" in spec and spec["in"] != current["in"]:
         groups = spec.get("groups", 1)
         in_keep = torch.arange(spec["in"] // groups)
+        if groups > 1 and groups == current.get("groups"):
+            per_in = current["in"] // groups
+            in_keep = (in_keep[None, :] + per_in * torch.arange(groups)[:, None]).flatten()
     if isinstance(module, nn.GroupNorm | nn.MultiheadAttention):
         return shrink_module(module, out, None)
     if isinstance(module, nn.modules.conv._ConvNd) and spec.get("groups") != module.groups:

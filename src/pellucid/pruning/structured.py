@@ -61,7 +61,7 @@ def _removed_params(module: Any, out_keep: Any, in_keep: Any) -> int:
         if keep is not None:
             shape[0] = keep.numel()
         if in_keep is not None and not depthwise:
-            shape[1] = in_keep.numel()
+            shape[1] = in_keep.numel() // getattr(module, "groups", 1)
         after = math.prod(shape) + (shape[0] if module.bias is not None else 0)
     else:
         keep = out_keep if out_keep is not None else in_keep
