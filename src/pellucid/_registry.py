@@ -56,6 +56,7 @@ VOCABULARY: dict[str, str] = {
     "alpha": "lime: ridge penalty; lrp: weight of the positive part (alpha-beta rule)",
     "head_fusion": "how attention heads are combined: mean, max or min",
     "upsample": "how a layer map is upsampled to the inputs: linear or nearest",
+    "reshape": "a layer output as feature maps: None, 'tokens' (ViT/Swin) or a callable",
     # one method each
     "absolute": "saliency: |gradient| instead of the signed gradient",
     "antithetic": "sampling_shapley: pair each permutation with its reverse",
