@@ -119,6 +119,13 @@ def permutation_importance(
         eval_mode: True runs the model in eval mode for this call; None (the default)
             warns in training mode; False keeps the mode silently.
 
+    Raises:
+        TypeError: `model` is not callable, `inputs` or `labels` is not a tensor, or an option has
+            the wrong type.
+        ValueError: fewer than 2 rows, `labels` of another length, an unknown `scoring` (or
+            `"accuracy"` with float labels), a callable scoring that does not return one score per
+            row, or a `feature_mask` or `feature_names` that does not fit.
+
     Example:
         >>> import torch
         >>> net = torch.nn.Linear(3, 2)

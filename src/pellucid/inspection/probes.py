@@ -88,6 +88,10 @@ def record_weights(
 
     Default layers: every module whose ``weight`` has 2 or more dimensions (Linear, Conv).
 
+    Raises:
+        TypeError: `model` is not an nn.Module, or `layers` is not a list of names.
+        ValueError: a `layers` entry has no `weight`, or is not a submodule.
+
     Example:
         >>> import torch
         >>> net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 1))
@@ -165,6 +169,12 @@ def record_gradients(
             averaged over the batch as in training.
         wrt: ``"weights"`` (``{layer: d/d weight}``, default layers: Linear/Conv) or
             ``"activations"`` (``{layer: (N, ...) d/d output}``, default layers: leaves).
+
+    Raises:
+        TypeError: `model` is not an nn.Module, `inputs` is not a tensor, or `layers` is not a list
+            of names.
+        ValueError: `labels` of another length, `target` does not fit, or a `layers` entry is not a
+            submodule.
 
     Example:
         >>> import torch

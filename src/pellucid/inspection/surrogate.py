@@ -169,6 +169,12 @@ class GlobalSurrogate:
 
         Returns:
             self
+
+        Raises:
+            TypeError: `X` is not a batch-first tensor.
+            ValueError: too few rows to fit and to estimate fidelity on, `task="regression"` on a
+                network with several outputs, a network that predicts a single class (logistic
+                surrogate), or `feature_names` of another length.
         """
         from sklearn.linear_model import LinearRegression, LogisticRegression, Ridge
         from sklearn.tree import DecisionTreeClassifier, DecisionTreeRegressor
@@ -302,7 +308,11 @@ class GlobalSurrogate:
         return self._fidelity(feats, self._labels(outputs))
 
     def decision_rules(self) -> list[Rule]:
-        """The tree's leaves as :class:`Rule` objects (one per leaf, they partition the space)."""
+        """The tree's leaves as :class:`Rule` objects (one per leaf, they partition the space).
+
+        Raises:
+            ValueError: the surrogate is linear (`kind="linear"`), not a tree.
+        """
         self._check_fitted()
         if self.kind != "tree":
             raise ValueError("`decision_rules()` needs `kind='tree'`; this surrogate is linear.")

@@ -123,6 +123,10 @@ def top_k_overlap(a: Any, b: Any, *, k: int | float = 0.1, absolute: bool = True
     Args:
         k: a number of features (int >= 1) or a fraction of them (float in (0, 1]).
 
+    Raises:
+        TypeError: `a` or `b` is not an Explanation or a tensor, or `absolute` is not a bool.
+        ValueError: `a` and `b` explain different inputs (or shapes), or `k` is out of range.
+
     Example:
         >>> import torch
         >>> a = torch.tensor([[4.0, 3.0, 2.0, 1.0]])
@@ -164,6 +168,10 @@ def agreement(
         measure: ``"spearman"``, ``"kendall"`` or ``"top_k"`` (overlap of the top ``k``).
         k: for ``top_k``: a number of features or a fraction of them.
         absolute: compare rankings of ``|attribution|`` (True) or of the signed values.
+
+    Raises:
+        TypeError: `a` or `b` is not an Explanation or a tensor.
+        ValueError: `a` and `b` explain different inputs (or shapes), or `measure` is unknown.
 
     Example:
         >>> import torch

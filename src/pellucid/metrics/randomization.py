@@ -136,6 +136,11 @@ def model_randomization_check(
         threshold: an example passes when the final agreement is below this.
         generator: random source of the new weights.
 
+    Raises:
+        TypeError: `model` is not an nn.Module, or `layers` is not a non-empty list of names.
+        ValueError: `model` has no parameters, a `layers` entry is unknown, `explain` or `measure`
+            is unknown, or `threshold` is out of range.
+
     Example:
         >>> import torch
         >>> net = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(),

@@ -57,6 +57,11 @@ def sensitivities(
         batch_size: perturbed rows explained per call of ``explain``.
         explain_kwargs: extra keyword arguments for ``explain``.
 
+    Raises:
+        TypeError: `inputs` is not a floating-point tensor, or `normalize` is not a bool.
+        ValueError: `inputs` holds NaN/inf, `explain` is unknown, or `n_samples` or `radius` is out
+            of range.
+
     Example:
         >>> import torch
         >>> net = torch.nn.Linear(3, 2)
