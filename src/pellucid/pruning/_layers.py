@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from torch import fx, nn
 
-from pellucid.pruning._spaces import POOL_MODULES, Segment, Value
+from pellucid.pruning._spaces import PASS_MODULES, POOL_MODULES, Segment, Value
 
 if TYPE_CHECKING:  # pragma: no cover
     from pellucid.pruning._graph import _Walker
@@ -167,31 +167,10 @@ def _softmax(w: _Walker, node: fx.Node, module: Any, name: str, x: Value, shape:
     return Value(x.layout, x.cdim, shape, free=x.free)
 
 
-_PASS = (
-    nn.ReLU,
-    nn.ReLU6,
-    nn.LeakyReLU,
-    nn.PReLU,
-    nn.GELU,
-    nn.SiLU,
-    nn.Sigmoid,
-    nn.Tanh,
-    nn.Hardswish,
-    nn.Hardsigmoid,
-    nn.ELU,
-    nn.SELU,
-    nn.Softplus,
-    nn.Mish,
-    nn.Identity,
-    nn.Hardtanh,
-    nn.modules.dropout._DropoutNd,
-)
-
-
 def _is_pass(module: nn.Module) -> bool:
     if isinstance(module, nn.PReLU) and module.num_parameters != 1:
         return False
-    return isinstance(module, _PASS) or type(module).__name__ in PASS_MODULE_NAMES
+    return isinstance(module, PASS_MODULES) or type(module).__name__ in PASS_MODULE_NAMES
 
 
 MODULE_HANDLERS: list[tuple[Callable[[nn.Module], bool], Callable[..., Any]]] = [

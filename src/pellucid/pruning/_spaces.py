@@ -133,6 +133,7 @@ PASS_MODULES = (
     nn.ReLU,
     nn.ReLU6,
     nn.LeakyReLU,
+    nn.PReLU,
     nn.GELU,
     nn.SiLU,
     nn.Sigmoid,
