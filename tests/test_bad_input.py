@@ -226,23 +226,10 @@ CASES = [
 
 # Cases known to be handled badly today, each with the issue item that fixes it. strict:
 # the fix turns the case into an XPASS failure, so its entry must then be deleted here.
-_CONTIGUITY = "issue 17 item 3: column-major and strided inputs crash coalition methods"
 _META = "issue 17 item 13: meta-device models must be refused clearly at the boundary"
 _ATTENTION = "issue 17 item 13: attention methods raise raw errors on bad inputs"
 KNOWN_GAPS: dict[tuple[str, str], str] = {
     **{(m, "model on meta"): _META for m in METHODS},
-    **{
-        (m, c): _CONTIGUITY
-        for m in (
-            "exact_shapley",
-            "feature_ablation",
-            "kernel_shap",
-            "lime",
-            "occlusion",
-            "sampling_shapley",
-        )
-        for c in ("column-major", "non-contiguous")
-    },
     **{
         (m, c): _ATTENTION
         for m in ("attention", "attention_rollout")

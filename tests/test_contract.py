@@ -133,6 +133,28 @@ def test_determinism_with_generator(info):
     torch.testing.assert_close(first, second, rtol=0, atol=0)
 
 
+def _column_major(x: torch.Tensor) -> torch.Tensor:
+    """The same values with reversed strides (``torch.tensor(df.values)`` is (1, N) in 2-D)."""
+    dims = tuple(reversed(range(x.dim())))
+    return x.permute(dims).contiguous().permute(dims)
+
+
+def _strided(x: torch.Tensor) -> torch.Tensor:
+    """The same values every other element of a larger buffer (a sliced view)."""
+    return torch.stack([x, torch.full_like(x, float("nan"))], dim=-1)[..., 0]
+
+
+@pytest.mark.parametrize("layout", [_column_major, _strided], ids=["transposed", "strided"])
+def test_non_contiguous_inputs(info, layout):
+    model, x, layer = _setup(info)
+    odd = layout(x)
+    assert not odd.is_contiguous() and torch.equal(odd, x)
+    got = _explain(info, model, odd, layer)
+    want = _explain(info, model, x, layer)
+    # float64: only the kernels' summation order may depend on the memory layout
+    torch.testing.assert_close(got.attributions, want.attributions, rtol=1e-7, atol=1e-9)
+
+
 def _snapshot(model: nn.Module):
     return {
         "params": [p.detach().clone() for p in model.parameters()],

@@ -178,7 +178,8 @@ def _drops(run: Run, windows: _Windows, base: torch.Tensor) -> tuple[torch.Tenso
     and the number of rows evaluated."""
     prep, x, n_win, shape, cached = run.prep, run.inputs, windows.n, windows.shape, windows.cached
     n = x.shape[0]
-    flat_x, flat_b = x.reshape(n, -1), base.reshape(n, -1)
+    # contiguous: a transposed or strided input (column-major DataFrame values) too
+    flat_x, flat_b = x.reshape(n, -1).contiguous(), base.reshape(n, -1).contiguous()
     full = prep.target.scores(prep.output)
     # a window whose features already equal the baseline leaves the input unchanged: its
     # drop is exactly 0, so only the windows that change something are evaluated

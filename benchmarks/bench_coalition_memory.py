@@ -1,0 +1,78 @@
+"""KernelSHAP and LIME peak memory on issue 17's case: bounded by ``batch_size``, not ``n_samples``.
+
+Each case runs in a fresh subprocess: after a warm-up call, the process's peak resident set
+(``ru_maxrss``) is read, the measured call runs, and the growth of the peak is printed
+(torch's CPU tensors are not visible to ``tracemalloc``, so RSS is the honest measure).
+The figure of one call is what it allocated above what the warm-up had already touched.
+
+Case: one 3x64x64 image, 256 players (4x4 superpixels shared by the channels), a small
+pooling + linear model; KernelSHAP and LIME with 10,000 and 20,000 coalitions at several
+``batch_size`` values (and the automatic one).
+
+Run: ``PYTHONPATH=src python benchmarks/bench_coalition_memory.py [--quick]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+CHILD = r"""
+import json, resource, sys
+import torch
+import pellucid
+
+method, n_samples, batch_size = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+batch_size = None if batch_size == "auto" else int(batch_size)
+torch.manual_seed(0)
+torch.set_num_threads(1)
+model = torch.nn.Sequential(
+    torch.nn.AvgPool2d(8), torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 10)
+).eval()
+x = torch.randn(1, 3, 64, 64)
+rows = torch.arange(64) // 4
+ids = (rows.view(-1, 1) * 16 + rows.view(1, -1)).expand(3, 64, 64).contiguous()  # 256 players
+fn = getattr(pellucid, method)
+kw = dict(target=0, feature_mask=ids, batch_size=batch_size)
+fn(model, x, n_samples=300, generator=torch.Generator().manual_seed(0), **kw)  # warm-up
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+fn(model, x, n_samples=n_samples, generator=torch.Generator().manual_seed(0), **kw)
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps({"peak_mb": (after - before) / 1024}))
+"""
+
+
+def peak_mb(method: str, n_samples: int, batch_size: str) -> float:
+    """Growth of the peak RSS (MB) of one call in a fresh process."""
+    # a fixed mmap threshold: large blocks go back to the system when freed, so the peak
+    # measures what the call holds at once, not glibc's heap fragmentation (whose dynamic
+    # threshold otherwise makes the same run vary between 30 and 220 MB)
+    env = dict(os.environ, OMP_NUM_THREADS="1", MALLOC_MMAP_THRESHOLD_="131072")
+    out = subprocess.run(
+        [sys.executable, "-c", CHILD, method, str(n_samples), batch_size],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=env,
+    )
+    return float(json.loads(out.stdout.strip().splitlines()[-1])["peak_mb"])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer cases")
+    args = parser.parse_args()
+    samples = [10_000] if args.quick else [10_000, 20_000]
+    batches = ["auto", "64"] if args.quick else ["auto", "16", "64", "256", "1024"]
+    print(f"{'method':<12} {'batch_size':>10} " + " ".join(f"{s:>14,}" for s in samples))
+    for method in ("kernel_shap", "lime"):
+        for b in batches:
+            cells = [f"{peak_mb(method, s, b):>11.1f} MB" for s in samples]
+            print(f"{method:<12} {b:>10} " + " ".join(cells))
+
+
+if __name__ == "__main__":
+    main()
