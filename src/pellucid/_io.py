@@ -1,21 +1,110 @@
-"""Atomic file writes: a temp file in the same folder, fsync, then rename."""
+"""Atomic file writes (a temp file in the same folder, fsync, then rename) and the checks a
+safetensors file passes before anything in it is read or allocated."""
 
 from __future__ import annotations
 
 import json
 import os
+import struct
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "CorruptFileError",
     "atomic_write",
     "atomic_write_bytes",
     "atomic_write_json",
     "atomic_write_text",
+    "is_int",
     "jsonable",
+    "safetensors_metadata",
 ]
+
+
+class CorruptFileError(ValueError):
+    """A file that is truncated, crafted or not the kind pellucid wrote."""
+
+
+def is_int(value: Any) -> bool:
+    """Whether ``value`` is a plain int (not a bool)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+#: safetensors dtype names and their element sizes (a header's claims are checked with these).
+_DTYPE_SIZES = dict.fromkeys(("BOOL", "U8", "I8", "F8_E5M2", "F8_E4M3"), 1)
+_DTYPE_SIZES.update(dict.fromkeys(("I16", "U16", "F16", "BF16"), 2))
+_DTYPE_SIZES.update(dict.fromkeys(("I32", "U32", "F32"), 4))
+_DTYPE_SIZES.update(dict.fromkeys(("I64", "U64", "F64"), 8))
+
+
+def safetensors_metadata(data: bytes, kind: str) -> dict[str, Any]:
+    """The ``__metadata__`` of safetensors ``data``, after checking its header.
+
+    Every tensor the header declares must have a known dtype, a shape of sizes, and data
+    offsets inside the file spanning exactly the bytes that dtype and shape need, so that
+    nothing is ever allocated from a claimed size. ``kind`` names the expected file in
+    the :class:`CorruptFileError` raised otherwise.
+
+    Example:
+        >>> safetensors_metadata(b"\\x02" + bytes(7) + b"{}", "test")
+        {}
+        >>> safetensors_metadata(b"\\xff" * 8 + b"{}", "test")
+        Traceback (most recent call last):
+        ...
+        pellucid._io.CorruptFileError: Not a usable test file: its header claims ...
+    """
+
+    def corrupt(what: str) -> CorruptFileError:
+        return CorruptFileError(f"Not a usable {kind} file: {what}.")
+
+    if len(data) < 8:
+        raise corrupt(f"it is {len(data)} bytes long, too short for a safetensors header")
+    (length,) = struct.unpack("<Q", data[:8])
+    if length > len(data) - 8:
+        raise corrupt(
+            f"its header claims {length} bytes but the file has {len(data) - 8} after the "
+            "length field (truncated, or not a safetensors file)"
+        )
+    try:
+        header = json.loads(data[8 : 8 + length])
+    except (ValueError, RecursionError) as err:
+        raise corrupt("its header is not readable JSON (truncated, or not safetensors)") from err
+    meta = header.get("__metadata__", {}) if isinstance(header, dict) else None
+    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+        raise corrupt("its header is not a JSON object with a '__metadata__' of strings")
+    payload = len(data) - 8 - length
+    for key, entry in header.items():
+        if key == "__metadata__":
+            continue
+        if not isinstance(entry, dict):
+            raise corrupt(f"its header entry {key!r:.60} is not an object")
+        shape, offsets = entry.get("shape"), entry.get("data_offsets")
+        size = _DTYPE_SIZES.get(str(entry.get("dtype")))
+        if size is None:
+            raise corrupt(f"tensor {key!r:.60} has unknown dtype {entry.get('dtype')!r:.30}")
+        if not isinstance(shape, list) or not all(is_int(d) and d >= 0 for d in shape):
+            raise corrupt(f"tensor {key!r:.60} has shape {shape!r:.60}, not a list of sizes")
+        if (
+            not isinstance(offsets, list)
+            or len(offsets) != 2
+            or not all(is_int(o) for o in offsets)
+            or not 0 <= offsets[0] <= offsets[1] <= payload
+        ):
+            raise corrupt(
+                f"tensor {key!r:.60} has data offsets {offsets!r:.60} outside the file's "
+                f"{payload} data bytes"
+            )
+        numel = 1
+        for d in shape:
+            numel *= d
+        if numel * size != offsets[1] - offsets[0]:
+            raise corrupt(
+                f"tensor {key!r:.60} claims shape {shape} ({numel * size} bytes) but stores "
+                f"{offsets[1] - offsets[0]} bytes"
+            )
+    return meta
 
 
 def atomic_write(path: str | os.PathLike[str], writer: Callable[[str], None]) -> Path:
