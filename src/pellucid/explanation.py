@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from pellucid._io import atomic_write
+from pellucid._io import CorruptFileError, atomic_write, is_int, safetensors_metadata
 
 __all__ = ["FORMAT_NAME", "FORMAT_VERSION", "Explanation"]
 
@@ -67,7 +67,11 @@ class Explanation:
 
     # ---------------------------------------------------------------- persistence
     def save(self, path: str | os.PathLike[str]) -> Path:
-        """Write the explanation to ``path`` (safetensors), atomically."""
+        """Write the explanation to ``path`` (safetensors), atomically.
+
+        Tensors that share memory (Grad-CAM's ``extras["cam"]`` of a 1-channel input is its
+        attributions) are stored as separate copies.
+        """
         from safetensors.torch import save_file
 
         tensors: dict[str, torch.Tensor] = {}
@@ -80,14 +84,8 @@ class Explanation:
             "params": _encode(self.params, "params", tensors),
             "extras": _encode(self.extras, "extras", tensors),
         }
-        tensors["attributions"] = self.attributions.detach().cpu().contiguous()
-        tensors["inputs"] = self.inputs.detach().cpu().contiguous()
-        storages: set[int] = set()
-        for key, tensor in tensors.items():  # safetensors refuses tensors sharing memory
-            ptr = tensor.untyped_storage().data_ptr()
-            if ptr in storages and tensor.numel():
-                tensors[key] = tensor.clone()
-            storages.add(ptr)
+        _store(self.attributions, "attributions", tensors)
+        _store(self.inputs, "inputs", tensors)
         metadata = {"pellucid": json.dumps(meta)}
         return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
@@ -96,47 +94,90 @@ class Explanation:
         """Read an explanation written by :meth:`save`; refuses other files clearly.
 
         Raises:
-            FileNotFoundError: `path` is not an existing file.
-            ValueError: the file is not a pellucid explanation (safetensors with pellucid metadata),
-                or has a newer format version.
+            FileNotFoundError: ``path`` is not a file.
+            ValueError: the file is not a readable pellucid explanation (truncated, crafted,
+                another format or a newer version: :class:`~pellucid._io.CorruptFileError`).
         """
-        from safetensors import safe_open
+        from safetensors.torch import load as st_load
 
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"`path` must be an existing file; got {str(path)!r}.")
+        data = path.read_bytes()
         try:
-            with safe_open(str(path), framework="pt") as handle:
-                metadata = handle.metadata() or {}
-                tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+            metadata = safetensors_metadata(data, "pellucid explanation")
+            tensors = st_load(data)
+        except CorruptFileError as exc:
+            raise CorruptFileError(f"{str(path)!r}: {exc}") from None
         except Exception as exc:  # safetensors raises its own error types
-            raise ValueError(
+            raise CorruptFileError(
                 f"{str(path)!r} is not a pellucid explanation file (safetensors): {exc}"
             ) from exc
         if "pellucid" not in metadata:
             raise ValueError(f"{str(path)!r} is a safetensors file but not a pellucid explanation.")
-        meta = json.loads(metadata["pellucid"])
-        if meta.get("format") != FORMAT_NAME or int(meta.get("version", -1)) > FORMAT_VERSION:
-            raise ValueError(
-                f"{str(path)!r} has format {meta.get('format')!r} version {meta.get('version')}; "
-                f"this pellucid reads {FORMAT_NAME!r} up to version {FORMAT_VERSION}."
+        try:
+            return cls._from_parts(metadata["pellucid"], tensors)
+        except (KeyError, TypeError, ValueError, RecursionError) as exc:
+            if isinstance(exc, CorruptFileError):
+                raise CorruptFileError(f"{str(path)!r}: {exc}") from None
+            raise CorruptFileError(
+                f"{str(path)!r} is not a readable pellucid explanation: its metadata is "
+                f"malformed ({type(exc).__name__}: {str(exc)[:120]})."
+            ) from None
+
+    @classmethod
+    def _from_parts(cls, text: str, tensors: dict[str, torch.Tensor]) -> Explanation:
+        meta = json.loads(text)
+        if not isinstance(meta, dict):
+            raise CorruptFileError("its metadata is not a JSON object.")
+        version = meta.get("version")
+        if meta.get("format") != FORMAT_NAME or not is_int(version) or version > FORMAT_VERSION:
+            raise CorruptFileError(
+                f"it has format {meta.get('format')!r:.60} version {version!r:.20}; this "
+                f"pellucid reads {FORMAT_NAME!r} up to version {FORMAT_VERSION}."
             )
+        attributions, inputs = tensors.get("attributions"), tensors.get("inputs")
+        if attributions is None or inputs is None:
+            raise CorruptFileError("it lacks the 'attributions' or 'inputs' tensor.")
+        if attributions.shape != inputs.shape:
+            raise CorruptFileError(
+                f"its attributions {tuple(attributions.shape)} do not have the shape of its "
+                f"inputs {tuple(inputs.shape)}."
+            )
+        if not isinstance(meta.get("method"), str):
+            raise CorruptFileError(f"its method is {meta.get('method')!r:.40}, not a name.")
         return cls(
-            attributions=tensors["attributions"],
-            inputs=tensors["inputs"],
+            attributions=attributions,
+            inputs=inputs,
             method=meta["method"],
-            target=_decode(meta["target"], tensors),
-            baseline=_decode(meta["baseline"], tensors),
-            params=_decode(meta["params"], tensors),
-            extras=_decode(meta["extras"], tensors),
+            target=_decode(meta.get("target"), tensors),
+            baseline=_decode(meta.get("baseline"), tensors),
+            params=_decode(meta.get("params", {}), tensors),
+            extras=_decode(meta.get("extras", {}), tensors),
         )
+
+
+def _store(value: torch.Tensor, key: str, tensors: dict[str, torch.Tensor]) -> str:
+    """Put ``value`` in ``tensors`` under a free name (``key``, else ``key~1``, ...), as its
+    own contiguous CPU copy when it shares memory with a tensor already stored."""
+    name, i = key, 0
+    while name in tensors:
+        i += 1
+        name = f"{key}~{i}"
+    tensor = value.detach().cpu().contiguous()
+    if tensor.numel() and any(
+        t.numel() and t.untyped_storage().data_ptr() == tensor.untyped_storage().data_ptr()
+        for t in tensors.values()
+    ):
+        tensor = tensor.clone()
+    tensors[name] = tensor
+    return name
 
 
 def _encode(value: Any, key: str, tensors: dict[str, torch.Tensor]) -> Any:
     """JSON-encode ``value``; tensors go to ``tensors`` under ``key`` and leave a reference."""
     if isinstance(value, torch.Tensor):
-        tensors[key] = value.detach().cpu().contiguous()
-        return {"__tensor__": key}
+        return {"__tensor__": _store(value, key, tensors)}
     if isinstance(value, dict):
         return {"__dict__": [[str(k), _encode(v, f"{key}.{k}", tensors)] for k, v in value.items()]}
     if isinstance(value, list | tuple):
@@ -152,13 +193,14 @@ def _encode(value: Any, key: str, tensors: dict[str, torch.Tensor]) -> Any:
 
 
 def _decode(value: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    """The inverse of :func:`_encode`; a reference to a missing tensor is a KeyError."""
     if isinstance(value, list):
         return [_decode(v, tensors) for v in value]
     if isinstance(value, dict):
         if "__tensor__" in value:
             return tensors[value["__tensor__"]]
         if "__dict__" in value:
-            return {k: _decode(v, tensors) for k, v in value["__dict__"]}
+            return {str(k): _decode(v, tensors) for k, v in value["__dict__"]}
         if "__tuple__" in value:
             return tuple(_decode(v, tensors) for v in value["__tuple__"])
         if "__float__" in value:
