@@ -131,7 +131,8 @@ class Explanation:
         if not isinstance(meta, dict):
             raise CorruptFileError("its metadata is not a JSON object.")
         version = meta.get("version")
-        if meta.get("format") != FORMAT_NAME or not is_int(version) or version > FORMAT_VERSION:
+        readable = is_int(version) and 1 <= int(version) <= FORMAT_VERSION
+        if meta.get("format") != FORMAT_NAME or not readable:
             raise CorruptFileError(
                 f"it has format {meta.get('format')!r:.60} version {version!r:.20}; this "
                 f"pellucid reads {FORMAT_NAME!r} up to version {FORMAT_VERSION}."
