@@ -131,7 +131,7 @@ class Explanation:
         if not isinstance(meta, dict):
             raise CorruptFileError("its metadata is not a JSON object.")
         version = meta.get("version")
-        readable = is_int(version) and 1 <= int(version) <= FORMAT_VERSION
+        readable = isinstance(version, int) and is_int(version) and 1 <= version <= FORMAT_VERSION
         if meta.get("format") != FORMAT_NAME or not readable:
             raise CorruptFileError(
                 f"it has format {meta.get('format')!r:.60} version {version!r:.20}; this "
