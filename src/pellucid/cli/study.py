@@ -38,14 +38,21 @@ def register(sub: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run the study configured by ``args``; user errors propagate to the CLI wrapper."""
     from pellucid.cli._errors import UsageError
-    from pellucid.study.config import build_config, read_config_file
+    from pellucid.study.config import MAX_SEED, build_config, read_config_file
     from pellucid.study.runner import check_out_dir, run_study
 
-    if args.seed is not None and args.seed < 0:
-        raise UsageError(f"`--seed` must be an integer >= 0; got {args.seed}.")
+    if args.seed is not None and not 0 <= args.seed <= MAX_SEED:
+        raise UsageError(f"`--seed` must be an integer in [0, {MAX_SEED}]; got {args.seed}.")
     check_out_dir(args.out)
     user = read_config_file(args.config) if args.config else None
-    stages = [s.strip() for s in args.stages.split(",") if s.strip()] if args.stages else None
+    stages = None
+    if args.stages is not None:
+        stages = [s.strip() for s in args.stages.split(",") if s.strip()]
+        if not stages:
+            raise UsageError(
+                f"`--stages` must name at least one stage, comma-separated (e.g. "
+                f"training,pruning); got {args.stages!r}. Leave it out to run them all."
+            )
     config = build_config(user, quick=args.quick, seed=args.seed, stages=stages)
     report = run_study(
         config, args.out, resume=not args.no_resume, progress=False if args.quiet else True

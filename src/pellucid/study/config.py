@@ -23,6 +23,10 @@ else:  # pragma: no cover
 __all__ = ["ConfigError", "build_config", "read_config_file"]
 
 
+#: The largest seed: numpy's generators take seeds below 2**32.
+MAX_SEED = 2**32 - 1
+
+
 def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Parse a TOML config; syntax errors name the line and column.
 
@@ -115,6 +119,11 @@ def build_config(
             )
     if stages is not None:
         config["stages"] = stages
+    if not config["stages"] or len(set(config["stages"])) != len(config["stages"]):
+        raise ConfigError(
+            f"`stages` must name each stage to run once, at least one; got {config['stages']!r}."
+            f" Stages: {', '.join(STAGES)}."
+        )
     for name in config["stages"]:
         if name not in STAGES:
             raise ConfigError(
@@ -129,8 +138,16 @@ def build_config(
         config["seeds"] = [seed + i for i in range(len(config["seeds"]))]
     seeds = config["seeds"]
     if not seeds or not all(
-        isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds
+        isinstance(s, int) and not isinstance(s, bool) and 0 <= s <= MAX_SEED for s in seeds
     ):
-        raise ConfigError(f"`seeds` must be a non-empty list of integers >= 0; got {seeds!r}.")
+        raise ConfigError(
+            f"`seeds` must be a non-empty list of integers in [0, {MAX_SEED}] (numpy's seed "
+            f"range); got {seeds!r}."
+        )
+    if len(set(seeds)) != len(seeds):
+        raise ConfigError(
+            f"`seeds` must be distinct (a repeated seed repeats the same run and shrinks the "
+            f"confidence intervals falsely); got {seeds!r}."
+        )
     config["quick"] = quick
     return config

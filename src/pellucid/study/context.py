@@ -19,10 +19,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from pellucid._io import atomic_write, atomic_write_json
+from pellucid._io import jsonable
 from pellucid._validation import did_you_mean
 from pellucid.data import Dataset, load_dataset
 from pellucid.models import build_model
+from pellucid.study._cache import read_model, write_model
 from pellucid.study.errors import ConfigError
 from pellucid.study.user_models import USER_DATA, UserModel, parse_user_models
 from pellucid.training import History, fit
@@ -114,6 +115,7 @@ class StudyContext:
     quick: bool = False
     progress: bool | None = None
     config: dict[str, Any] = field(default_factory=dict)
+    resume: bool = True  # False: retrain models even when a cached copy exists
     results: dict[str, dict[str, Any]] = field(default_factory=dict)
     _datasets: dict[tuple[str, str], Dataset] = field(default_factory=dict)
     _models: dict[tuple[str, int], tuple[nn.Module, dict[str, Any]]] = field(default_factory=dict)
@@ -198,12 +200,11 @@ class StudyContext:
         weights = self.models_dir / f"{tag}.safetensors"
         meta = self.models_dir / f"{tag}.json"
         model = spec.build(ds, seed)
-        if weights.is_file() and meta.is_file():
-            from safetensors.torch import load_file
-
-            model.load_state_dict(load_file(str(weights)))
+        cached = read_model(weights, meta) if self.resume else None
+        if cached is not None:
+            model.load_state_dict(cached[0])
             model.eval()
-            record = json.loads(meta.read_text())
+            record = cached[1]
         else:
             self.log(f"training {key} (seed {seed}, {epochs} epochs)")
             loss = "cross_entropy" if ds.task == "classification" else "mse"
@@ -228,11 +229,8 @@ class StudyContext:
                 "parameters": sum(p.numel() for p in model.parameters()),
                 "epochs": epochs,
             }
-            from safetensors.torch import save_file
-
-            state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-            atomic_write(weights, lambda tmp: save_file(state, tmp))
-            atomic_write_json(meta, record)
+            write_model(weights, meta, model.state_dict(), record)
+            record = json.loads(json.dumps(jsonable(record)))  # as a resumed run reads it
         self._models[(key, seed)] = (model, record)
         return model, ds, record
 

@@ -3,6 +3,7 @@
 Layout of the output folder::
 
     OUT/results/<stage>.json   one file per stage, written atomically, with its config hash
+                               and a checksum (a corrupt file is recomputed, with a warning)
     OUT/results/study.json     the merged config, versions and timings
     OUT/models/                trained reference models (safetensors)
     OUT/report/index.html      the self-contained report
@@ -14,6 +15,7 @@ import hashlib
 import json
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,7 @@ import torch
 
 from pellucid._io import atomic_write_json, atomic_write_text, jsonable
 from pellucid.report.html import Paragraph, Section, Table, render_report
+from pellucid.study._cache import read_stage, remove_orphans, write_stage
 
 __all__ = ["check_out_dir", "run_study"]
 
@@ -67,12 +70,15 @@ def run_study(
 
     out_dir = check_out_dir(out)
     (out_dir / "results").mkdir(parents=True, exist_ok=True)
+    for orphan in remove_orphans(out_dir):
+        print(f"[pellucid study] removed {orphan}, left by an interrupted write", file=sys.stderr)
     ctx = StudyContext(
         out_dir=out_dir,
         seeds=list(config["seeds"]),
         quick=bool(config["quick"]),
         progress=progress,
         config=config,
+        resume=resume,
     )
     torch.set_num_threads(max(1, min(torch.get_num_threads(), os.cpu_count() or 1)))
     timings: dict[str, float] = {}
@@ -83,19 +89,18 @@ def run_study(
         stage = STAGES[name]
         path = out_dir / "results" / f"{name}.json"
         digest = _stage_hash(name, config, digest)
-        if resume and path.is_file():
-            stored = json.loads(path.read_text())
-            if stored.get("config_hash") == digest:
-                ctx.results[name] = stored["result"]
-                cached.append(name)
-                ctx.log(f"stage {name}: cached")
-                continue
+        stored = read_stage(path, digest) if resume else None
+        if stored is not None:
+            ctx.results[name] = stored
+            cached.append(name)
+            ctx.log(f"stage {name}: cached")
+            continue
         ctx.log(f"stage {name}: running")
         t0 = time.perf_counter()
         result = jsonable(stage.run(ctx, config[name]))
         timings[name] = time.perf_counter() - t0
-        ctx.results[name] = result
-        atomic_write_json(
+        ctx.results[name] = json.loads(json.dumps(result))  # exactly what a rerun reads back
+        write_stage(
             path,
             {
                 "stage": name,

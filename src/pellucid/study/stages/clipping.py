@@ -92,10 +92,18 @@ class ClippingStage(Stage):
                 f"`clipping.methods` must be a non-empty list of {', '.join(METHODS)}; "
                 f"got {cfg['methods']!r}."
             )
-        for key in ("depth", "width", "epochs", "batch_size", "log_every"):
+        for key, high in (
+            ("depth", 1000),
+            ("width", 1 << 14),
+            ("epochs", 10_000),
+            ("batch_size", 1 << 20),
+            ("log_every", 1 << 20),
+        ):
             value = cfg[key]
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ConfigError(f"`clipping.{key}` must be an integer >= 1; got {value!r}.")
+            if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= high:
+                raise ConfigError(
+                    f"`clipping.{key}` must be an integer in [1, {high}]; got {value!r}."
+                )
         keys = (
             "init_scale",
             "lr",
@@ -106,8 +114,12 @@ class ClippingStage(Stage):
         )
         for key in keys:
             value = cfg[key]
-            if not isinstance(value, int | float) or isinstance(value, bool) or not value > 0:
-                raise ConfigError(f"`clipping.{key}` must be a number > 0; got {value!r}.")
+            if (
+                not isinstance(value, int | float)
+                or isinstance(value, bool)
+                or not 0 < value < math.inf
+            ):
+                raise ConfigError(f"`clipping.{key}` must be a finite number > 0; got {value!r}.")
         p = cfg["autoclip_percentile"]
         if not isinstance(p, int | float) or isinstance(p, bool) or not 0 < p <= 100:
             raise ConfigError(f"`clipping.autoclip_percentile` must be in (0, 100]; got {p!r}.")

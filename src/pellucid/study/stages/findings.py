@@ -269,6 +269,10 @@ def _series(entry: dict[str, Any], methods: list[str]) -> dict[str, Any]:
     return out
 
 
+#: Stages whose results the findings can compare (per-model metrics by variant).
+SOURCES = ("interpretability",)
+
+
 class FindingsStage(Stage):
     """The verdict of the study on pruning, clipping and explanation quality."""
 
@@ -276,6 +280,15 @@ class FindingsStage(Stage):
     title = "Findings: pruning, clipping and explanation quality"
     defaults = {"source": "interpretability"}
     quick = {}
+
+    def validate(self, cfg: dict[str, Any]) -> None:
+        from pellucid.study.config import ConfigError
+
+        if cfg["source"] not in SOURCES:
+            raise ConfigError(
+                f"`findings.source` must be one of {', '.join(SOURCES)} (the stage whose "
+                f"per-model metrics it compares); got {cfg['source']!r}."
+            )
 
     def run(self, ctx: StudyContext, cfg: dict[str, Any]) -> dict[str, Any]:
         source = ctx.results.get(cfg["source"])

@@ -223,8 +223,24 @@ class InterpretabilityStage(Stage):
                     f"`interpretability.methods` entries must be registered "
                     f"methods ({', '.join(list_methods())}); got {method!r}."
                 )
-        if int(cfg["n_explain"]) < 2:
-            raise ConfigError("`interpretability.n_explain` must be >= 2.")
+        for key, low in (
+            ("n_explain", 2),
+            ("finetune_epochs", 1),
+            ("faithfulness_samples", 2),
+            ("sensitivity_samples", 1),
+            ("surrogate_depth", 1),
+            ("randomization_examples", 1),
+        ):
+            value = cfg[key]
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise ConfigError(
+                    f"`interpretability.{key}` must be an integer >= {low}; got {value!r}."
+                )
+        radius = cfg["radius"]
+        if not isinstance(radius, int | float) or not 0 < radius < math.inf:
+            raise ConfigError(
+                f"`interpretability.radius` must be a finite number > 0; got {radius!r}."
+            )
 
     def run(self, ctx: StudyContext, cfg: dict[str, Any]) -> dict[str, Any]:
         # The models are tiny: intra-op threads only add synchronisation (and collapse when
