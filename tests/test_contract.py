@@ -160,6 +160,7 @@ def _snapshot(model: nn.Module):
         "params": [p.detach().clone() for p in model.parameters()],
         "buffers": [b.detach().clone() for b in model.buffers()],
         "grads": [p.grad for p in model.parameters()],
+        "grad_values": [None if p.grad is None else p.grad.clone() for p in model.parameters()],
         "requires_grad": [p.requires_grad for p in model.parameters()],
         "training": [m.training for m in model.modules()],
         "hooks": _hook_counts(model),
@@ -179,6 +180,8 @@ def _assert_untouched(model: nn.Module, before) -> None:
     for a, b in zip(before["buffers"], after["buffers"], strict=True):
         assert torch.equal(a, b)
     assert all(a is b for a, b in zip(before["grads"], after["grads"], strict=True))
+    for a, b in zip(before["grad_values"], after["grad_values"], strict=True):
+        assert (a is None and b is None) or torch.equal(a, b)  # values, not only identity
     assert before["requires_grad"] == after["requires_grad"]
     assert before["training"] == after["training"]
     assert before["hooks"] == after["hooks"]

@@ -92,3 +92,32 @@ def test_latency_and_compare_report_measured_speedup():
     assert result["pruned"]["macs"] < result["dense"]["macs"]
     with pytest.raises(ValueError, match="`batch_size` must be an integer >= 1"):
         measure.latency(dense, x, batch_size=0)
+
+
+def test_activation_gradient_keeps_existing_grad_values():
+    """It used to call .backward(), adding into the user's .grad tensors in place."""
+    from pellucid.pruning.importance import activation_gradient
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+    for p in net.parameters():
+        p.grad = torch.full_like(p, 0.5)
+    before = [(p.grad, p.grad.clone()) for p in net.parameters()]
+    data = (torch.randn(8, 3), torch.randint(0, 2, (8,)))
+    scores = activation_gradient(net, data, layers=["0", "2"])
+    assert scores["0"].shape == (4,) and scores["0"].abs().sum() > 0
+    for p, (obj, values) in zip(net.parameters(), before, strict=True):
+        assert p.grad is obj and torch.equal(p.grad, values)
+
+
+def test_model_guard_detects_grads_changed_in_place():
+    from pellucid._state import model_guard
+
+    net = nn.Linear(2, 2)
+    net.weight.grad = torch.zeros(2, 2)
+    with pytest.raises(RuntimeError, match=r"changed the values of 1 existing `.grad`"):
+        with model_guard(net):
+            net.weight.grad.add_(1.0)
+    with model_guard(net):  # replacing a .grad is restored, not an error
+        net.weight.grad = torch.ones(2, 2)
+    assert torch.equal(net.weight.grad, torch.ones(2, 2))  # the object from entry, +1 above

@@ -2,7 +2,8 @@
 
 Explaining or measuring a model must not change it. ``model_guard`` records the train/eval
 flag of every submodule, every parameter's ``requires_grad`` and ``.grad`` object, and the
-keys of every hook dictionary, and restores all of them on exit, also when the body raises.
+keys of every hook dictionary, and restores all of them on exit, also when the body raises;
+an existing ``.grad`` whose values were changed in place is reported as an error.
 """
 
 from __future__ import annotations
@@ -59,6 +60,8 @@ class ModelSnapshot:
             for p in m._parameters.values()
             if p is not None
         ]
+        # an existing .grad changed in place keeps its identity: its version counter tells
+        self.grad_versions = [(g, g._version) for _, _, g in self.params if g is not None]
         # Every hook registered through torch's ``register_*`` methods is keyed by a
         # ``RemovableHandle`` id drawn from one global counter: the hooks added inside the
         # guard are exactly those whose key is at least the counter's value now. This
@@ -96,6 +99,16 @@ class ModelSnapshot:
                 if current:
                     for key in [k for k in current if isinstance(k, int) and k >= first]:
                         del current[key]
+
+    def check_grads(self) -> None:
+        """Raise when a ``.grad`` that existed on entry was changed in place (its values
+        cannot be restored): a method must take gradients with ``torch.autograd.grad``."""
+        changed = sum(1 for g, version in self.grad_versions if g._version != version)
+        if changed:
+            raise RuntimeError(
+                f"pellucid changed the values of {changed} existing `.grad` tensor(s) of the "
+                "model in place; please report this bug."
+            )
 
 
 def _modules(model: nn.Module) -> list[nn.Module]:
@@ -176,6 +189,7 @@ def model_guard(
         yield model
     finally:
         snapshot.restore()
+    snapshot.check_grads()
 
 
 def parameters_fingerprint(model: nn.Module) -> list[torch.Tensor]:

@@ -321,7 +321,6 @@ def activation_gradient(
 
     def hook(name: str) -> Callable[..., None]:
         def _save(module: nn.Module, args: Any, out: torch.Tensor) -> None:
-            out.retain_grad()
             outputs[name] = out
 
         return _save
@@ -332,9 +331,19 @@ def activation_gradient(
             for x, y in _batches(data, batch_size, max_batches):
                 outputs.clear()
                 x = x.clone().requires_grad_(True)
-                loss_fn(model(x), y).sum().backward()
+                total = loss_fn(model(x), y).sum()
+                # gradients of the captured outputs only: nothing accumulates in `.grad`
+                found = [n for n, out in outputs.items() if out.requires_grad]
+                grads = dict(
+                    zip(
+                        found,
+                        torch.autograd.grad(total, [outputs[n] for n in found], allow_unused=True),
+                        strict=True,
+                    )
+                )
                 for name, out in outputs.items():
-                    grad = out.grad if out.grad is not None else torch.zeros_like(out)
+                    grad = grads.get(name)
+                    grad = grad if grad is not None else torch.zeros_like(out)
                     contrib = (out * grad).detach().abs()
                     channel_dim = (
                         1
