@@ -32,7 +32,7 @@ from safetensors.torch import save as st_save
 from torch import nn
 
 from pellucid._io import CorruptFileError, atomic_write_bytes, is_int, safetensors_metadata
-from pellucid._validation import _describe, did_you_mean
+from pellucid._validation import describe_value, did_you_mean
 from pellucid.pruning._shrink import SHRINKABLE, empty_like_spec, module_spec
 
 __all__ = [
@@ -146,7 +146,7 @@ def _user_metadata(metadata: Any) -> str:
         return "{}"
     if not isinstance(metadata, dict):
         raise TypeError(
-            f"`metadata` must be a dict of JSON values or None; got {_describe(metadata)}."
+            f"`metadata` must be a dict of JSON values or None; got {describe_value(metadata)}."
         )
     try:
         return json.dumps(metadata, allow_nan=False)
