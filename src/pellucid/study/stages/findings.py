@@ -14,6 +14,7 @@ from typing import Any
 
 from pellucid.report.html import Figure, Paragraph, Section, Table, figure_png
 from pellucid.study.context import StudyContext
+from pellucid.study.errors import ConfigError
 from pellucid.study.stages.base import Stage
 from pellucid.study.stats import compare, mean_ci
 
@@ -282,8 +283,6 @@ class FindingsStage(Stage):
     quick = {}
 
     def validate(self, cfg: dict[str, Any]) -> None:
-        from pellucid.study.config import ConfigError
-
         if cfg["source"] not in SOURCES:
             raise ConfigError(
                 f"`findings.source` must be one of {', '.join(SOURCES)} (the stage whose "
