@@ -170,3 +170,23 @@ def test_load_state_dict_checks_its_input():
         ZClip().load_state_dict({"alpha": 0.9})
     with pytest.raises(ValueError, match="same settings"):
         AutoClip(10).load_state_dict(AutoClip(20).state_dict())
+
+
+@pytest.mark.parametrize("make", [lambda: AutoClip(percentile=10.0), lambda: ZClip()])
+def test_steps_without_gradients_are_not_part_of_the_history(make):
+    """They used to record a norm of 0 and then clip every later step to 0."""
+    from pellucid.clipping import apply_
+
+    clipper = make()
+    w = torch.nn.Parameter(torch.zeros(2))
+    for _ in range(3):
+        stats = apply_(clipper, [w])  # no .grad yet: e.g. a frozen phase
+        assert float(stats.norm_before) == 0.0 and not bool(stats.clipped)
+    w.grad = torch.tensor([3.0, 4.0])
+    stats = apply_(clipper, [w])
+    assert float(stats.norm_before) == 5.0
+    # not 0: the threshold comes from this step's own norm (AutoClip divides by norm + 1e-6)
+    assert float(stats.clip_coef) == pytest.approx(1.0, rel=1e-6)
+    torch.testing.assert_close(w.grad, torch.tensor([3.0, 4.0]), rtol=1e-6, atol=0)
+    if isinstance(clipper, AutoClip):
+        torch.testing.assert_close(clipper.history, torch.tensor([5.0], dtype=torch.float64))

@@ -49,6 +49,12 @@ def _stats(total: torch.Tensor, coef: torch.Tensor, threshold: torch.Tensor) -> 
     )
 
 
+def _no_gradients() -> TransformResult:
+    """The result of a step without any gradient: nothing to clip, nothing recorded."""
+    zero = torch.zeros(())
+    return TransformResult([], _stats(zero, torch.ones(()), torch.full((), math.nan)))
+
+
 class _Clipper:
     """Shared in-place entry point of the stateful clippers."""
 
@@ -124,6 +130,8 @@ class AutoClip(_Clipper):
     def __call__(
         self, grads: list[torch.Tensor], params: list[torch.Tensor], norms: GradNorms | None = None
     ) -> TransformResult:
+        if not grads:  # a step without gradients is no part of the norm history
+            return _no_gradients()
         total = _norms(grads, norms).total(self.norm_type)
         buf = self._ensure(total.device)
         slot = self.count % buf.numel() if self.history_size else self.count
@@ -244,6 +252,8 @@ class ZClip(_Clipper):
     def __call__(
         self, grads: list[torch.Tensor], params: list[torch.Tensor], norms: GradNorms | None = None
     ) -> TransformResult:
+        if not grads:  # a step without gradients does not move the statistics
+            return _no_gradients()
         total = _norms(grads, norms).total(2.0)
         value = total.detach().to(torch.float64)
         device = value.device
