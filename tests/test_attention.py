@@ -201,3 +201,23 @@ def test_rollout_on_images_lays_tokens_on_the_patch_grid(fused):
             patch = e.attributions[:, :, 4 * i : 4 * i + 4, 4 * j : 4 * j + 4]
             assert torch.equal(patch, grid[:, i, j, None, None, None].expand_as(patch))
     assert attention(net, x).attributions.shape == x.shape
+
+
+@pytest.mark.parametrize("method", ["attention", "attention_rollout"])
+def test_wrong_input_shape_names_the_inputs(method):
+    """It used to raise torch's raw 'mat1 and mat2 shapes cannot be multiplied'."""
+    import pellucid
+    from pellucid.models import TinyTransformer
+
+    net = TinyTransformer(4, 2, d_model=8, n_heads=2, n_layers=1).eval()
+    with pytest.raises(ValueError, match=r"could not run on `inputs` of shape \(2, 5, 7\)"):
+        getattr(pellucid, method)(net, torch.randn(2, 5, 7))
+
+
+def test_meta_device_model_is_refused_at_the_boundary():
+    import pellucid
+
+    net = torch.nn.Linear(3, 2).to("meta")
+    for method in ("saliency", "kernel_shap", "occlusion"):
+        with pytest.raises(ValueError, match=r"`model` must hold real weights.*to_empty"):
+            getattr(pellucid, method)(net, torch.randn(2, 3), target=0)

@@ -226,16 +226,7 @@ CASES = [
 
 # Cases known to be handled badly today, each with the issue item that fixes it. strict:
 # the fix turns the case into an XPASS failure, so its entry must then be deleted here.
-_META = "issue 17 item 13: meta-device models must be refused clearly at the boundary"
-_ATTENTION = "issue 17 item 13: attention methods raise raw errors on bad inputs"
-KNOWN_GAPS: dict[tuple[str, str], str] = {
-    **{(m, "model on meta"): _META for m in METHODS},
-    **{
-        (m, c): _ATTENTION
-        for m in ("attention", "attention_rollout")
-        for c in ("float16", "bfloat16", "forward_args of the wrong type")
-    },
-}
+KNOWN_GAPS: dict[tuple[str, str], str] = {}
 
 
 def _params() -> list:

@@ -111,6 +111,16 @@ class ModelSnapshot:
             )
 
 
+def _refuse_meta(snapshot: ModelSnapshot) -> None:
+    """A model on the ``meta`` device has shapes but no values: nothing can run on it."""
+    if any(p.is_meta for p, _, _ in snapshot.params):
+        raise ValueError(
+            "`model` must hold real weights; got parameters on the meta device (shapes "
+            "without values). Materialize it first, e.g. `model.to_empty(device='cpu')` then "
+            "`model.load_state_dict(state)` (or `load_state_dict(state, assign=True)`)."
+        )
+
+
 def _modules(model: nn.Module) -> list[nn.Module]:
     """``list(model.modules())`` (same order, shared modules once), without building names."""
     found: list[nn.Module] = []
@@ -175,6 +185,7 @@ def model_guard(
         yield model
         return
     snapshot = ModelSnapshot(model)
+    _refuse_meta(snapshot)
     try:
         if eval_mode:
             model.eval()

@@ -29,6 +29,7 @@ from pellucid._registry import register
 from pellucid._state import model_guard
 from pellucid._targets import Target, resolve_target
 from pellucid._validation import check_choice, check_int, check_tensor, describe_value
+from pellucid.attribution._common import _model_failure
 from pellucid.explanation import Explanation
 
 __all__ = ["AttentionMaps", "attention", "attention_maps", "attention_rollout"]
@@ -213,7 +214,7 @@ def attention_maps(
     def run(start: int, stop: int) -> torch.Tensor:
         index = torch.arange(start, stop, device=inputs.device)
         with _capture(model) as records:
-            outputs.append(forward(inputs[start:stop], index).detach())
+            outputs.append(_run(forward, model, inputs, start, stop, index))
         names[:] = [name for name, _ in records]
         shapes = {tuple(w.shape[2:]) for _, w in records}
         if len(shapes) != 1:
@@ -249,7 +250,20 @@ def _target(
         output=output,
     )
     with model_guard(model, eval_mode=eval_mode, method="attention"), torch.inference_mode():
-        return resolve_target(target, forward(inputs)).describe()
+        out = _run(forward, model, inputs, 0, inputs.shape[0], None)
+        return resolve_target(target, out).describe()
+
+
+def _run(
+    forward: Forward, model: Any, inputs: torch.Tensor, start: int, stop: int, index: Any
+) -> torch.Tensor:
+    """``forward`` on ``inputs[start:stop]``; a model that cannot run on them (wrong shape,
+    dtype or extra arguments) raises a ValueError that names the inputs and the likely fix."""
+    try:
+        return forward(inputs[start:stop], index).detach()
+    except (RuntimeError, ValueError, IndexError, TypeError) as exc:
+        args, kwargs = forward.args or None, forward.kwargs or None
+        raise ValueError(_model_failure(model, inputs, exc, args, kwargs)) from exc
 
 
 def _token_explanation(
