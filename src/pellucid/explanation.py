@@ -108,7 +108,10 @@ class Explanation:
             metadata = safetensors_metadata(data, "pellucid explanation")
             tensors = st_load(data)
         except CorruptFileError as exc:
-            raise CorruptFileError(f"{str(path)!r}: {exc}") from None
+            reason = str(exc).split(": ", 1)[-1]
+            raise CorruptFileError(
+                f"{str(path)!r} is not a pellucid explanation file (safetensors): {reason}"
+            ) from None
         except Exception as exc:  # safetensors raises its own error types
             raise CorruptFileError(
                 f"{str(path)!r} is not a pellucid explanation file (safetensors): {exc}"
