@@ -21,8 +21,10 @@ def _worker(rank: int, world: int, path: str) -> None:
     try:
         x = torch.linspace(-1, 1, 7 * 5).reshape(7, 5)
         e = explain_sharded(_model(), x, method="input_x_gradient", target="predicted")
+        occ = explain_sharded(_model(), x, method="occlusion", target=0, window=(2,))
         if rank == 0:
-            torch.save({"a": e.attributions, "t": e.target}, path)
+            n_eval = torch.tensor(occ.extras["n_evaluations"])
+            torch.save({"a": e.attributions, "t": e.target, "n_eval": n_eval}, path)
     finally:
         dist.destroy_process_group()
 
@@ -36,6 +38,9 @@ def test_two_ranks_equal_one_process(tmp_path):
     expected = explain_sharded(_model(), x, method="input_x_gradient", target="predicted")
     torch.testing.assert_close(got["a"], expected.attributions)
     assert torch.equal(got["t"], expected.target)
+    # counts of work are summed over the ranks (rank 0's count alone was 4 of 7 rows' worth)
+    single = explain_sharded(_model(), x, method="occlusion", target=0, window=(2,))
+    assert int(got["n_eval"]) == single.extras["n_evaluations"]
 
 
 # Stochastic methods draw from one random stream per example (pellucid._random), keyed by the

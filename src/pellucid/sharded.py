@@ -27,7 +27,10 @@ from pellucid._registry import attribute, get_method
 from pellucid._validation import check_tensor
 from pellucid.explanation import Explanation
 
-__all__ = ["explain_sharded"]
+__all__ = ["SUMMED_EXTRAS", "explain_sharded"]
+
+#: Integer extras that count work done per shard: the merged value is their sum over ranks.
+SUMMED_EXTRAS = ("n_evaluations",)
 
 
 def _split_target(target: Any, n: int, bounds: Sequence[tuple[int, int]], rank: int) -> Any:
@@ -125,6 +128,12 @@ def explain_sharded(
         value = fields[name]
         return _gather_rows(value.detach(), sizes, process_group) if name in rows else value
 
+    extras = {k: merge(f"extras.{k}") for k in sorted(local.extras)}
+    for key in SUMMED_EXTRAS:  # counts of work: every rank's share
+        if isinstance(extras.get(key), int) and not isinstance(extras[key], bool):
+            total = torch.tensor([extras[key]], dtype=torch.int64)
+            dist.all_reduce(total, group=process_group)
+            extras[key] = int(total.item())
     return Explanation(
         attributions=merge("attributions"),
         inputs=inputs.detach(),
@@ -132,10 +141,7 @@ def explain_sharded(
         target=merge("target"),
         baseline=merge("baseline"),
         params={**local.params, "world_size": world},
-        extras={
-            **{k: merge(f"extras.{k}") for k in sorted(local.extras)},
-            "shard_sizes": sizes,
-        },
+        extras={**extras, "shard_sizes": sizes},
     )
 
 
