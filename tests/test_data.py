@@ -99,3 +99,19 @@ def test_bad_suffix(tmp_path):
     (tmp_path / "x.txt").write_text("1")
     with pytest.raises(ValueError, match="must end in .npy, .csv or .pt"):
         load_arrays(tmp_path / "x.txt")
+
+
+def test_load_arrays_refuses_a_pickled_pt_without_suggesting_unsafe_loading(tmp_path):
+    """torch's own message suggests `weights_only=False`, which would run the file's code."""
+    import fractions
+
+    from pellucid.data import load_arrays
+
+    path = tmp_path / "x.pt"
+    torch.save({"X": fractions.Fraction(1, 3)}, path)  # needs unpickling a class
+    with pytest.raises(ValueError, match="without unpickling code") as info:
+        load_arrays(path)
+    assert "weights_only=False" not in str(info.value)
+    path.write_bytes(b"garbage, not a zip or a pickle")
+    with pytest.raises(ValueError, match="without unpickling code"):
+        load_arrays(path)

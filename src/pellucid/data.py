@@ -230,7 +230,15 @@ def load_arrays(
     elif suffix == ".csv":
         x, y, names = _read_csv(path, label)
     elif suffix == ".pt":
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # pickle.UnpicklingError, RuntimeError, EOFError...
+            # torch's message suggests weights_only=False, which would run the file's code
+            raise ValueError(
+                f"{str(path)!r} is not a tensor file that loads without unpickling code "
+                f"(torch.load(weights_only=True) refused it: {type(exc).__name__}). Save plain "
+                "tensors: torch.save({'X': X, 'y': y}, path) or np.save(..., allow_pickle=False)."
+            ) from None
         if isinstance(obj, torch.Tensor):
             x = obj.numpy()
         elif isinstance(obj, dict) and "X" in obj:
