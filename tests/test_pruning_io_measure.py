@@ -121,3 +121,9 @@ def test_model_guard_detects_grads_changed_in_place():
     with model_guard(net):  # replacing a .grad is restored, not an error
         net.weight.grad = torch.ones(2, 2)
     assert torch.equal(net.weight.grad, torch.ones(2, 2))  # the object from entry, +1 above
+
+
+def test_macs_still_counts_a_meta_device_model():
+    """Meta models are refused where values matter, not for shape-only counting."""
+    net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2)).to("meta")
+    assert measure.macs(net, torch.randn(2, 4, device="meta")) == 48

@@ -161,6 +161,7 @@ def model_guard(
     *,
     eval_mode: bool | None = None,
     method: str = "this method",
+    allow_meta: bool = False,
 ) -> Iterator[Any]:
     """Run the body with ``model`` protected; restore its state on exit.
 
@@ -171,6 +172,8 @@ def model_guard(
             explanation would depend on randomness or on the batch); ``False`` keeps the
             mode silently.
         method: named in the warning.
+        allow_meta: accept a model on the ``meta`` device (shape-only work such as counting
+            MACs); otherwise it is refused with the fix.
 
     Example:
         >>> import torch
@@ -185,7 +188,8 @@ def model_guard(
         yield model
         return
     snapshot = ModelSnapshot(model)
-    _refuse_meta(snapshot)
+    if not allow_meta:
+        _refuse_meta(snapshot)
     try:
         if eval_mode:
             model.eval()

@@ -98,7 +98,7 @@ def macs(model: nn.Module, example_inputs: Any, *, per_example: bool = True) -> 
             total += out.numel() * (module.in_channels // module.groups) * kernel
 
     inputs = _as_tuple(example_inputs)
-    with model_guard(model, eval_mode=True), torch.inference_mode():
+    with model_guard(model, eval_mode=True, allow_meta=True), torch.inference_mode():
         handles = [
             m.register_forward_hook(hook)
             for m in model.modules()
