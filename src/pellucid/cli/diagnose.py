@@ -167,6 +167,10 @@ def run(args: argparse.Namespace) -> int:
     from pellucid.training import evaluate, fit
 
     _check_numbers(args)
+    if args.out:  # refused before training, not after
+        from pellucid.cli._paths import output_file
+
+        output_file("--out", args.out)
     if is_user_model(args):
         model, ds = _user_model(args)
         name, where = args.model, ds.source
