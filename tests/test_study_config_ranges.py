@@ -46,7 +46,7 @@ def test_defaults_pass():
     [
         (["--stages", ""], "`--stages` must name at least one stage"),
         (["--stages", ",,,"], "`--stages` must name at least one stage"),
-        (["--seed", "99999999999999999999"], "`--seed` must be an integer in"),
+        (["--seed", "99999999999999999999"], "`--seed` must be an integer >= 0 and <="),
     ],
 )
 def test_cli_refuses_before_running(tmp_path, capsys, argv, named):

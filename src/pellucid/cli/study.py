@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
     from pellucid.study.runner import check_out_dir, run_study
 
     if args.seed is not None and not 0 <= args.seed <= MAX_SEED:
-        raise UsageError(f"`--seed` must be an integer in [0, {MAX_SEED}]; got {args.seed}.")
+        raise UsageError(f"`--seed` must be an integer >= 0 and <= {MAX_SEED}; got {args.seed}.")
     check_out_dir(args.out)
     user = read_config_file(args.config) if args.config else None
     stages = None
