@@ -429,7 +429,7 @@ class CoalitionValues:
         def evaluate(start: int, stop: int) -> torch.Tensor:
             idx = torch.arange(start, stop, device=device)
             ex = idx // s
-            # float masks: a multiply-add is ~40x faster than where on CPU
+            # float masks: a multiply-add is much cheaper than torch.where
             zc = z.index_select(0, idx % s).to(dtype)
             keep = zc if identity else self.fmask.expand(zc, ex)
             xs = self.x.index_select(0, ex)
