@@ -44,10 +44,12 @@ from pellucid._evaluate._prepare import (
     all_finite,
     broadcast_baseline,
     layer_activations,
+    model_failure,
     prepare,
 )
 
 __all__ = [
+    "model_failure",
     "CPU_CHUNK_ELEMENTS",
     "CPU_SPATIAL_CHUNK_ELEMENTS",
     "DEFAULT_ELEMENT_BUDGET",

@@ -26,6 +26,7 @@ __all__ = [
     "Prepared",
     "all_finite",
     "broadcast_baseline",
+    "model_failure",
     "layer_activations",
     "prepare",
 ]
@@ -126,7 +127,7 @@ def layer_activations(
     return out.detach(), activations.detach()
 
 
-def _model_failure(
+def model_failure(
     model: Any, inputs: torch.Tensor, error: Any, forward_args: Any, forward_kwargs: Any
 ) -> str:
     """The message for a model that could not run on the inputs, with the likely fix."""
@@ -234,7 +235,7 @@ def _first_forward(
         return run()
     except _ModelError as wrapped:
         args = forward.args or None
-        message = _model_failure(forward.model, inputs, wrapped.__cause__, args, forward.kwargs)
+        message = model_failure(forward.model, inputs, wrapped.__cause__, args, forward.kwargs)
         raise ValueError(message) from wrapped.__cause__
 
 

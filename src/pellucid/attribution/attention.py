@@ -24,12 +24,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pellucid._evaluate import Forward, map_chunks, resolve_batch_size
+from pellucid._evaluate import Forward, map_chunks, model_failure, resolve_batch_size
 from pellucid._registry import register
 from pellucid._state import model_guard
 from pellucid._targets import Target, resolve_target
 from pellucid._validation import check_choice, check_int, check_tensor, describe_value
-from pellucid.attribution._common import _model_failure
 from pellucid.explanation import Explanation
 
 __all__ = ["AttentionMaps", "attention", "attention_maps", "attention_rollout"]
@@ -263,7 +262,7 @@ def _run(
         return forward(inputs[start:stop], index).detach()
     except (RuntimeError, ValueError, IndexError, TypeError) as exc:
         args, kwargs = forward.args or None, forward.kwargs or None
-        raise ValueError(_model_failure(model, inputs, exc, args, kwargs)) from exc
+        raise ValueError(model_failure(model, inputs, exc, args, kwargs)) from exc
 
 
 def _token_explanation(
