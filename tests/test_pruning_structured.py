@@ -503,3 +503,20 @@ def test_square_grouped_conv_prunes_inputs_and_outputs_evenly_per_group():
     # the groups stay (3), each keeps 2 of its 4 channels, inputs and outputs alike
     assert (pruned.b.groups, pruned.b.in_channels, pruned.b.out_channels) == (3, 6, 6)
     assert pruned.a.out_channels == 6 == pruned.c.in_channels
+
+
+def test_channel_plan_names_the_recurrent_layers_it_keeps():
+    # issue 17 item 11: a plan on an LSTM model used to prune nothing without a word
+    from pellucid.pruning.structured import RecurrentLayerWarning
+
+    class Seq(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lstm = nn.LSTM(8, 16, batch_first=True)
+            self.head = nn.Linear(16, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(self.lstm(x)[0][:, -1])
+
+    with pytest.warns(RecurrentLayerWarning, match=r"lstm \(LSTM\)"):
+        plan_channel_pruning(Seq().eval(), torch.randn(2, 5, 8), amount=0.5)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -34,6 +35,7 @@ from torch import nn
 from torch.nn.utils import prune
 
 from pellucid._validation import check_choice, check_float, check_int, did_you_mean
+from pellucid._warnings import PellucidWarning
 from pellucid.pruning import importance as imp
 from pellucid.pruning._graph import ChannelGraph, Member, Segment, build_graph
 from pellucid.pruning._plan import ChannelGroup, ChannelPruningPlan
@@ -443,6 +445,24 @@ def _params_after(model: nn.Module, indices: _Indices) -> int:
     return before - removed
 
 
+class RecurrentLayerWarning(PellucidWarning):
+    """Channel pruning keeps recurrent layers (and what their channels reach) whole."""
+
+
+def _warn_recurrent(modules: Mapping[str, nn.Module]) -> None:
+    recurrent = [
+        f"{n} ({type(m).__name__})" for n, m in modules.items() if isinstance(m, nn.RNNBase)
+    ]
+    if recurrent:
+        warnings.warn(
+            "plan_channel_pruning does not prune recurrent layers; kept whole: "
+            + ", ".join(recurrent)
+            + ". Their hidden units can be pruned unstructured (prune_magnitude_).",
+            RecurrentLayerWarning,
+            stacklevel=3,
+        )
+
+
 def plan_channel_pruning(
     model: nn.Module,
     example_inputs: Any,
@@ -486,6 +506,7 @@ def plan_channel_pruning(
     """
     request = _validate(model, amount, importance, round_to, ignore, data, global_ranking)
     modules = dict(model.named_modules())
+    _warn_recurrent(modules)
     gm, graph = build_graph(model, example_inputs, set(request.ignored))
     roots, by_root = _group(graph)
     if request.per_layer is not None:
