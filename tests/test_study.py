@@ -148,3 +148,11 @@ def test_changed_upstream_stage_invalidates_later_ones(tmp_path):
     changed = _stage_hash("training", config)
     assert changed != first
     assert _stage_hash("findings", config, changed) != later
+
+
+def test_study_refuses_an_out_folder_it_cannot_create(capsys):
+    # issue 17 item 10: an unwritable --out used to end in a raw errno message
+    assert main(["study", "--quick", "--out", "/proc/pellucid-nope/x"]) == 2
+    err = capsys.readouterr().err
+    assert "`--out` must be a folder pellucid can create and write" in err
+    assert "/proc" in err

@@ -16,6 +16,7 @@ import json
 import os
 import platform
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -30,13 +31,26 @@ __all__ = ["check_out_dir", "run_study"]
 
 
 def check_out_dir(out: str | os.PathLike[str]) -> Path:
-    """Refuse an output path that is an existing file (before anything is written)."""
+    """Refuse an output path that is an existing file, or a folder that cannot be created
+    or written (probed in its nearest existing folder), before anything is written."""
     path = Path(out)
     if path.exists() and not path.is_dir():
         raise NotADirectoryError(
             f"`--out` must be a directory; {str(path)!r} is an existing file. "
             "Choose another path or remove the file."
         )
+    existing = path.absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    try:  # a throwaway file in the nearest existing folder (root ignores permission bits)
+        if not existing.is_dir():
+            raise NotADirectoryError(0, "not a folder")
+        tempfile.TemporaryFile(dir=existing).close()
+    except OSError as err:
+        raise PermissionError(
+            f"`--out` must be a folder pellucid can create and write; got {str(path)!r}, but "
+            f"{str(existing)!r} cannot be written ({err.strerror or err}). Choose another --out."
+        ) from None
     return path
 
 
