@@ -145,12 +145,16 @@ def case_agc(repeat: int, number: int) -> None:
     )
 
 
-def case_monitor(repeat: int, number: int) -> None:
+def monitored_training(
+    log_every: int = 10,
+) -> tuple[Callable[[bool], None], GradientMonitor, TrainState]:
+    """``step(with_monitor)``: one TinyResNet SGD step on a digits batch of 64, with or
+    without the GradientMonitor's hooks; also returns the monitor and the train state."""
     ds = load_dataset("digits", seed=0)
     x, y = ds.X_train[:64], ds.y_train[:64]
     model = TinyResNet(width=16, n_blocks=2)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    monitor = GradientMonitor(log_every=10, model=model)
+    monitor = GradientMonitor(log_every=log_every, model=model)
     state = TrainState(model=model, optimizer=opt)
 
     def step(with_monitor: bool) -> None:
@@ -166,6 +170,11 @@ def case_monitor(repeat: int, number: int) -> None:
             monitor.on_after_step(state)
         state.step += 1
 
+    return step, monitor, state
+
+
+def case_monitor(repeat: int, number: int) -> None:
+    step, monitor, state = monitored_training()
     t = bench(
         {
             "train step + GradientMonitor": lambda: step(True),

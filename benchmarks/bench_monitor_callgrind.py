@@ -29,33 +29,11 @@ import tempfile
 def child(mode: str, steps: int, log_every: int) -> None:
     """The measured program: one TinyResNet training loop on a digits batch."""
     import torch
-
-    from pellucid.data import load_dataset
-    from pellucid.models import TinyResNet
-    from pellucid.monitoring import GradientMonitor
-    from pellucid.training import TrainState
+    from bench_clipping import monitored_training
 
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    ds = load_dataset("digits", seed=0)
-    x, y = ds.X_train[:64], ds.y_train[:64]
-    model = TinyResNet(width=16, n_blocks=2)
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    monitor = GradientMonitor(log_every=log_every, model=model)
-    state = TrainState(model=model, optimizer=opt)
-
-    def step(with_monitor: bool) -> None:
-        opt.zero_grad(set_to_none=True)
-        loss = torch.nn.functional.cross_entropy(model(x), y)
-        loss.backward()
-        state.loss = loss
-        state.info = {}
-        if with_monitor:
-            monitor.on_before_step(state)
-        opt.step()
-        if with_monitor:
-            monitor.on_after_step(state)
-        state.step += 1
+    step, _, _ = monitored_training(log_every)
 
     for _ in range(3):  # warm-up: allocator, kernels, the monitor's first call
         step(mode == "monitor")
