@@ -74,7 +74,9 @@ def test_regularizers_values_and_gradients():
     lin = nn.Linear(3, 2)
     with torch.no_grad():
         lin.weight.copy_(torch.tensor([[3.0, 4.0, 0.0], [0.0, 0.0, 1.0]]))
-    lasso = GroupLasso(2.0, layers=[""]).extra_loss(TrainState(model=lin, optimizer=None))
+    lasso = GroupLasso(2.0, layers=[""], step="subgradient").extra_loss(
+        TrainState(model=lin, optimizer=None)
+    )
     assert lasso.item() == pytest.approx(2.0 * (5.0 + 1.0))
     assert BNScaleL1(0.0).extra_loss(state) is None
 

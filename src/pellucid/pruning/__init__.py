@@ -10,11 +10,11 @@ from __future__ import annotations
 from pellucid.pruning import importance, io, measure
 from pellucid.pruning.distill import Distillation, distillation_loss
 from pellucid.pruning.finetune import PruneResult, prune_and_finetune
+from pellucid.pruning.group_lasso import GroupLasso, unit_norms
 from pellucid.pruning.l1 import L1Penalty
 from pellucid.pruning.schedules import (
     BNScaleL1,
     ChannelPruning,
-    GroupLasso,
     MagnitudePruning,
     PolynomialPruning,
     ReapplyMasks,
@@ -65,4 +65,5 @@ __all__ = [
     "prune_threshold_",
     "sparsity",
     "threshold_masks",
+    "unit_norms",
 ]

@@ -6,8 +6,8 @@
   removing the same fraction of what is left (:func:`~pellucid.pruning.prune_and_finetune`);
 * gradual: :class:`PolynomialPruning`, Zhu & Gupta's (2017) cubic sparsity ramp during
   training, re-applying the masks after every optimizer step;
-* regularizers: :class:`BNScaleL1` (network slimming) and :class:`GroupLasso`, added to the
-  loss through ``extra_loss``.
+* regularizers: :class:`BNScaleL1` (network slimming), added to the loss through
+  ``extra_loss`` (:class:`~pellucid.pruning.GroupLasso` lives in ``group_lasso.py``).
 
 Example:
     >>> polynomial_sparsity(50, final=0.9, begin_step=0, end_step=100)
@@ -35,7 +35,6 @@ from pellucid.training import Callback, TrainState
 __all__ = [
     "BNScaleL1",
     "ChannelPruning",
-    "GroupLasso",
     "MagnitudePruning",
     "PolynomialPruning",
     "ReapplyMasks",
@@ -336,37 +335,4 @@ class BNScaleL1(Callback):
             for m in state.model.modules()
             if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine
         ]
-        return self.strength * torch.stack(terms).sum() if terms and self.strength else None
-
-
-class GroupLasso(Callback):
-    """Group lasso: ``strength * sum_units ||w_unit||_2`` over Linear/conv output units.
-
-    Args:
-        strength: the multiplier.
-        layers: module names (default: every Linear and convolution).
-
-    Raises:
-        TypeError: `strength` is not a real number.
-        ValueError: `strength` is negative.
-
-    Example:
-        >>> net = nn.Linear(2, 2)
-        >>> _ = nn.init.ones_(net.weight)
-        >>> round(GroupLasso(1.0, layers=[""]).extra_loss(TrainState(net, None)).item(), 4)
-        2.8284
-    """
-
-    def __init__(self, strength: float = 1e-4, *, layers: list[str] | None = None) -> None:
-        self.strength = check_float("strength", strength, min_value=0.0)
-        self.layers = layers
-
-    def extra_loss(self, state: TrainState) -> torch.Tensor | None:
-        modules = prunable_weights(state.model)
-        names = list(modules) if self.layers is None else self.layers
-        terms = []
-        for name in names:
-            module = modules[name]
-            weight = getattr(module, "weight_orig", module.weight)
-            terms.append(weight.flatten(1).norm(dim=1).sum())
         return self.strength * torch.stack(terms).sum() if terms and self.strength else None
