@@ -15,6 +15,13 @@ Every public attribution method is its signature, its docstring and a tensor-onl
 :func:`~pellucid._evaluate.prepare` once, and on a clean exit builds the
 :class:`~pellucid.explanation.Explanation` from what the core handed to :meth:`Run.result`:
 the method name, the resolved target, ``batch_size`` and the layer's name in ``params``.
+
+Rule-based methods (DeepLIFT, LRP, guided backprop, deconvolution) and the attention
+methods change how the model runs: they pass ``engine=``, a factory called inside the
+guard before ``prepare`` with ``(model, inputs)``. What it returns wraps every forward of
+the call (``wrap(forward)``, the first one included), names the exceptions that pass
+unchanged (``errors``), and is the core's ``run.engine``; when it keeps ``records`` and
+``calls`` (the rule engines), they become ``extras["rules"]`` and ``extras["rule_calls"]``.
 """
 
 from __future__ import annotations
@@ -52,8 +59,10 @@ def check_bool(name: str, value: Any) -> bool:
 class Run:
     """One call of a method inside the shell: the prepared evaluation and its result."""
 
-    def __init__(self, name: str, prep: Prepared, batch_size: int | None) -> None:
-        self.name, self.prep, self.batch_size = name, prep, batch_size
+    def __init__(
+        self, name: str, prep: Prepared, batch_size: int | None, engine: Any = None
+    ) -> None:
+        self.name, self.prep, self.batch_size, self.engine = name, prep, batch_size, engine
         self._explanation: Explanation | None = None
         self._result: dict[str, Any] | None = None
 
@@ -123,10 +132,17 @@ class Run:
         return self._explanation
 
     def _build(self) -> None:
-        if self._result is None:
-            raise RuntimeError(f"{self.name}: the method's core returned no result.")
+        if self._result is None:  # a core that returns something else (``attention_maps``)
+            return
         r = self._result
         params = {**r["params"], "batch_size": self.batch_size}
+        extras = r["extras"]
+        if hasattr(self.engine, "records") and hasattr(self.engine, "calls"):
+            extras = {
+                **extras,
+                "rules": dict(self.engine.records),
+                "rule_calls": dict(self.engine.calls),
+            }
         if self.prep.layer_name is not None:
             params["layer"] = self.prep.layer_name
         self._explanation = Explanation(
@@ -136,13 +152,18 @@ class Run:
             target=self.prep.target.describe(),
             baseline=r["baseline"],
             params=params,
-            extras=r["extras"],
+            extras=extras,
         )
 
 
 @contextmanager
 def explaining(
-    name: str, call: Mapping[str, Any], *, track_grad: bool = False, **prepare_kwargs: Any
+    name: str,
+    call: Mapping[str, Any],
+    *,
+    track_grad: bool = False,
+    engine: Callable[[Any, Any], Any] | None = None,
+    **prepare_kwargs: Any,
 ) -> Iterator[Run]:
     """Guard the model, prepare the call's inputs and target, and build the Explanation.
 
@@ -151,11 +172,20 @@ def explaining(
         call: the method's arguments (its ``locals()`` on entry).
         track_grad: keep the first forward's graph when one backward over all rows fits
             ``batch_size`` (methods with a single gradient pass).
+        engine: ``engine(model, inputs)``, called inside the guard before ``prepare``: its
+            result's ``wrap(forward)`` runs every forward of the call, its ``errors`` pass
+            unchanged; it is ``run.engine`` (see the module doc).
         prepare_kwargs: further arguments of :func:`~pellucid._evaluate.prepare`.
     """
     model, inputs, batch_size = call["model"], call["inputs"], call.get("batch_size")
     layer = call.get("layer")
     with model_guard(model, eval_mode=call.get("eval_mode"), method=name):
+        attached = None
+        if engine is not None:
+            attached = engine(model, inputs)
+            prepare_kwargs = {"wrap": attached.wrap, "passthrough": attached.errors} | (
+                prepare_kwargs
+            )
         prep = prepare(
             model,
             inputs,
@@ -167,6 +197,6 @@ def explaining(
             track_grad=track_grad and track_first_forward(inputs, batch_size, layer),
             **prepare_kwargs,
         )
-        run = Run(name, prep, batch_size)
+        run = Run(name, prep, batch_size, attached)
         yield run
         run._build()

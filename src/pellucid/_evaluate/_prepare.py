@@ -162,6 +162,7 @@ def prepare(
     track_grad: bool = False,
     wrap: Callable[[Forward], Any] | None = None,
     passthrough: tuple[type[Exception], ...] = (),
+    target_optional: bool = False,
 ) -> Prepared:
     """Validate ``model``/``inputs`` and resolve ``target`` on the unperturbed inputs.
 
@@ -171,9 +172,12 @@ def prepare(
 
     With ``track_grad``, this first forward records the autograd graph from ``leaf`` (the
     inputs or the layer's output) to ``graph_output``, so that a method needing one backward
-    pass does not run the model twice. ``wrap`` changes how that forward calls the model
-    (e.g. rule engines); exceptions of the ``passthrough`` types raise unchanged (others
-    from the model are worded as "the model could not run").
+    pass does not run the model twice. ``wrap`` changes how the model is called (rule
+    engines, attention capture): the first forward and the returned ``forward`` are
+    ``wrap(Forward(...))`` (no ``layer`` then); exceptions of the ``passthrough`` types raise unchanged (others
+    from the model are worded as "the model could not run"). With ``target_optional`` (methods
+    that do not use it, such as attention) a ``target`` of None is not resolved at all and a
+    given one is only validated.
     """
     check_model("model", model)
     if layer is not None:
@@ -190,13 +194,13 @@ def prepare(
         forward_kwargs=forward_kwargs,
         output=output,
     )
+    call: Any = wrap(forward) if wrap is not None and layer is None else forward
     if layer is not None:
         graph, leaf = _first_forward(
             lambda: layer_activations(forward, module, inputs, track=track_grad), forward, inputs
         )
         activations = leaf.detach()
     else:
-        call = wrap(forward) if wrap is not None else forward
         leaf = inputs.detach().requires_grad_(track_grad)
 
         def first() -> tuple[torch.Tensor, torch.Tensor]:
@@ -214,7 +218,14 @@ def prepare(
     _check_output(out, inputs)
     tracked = {"leaf": leaf, "graph_output": graph} if track_grad else {}
     prepared = Prepared(
-        forward=forward, target=resolve_target(target, out), output=out, inputs=activations
+        forward=call,
+        target=(
+            ResolvedTarget("none")
+            if target is None and target_optional
+            else resolve_target(target, out)
+        ),
+        output=out,
+        inputs=activations,
     )
     if layer is None:
         return Prepared(**{**vars(prepared), **tracked})

@@ -1,13 +1,8 @@
 """Attention maps and attention rollout (Abnar & Zuidema 2020) for transformer models.
 
-Two kinds of attention layer are read. For ``nn.MultiheadAttention`` (torchvision's ViT), a
-pre-hook asks the layer for per-head weights (``need_weights=True,
-average_attn_weights=False``) and a forward hook records them and hands the caller exactly
-what it asked for (no weights, or head-averaged ones). Fused-QKV blocks that call
-``scaled_dot_product_attention`` and never form the weights (timm's ``Attention``: ``qkv``,
-``num_heads``, ``head_dim``, ``scale``) get a forward hook that recomputes
-``softmax(q k^T * scale)`` from the block's input with its own projection and q/k norms.
-The hooks are removed on exit, also on errors, inside the model-state guard, so the model
+Two kinds of attention layer are read (``nn.MultiheadAttention`` and fused-QKV blocks such
+as timm's ``Attention``, see :mod:`pellucid.attribution._attention_capture`); the hooks are
+removed on exit, also on errors, inside the method shell's model-state guard, so the model
 comes back untouched. On image models the per-token scores are laid back on the patch
 grid (prefix tokens such as the class token dropped) and spread over the patch's pixels.
 """
@@ -15,25 +10,23 @@ grid (prefix tokens such as the class token dropped) and spread over the patch's
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pellucid._evaluate import Forward, map_chunks, model_failure, resolve_batch_size
+from pellucid._evaluate import Forward, model_failure
 from pellucid._registry import register
-from pellucid._state import model_guard
-from pellucid._targets import Target, resolve_target
-from pellucid._validation import check_choice, check_int, check_tensor, describe_value
+from pellucid._shell import Run, check_bool, explaining
+from pellucid._targets import Target
+from pellucid._validation import check_choice, check_int, check_tensor
+from pellucid.attribution._attention_capture import Capture, attention_layers
 from pellucid.explanation import Explanation
 
 __all__ = ["AttentionMaps", "attention", "attention_maps", "attention_rollout"]
-
-_NEED_WEIGHTS, _AVERAGE = 4, 6  # positions in MultiheadAttention.forward(q, k, v, ...)
 
 
 @dataclass(frozen=True)
@@ -49,116 +42,6 @@ class AttentionMaps:
     weights: torch.Tensor
     layers: list[str]
     outputs: torch.Tensor | None = None
-
-
-def _fused(module: nn.Module) -> bool:
-    """A fused-QKV attention block (timm ``Attention``) whose weights can be recomputed."""
-    return (
-        isinstance(getattr(module, "qkv", None), nn.Linear)
-        and all(isinstance(getattr(module, a, None), int) for a in ("num_heads", "head_dim"))
-        and isinstance(getattr(module, "scale", None), float)
-    )
-
-
-def _attention_layers(model: Any) -> list[tuple[str, nn.Module]]:
-    if not isinstance(model, nn.Module):
-        raise TypeError(
-            f"`model` must be an nn.Module with attention layers; got {describe_value(model)}."
-        )
-    found = [
-        (n, m)
-        for n, m in model.named_modules()
-        if isinstance(m, nn.MultiheadAttention) or _fused(m)
-    ]
-    if not found:
-        raise ValueError(
-            f"`model` ({type(model).__name__}) has no nn.MultiheadAttention layer and no "
-            "fused attention block (with `qkv`, `num_heads`, `head_dim`, `scale`), so it has "
-            "no attention maps. Explain it with a model-agnostic method "
-            "instead (occlusion, kernel_shap, integrated_gradients)."
-        )
-    return found
-
-
-def _recomputed(module: Any, x: torch.Tensor, mask: Any) -> torch.Tensor:
-    """``softmax(q k^T * scale + mask)`` of a fused-QKV block for its input ``x`` (N, T, C)."""
-    n, t = x.shape[0], x.shape[1]
-    qkv = module.qkv(x).reshape(n, t, 3, module.num_heads, module.head_dim)
-    q, k = qkv.permute(2, 0, 3, 1, 4)[:2]
-    q = module.q_norm(q) if hasattr(module, "q_norm") else q
-    k = module.k_norm(k) if hasattr(module, "k_norm") else k
-    scores = (q * module.scale) @ k.transpose(-2, -1)
-    if isinstance(mask, torch.Tensor):
-        scores = (
-            scores.masked_fill(~mask, float("-inf"))
-            if mask.dtype == torch.bool
-            else (scores + mask)
-        )
-    return scores.softmax(-1)
-
-
-@contextmanager
-def _capture(model: nn.Module) -> Iterator[list[tuple[str, torch.Tensor]]]:
-    """Record ``(name, weights (N, H, T, S))`` of every attention call inside the block."""
-    records: list[tuple[str, torch.Tensor]] = []
-    asked: list[tuple[bool, bool]] = []
-    handles = []
-
-    def pre_hook(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-        args, kwargs = tuple(args), dict(kwargs)
-        need = (
-            args[_NEED_WEIGHTS] if len(args) > _NEED_WEIGHTS else kwargs.get("need_weights", True)
-        )
-        average = (
-            args[_AVERAGE] if len(args) > _AVERAGE else kwargs.get("average_attn_weights", True)
-        )
-        asked.append((bool(need), bool(average)))
-        positional = list(args)
-        if len(positional) > _NEED_WEIGHTS:
-            positional[_NEED_WEIGHTS] = True
-        else:
-            kwargs["need_weights"] = True
-        if len(positional) > _AVERAGE:
-            positional[_AVERAGE] = False
-        else:
-            kwargs["average_attn_weights"] = False
-        return tuple(positional), kwargs
-
-    def make_hook(name: str) -> Any:
-        def hook(module: nn.Module, args: tuple, kwargs: dict, out: Any) -> Any:
-            need, average = asked.pop()
-            weights = out[1]
-            if weights.ndim == 3:  # unbatched call: (H, T, S)
-                weights = weights.unsqueeze(0)
-            records.append((name, weights.detach()))
-            if not need:
-                return out[0], None
-            return out[0], weights.mean(1) if average else weights
-
-        return hook
-
-    def make_fused_hook(name: str) -> Any:
-        def hook(module: nn.Module, args: tuple, kwargs: dict, out: Any) -> None:
-            x = args[0] if args else kwargs["x"]
-            mask = args[1] if len(args) > 1 else kwargs.get("attn_mask")
-            with torch.no_grad():
-                records.append((name, _recomputed(module, x.detach(), mask)))
-
-        return hook
-
-    try:
-        for name, module in _attention_layers(model):
-            if not isinstance(module, nn.MultiheadAttention):
-                handles.append(
-                    module.register_forward_hook(make_fused_hook(name), with_kwargs=True)
-                )
-                continue
-            handles.append(module.register_forward_pre_hook(pre_hook, with_kwargs=True))
-            handles.append(module.register_forward_hook(make_hook(name), with_kwargs=True))
-        yield records
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 def attention_maps(
@@ -196,85 +79,56 @@ def attention_maps(
         >>> attention_maps(net, torch.randn(4, 5, 3)).weights.shape
         torch.Size([2, 4, 2, 5, 5])
     """
-    _attention_layers(model)
-    inputs = check_tensor("inputs", inputs, min_ndim=2, finite=True).detach()
-    n = inputs.shape[0]
-    forward = Forward(
-        model,
-        n_examples=n,
-        forward_args=forward_args,
-        forward_kwargs=forward_kwargs,
-        output=output,
-    )
-    size = resolve_batch_size(batch_size, inputs[0].numel(), total=n)
-    names: list[str] = []
-    outputs: list[torch.Tensor] = []
+    with _explaining("attention_maps", locals()) as run:
+        maps = _maps(run)
+    return maps
 
-    def run(start: int, stop: int) -> torch.Tensor:
-        index = torch.arange(start, stop, device=inputs.device)
-        with _capture(model) as records:
-            outputs.append(_run(forward, model, inputs, start, stop, index))
-        names[:] = [name for name, _ in records]
+
+def _explaining(name: str, call: Mapping[str, Any]) -> Any:
+    """The method shell for an attention method: the model must hold attention layers and
+    the inputs be batch-first sequences (token ids allowed); ``target`` is only validated and
+    ``layer`` is the method's own (an attention call's index, not a submodule)."""
+    attention_layers(call["model"])
+    check_tensor("inputs", call["inputs"], min_ndim=2, finite=True)
+    return explaining(
+        name,
+        {**call, "layer": None},
+        engine=Capture(call.get("batch_size"), first=call.get("target") is None),
+        floating=False,
+        target_optional=True,
+    )
+
+
+def _maps(run: Run) -> AttentionMaps:
+    """The weights of every attention call, (L, N, H, T, S): those the shell's first forward
+    recorded, else (a target was given) from a pass of their own."""
+    capture = run.engine
+    if not capture.chunks:
+        forward = capture.capturing(run.prep.forward)
+        try:
+            forward(run.inputs)
+        except (RuntimeError, ValueError, IndexError, TypeError) as exc:
+            plain = cast(Forward, run.prep.forward)
+            args, kwargs = plain.args or None, plain.kwargs or None
+            raise ValueError(model_failure(capture.model, run.inputs, exc, args, kwargs)) from exc
+    chunks, names = capture.chunks, []
+    stacked = []
+    for records in chunks:
+        names = [name for name, _ in records]
         shapes = {tuple(w.shape[2:]) for _, w in records}
         if len(shapes) != 1:
             raise ValueError(f"The attention layers have different map shapes {sorted(shapes)}.")
-        return torch.stack([w for _, w in records], dim=1)  # (chunk, L, H, T, S)
-
-    with model_guard(model, eval_mode=eval_mode, method="attention_maps"):
-        weights = map_chunks(run, n, size)
+        stacked.append(torch.stack([w for _, w in records], dim=1))  # (chunk, L, H, T, S)
+    weights = stacked[0] if len(stacked) == 1 else torch.cat(stacked)
     return AttentionMaps(
-        weights=weights.transpose(0, 1).contiguous(), layers=names, outputs=torch.cat(outputs)
+        weights=weights.transpose(0, 1).contiguous(), layers=names, outputs=run.prep.output
     )
 
 
-def _target(
-    target: Target,
-    model: nn.Module,
-    inputs: Any,
-    forward_args: Any,
-    forward_kwargs: Mapping[str, Any] | None,
-    output: Any,
-    eval_mode: bool | None,
-) -> Any:
-    """Validate a given ``target`` on the model's output first (attention does not use it)."""
-    if target is None:
-        return None
-    _attention_layers(model)
-    inputs = check_tensor("inputs", inputs, min_ndim=2, finite=True).detach()
-    forward = Forward(
-        model,
-        n_examples=inputs.shape[0],
-        forward_args=forward_args,
-        forward_kwargs=forward_kwargs,
-        output=output,
-    )
-    with model_guard(model, eval_mode=eval_mode, method="attention"), torch.inference_mode():
-        out = _run(forward, model, inputs, 0, inputs.shape[0], None)
-        return resolve_target(target, out).describe()
-
-
-def _run(
-    forward: Forward, model: Any, inputs: torch.Tensor, start: int, stop: int, index: Any
-) -> torch.Tensor:
-    """``forward`` on ``inputs[start:stop]``; a model that cannot run on them (wrong shape,
-    dtype or extra arguments) raises a ValueError that names the inputs and the likely fix."""
-    try:
-        return forward(inputs[start:stop], index).detach()
-    except (RuntimeError, ValueError, IndexError, TypeError) as exc:
-        args, kwargs = forward.args or None, forward.kwargs or None
-        raise ValueError(model_failure(model, inputs, exc, args, kwargs)) from exc
-
-
-def _token_explanation(
-    name: str,
-    inputs: torch.Tensor,
-    scores: torch.Tensor,
-    params: dict,
-    extras: dict,
-    target: Any = None,
-) -> Explanation:
+def _token_result(run: Run, scores: torch.Tensor, params: dict, extras: dict) -> None:
     """Per-token scores (N, T) -> attributions of the inputs' shape (repeated over features);
     on images (N, C, H, W) with a token per patch, the patch grid spread over its pixels."""
+    inputs = run.inputs
     dtype = inputs.dtype if inputs.is_floating_point() else torch.float32
     if inputs.ndim == 4 and scores.shape[1] != inputs.shape[1]:
         extras = {**extras, "token_scores": scores.detach()}
@@ -283,9 +137,7 @@ def _token_explanation(
     else:
         view = scores.reshape(*scores.shape, *([1] * (inputs.ndim - 2)))
         attr = view.expand(inputs.shape).to(dtype).clone()
-    return Explanation(
-        attributions=attr, inputs=inputs, method=name, target=target, params=params, extras=extras
-    )
+    run.result(attr, params=params, extras=extras)
 
 
 def _on_grid(scores: torch.Tensor, spatial: torch.Size) -> torch.Tensor:
@@ -356,27 +208,18 @@ def attention(
         (torch.Size([4, 5, 3]), True)
     """
     check_choice("head_fusion", head_fusion, ("mean", "max", "min"))
-    described = _target(target, model, inputs, forward_args, forward_kwargs, output, eval_mode)
-    maps = attention_maps(
-        model,
-        inputs,
-        batch_size=batch_size,
-        forward_args=forward_args,
-        forward_kwargs=forward_kwargs,
-        output=output,
-        eval_mode=eval_mode,
-    )
-    n_layers = maps.weights.shape[0]
-    layer = check_int("layer", layer, min_value=-n_layers, max_value=n_layers - 1)
-    scores = _fuse(maps.weights, head_fusion)[layer].mean(1)  # (N, S)
-    return _token_explanation(
-        "attention",
-        inputs.detach(),
-        scores,
-        {"layer": layer, "head_fusion": head_fusion, "batch_size": batch_size},
-        {"weights": maps.weights, "layers": maps.layers},
-        described,
-    )
+    with _explaining("attention", locals()) as run:
+        maps = _maps(run)
+        n_layers = maps.weights.shape[0]
+        layer = check_int("layer", layer, min_value=-n_layers, max_value=n_layers - 1)
+        scores = _fuse(maps.weights, head_fusion)[layer].mean(1)  # (N, S)
+        _token_result(
+            run,
+            scores,
+            {"layer": layer, "head_fusion": head_fusion},
+            {"weights": maps.weights, "layers": maps.layers},
+        )
+    return run.explanation
 
 
 @register(kind="attention", input_kinds=("sequence",))
@@ -426,27 +269,33 @@ def attention_rollout(
         True
     """
     check_choice("head_fusion", head_fusion, ("mean", "max", "min"))
-    if not isinstance(residual, bool):
-        raise TypeError(f"`residual` must be True or False; got {residual!r}.")
-    described = _target(target, model, inputs, forward_args, forward_kwargs, output, eval_mode)
-    maps = attention_maps(
-        model,
-        inputs,
-        batch_size=batch_size,
-        forward_args=forward_args,
-        forward_kwargs=forward_kwargs,
-        output=output,
-        eval_mode=eval_mode,
-    )
-    fused = _fuse(maps.weights, head_fusion).to(torch.float64)  # (L, N, T, S)
-    t, s = fused.shape[-2:]
-    if t != s:
-        raise ValueError(
-            f"attention_rollout needs self-attention (square maps); got maps of {t} queries x "
-            f"{s} keys. Use `attention` for cross-attention."
+    check_bool("residual", residual)
+    with _explaining("attention_rollout", locals()) as run:
+        maps = _maps(run)
+        fused = _fuse(maps.weights, head_fusion).to(torch.float64)  # (L, N, T, S)
+        t, s = fused.shape[-2:]
+        if t != s:
+            raise ValueError(
+                f"attention_rollout needs self-attention (square maps); got maps of {t} "
+                f"queries x {s} keys. Use `attention` for cross-attention."
+            )
+        if query is not None:
+            query = check_int("query", query, min_value=-t, max_value=t - 1)
+        rollout = _rollout(fused, residual)
+        scores = rollout.mean(1) if query is None else rollout[:, query]
+        dtype = run.inputs.dtype if run.inputs.is_floating_point() else torch.float32
+        _token_result(
+            run,
+            scores,
+            {"head_fusion": head_fusion, "residual": residual, "query": query},
+            {"rollout": rollout.to(dtype), "layers": maps.layers},
         )
-    if query is not None:
-        query = check_int("query", query, min_value=-t, max_value=t - 1)
+    return run.explanation
+
+
+def _rollout(fused: torch.Tensor, residual: bool) -> torch.Tensor:
+    """The product of the layers' (residual-mixed, renormalized) maps, first layer first."""
+    t = fused.shape[-1]
     eye = torch.eye(t, dtype=fused.dtype, device=fused.device)
     rollout = eye.expand(fused.shape[1], t, t)
     for a in fused:
@@ -454,18 +303,4 @@ def attention_rollout(
             a = 0.5 * a + 0.5 * eye
         a = a / a.sum(-1, keepdim=True).clamp_min(1e-12)
         rollout = a @ rollout
-    scores = rollout.mean(1) if query is None else rollout[:, query]
-    rollout = rollout.to(inputs.dtype if inputs.is_floating_point() else torch.float32)
-    return _token_explanation(
-        "attention_rollout",
-        inputs.detach(),
-        scores,
-        {
-            "head_fusion": head_fusion,
-            "residual": residual,
-            "query": query,
-            "batch_size": batch_size,
-        },
-        {"rollout": rollout, "layers": maps.layers},
-        described,
-    )
+    return rollout

@@ -15,75 +15,13 @@ from typing import Any
 
 import torch
 
-from pellucid._evaluate import input_gradients, prepare, prepared_gradients, track_first_forward
 from pellucid._registry import register
-from pellucid._state import model_guard
+from pellucid._shell import explaining
 from pellucid._targets import Target
-from pellucid.attribution.rules import (
-    DECONVOLUTION_RULES,
-    GUIDED_RULES,
-    Handler,
-    RuleEngine,
-    UnsupportedOperationError,
-    freeze_parameters,
-)
+from pellucid.attribution.rules import DECONVOLUTION_RULES, GUIDED_RULES, rules_for
 from pellucid.explanation import Explanation
 
-__all__ = ["deconvolution", "guided_backprop", "rule_gradients"]
-
-
-def rule_gradients(
-    method: str,
-    handlers: Mapping[str, Handler],
-    model: Any,
-    inputs: torch.Tensor,
-    *,
-    target: Target,
-    batch_size: int | None,
-    forward_args: Any,
-    forward_kwargs: Mapping[str, Any] | None,
-    output: Any,
-) -> tuple[Any, torch.Tensor, RuleEngine]:
-    """Prepare, then the gradient of the target w.r.t. the inputs with ``handlers`` attached.
-
-    Must run inside ``model_guard`` (parameters' ``requires_grad`` is switched off).
-    """
-    freeze_parameters(model)
-    engine = RuleEngine(method, handlers, model)
-    prep = prepare(
-        model,
-        inputs,
-        target=target,
-        forward_args=forward_args,
-        forward_kwargs=forward_kwargs,
-        output=output,
-        wrap=engine.wrap,
-        passthrough=(UnsupportedOperationError,),
-        track_grad=track_first_forward(inputs, batch_size),
-    )
-    if prep.graph_output is not None:
-        grad = prepared_gradients(prep, batch_size)
-    else:
-        grad = input_gradients(
-            engine.wrap(prep.model_forward), prep.target, prep.inputs, batch_size=batch_size
-        )
-    return prep, grad, engine
-
-
-def _run(
-    method: str, table: Mapping[str, Handler], model: Any, inputs: torch.Tensor, **kw: Any
-) -> Explanation:
-    eval_mode = kw.pop("eval_mode")
-    with model_guard(model, eval_mode=eval_mode, method=method):
-        prep, grad, engine = rule_gradients(method, table, model, inputs, **kw)
-    return Explanation(
-        attributions=grad,
-        inputs=prep.inputs,
-        method=method,
-        target=prep.target.describe(),
-        params={"batch_size": kw["batch_size"]},
-        extras={"rules": dict(engine.records), "rule_calls": dict(engine.calls)},
-    )
+__all__ = ["deconvolution", "guided_backprop"]
 
 
 @register(kind="decomposition")
@@ -117,18 +55,10 @@ def guided_backprop(
         >>> guided_backprop(net, torch.ones(2, 3)).attributions.shape
         torch.Size([2, 3])
     """
-    return _run(
-        "guided_backprop",
-        GUIDED_RULES,
-        model,
-        inputs,
-        target=target,
-        batch_size=batch_size,
-        forward_args=forward_args,
-        forward_kwargs=forward_kwargs,
-        output=output,
-        eval_mode=eval_mode,
-    )
+    engine = rules_for("guided_backprop", GUIDED_RULES)
+    with explaining("guided_backprop", locals(), track_grad=True, engine=engine) as run:
+        run.result(run.gradients())
+    return run.explanation
 
 
 @register(kind="decomposition")
@@ -159,15 +89,7 @@ def deconvolution(
         >>> deconvolution(net, torch.ones(2, 3)).attributions.shape
         torch.Size([2, 3])
     """
-    return _run(
-        "deconvolution",
-        DECONVOLUTION_RULES,
-        model,
-        inputs,
-        target=target,
-        batch_size=batch_size,
-        forward_args=forward_args,
-        forward_kwargs=forward_kwargs,
-        output=output,
-        eval_mode=eval_mode,
-    )
+    engine = rules_for("deconvolution", DECONVOLUTION_RULES)
+    with explaining("deconvolution", locals(), track_grad=True, engine=engine) as run:
+        run.result(run.gradients())
+    return run.explanation

@@ -25,8 +25,7 @@ from pellucid._registry import register
 from pellucid._shell import Run, check_bool, explaining
 from pellucid._targets import Target
 from pellucid._validation import check_choice
-from pellucid.attribution.backprop import rule_gradients
-from pellucid.attribution.rules import GUIDED_RULES
+from pellucid.attribution.rules import GUIDED_RULES, rule_gradients
 from pellucid.explanation import Explanation
 
 __all__ = ["grad_cam", "guided_grad_cam"]

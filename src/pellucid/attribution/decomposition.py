@@ -15,25 +15,16 @@ from typing import Any
 
 import torch
 
-from pellucid._evaluate import Forward, Prepared, all_finite, grad_batch_size, prepare
 from pellucid._registry import register
-from pellucid._state import model_guard
+from pellucid._shell import explaining
 from pellucid._targets import Target
-from pellucid._validation import check_choice, check_finite_tensor, check_float, check_tensor
-from pellucid.attribution._baselines import resolve_baseline
-from pellucid.attribution.backprop import rule_gradients
+from pellucid._validation import check_choice, check_float
 from pellucid.attribution.rules import (
-    DEEPLIFT_REFERENCE_OPS,
-    DEEPLIFT_RULES,
     LRP_RULES,
+    DeepLiftRules,
     LrpRules,
-    PairedEngine,
-    PairedForward,
-    UnsupportedOperationError,
-    deeplift_chunks,
-    freeze_parameters,
     lrp_handlers,
-    reference_output,
+    rules_for,
 )
 from pellucid.explanation import Explanation
 
@@ -100,66 +91,20 @@ def deeplift(
         >>> bool(e.extras["completeness_gap"].abs().max() < 1e-5)
         True
     """
-    if isinstance(baseline, str) and baseline == "uniform":
-        raise ValueError("`baseline='uniform'` is random; pass the drawn tensor to deeplift.")
-    with model_guard(model, eval_mode=eval_mode, method="deeplift"):
-        x = check_tensor("inputs", inputs, min_ndim=1, floating=True).detach()
-        if not all_finite(x):
-            check_finite_tensor("inputs", x)
-        base = resolve_baseline(
-            baseline,
-            Prepared(None, None, None, x),  # type: ignore[arg-type]
-            background=background,
+    rules = DeepLiftRules(baseline, background)
+    with explaining("deeplift", locals(), track_grad=True, engine=rules) as run:
+        grad, diff = rules.gradients(run.prep, batch_size)
+        attributions = (run.inputs - rules.reference) * grad
+        run.result(
+            attributions,
+            baseline=rules.reference,
+            params={
+                "rule": "rescale",
+                "baseline": baseline if isinstance(baseline, str | int | float) else None,
+            },
+            extras={"completeness_gap": _sum(attributions) - diff},
         )
-        freeze_parameters(model)
-        engine = PairedEngine(
-            "deeplift", DEEPLIFT_RULES, model, reference_ops=DEEPLIFT_REFERENCE_OPS
-        )
-        n = x.shape[0]
-        size = grad_batch_size(batch_size, x[0].numel(), total=n)
-        paired: list[PairedForward] = []
-
-        def wrap(forward: Forward) -> PairedForward:
-            paired.append(PairedForward(engine, forward, base))
-            return paired[-1]
-
-        prep = prepare(
-            model,
-            x,
-            target=target,
-            forward_args=forward_args,
-            forward_kwargs=forward_kwargs,
-            output=output,
-            wrap=wrap,
-            passthrough=(UnsupportedOperationError,),
-            track_grad=size >= n,
-        )
-        if prep.graph_output is not None and prep.leaf is not None:  # one chunk: reuse graph
-            with torch.enable_grad():
-                scores = prep.target.scores(prep.graph_output, None)
-                (grad,) = torch.autograd.grad(scores.sum(), prep.leaf)
-            diff = (scores - prep.target.scores(reference_output(paired[0]), None)).detach()
-        else:
-            grad, diff = deeplift_chunks(wrap(prep.model_forward), prep.target, x, size)
-        attributions = (x - base) * grad
-        gap = _sum(attributions) - diff
-    return Explanation(
-        attributions=attributions,
-        inputs=x,
-        method="deeplift",
-        target=prep.target.describe(),
-        baseline=base,
-        params={
-            "rule": "rescale",
-            "batch_size": batch_size,
-            "baseline": baseline if isinstance(baseline, str | int | float) else None,
-        },
-        extras={
-            "completeness_gap": gap,
-            "rules": dict(engine.records),
-            "rule_calls": dict(engine.calls),
-        },
-    )
+    return run.explanation
 
 
 # ---------------------------------------------------------------------------- LRP
@@ -224,38 +169,19 @@ def lrp(
     alpha = check_float("alpha", alpha)
     beta = check_float("beta", beta)
     chooser = LrpRules(rule, composite, epsilon, gamma, alpha, beta)
-    handlers = lrp_handlers(chooser)
-    with model_guard(model, eval_mode=eval_mode, method="lrp"):
-        prep, grad, engine = rule_gradients(
-            "lrp",
-            handlers,
-            model,
-            inputs,
-            target=target,
-            batch_size=batch_size,
-            forward_args=forward_args,
-            forward_kwargs=forward_kwargs,
-            output=output,
+    engine = rules_for("lrp", lrp_handlers(chooser))
+    with explaining("lrp", locals(), track_grad=True, engine=engine) as run:
+        relevance = run.inputs * run.gradients()
+        run.result(
+            relevance,
+            params={
+                "rule": rule,
+                "composite": {getattr(k, "__name__", k): v for k, v in chooser.composite.items()},
+                "epsilon": epsilon,
+                "gamma": gamma,
+                "alpha": alpha,
+                "beta": beta,
+            },
+            extras={"conservation_error": _sum(relevance) - run.scores()},
         )
-    relevance = prep.inputs * grad
-    f_x = prep.target.scores(prep.output, None)
-    return Explanation(
-        attributions=relevance,
-        inputs=prep.inputs,
-        method="lrp",
-        target=prep.target.describe(),
-        params={
-            "rule": rule,
-            "composite": {getattr(k, "__name__", k): v for k, v in chooser.composite.items()},
-            "epsilon": epsilon,
-            "gamma": gamma,
-            "alpha": alpha,
-            "beta": beta,
-            "batch_size": batch_size,
-        },
-        extras={
-            "conservation_error": _sum(relevance) - f_x,
-            "rules": dict(engine.records),
-            "rule_calls": dict(engine.calls),
-        },
-    )
+    return run.explanation

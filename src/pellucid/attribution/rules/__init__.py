@@ -12,7 +12,9 @@ to a method is adding a table entry. The package:
   multipliers need, and its reference-pass strategies;
 * ``_elementwise``: ``grad_map(grad) * slope`` rules (guided, deconvolution, LRP identity);
 * ``_attention``: attention written as the operations it is made of;
-* ``_deeplift``, ``_lrp``, ``_guided``: each method's rules and table.
+* ``_deeplift``, ``_lrp``, ``_guided``: each method's rules and table;
+* ``_methods``: what each public method hands the method shell (``engine=``): the rule
+  engine factories, DeepLIFT's baseline and paired pass, and ``rule_gradients``.
 
 The public methods (:func:`pellucid.attribution.deeplift`, ``lrp``, ``guided_backprop``,
 ``deconvolution``, ``guided_grad_cam``) are thin shells over what is exported here.
@@ -29,16 +31,13 @@ from pellucid.attribution.rules._engine import (
 )
 from pellucid.attribution.rules._guided import DECONVOLUTION_RULES, GUIDED_RULES
 from pellucid.attribution.rules._lrp import LRP_RULES, LrpRules, lrp_handlers
-from pellucid.attribution.rules._paired import (
-    PairedEngine,
-    PairedForward,
-    deeplift_chunks,
-    reference_output,
-)
+from pellucid.attribution.rules._methods import DeepLiftRules, rule_gradients, rules_for
+from pellucid.attribution.rules._paired import PairedEngine, PairedForward
 from pellucid.attribution.rules._tables import freeze_parameters
 
 __all__ = [
     "DECONVOLUTION_RULES",
+    "DeepLiftRules",
     "DEEPLIFT_REFERENCE_OPS",
     "DEEPLIFT_RULES",
     "GUIDED_RULES",
@@ -50,8 +49,8 @@ __all__ = [
     "Rule",
     "RuleEngine",
     "UnsupportedOperationError",
-    "deeplift_chunks",
     "freeze_parameters",
     "lrp_handlers",
-    "reference_output",
+    "rule_gradients",
+    "rules_for",
 ]

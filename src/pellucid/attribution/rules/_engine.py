@@ -170,6 +170,9 @@ class RuleEngine:
         model: the ``nn.Module`` (for layer names in :attr:`records`).
     """
 
+    #: What a shell lets through unchanged when the model runs under the rules.
+    errors: tuple[type[Exception], ...] = (UnsupportedOperationError,)
+
     def __init__(self, method: str, handlers: Mapping[str, Handler], model: Any) -> None:
         self.method = method
         self.handlers = dict(handlers)

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from pellucid._evaluate import Forward, chunks
+from pellucid._evaluate import Forward
 from pellucid.attribution.rules._engine import Rule, RuleEngine, UnsupportedOperationError
 
 __all__ = [
@@ -30,8 +30,6 @@ __all__ = [
     "PairedEngine",
     "PairedForward",
     "PairedRule",
-    "deeplift_chunks",
-    "reference_output",
 ]
 
 
@@ -352,25 +350,3 @@ class PairedForward:
             reference = reference.expand(x.shape[0], *reference.shape[1:])
         self.reference_output = reference
         return out
-
-
-def reference_output(forward: PairedForward) -> torch.Tensor:
-    if forward.reference_output is None:
-        raise RuntimeError("deeplift: the reference pass did not run.")
-    return forward.reference_output
-
-
-def deeplift_chunks(
-    forward: PairedForward, target: Any, x: torch.Tensor, size: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    grads, diffs = [], []
-    for start, stop in chunks(x.shape[0], size):
-        index = torch.arange(start, stop, device=x.device)
-        rows = x[start:stop].detach().requires_grad_(True)
-        with torch.enable_grad():
-            s_in = target.scores(forward(rows, index), index)
-            (grad,) = torch.autograd.grad(s_in.sum(), rows)
-        s_ref = target.scores(reference_output(forward), index)
-        grads.append(grad)
-        diffs.append((s_in - s_ref).detach())
-    return torch.cat(grads), torch.cat(diffs)

@@ -1,0 +1,182 @@
+"""What the public methods attach: each rule-based method's engine, for the method shell.
+
+:func:`pellucid._shell.explaining` takes an ``engine=`` factory that it calls inside the
+model-state guard, before the first forward. Here are those factories:
+
+* :func:`rules_for`: guided backprop, deconvolution and LRP (the gradient with a table of
+  rules attached), parameters frozen first;
+* :class:`DeepLiftRules`: the baseline resolved on the inputs and the paired engine; its
+  :meth:`~DeepLiftRules.gradients` gives the multipliers and the output differences, from
+  the first forward's graph when one backward fits ``batch_size``, else chunk by chunk;
+* :func:`rule_gradients`: a whole rule pass for a method that already runs inside the shell
+  for something else (guided Grad-CAM's guided half).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+
+from pellucid._evaluate import (
+    Forward,
+    Prepared,
+    all_finite,
+    chunks,
+    grad_batch_size,
+    prepare,
+    prepared_gradients,
+    track_first_forward,
+)
+from pellucid._targets import ResolvedTarget, Target
+from pellucid._validation import check_finite_tensor, check_tensor
+from pellucid.attribution._baselines import resolve_baseline
+from pellucid.attribution.rules._deeplift import DEEPLIFT_REFERENCE_OPS, DEEPLIFT_RULES
+from pellucid.attribution.rules._engine import Handler, RuleEngine, UnsupportedOperationError
+from pellucid.attribution.rules._paired import PairedEngine, PairedForward
+from pellucid.attribution.rules._tables import freeze_parameters
+
+__all__ = ["DeepLiftRules", "rule_gradients", "rules_for"]
+
+
+def rules_for(method: str, handlers: Mapping[str, Handler]) -> Callable[[Any, Any], RuleEngine]:
+    """The shell's ``engine=`` for a method whose rules modify the gradient: inside the guard
+    (which restores them) the parameters stop requiring grad, so that only tensors computed
+    from the explained rows do, and a :class:`RuleEngine` with ``handlers`` runs the model."""
+
+    def attach(model: Any, inputs: Any) -> RuleEngine:
+        freeze_parameters(model)
+        return RuleEngine(method, handlers, model)
+
+    return attach
+
+
+class DeepLiftRules:
+    """The shell's ``engine=`` for DeepLIFT: every forward runs its rows with their baselines
+    (a :class:`PairedForward`); :attr:`reference` is the baseline, resolved on the inputs.
+
+    Args:
+        baseline: the user's ``baseline`` (see :func:`pellucid.attribution.deeplift`).
+        background: reference examples for ``baseline="mean"``.
+    """
+
+    errors = (UnsupportedOperationError,)
+
+    def __init__(self, baseline: Any, background: torch.Tensor | None) -> None:
+        if isinstance(baseline, str) and baseline == "uniform":
+            raise ValueError("`baseline='uniform'` is random; pass the drawn tensor to deeplift.")
+        self.baseline, self.background = baseline, background
+        self._reference: torch.Tensor | None = None
+        self._engine: PairedEngine | None = None
+
+    def __call__(self, model: Any, inputs: Any) -> DeepLiftRules:
+        x = check_tensor("inputs", inputs, min_ndim=1, floating=True).detach()
+        if not all_finite(x):
+            check_finite_tensor("inputs", x)
+        self._reference = resolve_baseline(
+            self.baseline,
+            Prepared(None, None, None, x),  # type: ignore[arg-type]
+            background=self.background,
+        )
+        freeze_parameters(model)
+        self._engine = PairedEngine(
+            "deeplift", DEEPLIFT_RULES, model, reference_ops=DEEPLIFT_REFERENCE_OPS
+        )
+        return self
+
+    @property
+    def engine(self) -> PairedEngine:
+        if self._engine is None:
+            raise RuntimeError("deeplift: the rules were not attached to a model.")
+        return self._engine
+
+    @property
+    def reference(self) -> torch.Tensor:
+        """The baseline, of the inputs' shape."""
+        if self._reference is None:
+            raise RuntimeError("deeplift: the rules were not attached to a model.")
+        return self._reference
+
+    @property
+    def records(self) -> dict[str, str]:
+        return self.engine.records
+
+    @property
+    def calls(self) -> Any:
+        return self.engine.calls
+
+    def wrap(self, forward: Forward) -> PairedForward:
+        return PairedForward(self.engine, forward, self.reference)
+
+    def gradients(
+        self, prep: Prepared, batch_size: int | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The multipliers (d score / d inputs under the rules) and ``f(x) - f(baseline)``
+        per example: from ``prepare``'s graph when it was kept, else chunk by chunk."""
+        forward = prep.forward
+        if not isinstance(forward, PairedForward):
+            raise TypeError("deeplift: the prepared forward must be a PairedForward.")
+        if prep.graph_output is not None and prep.leaf is not None:
+            with torch.enable_grad():
+                scores = prep.target.scores(prep.graph_output, None)
+                (grad,) = torch.autograd.grad(scores.sum(), prep.leaf)
+            reference = prep.target.scores(_reference_output(forward), None)
+            return grad, (scores - reference).detach()
+        x = prep.inputs
+        size = grad_batch_size(batch_size, x[0].numel(), total=x.shape[0])
+        return _chunked(forward, prep.target, x, size)
+
+
+def _reference_output(forward: PairedForward) -> torch.Tensor:
+    if forward.reference_output is None:
+        raise RuntimeError("deeplift: the reference pass did not run.")
+    return forward.reference_output
+
+
+def _chunked(
+    forward: PairedForward, target: ResolvedTarget, x: torch.Tensor, size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    grads, diffs = [], []
+    for start, stop in chunks(x.shape[0], size):
+        index = torch.arange(start, stop, device=x.device)
+        rows = x[start:stop].detach().requires_grad_(True)
+        with torch.enable_grad():
+            s_in = target.scores(forward(rows, index), index)
+            (grad,) = torch.autograd.grad(s_in.sum(), rows)
+        s_ref = target.scores(_reference_output(forward), index)
+        grads.append(grad)
+        diffs.append((s_in - s_ref).detach())
+    return torch.cat(grads), torch.cat(diffs)
+
+
+def rule_gradients(
+    method: str,
+    handlers: Mapping[str, Handler],
+    model: Any,
+    inputs: torch.Tensor,
+    *,
+    target: Target,
+    batch_size: int | None,
+    forward_args: Any,
+    forward_kwargs: Mapping[str, Any] | None,
+    output: Any,
+) -> tuple[Prepared, torch.Tensor, RuleEngine]:
+    """Prepare, then the gradient of the target w.r.t. the inputs with ``handlers`` attached.
+
+    For a method already inside the shell (guided Grad-CAM's guided half); must run inside
+    ``model_guard`` (the parameters' ``requires_grad`` is switched off).
+    """
+    engine = rules_for(method, handlers)(model, inputs)
+    prep = prepare(
+        model,
+        inputs,
+        target=target,
+        forward_args=forward_args,
+        forward_kwargs=forward_kwargs,
+        output=output,
+        wrap=engine.wrap,
+        passthrough=engine.errors,
+        track_grad=track_first_forward(inputs, batch_size),
+    )
+    return prep, prepared_gradients(prep, batch_size), engine
