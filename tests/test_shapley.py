@@ -245,7 +245,7 @@ def _iid_kernel_shap(net: nn.Module, x: torch.Tensor, n: int, seed: int) -> torc
 
 
 def test_kernel_shap_balanced_design_beats_independent_draws(monkeypatch):
-    from pellucid.attribution import _coalitions
+    from pellucid.attribution import _kernel_design
 
     net = _mlp(d=12)
     torch.manual_seed(4)
@@ -266,14 +266,12 @@ def test_kernel_shap_balanced_design_beats_independent_draws(monkeypatch):
 
     balanced = ours()
     iid = sum(error(_iid_kernel_shap(net, x, 200, s)) for s in range(8)) / 8
-    _coalitions._balanced_design.cache_clear()
-    _coalitions._kernel_design.cache_clear()
-    _coalitions._factored_design.cache_clear()
-    monkeypatch.setattr(_coalitions, "BALANCE_MAX_COALITIONS", 0)  # same strata, no balancing
+    _kernel_design._balanced_design.cache_clear()
+    _kernel_design._cached_design.cache_clear()
+    monkeypatch.setattr(_kernel_design, "BALANCE_MAX_COALITIONS", 0)  # same strata, no balancing
     unbalanced = ours()
-    _coalitions._balanced_design.cache_clear()
-    _coalitions._kernel_design.cache_clear()
-    _coalitions._factored_design.cache_clear()
+    _kernel_design._balanced_design.cache_clear()
+    _kernel_design._cached_design.cache_clear()
     # measured over these 8 seeds: 0.026 (balanced), 0.032 (unbalanced), 0.042 (i.i.d.);
     # 200 of the 4094 coalitions, exact Shapley as the oracle
     assert balanced < 0.035
@@ -282,7 +280,7 @@ def test_kernel_shap_balanced_design_beats_independent_draws(monkeypatch):
 
 
 def test_kernel_shap_design_is_cached_and_relabelled():
-    from pellucid.attribution._coalitions import kernel_coalitions
+    from pellucid.attribution._kernel_design import kernel_coalitions
 
     z0, w0, exact = kernel_coalitions(30, 200, generator=_gen(0))
     z1, w1, _ = kernel_coalitions(30, 200, generator=_gen(1))
@@ -439,16 +437,23 @@ def test_sampling_shapley_without_antithetic_pairs():
 
 
 def test_cached_factored_design_equals_fitting_the_relabelled_coalitions():
-    from pellucid.attribution._coalitions import kernel_design
-    from pellucid.attribution._linear_fit import constrained_fit, efficient_wls
+    from pellucid.attribution._kernel_design import kernel_design
+    from pellucid.attribution._linear_fit import (
+        constrained_design,
+        constrained_fit,
+        efficient_wls,
+    )
 
     torch.manual_seed(0)
-    z, design, perm, exact = kernel_design(12, 300, generator=_gen(3))
-    again = kernel_design(12, 300, generator=_gen(4))[1]
-    assert again is design and perm is not None and not exact  # factored once, cached
+    design, perm = kernel_design(12, 300, generator=_gen(3))
+    again = kernel_design(12, 300, generator=_gen(4))[0]
+    assert again is design and perm is not None and not design.exact  # built once, cached
+    (block,) = design.blocks()  # a small design is one factored block
+    z = block.z.index_select(1, perm)
+    factored = constrained_design(block.z, block.w)
     y, total = torch.randn(5, z.shape[0], dtype=D), torch.randn(5, dtype=D)
-    fit = constrained_fit(design, y, total)
-    direct = efficient_wls(z, y, design.w, total)
+    fit = constrained_fit(factored, y, total)
+    direct = efficient_wls(z, y, block.w, total)
     torch.testing.assert_close(fit.coef.index_select(1, perm), direct.coef, rtol=1e-9, atol=1e-9)
     torch.testing.assert_close(
         fit.stderr.index_select(1, perm), direct.stderr, rtol=1e-9, atol=1e-12

@@ -15,9 +15,14 @@ import torch
 __all__ = [
     "ConstrainedDesign",
     "LinearFit",
+    "Solution",
+    "StreamingFit",
+    "add_constrained",
     "constrained_design",
     "constrained_fit",
+    "constrained_result",
     "efficient_wls",
+    "ridge_result",
     "solve_normal",
     "weighted_ridge",
 ]
@@ -51,14 +56,6 @@ def solve_normal(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.
     return inv @ b, inv
 
 
-def _r2(y: torch.Tensor, resid: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """Weighted R^2 from the responses ``y`` (N, S), the weighted residual sum of squares
-    ``resid`` (N,) and normalized weights ``w`` (S,) summing to 1 (1 where ``y`` is constant)."""
-    total = (y - (y @ w).unsqueeze(1)).square_() @ w
-    r2 = 1.0 - resid / total
-    return r2 if bool((total > 0).all()) else torch.where(total > 0, r2, torch.ones_like(r2))
-
-
 def weighted_ridge(
     x: torch.Tensor,
     y: torch.Tensor,
@@ -69,7 +66,8 @@ def weighted_ridge(
 ) -> LinearFit:
     """Minimize ``sum_s w_s (y[n, s] - b[n] - x[s] . c[n])**2 + alpha ||c[n]||**2`` for all n.
 
-    The same objective as scikit-learn's ``Ridge(alpha).fit(x, y[n], sample_weight=w)``.
+    The same objective as scikit-learn's ``Ridge(alpha).fit(x, y[n], sample_weight=w)``; one
+    block of :class:`StreamingFit` (add the samples block by block to bound memory).
 
     Args:
         x: (S, P) design shared by every example.
@@ -85,27 +83,179 @@ def weighted_ridge(
         >>> round(fit.coef.item(), 9), round(fit.intercept.item(), 9)
         (2.0, 1.0)
     """
-    x, y, w = (t.to(torch.float64) for t in (x, y, w))
-    s, p = x.shape
-    if fit_intercept:
-        xm = (w @ x) / w.sum()
-        ym = (y @ w) / w.sum()
-        xc, yc = x - xm, y - ym.unsqueeze(1)
-    else:
-        xm = torch.zeros(p, dtype=x.dtype, device=x.device)
-        ym = torch.zeros(y.shape[0], dtype=x.dtype, device=x.device)
-        xc, yc = x, y
-    xw = xc * w.unsqueeze(1)
-    a = xc.T @ xw + alpha * torch.eye(p, dtype=x.dtype, device=x.device)
-    coef, inv = solve_normal(a, xw.T @ yc.T)
-    coef = coef.T  # (N, P)
-    intercept = ym - coef @ xm
-    err = y - intercept.unsqueeze(1) - coef @ x.T
-    wn = w / w.sum()
-    resid = (err * err) @ wn
-    dof = max(s - p - int(fit_intercept), 1)
-    var = resid.unsqueeze(1) * (s / dof) * (torch.diagonal(inv) * w.sum() / s).unsqueeze(0)
-    return LinearFit(coef, intercept, _r2(y, resid, wn), var.clamp_min(0).sqrt())
+    acc = StreamingFit(intercept=fit_intercept, alpha=alpha)
+    acc.add(x, y, w)
+    return ridge_result(acc.solve(), fit_intercept=fit_intercept)
+
+
+def ridge_result(sol: Solution, *, fit_intercept: bool) -> LinearFit:
+    """A ridge :class:`Solution` as a :class:`LinearFit`, with the coefficients' standard
+    errors ``sqrt(rss / dof * diag((X^T W X + alpha I)^-1) * sum(w))``."""
+    dof = max(sol.count - sol.coef.shape[1] - int(fit_intercept), 1)
+    s = sol.count
+    var = sol.resid.unsqueeze(1) * (s / dof) * (torch.diagonal(sol.inv) * sol.sw / s).unsqueeze(0)
+    return LinearFit(sol.coef, sol.intercept, sol.r2, var.clamp_min(0).sqrt())
+
+
+@dataclass(frozen=True)
+class Solution:
+    """What :meth:`StreamingFit.solve` returns.
+
+    Attributes:
+        coef: (N, P) coefficients.
+        intercept: (N,) intercepts (zeros without one).
+        resid: (N,) weighted mean squared residual (weights normalized to sum 1).
+        r2: (N,) weighted coefficient of determination.
+        inv: (P, P) inverse of the (centered, ridge-shifted) weighted Gram matrix.
+        sw: the sum of the weights.
+        count: the number of samples.
+    """
+
+    coef: torch.Tensor
+    intercept: torch.Tensor
+    resid: torch.Tensor
+    r2: torch.Tensor
+    inv: torch.Tensor
+    sw: float
+    count: int
+
+
+class StreamingFit:
+    """A weighted least-squares / ridge fit accumulated block by block of samples.
+
+    Every block adds its samples' sufficient statistics (weighted means, the (P, P) scatter
+    of the design, its cross products with every example's responses, the responses'
+    scatter), merged with Chan, Golub and LeVeque's pairwise update, so nothing is held for
+    all samples: memory is ``O(P**2 + N * P)`` plus one block, whatever the number of
+    samples. The first block also gives a pilot solution ``c0``; every statistic is then of
+    the residuals ``y - x @ c0``, so the final residual sum of squares (``r2``, ``stderr``)
+    does not cancel catastrophically when the fit is nearly exact. Every product that
+    touches an example's responses is computed one example at a time (batched matmuls of
+    one row), so an example's result does not depend on the other examples. Float64.
+
+    Args:
+        intercept: fit an unpenalized intercept (the design is centered by its weighted mean).
+        alpha: ridge strength on the coefficients.
+
+    Example:
+        >>> import torch
+        >>> x = torch.arange(6.0).unsqueeze(1)
+        >>> acc = StreamingFit(intercept=True)
+        >>> for lo in (0, 4):  # two blocks of samples
+        ...     acc.add(x[lo : lo + 4], 2 * x[lo : lo + 4].T + 1, torch.ones(len(x[lo : lo + 4])))
+        >>> sol = acc.solve()
+        >>> round(sol.coef.item(), 9), round(sol.intercept.item(), 9), sol.count
+        (2.0, 1.0, 6)
+    """
+
+    def __init__(self, *, intercept: bool, alpha: float = 0.0) -> None:
+        self.intercept, self.alpha = intercept, float(alpha)
+        self.count, self.sw, self.whole = 0, 0.0, False
+        self.inverse: torch.Tensor | None = None
+        self.pilot: torch.Tensor | None = None
+        self.gram: torch.Tensor | None = None
+        # weighted means and (co)scatters: design, pilot residuals, r2's responses
+        self.stats: dict[str, torch.Tensor] = {}
+
+    def add(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        w: torch.Tensor,
+        *,
+        response: torch.Tensor | None = None,
+        inverse: torch.Tensor | None = None,
+    ) -> None:
+        """Add a block: design ``x`` (C, P), responses ``y`` (N, C), weights ``w`` (C,).
+
+        ``response`` (N, C): the responses whose weighted variance is the denominator of
+        ``r2``, when it is not ``y``. ``inverse``: the inverse of the (centered,
+        ridge-shifted) Gram matrix when the block is the whole design and its factorization
+        is known (a cached design): the fit is then solved directly, and no block may follow.
+        """
+        if self.whole:
+            raise ValueError("StreamingFit: a block given with `inverse` must be the only one.")
+        f64 = torch.float64
+        x, y, w = x.to(f64), y.to(f64), w.to(f64)
+        r = y if response is None else response.to(f64)
+        sw = float(w.sum())
+        xbar = (w @ x) / sw if self.intercept else torch.zeros_like(x[0])
+        xc = x - xbar if self.intercept else x
+        xw = xc * w.unsqueeze(1)
+        gram = xc.T @ xw if inverse is None else None
+        if self.pilot is None:  # the first block: a pilot solution from this block alone
+            inv = inverse if inverse is not None else _inverse_psd(self._ridge(xc.T @ xw))
+            yc = y - ((y * w).sum(1) / sw).unsqueeze(1) if self.intercept else y
+            self.pilot = _rowwise(_rowwise(yc, xw), inv)
+        e = y - _rowwise(self.pilot, x.T)
+        ebar = (e * w).sum(1) / sw if self.intercept else torch.zeros_like(e[:, 0])
+        ec = e - ebar.unsqueeze(1) if self.intercept else e
+        rbar = (r * w).sum(1) / sw
+        block = {
+            "xbar": xbar,
+            "ebar": ebar,
+            "scatter": (ec * ec).mul_(w).sum(1),
+            "rbar": rbar,
+            "rscatter": (r - rbar.unsqueeze(1)).square_().mul_(w).sum(1),
+        }
+        if inverse is not None:  # the whole design: the pilot is the solution
+            self.whole, self.inverse = True, inverse
+        else:
+            block["cross"] = _rowwise(ec, xw)
+        if self.count == 0:
+            self.stats, self.gram, self.sw = block, gram, sw
+        else:
+            self._merge(block, gram, sw)
+        self.count += x.shape[0]
+
+    def _merge(self, block: dict[str, torch.Tensor], gram: torch.Tensor | None, sw: float) -> None:
+        """Chan et al.'s pairwise update of weighted means and (co)scatters."""
+        old, total = self.stats, self.sw + sw
+        f, share = self.sw * sw / total, sw / total
+        dx, de = block["xbar"] - old["xbar"], block["ebar"] - old["ebar"]
+        dr = block["rbar"] - old["rbar"]
+        if self.gram is not None and gram is not None:
+            self.gram = self.gram + gram + f * torch.outer(dx, dx)
+        self.stats = {
+            "xbar": old["xbar"] + share * dx,
+            "ebar": old["ebar"] + share * de,
+            "cross": old["cross"] + block["cross"] + f * de.unsqueeze(1) * dx.unsqueeze(0),
+            "scatter": old["scatter"] + block["scatter"] + f * de * de,
+            "rbar": old["rbar"] + share * dr,
+            "rscatter": old["rscatter"] + block["rscatter"] + f * dr * dr,
+        }
+        self.sw = total
+
+    def _ridge(self, gram: torch.Tensor) -> torch.Tensor:
+        if self.alpha == 0:
+            return gram
+        return gram + self.alpha * torch.eye(gram.shape[0], dtype=gram.dtype, device=gram.device)
+
+    def solve(self) -> Solution:
+        """The fit over every block added."""
+        if self.pilot is None:
+            raise ValueError("StreamingFit.solve needs at least one block of samples; got none.")
+        st = self.stats
+        if self.whole and self.inverse is not None:
+            inv, coef, rss = self.inverse, self.pilot, st["scatter"]
+            intercept = st["ebar"]
+        else:
+            if self.gram is None:
+                raise ValueError("StreamingFit: no Gram matrix was accumulated.")
+            inv = _inverse_psd(self._ridge(self.gram))
+            cross = st["cross"]
+            d = _rowwise(cross - self.alpha * self.pilot if self.alpha else cross, inv)
+            coef = self.pilot + d
+            rss = st["scatter"] - (d * cross).sum(1)
+            if self.alpha:
+                rss = rss - self.alpha * (d * coef).sum(1)
+            intercept = st["ebar"] - _rowwise(d, st["xbar"].unsqueeze(1)).squeeze(1)
+        resid = rss.clamp_min(0) / self.sw
+        total = st["rscatter"] / self.sw
+        r2 = 1.0 - resid / total
+        if not bool((total > 0).all()):
+            r2 = torch.where(total > 0, r2, torch.ones_like(r2))
+        return Solution(coef, intercept, resid, r2, inv, self.sw, self.count)
 
 
 @dataclass(frozen=True)
@@ -168,22 +318,45 @@ def constrained_fit(
     """Solve a factored design for the responses ``y`` (N, S) (values minus the empty
     coalition's) and ``total`` (N,) (the full coalition's minus the empty one's);
     ``exact``: the coalitions are a full enumeration, standard errors are then zero."""
+    acc = StreamingFit(intercept=False)
+    add_constrained(acc, design.xr, design.last.T, design.w, y, total, inverse=design.inv)
+    return constrained_result(acc.solve(), total, exact=exact)
+
+
+def add_constrained(
+    acc: StreamingFit,
+    xr: torch.Tensor,
+    last: torch.Tensor,
+    w: torch.Tensor,
+    y: torch.Tensor,
+    total: torch.Tensor,
+    *,
+    inverse: torch.Tensor | None = None,
+) -> None:
+    """Add one block of KernelSHAP's constrained regression to ``acc``: ``xr`` (C, P-1) the
+    coalitions minus the last player's column ``last`` (C, 1), ``w`` (C,) weights, ``y``
+    (N, C) values minus the empty coalition's, ``total`` (N,) full minus empty."""
     f64 = torch.float64
-    y, total = y.to(f64), total.to(f64)
-    s, p = design.xr.shape[0], design.xr.shape[1] + 1
-    yr = torch.addcmul(y, total.unsqueeze(1), design.last, value=-1.0)
-    # Per-example products (batched matmuls of one row each): an example's coefficients are
-    # then bit-identical whatever else is in the batch (a plain matmul's rounding depends on
-    # the number of rows), so batch sizes and ranks do not change the result.
-    head = _rowwise(_rowwise(yr, design.xw), design.inv)  # (N, P-1)
-    # phi = [head; total - sum(head)], so the fitted values are yr's fit plus last * total
-    resid = (yr - _rowwise(head, design.xr.T)).square_().mul_(design.w).sum(1)
+    y = y.to(f64)
+    yr = torch.addcmul(y, total.to(f64).unsqueeze(1), last.to(f64).T, value=-1.0)
+    acc.add(xr, yr, w, response=y, inverse=inverse)
+
+
+def constrained_result(sol: Solution, total: torch.Tensor, *, exact: bool = False) -> LinearFit:
+    """KernelSHAP's coefficients from the solution over all players but the last: the last
+    is ``total - sum(others)``; standard errors from the residual and the Gram inverse
+    (zeros when ``exact``, a full enumeration)."""
+    total = total.to(torch.float64)
+    head = sol.coef
     coef = torch.cat([head, (total - head.sum(1)).unsqueeze(1)], dim=1)
     if exact:
         stderr = torch.zeros_like(coef)
     else:
-        stderr = torch.outer(resid / max(s - (p - 1), 1), design.var).clamp_min_(0).sqrt_()
-    return LinearFit(coef, torch.zeros_like(total), _r2(y, resid, design.w), stderr)
+        inv = sol.inv * sol.sw  # the inverse for weights normalized to sum 1
+        var = torch.cat([torch.diagonal(inv), inv.sum().reshape(1)])
+        dof = max(sol.count - head.shape[1], 1)
+        stderr = torch.outer(sol.resid / dof, var).clamp_min_(0).sqrt_()
+    return LinearFit(coef, torch.zeros_like(total), sol.r2, stderr)
 
 
 def efficient_wls(

@@ -12,8 +12,10 @@ Two samplers, one fit:
   all-on coalition (lime's image explainer).
 
 The perturbations are shared by every example, so the design matrix and weights are shared
-and :func:`~pellucid.attribution._linear_fit.weighted_ridge` solves every example with one
-factorization.
+and one factorization solves every example. They are drawn, evaluated and added to the
+fit's sufficient statistics block by block
+(:class:`~pellucid.attribution._linear_fit.StreamingFit`), so memory does not grow with
+``n_samples``.
 """
 
 from __future__ import annotations
@@ -34,7 +36,8 @@ from pellucid.attribution._coalitions import (
     chunk_rows,
     resolve_feature_mask,
 )
-from pellucid.attribution._linear_fit import weighted_ridge
+from pellucid.attribution._kernel_design import block_rows
+from pellucid.attribution._linear_fit import Solution, StreamingFit, ridge_result
 from pellucid.attribution.segmentation import grid_segments, slic_segments
 from pellucid.explanation import Explanation
 
@@ -46,6 +49,16 @@ def _kernel(distance: torch.Tensor, width: float) -> torch.Tensor:
     return torch.exp(-(distance.to(torch.float64) ** 2) / (2 * width**2))
 
 
+def _sample_blocks(n_samples: int, rows: int, d: int) -> list[tuple[int, int]]:
+    """Blocks of ``rows`` samples; a last block of fewer than 16 values joins the one before,
+    so blocks of Gaussian draws reproduce one draw of all samples (torch's CPU normal
+    sampler works on groups of 16 values and treats a tail of fewer than 16 apart)."""
+    bounds = [(lo, min(n_samples, lo + rows)) for lo in range(0, n_samples, rows)]
+    if len(bounds) > 1 and (bounds[-1][1] - bounds[-1][0]) * d < 16:
+        bounds[-2:] = [(bounds[-2][0], n_samples)]
+    return bounds
+
+
 def _tabular(
     prep: Prepared,
     train_data: torch.Tensor,
@@ -53,7 +66,11 @@ def _tabular(
     width: float | None,
     generator: torch.Generator | None,
     batch_size: int | None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, float, torch.Tensor]:
+    alpha: float,
+) -> tuple[Solution, torch.Tensor, float, torch.Tensor]:
+    """Gaussian samples around each example, evaluated and fitted block by block (see
+    :class:`~pellucid.attribution._linear_fit.StreamingFit`): ``(solution, training mean,
+    width, training std)``."""
     x = prep.inputs
     n, shape = x.shape[0], tuple(x.shape[1:])
     train = check_tensor("train_data", train_data, min_ndim=1, floating=True, finite=True)
@@ -68,27 +85,31 @@ def _tabular(
     std = torch.where(std > 0, std, torch.ones_like(std))
     d = mean.shape[0]
     width = 0.75 * math.sqrt(d) if width is None else width
-    eps = torch.randn(n_samples, d, generator=generator).to(device=x.device, dtype=x.dtype)
-    eps[0] = 0  # the example itself, as lime does
     flat_x = x.reshape(n, -1)
-    size = chunk_rows(batch_size, shape, total=n * n_samples, device=x.device)
-    step = eps * std
+    prep.forward.expect(n * n_samples)
+    acc = StreamingFit(intercept=True, alpha=alpha)
+    for lo, hi in _sample_blocks(n_samples, block_rows(d), d):
+        eps = torch.randn(hi - lo, d, generator=generator).to(device=x.device, dtype=x.dtype)
+        if lo == 0:
+            eps[0] = 0  # the example itself, as lime does
+        step = eps * std
+        size = chunk_rows(batch_size, shape, total=n * (hi - lo), device=x.device)
 
-    def block(e0: int, e1: int, j0: int, j1: int) -> torch.Tensor:
-        return (flat_x[e0:e1].unsqueeze(1) + step[j0:j1].unsqueeze(0)).view(-1, *shape)
+        def block(e0: int, e1: int, j0: int, j1: int, step: torch.Tensor = step) -> torch.Tensor:
+            return (flat_x[e0:e1].unsqueeze(1) + step[j0:j1].unsqueeze(0)).view(-1, *shape)
 
-    y = block_scores(
-        prep.forward,
-        prep.target,
-        block,
-        n,
-        n_samples,
-        size,
-        device=x.device,
-        balance=batch_size is None,
-    ).view(n, n_samples)
-    weights = _kernel(eps.norm(dim=1), width)
-    return eps, y, weights, mean, width, std
+        y = block_scores(
+            prep.forward,
+            prep.target,
+            block,
+            n,
+            hi - lo,
+            size,
+            device=x.device,
+            balance=batch_size is None,
+        ).view(n, hi - lo)
+        acc.add(eps, y, _kernel(eps.norm(dim=1), width))
+    return acc.solve(), mean, width, std
 
 
 @register(
@@ -228,10 +249,10 @@ def _lime_tabular(
         min_value=d + 2,
         hint=(f" A ridge fit over {d} features needs at least {d + 2} samples."),
     )
-    eps, y, weights, mean, width, std = _tabular(
-        run.prep, train_data, n_samples, width, generator, run.batch_size
+    sol, mean, width, std = _tabular(
+        run.prep, train_data, n_samples, width, generator, run.batch_size, alpha
     )
-    fit = weighted_ridge(eps, y, weights, alpha=alpha)
+    fit = ridge_result(sol, fit_intercept=True)
     slope = fit.coef / std.to(torch.float64)
     attr = (slope * (x.reshape(x.shape[0], -1) - mean).to(torch.float64)).view_as(x)
     return fit, attr, mean.view(x.shape[1:]), n_samples, width
@@ -262,9 +283,15 @@ def _lime_interpretable(
     game = CoalitionValues(
         run.prep.forward, run.prep.target, x, fmask, baseline=base, batch_size=run.batch_size
     )
-    z = torch.rand(n_samples, p, generator=generator).to(x.device) < 0.5
-    z[0] = True
-    on = z.sum(1).to(torch.float64)
-    cosine = 1.0 - on.sqrt() / math.sqrt(p)  # cos(z, 1) = |z| / sqrt(|z| P)
-    fit = weighted_ridge(z, game(z), _kernel(cosine, width), alpha=alpha)
+    game.forward.expect(game.rows_per_eval(n_samples))
+    acc = StreamingFit(intercept=True, alpha=alpha)
+    for lo in range(0, n_samples, block_rows(p)):  # drawn, evaluated and fitted block by block
+        z = torch.rand(min(n_samples - lo, block_rows(p)), p, generator=generator) < 0.5
+        z = z.to(x.device)
+        if lo == 0:
+            z[0] = True
+        on = z.sum(1).to(torch.float64)
+        cosine = 1.0 - on.sqrt() / math.sqrt(p)  # cos(z, 1) = |z| / sqrt(|z| P)
+        acc.add(z, game(z), _kernel(cosine, width))
+    fit = ridge_result(acc.solve(), fit_intercept=True)
     return fit, fmask.spread(fit.coef).view_as(x), base, n_samples, width

@@ -22,13 +22,15 @@ from pellucid._shell import Run, explaining
 from pellucid._targets import Target
 from pellucid._validation import check_generator, check_int
 from pellucid.attribution._background import build_game, summarize_background
-from pellucid.attribution._coalitions import (
-    CoalitionValues,
-    FeatureMask,
-    all_coalitions,
-    kernel_design,
+from pellucid.attribution._coalitions import CoalitionValues, FeatureMask, all_coalitions
+from pellucid.attribution._kernel_design import kernel_design
+from pellucid.attribution._linear_fit import (
+    LinearFit,
+    StreamingFit,
+    add_constrained,
+    constrained_result,
+    efficient_wls,
 )
-from pellucid.attribution._linear_fit import LinearFit, constrained_fit, efficient_wls
 from pellucid.explanation import Explanation
 
 __all__ = ["exact_shapley", "kernel_shap", "sampling_shapley", "summarize_background"]
@@ -361,7 +363,7 @@ def kernel_shap(
                 hint=f" The regression over {p} players needs at least {p} coalitions "
                 f"(use {2 * p + 2048} or more for a reliable estimate).",
             )
-        fit, z, empty, full, exact = _kernel_fit(run, game, p, budget, generator)
+        fit, n_coalitions, empty, full, exact = _kernel_fit(run, game, p, budget, generator)
         _result(
             run,
             fmask,
@@ -380,7 +382,7 @@ def kernel_shap(
                 "exact": exact,
                 "expected_value": empty,
                 "efficiency_gap": fit.coef.sum(1) - (full - empty),
-                "n_evaluations": game.rows_per_eval(z.shape[0] + 1),
+                "n_evaluations": game.rows_per_eval(n_coalitions + 1),
             },
         )
     return run.explanation
@@ -388,31 +390,44 @@ def kernel_shap(
 
 def _kernel_fit(
     run: Run, game: Any, p: int, budget: int, generator: Any
-) -> tuple[LinearFit, torch.Tensor, torch.Tensor, torch.Tensor, bool]:
+) -> tuple[LinearFit, int, torch.Tensor, torch.Tensor, bool]:
     """The constrained weighted regression of KernelSHAP on ``budget`` coalitions: the fit,
-    the coalitions, v(empty), v(full) and whether the design enumerated them all."""
+    the number of coalitions, v(empty), v(full) and whether the design enumerated them all.
+
+    The coalitions come block by block (:func:`kernel_design`): each block is evaluated
+    (v(empty) with the first) and added to the fit's sufficient statistics, so memory does
+    not grow with ``budget``."""
     device = run.inputs.device
     if p == 1:
         z = torch.zeros(0, 1, dtype=torch.bool, device=device)
         weights = torch.zeros(0, dtype=torch.float64, device=device)
         values, empty, full = _with_ends(game, z, run.scores())
-        return (
-            efficient_wls(z, values - empty.unsqueeze(1), weights, full - empty),
-            z,
-            empty,
-            full,
-            True,
-        )
-    z, design, perm, exact = kernel_design(
+        fit = efficient_wls(z, values - empty.unsqueeze(1), weights, full - empty)
+        return fit, 0, empty, full, True
+    design, perm = kernel_design(
         p, budget, generator=generator, device=device, dtype=run.inputs.dtype
     )
-    values, empty, full = _with_ends(game, z, run.scores())
-    fit = constrained_fit(design, values - empty.unsqueeze(1), full - empty, exact=exact)
+    game.forward.expect(game.rows_per_eval(design.n_coalitions))
+    acc = StreamingFit(intercept=False)
+    known, ends = run.scores(), None
+    for block in design.blocks():
+        z = block.z if perm is None else block.z.index_select(1, perm)
+        if ends is None:  # v(empty) comes with the first block: one forward for small designs
+            values, empty, full = _with_ends(game, z, known)
+            ends = (empty, full, full - empty)
+        else:
+            values = game(z).to(torch.float64)
+        y = values - ends[0].unsqueeze(1)
+        add_constrained(acc, block.xr, block.last, block.w, y, ends[2], inverse=block.inverse)
+    if ends is None:
+        raise RuntimeError(f"KernelSHAP's design of {budget} coalitions has no blocks.")
+    empty, full, total = ends
+    fit = constrained_result(acc.solve(), total, exact=design.exact)
     if perm is not None:  # the design's players in the evaluated coalitions' order
         fit = LinearFit(
             fit.coef.index_select(1, perm), fit.intercept, fit.r2, fit.stderr.index_select(1, perm)
         )
-    return fit, z, empty, full, exact
+    return fit, design.n_coalitions, empty, full, design.exact
 
 
 for _fn in (exact_shapley, sampling_shapley, kernel_shap):
