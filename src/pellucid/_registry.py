@@ -66,6 +66,7 @@ VOCABULARY: dict[str, str] = {
     "epsilon": "lrp: stabilizer of the epsilon rule",
     "explain_kwargs": "keyword arguments of a wrapped explanation method",
     "gamma": "lrp: weight of positive parameters (gamma rule)",
+    "ignore_bias": "lrp: leave biases and shifts out of the rules (their relevance to the inputs)",
     "kernel_width": "lime: width of the proximity kernel",
     "quadrature": "integrated_gradients: the rule placing the nodes on the path",
     "query": "attention_rollout: the output position explained",

@@ -1,7 +1,12 @@
 """DeepLIFT, LRP and guided backprop on random-weight torchvision models (no downloads):
-completeness and conservation in float64 on mobilenet_v2, convnext_tiny and vit_b_16."""
+completeness and conservation in float64 on mobilenet_v2, convnext_tiny and vit_b_16, with
+their own initialization (biases, batch-norm shifts, positional embedding: LRP's ledger
+names the relevance each absorbs) and without additive parameters."""
 
 from __future__ import annotations
+
+import copy
+import functools
 
 import pytest
 import torch
@@ -13,6 +18,7 @@ torchvision = pytest.importorskip("torchvision")
 
 pytestmark = pytest.mark.slow
 D = torch.float64
+SIZE = 32
 # Both decompositions are exact in exact arithmetic; float64 rounding over the ~200-400
 # operations of these models stays many orders below this (measured: 1e-12 or less).
 REL = 1e-8
@@ -32,19 +38,25 @@ def _calibrate(model: nn.Module, x: torch.Tensor) -> None:
     model.eval()
 
 
-def _model(name: str) -> tuple[nn.Module, torch.Tensor]:
-    """The torchvision architecture with its own random initialization, in float64;
-    vit_b_16 at 112 px (49 patches: the same layers as at 224 px, a quarter of the cost;
-    ``benchmarks/bench_decomposition.py --zoo`` runs it at 224 px)."""
+@functools.cache
+def _built(name: str) -> tuple[nn.Module, torch.Tensor]:
     torch.manual_seed(0)
-    size = 112 if name == "vit_b_16" else 64
-    kw = {"image_size": size} if name == "vit_b_16" else {}
+    kw = {"image_size": SIZE} if name == "vit_b_16" else {}
     model = getattr(torchvision.models, name)(weights=None, **kw).to(D).eval()
-    x = torch.randn(2, 3, size, size, dtype=D)
+    x = torch.randn(2, 3, SIZE, SIZE, dtype=D)
     if name == "vit_b_16":  # its head starts at zero: random, so the output is not constant
         nn.init.normal_(model.heads.head.weight, std=0.05)
-    _calibrate(model, torch.randn(4, 3, size, size, dtype=D))
+    _calibrate(model, torch.randn(4, 3, SIZE, SIZE, dtype=D))
     return model, x
+
+
+def _model(name: str) -> tuple[nn.Module, torch.Tensor]:
+    """The torchvision architecture with its own random initialization, in float64, at
+    32 px: every layer of the 224 px model runs (vit_b_16 on 4 patches and its class token,
+    the CNNs down to 1x1 maps) at a fraction of the cost; ``benchmarks/bench_decomposition.py
+    --zoo`` runs them at 224 px. A copy per test (one build per model)."""
+    model, x = _built(name)
+    return copy.deepcopy(model), x
 
 
 MODELS = ["mobilenet_v2", "convnext_tiny", "vit_b_16"]
@@ -103,3 +115,35 @@ def test_guided_backprop_runs_on_mobilenet_v2_relu6():
     e = guided_backprop(model, x, target=1)
     assert e.attributions.shape == x.shape and torch.isfinite(e.attributions).all()
     assert e.extras["rules"]["features.0.2: hardtanh"] == "guided"
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_lrp_names_the_relevance_constants_absorb_on_the_zoo(name):
+    """Own initialization: biases, batch-norm shifts, vit_b_16's positional embedding take
+    their share; attributions + absorbed relevance = f(x). ``ignore_bias=True`` (zennit's
+    ``zero_params="bias"``) hands the layers' biases' share to the inputs: on convnext_tiny
+    the attributions alone sum to f(x), on vit_b_16 only the positional embedding keeps a
+    share (mobilenet_v2's batch-norm shifts are ~100x f(x) here: without them LRP-0's ratios
+    explode, as any bias-free rule does at such shifts)."""
+    model, x = _model(name)
+    e = lrp(model, x, target=1)
+    with torch.no_grad():
+        f_x = model(x)[:, 1]
+    absorbed = sum(e.extras["absorbed"].values())
+    assert _relative(absorbed, f_x) > 1e-6  # the constants do take relevance
+    assert _relative(e.extras["conservation_gap"], f_x) < REL
+    summed = e.attributions.flatten(1).sum(1)
+    assert _relative(summed + absorbed - f_x, f_x) < REL  # against the model's own forward
+    if name == "mobilenet_v2":
+        return
+    ib = lrp(model, x, target=1, rule="zero", epsilon=0.0, ignore_bias=True)
+    takers = {k for k, v in ib.extras["absorbed"].items() if _relative(v, f_x) > REL}
+    summed = ib.attributions.flatten(1).sum(1)
+    if name == "convnext_tiny":
+        assert takers == set()
+        assert _relative(summed - f_x, f_x) < REL
+    else:
+        assert takers == {"encoder.pos_embedding: add"}
+        assert (
+            _relative(summed + ib.extras["absorbed"]["encoder.pos_embedding: add"] - f_x, f_x) < REL
+        )

@@ -16,13 +16,14 @@ from typing import Any
 import torch
 
 from pellucid._registry import register
-from pellucid._shell import explaining
+from pellucid._shell import check_bool, explaining
 from pellucid._targets import Target
 from pellucid._validation import check_choice, check_float
 from pellucid.attribution.rules import (
     LRP_RULES,
     DeepLiftRules,
     LrpRules,
+    conservation,
     lrp_handlers,
     rules_for,
 )
@@ -120,6 +121,7 @@ def lrp(
     gamma: float = 0.25,
     alpha: float = 1.0,
     beta: float = 0.0,
+    ignore_bias: bool = False,
     batch_size: int | None = None,
     forward_args: Any = None,
     forward_kwargs: Mapping[str, Any] | None = None,
@@ -136,9 +138,17 @@ def lrp(
     proportion to each branch's contribution. ``composite`` maps
     layer families (``"linear"``, ``"conv"``, ``"batch_norm"``, ``"avg_pool"``,
     ``"max_pool"``) or ``nn.Module`` classes to rules, e.g. ``{"conv": "gamma",
-    "linear": "epsilon"}``. ``extras["conservation_error"]`` is ``sum(relevance) - f(x)``
-    per example (biases, epsilon and other constants added to a layer's output, such as
-    positional embeddings, absorb some relevance).
+    "linear": "epsilon"}``.
+
+    Conservation: constants added to a layer's output (biases, batch norm's shift, the
+    epsilon stabilizer, a positional embedding, a class token) absorb their share of the
+    relevance, as in zennit and AttnLRP. ``extras["absorbed"]`` names every such site
+    (``"layer: op"``, or the parameter's name) with the relevance it took per example, and
+    ``extras["conservation_gap"]`` is ``sum(attributions) + sum(absorbed) - f(x)``: zero
+    up to rounding. ``extras["conservation_error"]`` is ``sum(attributions) - f(x)``.
+    ``ignore_bias=True`` keeps the biases and shifts of linear, conv and norm layers out of
+    the rules (zennit's ``zero_params="bias"``), so their relevance reaches the inputs; on
+    models without other constants (most CNNs) the attributions then sum to ``f(x)``.
 
     Args:
         rule: ``"epsilon"``, ``"zero"`` (LRP-0), ``"gamma"``, ``"alpha_beta"`` or ``"zplus"``.
@@ -146,6 +156,7 @@ def lrp(
         epsilon: the stabilizer of the epsilon rule (and of gamma).
         gamma: the gamma rule's boost of positive weights.
         alpha, beta: the alpha-beta rule's weights (conservative when alpha - beta = 1).
+        ignore_bias: leave biases and shifts out of the epsilon, zero and gamma rules.
         Other arguments as in :func:`deeplift` (no baseline).
 
     Raises:
@@ -168,8 +179,10 @@ def lrp(
     gamma = check_float("gamma", gamma, min_value=0.0)
     alpha = check_float("alpha", alpha)
     beta = check_float("beta", beta)
-    chooser = LrpRules(rule, composite, epsilon, gamma, alpha, beta)
-    engine = rules_for("lrp", lrp_handlers(chooser))
+    ignore_bias = check_bool("ignore_bias", ignore_bias)
+    chooser = LrpRules(rule, composite, epsilon, gamma, alpha, beta, ignore_bias=ignore_bias)
+    table = lrp_handlers(chooser)
+    engine = rules_for("lrp", table)
     with explaining("lrp", locals(), track_grad=True, engine=engine) as run:
         relevance = run.inputs * run.gradients()
         run.result(
@@ -181,7 +194,8 @@ def lrp(
                 "gamma": gamma,
                 "alpha": alpha,
                 "beta": beta,
+                "ignore_bias": ignore_bias,
             },
-            extras={"conservation_error": _sum(relevance) - run.scores()},
+            extras=conservation(table, relevance, run.scores()),
         )
     return run.explanation

@@ -12,6 +12,7 @@ to a method is adding a table entry. The package:
   multipliers need, and its reference-pass strategies;
 * ``_elementwise``: ``grad_map(grad) * slope`` rules (guided, deconvolution, LRP identity);
 * ``_attention``: attention written as the operations it is made of;
+* ``_ledger``: LRP's ledger of the relevance absorbed by constants (biases, embeddings);
 * ``_deeplift``, ``_lrp``, ``_guided``: each method's rules and table;
 * ``_methods``: what each public method hands the method shell (``engine=``): the rule
   engine factories, DeepLIFT's baseline and paired pass, and ``rule_gradients``.
@@ -30,7 +31,13 @@ from pellucid.attribution.rules._engine import (
     UnsupportedOperationError,
 )
 from pellucid.attribution.rules._guided import DECONVOLUTION_RULES, GUIDED_RULES
-from pellucid.attribution.rules._lrp import LRP_RULES, LrpRules, lrp_handlers
+from pellucid.attribution.rules._lrp import (
+    LRP_RULES,
+    LrpRules,
+    LrpTable,
+    conservation,
+    lrp_handlers,
+)
 from pellucid.attribution.rules._methods import DeepLiftRules, rule_gradients, rules_for
 from pellucid.attribution.rules._paired import PairedEngine, PairedForward
 from pellucid.attribution.rules._tables import freeze_parameters
@@ -44,11 +51,13 @@ __all__ = [
     "LRP_RULES",
     "Handler",
     "LrpRules",
+    "LrpTable",
     "PairedEngine",
     "PairedForward",
     "Rule",
     "RuleEngine",
     "UnsupportedOperationError",
+    "conservation",
     "freeze_parameters",
     "lrp_handlers",
     "rule_gradients",

@@ -48,11 +48,13 @@ def positive_part(grad: torch.Tensor) -> torch.Tensor:
 
 @dataclass(frozen=True, eq=False)
 class Elementwise(Rule):
-    """Backward ``grad_map(grad) * slope(op, x, y)`` (either part may be left out)."""
+    """Backward ``grad_map(grad) * slope(op, x, y)`` (either part may be left out);
+    ``conserves``: the rule passes relevance through unchanged (``slope=ratio``)."""
 
     label: str = "elementwise"
     slope: Slope | None = None
     grad_map: Callable[[torch.Tensor], torch.Tensor] | None = None
+    conserves: bool = False
 
     def forward(self, op: Op, *xs: torch.Tensor) -> tuple[torch.Tensor, Any]:
         y = op(*xs)

@@ -37,6 +37,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from pellucid._evaluate import Forward
+from pellucid.attribution.rules._ledger import SHIFT_OPS, Ledger, constant_part, row_sums
 from pellucid.attribution.rules._ops import (
     DENOMINATOR_OPS,
     DROPOUT_OPS,
@@ -97,6 +98,9 @@ class Rule:
 
     label = "rule"
     arity = 1
+    #: Whether ``sum(x * grad_x) == sum(y * grad_y)`` by construction; LRP's ledger measures
+    #: the relevance absorbed by the calls of rules that do not conserve it.
+    conserves = False
 
     def forward(self, op: Op, *xs: torch.Tensor) -> tuple[torch.Tensor, Any]:
         return op(*xs), None
@@ -110,15 +114,19 @@ class Constant(Rule):
     gradient flows into the operation and later products with it are linear (CP-LRP's
     attention weights)."""
 
+    conserves = True
+
     def __init__(self, label: str = "constant") -> None:
         self.label = label
 
 
 class _RuleFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx: Any, rule: Rule, op: Op, *xs: torch.Tensor) -> torch.Tensor:
+    def forward(ctx: Any, rule: Rule, op: Op, sink: Any, *xs: torch.Tensor) -> torch.Tensor:
         y, state = rule.forward(op, *(x.detach() for x in xs))
-        ctx.rule, ctx.op, ctx.state = rule, op, state
+        ctx.rule, ctx.op, ctx.state, ctx.sink = rule, op, state, sink
+        if sink is not None:  # copies: later in-place operations may change y and xs
+            ctx.kept = (y.detach().clone(), tuple(x.detach().clone() for x in xs))
         return y
 
     @staticmethod
@@ -126,7 +134,14 @@ class _RuleFunction(torch.autograd.Function):
         grads = ctx.rule.backward(ctx.op, ctx.state, grad)
         if isinstance(grads, torch.Tensor):
             grads = (grads,)
-        return (None, None, *grads)
+        if ctx.sink is not None:  # relevance in minus relevance out: what the call absorbed
+            y, xs = ctx.kept
+            absorbed = row_sums(y * grad)
+            for x, g in zip(xs, grads, strict=True):
+                if g is not None:
+                    absorbed = absorbed - row_sums(x * g)
+            ctx.sink(absorbed)
+        return (None, None, None, *grads)
 
 
 def vjp(op: Op, x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -168,6 +183,9 @@ class RuleEngine:
         handlers: op name -> handler returning the :class:`Rule` for that call (or None for
             "unchanged"); names not in ``handlers`` must be linear/structural ops.
         model: the ``nn.Module`` (for layer names in :attr:`records`).
+
+    A table with a ``ledger`` attribute (LRP's) gets the relevance that constants absorb
+    measured at every site (see ``_ledger``).
     """
 
     #: What a shell lets through unchanged when the model runs under the rules.
@@ -175,10 +193,16 @@ class RuleEngine:
 
     def __init__(self, method: str, handlers: Mapping[str, Handler], model: Any) -> None:
         self.method = method
+        self.ledger: Ledger | None = getattr(handlers, "ledger", None)
         self.handlers = dict(handlers)
         self.names = (
             {id(m): n or type(m).__name__ for n, m in model.named_modules()}
             if isinstance(model, nn.Module)
+            else {}
+        )
+        self.parameter_names = (
+            {id(p): n for n, p in model.named_parameters()}
+            if self.ledger is not None and isinstance(model, nn.Module)
             else {}
         )
         self.stack: list[nn.Module] = []
@@ -205,6 +229,8 @@ class RuleEngine:
         """Attach the rules for the duration of one model call. ``track_modules`` follows
         the running module (for :attr:`records` and error messages) with global module
         hooks, which put every module call on torch's slower hooked path."""
+        if self.ledger is not None:
+            self.ledger.begin()
         if not track_modules:
             try:
                 with _Mode(self):
@@ -270,10 +296,30 @@ class RuleEngine:
                 return func(*args, **kwargs)
             return self._run_rule(name, func, args, kwargs, rule)
         self._check_linear(name, args, kwargs)
+        shift = None
+        if self.ledger is not None and name in SHIFT_OPS:
+            shift = constant_part(name, func, args, kwargs)  # before an in-place op runs
         out = func(*args, **kwargs)
+        if shift is not None:
+            self._watch(name, args, kwargs, out, shift)
         if name in PASS_OPS or name in SCALE_OPS or name in DROPOUT_OPS or not _depends(out):
             return out
         raise self.unsupported(name)
+
+    def _watch(
+        self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any, shift: Any
+    ) -> None:
+        """Have the ledger record the relevance the constant ``shift`` takes from ``out``."""
+        target = out if isinstance(out, torch.Tensor) else args[0]  # __setitem__: in place
+        if self.ledger is None or not _depends(target):
+            return
+        named = [
+            self.parameter_names[id(a)]
+            for a in (*args, *kwargs.values())
+            if isinstance(a, torch.Tensor) and id(a) in self.parameter_names
+        ]
+        key = f"{named[0] if named else self.where()}: {name}"
+        self.ledger.watch(key, target, shift)
 
     def _check_linear(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         if name in SCALE_OPS:
@@ -340,7 +386,10 @@ class RuleEngine:
         if isinstance(rule, Constant):
             y = op(*(x.detach() for x in xs))
         else:
-            y = _RuleFunction.apply(rule, op, *xs)
+            sink = None
+            if self.ledger is not None and not rule.conserves:
+                sink = self.ledger.sink(f"{self.where()}: {name}")
+            y = _RuleFunction.apply(rule, op, sink, *xs)
         if inplace:
             return xs[0].copy_(y)
         return y

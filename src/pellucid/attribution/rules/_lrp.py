@@ -12,6 +12,14 @@ CP-LRP (Ali et al. 2022; Achtibat et al. 2024), chosen so that relevance is cons
 * softmax attention: the attention weights are constants, so ``weights @ v`` is linear in
   ``v`` and all relevance flows through the values;
 * other products of two input-dependent tensors: each operand gets half (the uniform rule).
+
+Constants take their share (zennit's and AttnLRP's convention): a bias, batch norm's shift,
+layer norm's bias, the epsilon stabilizer, a positional embedding added to the tokens, a
+class token. The table's :class:`~pellucid.attribution.rules._ledger.Ledger` measures that
+absorbed relevance at each site, so conservation is checked as ``sum(attributions) +
+sum(absorbed) == f(x)`` (:func:`conservation`). ``ignore_bias`` leaves the constant part of
+weighted and norm layers out of the epsilon rules' denominators (zennit's
+``zero_params="bias"``): those layers then pass all their relevance to their inputs.
 """
 
 from __future__ import annotations
@@ -33,6 +41,7 @@ from pellucid.attribution.rules._engine import (
     RuleEngine,
     vjp,
 )
+from pellucid.attribution.rules._ledger import Ledger, row_sums
 from pellucid.attribution.rules._ops import (
     AVG_POOL_OPS,
     BILINEAR_OPS,
@@ -48,7 +57,9 @@ __all__ = [
     "AlphaBeta",
     "Epsilon",
     "LrpRules",
+    "LrpTable",
     "Uniform",
+    "conservation",
     "lrp_handlers",
     "stabilize",
 ]
@@ -73,21 +84,28 @@ class Epsilon(Rule):
 
     ``modifier(x)`` gives the op ``z'`` whose Jacobian ``J'`` carries the relevance: the
     gamma rule's ``W + gamma W+``, layer norm's linearization; None: the op itself.
+    ``bias=False`` leaves the constant part ``z'(0)`` (bias, shift) out of the denominator,
+    so the inputs share all the relevance (zennit's ``zero_params="bias"``).
     """
 
     epsilon: float
     modifier: Callable[[torch.Tensor], Op] | None = None
     label: str = ""
+    bias: bool = True
 
     def __post_init__(self) -> None:
         if not self.label:
             object.__setattr__(self, "label", f"epsilon({self.epsilon:g})")
+        if not self.bias:
+            object.__setattr__(self, "label", f"{self.label}, bias ignored")
 
     def forward(self, op: Op, *xs: torch.Tensor) -> tuple[torch.Tensor, Any]:
         x = xs[0]
         z = op(x)
         modified = op if self.modifier is None else self.modifier(x)
         z_mod = z if self.modifier is None else modified(x)
+        if not self.bias:  # the op's value at 0, on one row: its constant part
+            z_mod = z_mod - modified(torch.zeros_like(x[:1]))
         return z, (x.clone(), z / stabilize(z_mod, self.epsilon), modified)
 
     def backward(self, op: Op, state: Any, grad: torch.Tensor) -> torch.Tensor:
@@ -101,6 +119,7 @@ class Uniform(Rule):
 
     label = "uniform (bilinear)"
     arity = 2
+    conserves = True
 
     def forward(self, op: Op, *xs: torch.Tensor) -> tuple[torch.Tensor, Any]:
         return op(*xs), tuple(x.clone() for x in xs)
@@ -179,7 +198,7 @@ class AlphaBeta(Rule):
 
 
 #: Relevance passes through an activation unchanged: ``R_x = R_y``.
-_IDENTITY = Elementwise("identity", slope=ratio)
+_IDENTITY = Elementwise("identity", slope=ratio, conserves=True)
 
 
 def _family(name: str) -> str:
@@ -205,6 +224,7 @@ class LrpRules:
         gamma: float,
         alpha: float,
         beta: float,
+        ignore_bias: bool = False,
     ) -> None:
         self.rule, self.epsilon, self.gamma, self.alpha, self.beta = (
             rule,
@@ -213,6 +233,7 @@ class LrpRules:
             alpha,
             beta,
         )
+        self.ignore_bias = ignore_bias
         self.composite = dict(composite or {})
         for key, value in self.composite.items():
             if isinstance(key, str):
@@ -237,7 +258,12 @@ class LrpRules:
     def layer_norm(self, engine: RuleEngine, name: str, func: Any, args: Any, kwargs: Any) -> Rule:
         """Handler: epsilon on layer norm's linearization (its deviation held constant)."""
         label = f"epsilon({self.epsilon:g}), constant deviation"
-        return Epsilon(self.epsilon, modifier=_frozen_layer_norm(args, kwargs), label=label)
+        return Epsilon(
+            self.epsilon,
+            modifier=_frozen_layer_norm(args, kwargs),
+            label=label,
+            bias=not self.ignore_bias,
+        )
 
     def __call__(self, engine: RuleEngine, name: str, func: Any, args: Any, kwargs: Any) -> Rule:
         if name == "batch_norm":
@@ -245,7 +271,7 @@ class LrpRules:
         choice = self.choose(engine, name)
         if choice in ("epsilon", "zero"):
             eps = self.epsilon if choice == "epsilon" else 0.0
-            return Epsilon(eps, label="zero" if choice == "zero" else "")
+            return Epsilon(eps, label="zero" if choice == "zero" else "", bias=not self.ignore_bias)
         if name not in WEIGHTED_OPS:
             raise ValueError(
                 f"LRP rule {choice!r} needs a weighted layer (linear/conv); `{name}` (in "
@@ -269,6 +295,7 @@ class LrpRules:
                 self.epsilon,
                 modifier=lambda x: lambda t: weighted(t, w_g, b_g),
                 label=f"gamma({self.gamma:g})",
+                bias=not self.ignore_bias,
             )
         alpha, beta = (1.0, 0.0) if choice == "zplus" else (self.alpha, self.beta)
         return AlphaBeta(
@@ -281,7 +308,31 @@ class LrpRules:
         )
 
 
-def lrp_handlers(chooser: LrpRules) -> dict[str, Handler]:
+class LrpTable(dict[str, Handler]):
+    """LRP's table, with the :class:`Ledger` in which the rule engine records the relevance
+    that constants absorb (one table, one ledger, per explained call)."""
+
+    def __init__(self, handlers: Mapping[str, Handler]) -> None:
+        super().__init__(handlers)
+        self.ledger = Ledger()
+
+
+def conservation(table: LrpTable, relevance: torch.Tensor, scores: torch.Tensor) -> dict[str, Any]:
+    """LRP's conservation report, per example: ``conservation_error`` is ``sum(relevance)
+    - f(x)`` (minus what constants absorbed); ``absorbed`` maps each site to the relevance
+    it took; ``conservation_gap`` is ``sum(relevance) + sum(absorbed) - f(x)``, zero up to
+    rounding when every rule conserves what it does not hand to a named constant."""
+    summed = row_sums(relevance)
+    report: dict[str, Any] = {"conservation_error": summed - scores}
+    absorbed = table.ledger.absorbed(relevance.shape[0])
+    if absorbed is not None:
+        total = sum(absorbed.values(), torch.zeros_like(summed))
+        report["absorbed"] = absorbed
+        report["conservation_gap"] = summed + total - scores
+    return report
+
+
+def lrp_handlers(chooser: LrpRules) -> LrpTable:
     """LRP's table: ``chooser`` picks each weighted/pooling/norm op's rule; ReLUs pass
     relevance through with their gradient, other activations with ``R_x = R_y``."""
     handlers: dict[str, Any] = {
@@ -293,4 +344,4 @@ def lrp_handlers(chooser: LrpRules) -> dict[str, Handler]:
         **entries(BILINEAR_OPS, bilinear(Uniform())),
         **ATTENTION,
     }
-    return handlers
+    return LrpTable(handlers)
