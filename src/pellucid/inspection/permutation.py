@@ -17,10 +17,10 @@ import torch
 import torch.nn.functional as F
 
 from pellucid._adapt import adapt
-from pellucid._evaluate import Forward, map_chunks
+from pellucid._evaluate import Forward, chunk_rows, map_chunks
 from pellucid._state import model_guard
 from pellucid._validation import check_choice, check_int, check_model, check_tensor, describe_value
-from pellucid.attribution._coalitions import chunk_rows, mix, resolve_feature_mask
+from pellucid.attribution.features import FeatureMask, mix, resolve_feature_mask
 
 __all__ = ["SCORINGS", "PermutationImportance", "permutation_importance"]
 
@@ -137,6 +137,40 @@ def permutation_importance(
     model, inputs, columns = adapt(model, inputs, method="permutation_importance")
     if feature_names is None and columns is not None and feature_mask is None:
         feature_names = columns
+    inputs, labels = _check_data(model, inputs, labels, scoring)
+    n_repeats = check_int("n_repeats", n_repeats, min_value=1)
+    fmask, names = _groups(feature_mask, feature_names, inputs)
+    n, p = inputs.shape[0], fmask.n_players
+    perms = torch.rand(n_repeats * p, n, generator=generator).argsort(1).to(inputs.device)
+    name = scoring if isinstance(scoring, str) else getattr(scoring, "__name__", "callable")
+    with model_guard(model, eval_mode=eval_mode, method="permutation_importance"):
+        forward = Forward(
+            model,
+            n_examples=n,
+            forward_args=forward_args,
+            forward_kwargs=forward_kwargs,
+            output=output,
+        )
+        with torch.inference_mode():
+            base_rows = _row_scores(scoring, forward(inputs), labels)
+        permuted = _permuted_scores(forward, scoring, inputs, labels, fmask, perms, batch_size)
+    baseline, scores = _dataset_scores(name, labels, base_rows, permuted.view(n_repeats, p, n))
+    drops = (baseline - scores).T.to(inputs.dtype)  # (P, n_repeats)
+    return PermutationImportance(
+        importances=drops,
+        importances_mean=drops.mean(1),
+        importances_std=drops.std(1, unbiased=False),
+        baseline_score=baseline,
+        scoring=name,
+        feature_names=names,
+    )
+
+
+def _check_data(
+    model: Any, inputs: Any, labels: Any, scoring: Any
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The dataset, checked: a callable model, float inputs, one label per row, a known
+    scoring that fits the labels."""
     if not isinstance(labels, torch.Tensor) and hasattr(labels, "__array__"):
         labels = torch.as_tensor(np.asarray(labels))
     check_model("model", model)
@@ -156,7 +190,13 @@ def permutation_importance(
                 "`scoring='accuracy'` needs integer class labels; got float labels. Use "
                 "'r2' or 'neg_mse' for regression."
             )
-    n_repeats = check_int("n_repeats", n_repeats, min_value=1)
+    return inputs, labels
+
+
+def _groups(
+    feature_mask: Any, feature_names: Sequence[str] | None, inputs: torch.Tensor
+) -> tuple[FeatureMask, list[str]]:
+    """The groups shuffled together (one shared mask) and their names."""
     if (
         feature_mask is not None
         and isinstance(feature_mask, torch.Tensor)
@@ -169,58 +209,54 @@ def permutation_importance(
     fmask = resolve_feature_mask(feature_mask, inputs)
     p = fmask.n_players
     if feature_names is None:
-        names = [f"feature_{i}" for i in range(p)]
-    else:
-        names = [str(v) for v in feature_names]
-        if len(names) != p:
-            raise ValueError(
-                f"`feature_names` must have one name per feature or group ({p}); got {len(names)}."
-            )
+        return fmask, [f"feature_{i}" for i in range(p)]
+    names = [str(v) for v in feature_names]
+    if len(names) != p:
+        raise ValueError(
+            f"`feature_names` must have one name per feature or group ({p}); got {len(names)}."
+        )
+    return fmask, names
+
+
+def _permuted_scores(
+    forward: Forward,
+    scoring: Any,
+    inputs: torch.Tensor,
+    labels: torch.Tensor,
+    fmask: FeatureMask,
+    perms: torch.Tensor,
+    batch_size: int | None,
+) -> torch.Tensor:
+    """The per-row score of every (repeat x group, row) virtual row, ``perms[k]`` being the
+    row order of the ``k``-th shuffle; only one chunk of permuted rows exists at a time."""
+    n, p = inputs.shape[0], fmask.n_players
     shape, flat = tuple(inputs.shape[1:]), inputs.reshape(n, -1)
     groups = torch.nn.functional.one_hot(fmask.ids[0], p).T.to(inputs.dtype)  # (P, D) 0/1
-    rp = n_repeats * p
-    perms = torch.rand(rp, n, generator=generator).argsort(1).to(inputs.device)
-    name = scoring if isinstance(scoring, str) else getattr(scoring, "__name__", "callable")
+    total = perms.shape[0] * n
+    size = chunk_rows(batch_size, flat.shape[1], total=total, device=inputs.device)
 
-    with model_guard(model, eval_mode=eval_mode, method="permutation_importance"):
-        forward = Forward(
-            model,
-            n_examples=n,
-            forward_args=forward_args,
-            forward_kwargs=forward_kwargs,
-            output=output,
+    def evaluate(start: int, stop: int) -> torch.Tensor:
+        idx = torch.arange(start, stop, device=inputs.device)
+        which, row = idx // n, idx % n
+        source = perms.view(-1).index_select(0, idx)
+        shuffled = groups.index_select(0, which % p)
+        rows = mix(shuffled, flat.index_select(0, source), flat.index_select(0, row))
+        return _row_scores(
+            scoring, forward(rows.view(-1, *shape), row), labels.index_select(0, row)
         )
-        with torch.inference_mode():
-            base_rows = _row_scores(scoring, forward(inputs), labels)
-        size = chunk_rows(batch_size, flat.shape[1], total=rp * n, device=inputs.device)
 
-        def evaluate(start: int, stop: int) -> torch.Tensor:
-            idx = torch.arange(start, stop, device=inputs.device)
-            which, row = idx // n, idx % n
-            source = perms.view(-1).index_select(0, idx)
-            shuffled = groups.index_select(0, which % p)
-            rows = mix(shuffled, flat.index_select(0, source), flat.index_select(0, row))
-            return _row_scores(
-                scoring, forward(rows.view(-1, *shape), row), labels.index_select(0, row)
-            )
+    forward.expect(total)
+    return map_chunks(evaluate, total, size)
 
-        forward.expect(rp * n)
-        permuted = map_chunks(evaluate, rp * n, size).view(n_repeats, p, n)
+
+def _dataset_scores(
+    name: str, labels: torch.Tensor, base_rows: torch.Tensor, permuted: torch.Tensor
+) -> tuple[float, torch.Tensor]:
+    """The dataset score unpermuted and per (repeat, group), from per-row contributions:
+    their mean, or for ``r2`` one minus the squared error over the labels' total variance."""
+    n = labels.shape[0]
     if name == "r2":
         centered = labels.reshape(n, -1).double()
         total = ((centered - centered.mean(0)) ** 2).sum()
-        baseline = float(1.0 + base_rows.sum() / total)
-        scores = 1.0 + permuted.sum(2) / total
-    else:
-        baseline = float(base_rows.mean())
-        scores = permuted.mean(2)
-    drops = (baseline - scores).T.to(inputs.dtype)  # (P, n_repeats)
-    std = drops.std(1, unbiased=False)
-    return PermutationImportance(
-        importances=drops,
-        importances_mean=drops.mean(1),
-        importances_std=std,
-        baseline_score=baseline,
-        scoring=name,
-        feature_names=names,
-    )
+        return float(1.0 + base_rows.sum() / total), 1.0 + permuted.sum(2) / total
+    return float(base_rows.mean()), permuted.mean(2)

@@ -128,85 +128,82 @@ def _describe_variant(name: str, variant: dict[str, Any]) -> str:
     return f"{family} pruning at {variant['level']:g} ({100 * mean:.0f}% of weights removed)"
 
 
-def _model_findings(key: str, entry: dict[str, Any]) -> dict[str, Any]:
-    methods = entry.get("methods", [])
-    variants = entry["variants"]
-    dense_runs = variants["dense"]["runs"]
-    sentences: list[str] = []
-    rows: list[list[Any]] = []
+def _focus(variants: dict[str, Any]) -> dict[str, str]:
+    """The variants the sentences speak of: per pruning family the highest level that still
+    works, and every clipped variant."""
     focus = {}
-    for family in ("unstructured", "structured"):  # the highest level that still works
+    for family in ("unstructured", "structured"):
         levels = [
             (v["level"], n) for n, v in variants.items() if v["family"] == family and _live(v)
         ]
         if levels:
             focus[max(levels)[1]] = family
     focus.update({n: "clipped" for n, v in variants.items() if v["family"] == "clipped"})
-    for name, variant in variants.items():
-        if name == "dense":
-            continue
-        dead = [r for r in variant["runs"] if r.get("collapsed")]
-        if dead:
-            sentences.append(
-                f"{key}, {_describe_variant(name, variant)}: excluded from the "
-                f"explanation-quality verdicts on {len(dead)} of {len(variant['runs'])} "
-                f"seed(s), because the model collapsed ({dead[0]['collapsed']}). A dead "
-                "model's explanations look sparse and a surrogate copies it perfectly; that "
-                "is no evidence that pruning makes a model more interpretable."
-            )
-        acc = _paired(
-            {r["seed"]: _num(r.get("accuracy")) for r in dense_runs},
-            {r["seed"]: _num(r.get("accuracy")) for r in variant["runs"]},
+    return focus
+
+
+def _collapse_sentence(key: str, name: str, variant: dict[str, Any]) -> str | None:
+    """Why a variant's collapsed seeds are left out of the explanation-quality verdicts."""
+    dead = [r for r in variant["runs"] if r.get("collapsed")]
+    if not dead:
+        return None
+    return (
+        f"{key}, {_describe_variant(name, variant)}: excluded from the "
+        f"explanation-quality verdicts on {len(dead)} of {len(variant['runs'])} "
+        f"seed(s), because the model collapsed ({dead[0]['collapsed']}). A dead "
+        "model's explanations look sparse and a surrogate copies it perfectly; that "
+        "is no evidence that pruning makes a model more interpretable."
+    )
+
+
+def _row(name: str, label: str, cmp: dict[str, Any]) -> list[Any]:
+    return [name, label, cmp["before"], cmp["after"], cmp["diff"], cmp["ci"], cmp["significant"]]
+
+
+def _compare_variant(
+    key: str,
+    name: str,
+    variant: dict[str, Any],
+    dense_runs: list[dict[str, Any]],
+    methods: list[str],
+    focused: bool,
+) -> tuple[list[list[Any]], list[str]]:
+    """Table rows (accuracy, then every metric) of one variant against the dense model, and
+    the sentences when the variant is one the verdict speaks of."""
+    sentences: list[str] = []
+    acc = _paired(
+        {r["seed"]: _num(r.get("accuracy")) for r in dense_runs},
+        {r["seed"]: _num(r.get("accuracy")) for r in variant["runs"]},
+    )
+    rows = [_row(name, "test accuracy", acc)]
+    if focused:
+        sentences.append(
+            f"{key}, {_describe_variant(name, variant)}: test accuracy "
+            f"{acc['before']:.3f} → {acc['after']:.3f} (difference {acc['diff']:+.3f}"
+            + ("" if math.isnan(acc["ci"]) else f", 95% CI ±{acc['ci']:.3f}")
+            + ("; significant" if acc["significant"] else "; not significant")
+            + ")."
         )
-        rows.append(
-            [
-                name,
-                "test accuracy",
-                acc["before"],
-                acc["after"],
-                acc["diff"],
-                acc["ci"],
-                acc["significant"],
-            ]
+    for metric in ORIENTATION:
+        cmp = _paired(
+            _seed_means(dense_runs, metric, methods),
+            _seed_means(_live(variant), metric, methods),
         )
-        if name in focus:
-            sentences.append(
-                f"{key}, {_describe_variant(name, variant)}: test accuracy "
-                f"{acc['before']:.3f} → {acc['after']:.3f} (difference {acc['diff']:+.3f}"
-                + ("" if math.isnan(acc["ci"]) else f", 95% CI ±{acc['ci']:.3f}")
-                + ("; significant" if acc["significant"] else "; not significant")
-                + ")."
-            )
-        for metric in ORIENTATION:
-            cmp = _paired(
-                _seed_means(dense_runs, metric, methods),
-                _seed_means(_live(variant), metric, methods),
-            )
-            rows.append(
-                [
-                    name,
-                    ORIENTATION[metric][0],
-                    cmp["before"],
-                    cmp["after"],
-                    cmp["diff"],
-                    cmp["ci"],
-                    cmp["significant"],
-                ]
-            )
-            if name in focus and metric in QUESTIONS:
-                sentences.append(_sentence(key, _describe_variant(name, variant), metric, cmp))
-    # Most faithful method on the dense model, by each faithfulness metric.
-    for metric in ("faithfulness", "deletion_auc"):
-        text = _best_method(key, metric, methods, dense_runs)
-        if text:
-            sentences.append(text)
-    # Randomization check.
+        rows.append(_row(name, ORIENTATION[metric][0], cmp))
+        if focused and metric in QUESTIONS:
+            sentences.append(_sentence(key, _describe_variant(name, variant), metric, cmp))
+    return rows, sentences
+
+
+def _randomization_sentences(key: str, entry: dict[str, Any]) -> list[str]:
+    """Which methods fail (and pass) the model-parameter randomization check."""
     failing: list[str] = []
     passing: list[str] = []
     for method, runs in entry.get("randomization", {}).items():
         frac = sum(_num(r["fraction_passed"]) for r in runs) / len(runs)
         final = sum(_num(r["median"][-1]) for r in runs) / len(runs)
         (failing if frac < 0.5 else passing).append(f"{method} ({final:.2f})")
+    sentences = []
     if failing:
         sentences.append(
             f"{key}: {', '.join(failing)} fail the randomization check: with every layer "
@@ -219,6 +216,31 @@ def _model_findings(key: str, entry: dict[str, Any]) -> dict[str, Any]:
             f"{key}: {', '.join(passing)} pass the randomization check (median "
             "Spearman after full randomization in brackets)."
         )
+    return sentences
+
+
+def _model_findings(key: str, entry: dict[str, Any]) -> dict[str, Any]:
+    methods = entry.get("methods", [])
+    variants = entry["variants"]
+    dense_runs = variants["dense"]["runs"]
+    sentences: list[str] = []
+    rows: list[list[Any]] = []
+    focus = _focus(variants)
+    for name, variant in variants.items():
+        if name == "dense":
+            continue
+        collapsed = _collapse_sentence(key, name, variant)
+        if collapsed:
+            sentences.append(collapsed)
+        more_rows, more = _compare_variant(key, name, variant, dense_runs, methods, name in focus)
+        rows += more_rows
+        sentences += more
+    # Most faithful method on the dense model, by each faithfulness metric.
+    for metric in ("faithfulness", "deletion_auc"):
+        text = _best_method(key, metric, methods, dense_runs)
+        if text:
+            sentences.append(text)
+    sentences += _randomization_sentences(key, entry)
     return {"sentences": sentences, "rows": rows, "series": _series(entry, methods)}
 
 
