@@ -335,3 +335,112 @@ def test_no_function_over_80_lines():
     )
     stale = sorted(set(LONG_FUNCTIONS) - set(long))
     assert not stale, f"LONG_FUNCTIONS entries now short enough, delete them: {stale}"
+
+
+# ------------------------------------------------------------------ Raises: sections
+_CHECK_CALL = re.compile(r"^_?(check|validate)(_|$)")
+
+
+def _raises(function: ast.FunctionDef) -> list[int]:
+    """Lines where ``function`` itself raises: a ``raise`` with an exception, or a call of a
+    ``check_*``/``validate*`` helper (nested functions and classes are their own)."""
+    found: list[int] = []
+
+    def visit(node: ast.AST) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(
+                child, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda | ast.ClassDef
+            ):
+                continue
+            if isinstance(child, ast.Raise) and child.exc is not None:
+                found.append(child.lineno)
+            elif isinstance(child, ast.Call):
+                func = child.func
+                name = getattr(func, "id", None) or getattr(func, "attr", "")
+                if _CHECK_CALL.match(name):
+                    found.append(child.lineno)
+            visit(child)
+
+    visit(function)
+    return found
+
+
+def _public_api() -> dict[tuple[str, str], None]:
+    """(defining module, name) of every name in the ``__all__`` of a public module (no
+    ``_private`` part in its path), following ``from pellucid.x import name`` re-exports."""
+    trees = {name: ast.parse(m.path.read_text(encoding="utf-8")) for name, m in GRAPH.items()}
+
+    def exported(tree: ast.Module) -> list[str]:
+        for node in tree.body:
+            if isinstance(node, ast.Assign) and any(
+                isinstance(t, ast.Name) and t.id == "__all__" for t in node.targets
+            ):
+                return list(ast.literal_eval(node.value))
+        return []
+
+    def origin(module: str, name: str, depth: int = 0) -> tuple[str, str]:
+        for node in trees[module].body:
+            if isinstance(node, ast.ImportFrom) and node.module in trees and depth < 8:
+                for alias in node.names:
+                    if (alias.asname or alias.name) == name:
+                        return origin(node.module, alias.name, depth + 1)
+        return module, name
+
+    api: dict[tuple[str, str], None] = {}
+    for module, tree in trees.items():
+        if any(p.startswith("_") for p in module.split(".")):
+            continue
+        for name in exported(tree):
+            api[origin(module, name)] = None
+    return api
+
+
+def _documented_raises(tree: ast.Module, name: str) -> list[str]:
+    """``qualified name: lines`` for the functions (and public methods) named ``name`` in
+    ``tree`` that raise but whose docstring has no ``Raises:`` section (a constructor's
+    belongs to its class docstring)."""
+    missing = []
+    for node in tree.body:
+        if not isinstance(node, ast.FunctionDef | ast.ClassDef) or node.name != name:
+            continue
+        functions = [(node.name, node, node)] if isinstance(node, ast.FunctionDef) else []
+        if isinstance(node, ast.ClassDef):
+            for item in node.body:
+                if isinstance(item, ast.FunctionDef) and (
+                    not item.name.startswith("_") or item.name == "__init__"
+                ):
+                    documented = node if item.name == "__init__" else item
+                    functions.append((f"{node.name}.{item.name}", item, documented))
+        for qualified, function, documented in functions:
+            lines = _raises(function)
+            if lines and "Raises:" not in (ast.get_docstring(documented) or ""):
+                missing.append(f"{qualified} (raises at lines {lines})")
+    return missing
+
+
+def test_public_functions_that_raise_say_so():
+    trees = {name: ast.parse(m.path.read_text(encoding="utf-8")) for name, m in GRAPH.items()}
+    missing = []
+    for module, name in _public_api():
+        for item in _documented_raises(trees[module], name):
+            missing.append(f"{GRAPH[module].path.relative_to(ROOT)}: {item}")
+    assert not missing, (
+        "public functions that raise must say so in a `Raises:` section of their docstring "
+        "(Google style; a constructor's in the class docstring):\n" + "\n".join(sorted(missing))
+    )
+
+
+def test_raises_rule_examples():
+    tree = ast.parse(
+        "def a(x):\n    '''Doc.'''\n    raise ValueError(x)\n"
+        "def b(x):\n    '''Doc.\n\n    Raises:\n        ValueError: bad.\n    '''\n    raise ValueError\n"
+        "def c(x):\n    '''Doc.'''\n    check_int('x', x)\n"
+        "def d(x):\n    '''Doc.'''\n    def inner():\n        raise ValueError\n    return inner\n"
+        "class E:\n    '''Doc.'''\n    def __init__(self, x):\n        raise TypeError\n"
+        "    def _private(self):\n        raise TypeError\n"
+    )
+    assert _documented_raises(tree, "a") == ["a (raises at lines [3])"]
+    assert _documented_raises(tree, "b") == []
+    assert _documented_raises(tree, "c") == ["c (raises at lines [13])"]
+    assert _documented_raises(tree, "d") == []
+    assert _documented_raises(tree, "E") == ["E.__init__ (raises at lines [22])"]

@@ -58,6 +58,12 @@ class EstimatorModel(nn.Module):
         self._columns = getattr(estimator, "feature_names_in_", None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Check this stage's config section (see :meth:`Stage.validate`).
+
+        Raises:
+            TypeError: the rows require grad (an estimator has no gradients).
+            ValueError: the estimator's response is not numeric.
+        """
         if torch.is_grad_enabled() and x.requires_grad:
             raise TypeError(
                 f"`model` is a scikit-learn estimator ({type(self.estimator).__name__}), which "

@@ -162,6 +162,9 @@ def _accepting_estimators(fn: Callable[..., Any], *, gradients: bool) -> Callabl
 def list_methods(kind: str | None = None) -> list[str]:
     """Names of the registered attribution methods, optionally of one ``kind``.
 
+    Raises:
+        ValueError: `kind` is not a known kind of method.
+
     Example:
         >>> import pellucid
         >>> "saliency" in pellucid.list_methods()
@@ -178,6 +181,10 @@ def get_method(name: str, *, argument: str = "method") -> MethodInfo:
     """The :class:`MethodInfo` registered under ``name``; suggests close names on a typo.
 
     ``argument`` is the keyword the name came from, named in the error.
+
+    Raises:
+        TypeError: `name` is not a string.
+        ValueError: no method is registered under `name` (close names are suggested).
     """
     if not isinstance(name, str):
         raise TypeError(f"`{argument}` must be a method name (str); got {type(name).__name__}.")

@@ -55,6 +55,10 @@ class MLP(nn.Module):
         hidden: widths of the hidden layers.
         activation: ``relu``, ``tanh``, ``sigmoid`` or ``gelu``.
         dropout: dropout probability after each hidden activation.
+
+    Raises:
+        TypeError: a size or `dropout` has the wrong type.
+        ValueError: a size is < 1 or `dropout` is outside [0, 1).
     """
 
     def __init__(
@@ -85,7 +89,12 @@ class MLP(nn.Module):
 
 
 class SmallCNN(nn.Module):
-    """Two conv blocks (Conv -> BatchNorm -> ReLU) and a linear head, for 8x8 images."""
+    """Two conv blocks (Conv -> BatchNorm -> ReLU) and a linear head, for 8x8 images.
+
+    Raises:
+        TypeError: a channel count is not an integer.
+        ValueError: a channel count is < 1.
+    """
 
     def __init__(
         self,
@@ -139,7 +148,12 @@ class BasicBlock(nn.Module):
 
 
 class TinyResNet(nn.Module):
-    """A small residual network with BatchNorm: stem, ``n_blocks`` stages, global pool, head."""
+    """A small residual network with BatchNorm: stem, ``n_blocks`` stages, global pool, head.
+
+    Raises:
+        TypeError: `width` or `n_blocks` is not an integer.
+        ValueError: `width` or `n_blocks` is < 1.
+    """
 
     def __init__(
         self,
@@ -182,6 +196,10 @@ class DeepPlainNet(nn.Module):
         activation: ``tanh`` (default) or ``sigmoid`` (or ``relu``).
         init_scale: weights are drawn from N(0, init_scale^2 / fan_in); above ~1.5 with tanh,
             gradients explode with depth; below ~0.5 they vanish.
+
+    Raises:
+        TypeError: `depth` or `init_scale` has the wrong type.
+        ValueError: `depth` is < 1 or `init_scale` is not > 0.
     """
 
     def __init__(
@@ -214,7 +232,11 @@ class DeepPlainNet(nn.Module):
 
 
 class SequenceRNN(nn.Module):
-    """An LSTM or GRU classifier over sequences (N, T, F), or token ids (N, T) with ``vocab_size``."""
+    """An LSTM or GRU classifier over sequences (N, T, F), or token ids (N, T) with ``vocab_size``.
+
+    Raises:
+        ValueError: `cell` is not ``"lstm"`` or ``"gru"``.
+    """
 
     def __init__(
         self,
@@ -267,6 +289,9 @@ class TinyTransformer(nn.Module):
         d_model: model width; n_heads: attention heads; n_layers: encoder blocks.
         max_len: longest sequence (learned positional embedding).
         vocab_size: when given, inputs are token ids (N, T) through ``embedding``.
+
+    Raises:
+        ValueError: `d_model` is not divisible by `n_heads`.
     """
 
     def __init__(

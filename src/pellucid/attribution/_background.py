@@ -28,6 +28,10 @@ def summarize_background(
     Pass the result as ``background=centers, background_weights=weights``; the expectation
     over the background then costs ``n_clusters`` rows instead of ``len(data)``.
 
+    Raises:
+        TypeError: `data` is not a floating-point tensor, or a count is not an integer.
+        ValueError: `data` is empty or holds NaN/inf, or a count is < 1.
+
     Example:
         >>> import torch
         >>> data = torch.cat([torch.zeros(30, 2), torch.ones(10, 2)])

@@ -65,6 +65,12 @@ def resolve_feature_mask(
 
     A tensor must hold integer ids ``0..P-1`` without gaps, of shape ``inputs.shape[1:]``
     (shared by all examples) or ``inputs.shape`` (one mask per example).
+
+    Raises:
+        TypeError: `feature_mask` is neither a tensor, a segmentation name nor None, or it
+            holds non-integer ids.
+        ValueError: an unknown segmentation name, a mask of the wrong shape, negative ids or
+            gaps in the ids.
     """
     shape = tuple(inputs.shape[1:])
     d = math.prod(shape)

@@ -159,7 +159,11 @@ def _check_numbers(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Train as ``args`` say under a ``GradientMonitor``; print the findings."""
+    """Train as ``args`` say under a ``GradientMonitor``; print the findings.
+
+    Raises:
+        UsageError: a number flag is out of range or `--out` cannot be written.
+    """
     from pellucid.clipping import NonFiniteGradientError
     from pellucid.data import load_dataset
     from pellucid.models import build_model

@@ -67,7 +67,12 @@ def register(sub: Any) -> None:
 
 
 def parse_rows(text: str | None, n: int | None) -> slice:
-    """``--rows START:STOP`` (or ``N`` for ``0:N``; the deprecated ``--n N`` too)."""
+    """``--rows START:STOP`` (or ``N`` for ``0:N``; the deprecated ``--n N`` too).
+
+    Raises:
+        UsageError: `--n` and `--rows` are both given, or `--rows` is not START:STOP with
+            0 <= START < STOP, nor a count.
+    """
     if n is not None:
         print(
             "pellucid explain: warning: `--n` is deprecated (it collides with torchrun's "
@@ -121,7 +126,12 @@ def _reference(args: argparse.Namespace) -> tuple[Any, Any, str, str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Explain ``--rows`` of the test split with ``--method``; save (and plot) the result."""
+    """Explain ``--rows`` of the test split with ``--method``; save (and plot) the result.
+
+    Raises:
+        UsageError: a flag is out of range or does not fit the model and data (the rows,
+            the method's input kinds, the target).
+    """
     from pathlib import Path
 
     import torch.distributed as dist

@@ -71,7 +71,12 @@ def _check(args: argparse.Namespace) -> tuple[str, float]:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Prune, fine-tune, measure and save; print one table."""
+    """Prune, fine-tune, measure and save; print one table.
+
+    Raises:
+        UsageError: a flag is out of range, or `--model` is a fixed program
+            (.pt2/TorchScript) that cannot be pruned.
+    """
     from pellucid.pruning import prune_and_finetune
     from pellucid.pruning.io import save
     from pellucid.pruning.measure import compare

@@ -26,7 +26,12 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Serve until interrupted; a bad DIR or port is a one-line error (exit 2)."""
+    """Serve until interrupted; a bad DIR or port is a one-line error (exit 2).
+
+    Raises:
+        UsageError: `--port` is outside [0, 65535] or cannot be listened on, or `DIR` is
+            not a directory.
+    """
     from pathlib import Path
 
     from pellucid.cli._errors import UsageError

@@ -77,7 +77,11 @@ def _tabular(explanation: Any, rows: int, top: int, path: Path | None) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Render or print the explanation in ``args.file``."""
+    """Render or print the explanation in ``args.file``.
+
+    Raises:
+        UsageError: a count flag is < 1.
+    """
     from pellucid.explanation import Explanation
 
     for name in ("rows", "top"):

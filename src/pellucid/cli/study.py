@@ -36,7 +36,13 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the study configured by ``args``; user errors propagate to the CLI wrapper."""
+    """Run the study configured by ``args``; user errors propagate to the CLI wrapper.
+
+    Raises:
+        UsageError: `--seed` is out of range or `--stages` names no stage.
+        NotADirectoryError: `--out` is an existing file.
+        PermissionError: `--out` cannot be written.
+    """
     from pellucid.cli._errors import UsageError
     from pellucid.study.config import MAX_SEED, build_config, read_config_file
     from pellucid.study.runner import check_out_dir, run_study

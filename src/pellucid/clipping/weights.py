@@ -73,6 +73,10 @@ class WeightConstraint:
 def weight_clip(value: float) -> WeightConstraint:
     """``θ ← clip(θ, −value, value)`` entry-wise (weight clipping).
 
+    Raises:
+        TypeError: `value` is not a real number.
+        ValueError: `value` is not > 0.
+
     Example:
         >>> weight_clip(0.5)([torch.tensor([-2.0, 0.1, 3.0])])[0].tolist()
         [-0.5, 0.10000000149011612, 0.5]
@@ -91,6 +95,10 @@ def max_norm(max_value: float = 2.0, *, dim: int = 0, eps: float = 1e-7) -> Weig
         eps: added to the norm in the scale ``max_value / (norm + eps)`` of a unit above
             the bound, as Keras does. Units within the bound are left exactly as they are
             (Keras multiplies them by ``norm / (norm + eps)``, a change of ~1e-7).
+
+    Raises:
+        TypeError: `max_value`, `dim` or `eps` has the wrong type.
+        ValueError: `max_value` is not > 0, `dim` is negative or `eps` is negative.
     """
     bound = check_float("max_value", max_value, min_value=0.0, min_inclusive=False)
     axis = check_int("dim", dim, min_value=0)
@@ -137,6 +145,13 @@ def constrain_(
     Returns:
         ``{"changed": fraction of entries changed, "nonfinite": bool, "skipped": bool}``
         as 0-d tensors (no host synchronisation unless the policy needs one).
+
+    Raises:
+        TypeError: `constraint` is not a WeightConstraint, or `parameters` holds something
+            else than tensors.
+        ValueError: `nonfinite` is not a known policy.
+        NonFiniteWeightError: a weight holds NaN/inf under ``nonfinite="raise"`` (nothing is
+            changed).
     """
     if not isinstance(constraint, WeightConstraint):
         raise TypeError(
@@ -177,6 +192,10 @@ class WeightClipper(Callback):
         nonfinite: the non-finite weight policy (see :func:`constrain_`).
         parameters: constrain only these (default: all of the model's; max-norm skips
             parameters without units, such as biases).
+
+    Raises:
+        TypeError: `constraint` is not a WeightConstraint.
+        ValueError: `nonfinite` is not a known policy.
 
     Example:
         >>> import torch

@@ -226,7 +226,11 @@ def _agreement(group: ExampleSet) -> None:
 
 def load_folder(root: str | os.PathLike[str]) -> list[ExampleSet]:
     """Every example set under ``root``: a study's per-example results, then explanation
-    files (any depth; the sub-folder of a file names its model variant)."""
+    files (any depth; the sub-folder of a file names its model variant).
+
+    Raises:
+        NotADirectoryError: `root` is not an existing directory.
+    """
     folder = Path(root)
     if not folder.is_dir():
         raise NotADirectoryError(f"`DIR` must be an existing directory; got {str(folder)!r}.")

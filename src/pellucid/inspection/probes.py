@@ -126,6 +126,11 @@ def record_activations(
 
     Default layers: every leaf module (no children), in definition order.
 
+    Raises:
+        TypeError: `model` is not an nn.Module, `inputs` is not a floating-point tensor, or
+            `layers` is not a list of names.
+        ValueError: `inputs` is empty or holds NaN/inf, or a name in `layers` is not a submodule.
+
     Example:
         >>> import torch
         >>> net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU())

@@ -292,17 +292,29 @@ class GlobalSurrogate:
             )
 
     def transform(self, X: Any) -> np.ndarray:
-        """The surrogate's features for ``X``: flattened inputs or the layer's activations."""
+        """The surrogate's features for ``X``: flattened inputs or the layer's activations.
+
+        Raises:
+            AttributeError: the surrogate is not fitted yet.
+        """
         self._check_fitted()
         return self._network(X)[0]
 
     def predict(self, X: Any) -> np.ndarray:
-        """The surrogate's prediction (class index or score) for inputs ``X``."""
+        """The surrogate's prediction (class index or score) for inputs ``X``.
+
+        Raises:
+            AttributeError: the surrogate is not fitted yet.
+        """
         self._check_fitted()
         return self._predict_features(self.transform(X))
 
     def score(self, X: Any, y: Any = None) -> float:
-        """Fidelity to the network on ``X`` (agreement for classes, R² for scores)."""
+        """Fidelity to the network on ``X`` (agreement for classes, R² for scores).
+
+        Raises:
+            AttributeError: the surrogate is not fitted yet.
+        """
         self._check_fitted()
         feats, outputs = self._network(X)
         return self._fidelity(feats, self._labels(outputs))
@@ -352,6 +364,9 @@ class GlobalSurrogate:
 
     def rules(self) -> list[str]:
         """Readable if-then rules (tree) or equations (linear), with the feature names.
+
+        Raises:
+            AttributeError: the surrogate is not fitted yet.
 
         Example:
             >>> import torch

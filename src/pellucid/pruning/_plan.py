@@ -113,6 +113,12 @@ class ChannelPruningPlan:
         before the first one is swapped in; the pruned model then runs on the example
         input, and if it fails (or its output shape changed) the model is restored and
         the plan refused, so an error always leaves the model as it was.
+
+        Raises:
+            TypeError: `model` is not an nn.Module.
+            ValueError: the plan does not fit `model` (other modules, shapes or parameters),
+                `model` carries ``torch.nn.utils.prune`` masks, or the pruned model does not run
+                (then it is restored as it was).
         """
         if not isinstance(model, nn.Module):
             raise TypeError(f"`model` must be an nn.Module; got {type(model).__name__}.")

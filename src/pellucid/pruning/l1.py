@@ -44,7 +44,11 @@ class L1Penalty(Callback):
         self.layers = None if layers is None else list(layers)
 
     def extra_loss(self, state: TrainState) -> torch.Tensor | None:
-        """The penalty on the current weights (None when ``strength`` is 0)."""
+        """The penalty on the current weights (None when ``strength`` is 0).
+
+        Raises:
+            ValueError: a name in `layers` is not a Linear or convolution module of the model.
+        """
         modules = prunable_weights(state.model)
         names = list(modules) if self.layers is None else self.layers
         terms = []

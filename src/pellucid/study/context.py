@@ -166,7 +166,11 @@ class StudyContext:
         return self._datasets[key]
 
     def spec(self, key: str) -> Any:
-        """The recipe of ``key``: a reference :class:`ModelSpec` or a :class:`UserModel`."""
+        """The recipe of ``key``: a reference :class:`ModelSpec` or a :class:`UserModel`.
+
+        Raises:
+            ValueError: `key` is neither a user model nor a reference model.
+        """
         if key in self.user_models:
             return self.user_models[key]
         if key not in REFERENCE_MODELS:

@@ -32,7 +32,13 @@ __all__ = ["check_out_dir", "run_study"]
 
 def check_out_dir(out: str | os.PathLike[str]) -> Path:
     """Refuse an output path that is an existing file, or a folder that cannot be created
-    or written (probed in its nearest existing folder), before anything is written."""
+    or written (probed in its nearest existing folder), before anything is written.
+
+    Raises:
+        NotADirectoryError: `out` is an existing file.
+        PermissionError: `out` cannot be created or written (probed in its nearest existing
+            folder).
+    """
     path = Path(out)
     if path.exists() and not path.is_dir():
         raise NotADirectoryError(
@@ -77,7 +83,13 @@ def run_study(
     resume: bool = True,
     progress: bool | None = None,
 ) -> Path:
-    """Run every stage in ``config["stages"]`` and write the report; returns its path."""
+    """Run every stage in ``config["stages"]`` and write the report; returns its path.
+
+    Raises:
+        NotADirectoryError: `out` is an existing file.
+        PermissionError: `out` cannot be created or written (probed in its nearest existing
+            folder).
+    """
     from pellucid import __version__
     from pellucid.study.context import StudyContext
     from pellucid.study.stages import STAGES

@@ -148,7 +148,12 @@ def _one(entry: Any, where: str) -> UserModel:
 
 
 def parse_user_models(entries: Any, where: str = "training.user_models") -> list[UserModel]:
-    """Parse and check the entries (keys, types, files present); nothing is loaded yet."""
+    """Parse and check the entries (keys, types, files present); nothing is loaded yet.
+
+    Raises:
+        SourceError: `entries` is not a list of tables, an entry is invalid, or a name is
+            used twice (a ValueError naming the entry).
+    """
     if not isinstance(entries, list | tuple):
         raise SourceError(f"`{where}` must be a list of tables; got {entries!r}.")
     models = [_one(entry, f"{where}[{i}]") for i, entry in enumerate(entries)]
@@ -160,7 +165,13 @@ def parse_user_models(entries: Any, where: str = "training.user_models") -> list
 
 
 def check_user_models(config: dict[str, Any]) -> None:
-    """Cross-check: every ``clipping.user_models`` name is a ``training.user_models`` entry."""
+    """Cross-check: every ``clipping.user_models`` name is a ``training.user_models`` entry.
+
+    Raises:
+        ConfigError: a ``[[training.user_models]]`` entry is invalid, or
+            ``clipping.user_models`` names an unknown entry or a model file (clipping retrains,
+            which needs a factory).
+    """
     from pellucid.study.errors import ConfigError
 
     try:

@@ -106,6 +106,11 @@ class Rule:
         return op(*xs), None
 
     def backward(self, op: Op, state: Any, grad: torch.Tensor) -> Any:
+        """Check this stage's config section (see :meth:`Stage.validate`).
+
+        Raises:
+            TypeError: the subclass does not implement it.
+        """
         raise TypeError(f"{type(self).__name__} must implement backward.")
 
 

@@ -214,7 +214,12 @@ def _family(name: str) -> str:
 
 
 class LrpRules:
-    """Chooses the LRP rule of each executed op: composite entry, else the default."""
+    """Chooses the LRP rule of each executed op: composite entry, else the default.
+
+    Raises:
+        TypeError: a `composite` key is neither a layer family nor an nn.Module class.
+        ValueError: a `composite` key or rule name is unknown.
+    """
 
     def __init__(
         self,

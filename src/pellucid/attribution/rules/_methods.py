@@ -59,6 +59,9 @@ class DeepLiftRules:
     Args:
         baseline: the user's ``baseline`` (see :func:`pellucid.attribution.deeplift`).
         background: reference examples for ``baseline="mean"``.
+
+    Raises:
+        ValueError: `baseline` is ``"uniform"`` (random: pass the drawn tensor).
     """
 
     errors = (UnsupportedOperationError,)
@@ -87,13 +90,22 @@ class DeepLiftRules:
 
     @property
     def engine(self) -> PairedEngine:
+        """Check this stage's config section (see :meth:`Stage.validate`).
+
+        Raises:
+            RuntimeError: the rules were not attached to a model yet.
+        """
         if self._engine is None:
             raise RuntimeError("deeplift: the rules were not attached to a model.")
         return self._engine
 
     @property
     def reference(self) -> torch.Tensor:
-        """The baseline, of the inputs' shape."""
+        """The baseline, of the inputs' shape.
+
+        Raises:
+            RuntimeError: the rules were not attached to a model yet.
+        """
         if self._reference is None:
             raise RuntimeError("deeplift: the rules were not attached to a model.")
         return self._reference
@@ -113,7 +125,11 @@ class DeepLiftRules:
         self, prep: Prepared, batch_size: int | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The multipliers (d score / d inputs under the rules) and ``f(x) - f(baseline)``
-        per example: from ``prepare``'s graph when it was kept, else chunk by chunk."""
+        per example: from ``prepare``'s graph when it was kept, else chunk by chunk.
+
+        Raises:
+            TypeError: ``prep`` was not prepared with these rules.
+        """
         forward = prep.forward
         if not isinstance(forward, PairedForward):
             raise TypeError("deeplift: the prepared forward must be a PairedForward.")

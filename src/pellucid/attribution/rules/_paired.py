@@ -135,7 +135,14 @@ class PairedEngine(RuleEngine):
         """Run the model on the explained rows: the ``k``-th op in ``reference_ops`` is paired
         with the ``k``-th op of the reference pass (same op, same shape, else an error).
         With ``broadcast`` the reference ran on one row, whose leading dimension must be 1
-        where the rows' is the batch (else :class:`BroadcastMismatch`)."""
+        where the rows' is the batch (else :class:`BroadcastMismatch`).
+
+        Raises:
+            UnsupportedOperationError: the explained rows ran other operations than the
+                reference rows (data-dependent control flow).
+            BroadcastMismatch: with ``broadcast``, an operation's shapes do not let the one-row
+                reference broadcast against the batch.
+        """
         self._mode, self._position, self._broadcast = "paired", 0, broadcast
         try:
             yield

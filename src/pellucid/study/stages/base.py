@@ -39,9 +39,17 @@ class Stage:
         ``pellucid.study.ConfigError`` naming the key. Runs before anything is written."""
 
     def run(self, ctx: StudyContext, cfg: dict[str, Any]) -> dict[str, Any]:
-        """Do the work; return JSON-able results."""
+        """Do the work; return JSON-able results.
+
+        Raises:
+            TypeError: the subclass does not implement it.
+        """
         raise TypeError(f"Stage {type(self).__name__} must implement run().")
 
     def report(self, ctx: StudyContext, cfg: dict[str, Any], result: dict[str, Any]) -> Section:
-        """Turn stored results into a report section (figures, tables, sentences)."""
+        """Turn stored results into a report section (figures, tables, sentences).
+
+        Raises:
+            TypeError: the subclass does not implement it.
+        """
         raise TypeError(f"Stage {type(self).__name__} must implement report().")

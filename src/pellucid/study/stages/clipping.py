@@ -86,6 +86,12 @@ class ClippingStage(Stage):
     quick = {"epochs": 2, "depth": 8}
 
     def validate(self, cfg: dict[str, Any]) -> None:
+        """Check this stage's config section (see :meth:`Stage.validate`).
+
+        Raises:
+            ConfigError: a ``clipping`` value is out of range (methods, sizes, rates,
+                ``autoclip_percentile``).
+        """
         unknown = [m for m in cfg["methods"] if m not in METHODS]
         if unknown or not cfg["methods"]:
             raise ConfigError(

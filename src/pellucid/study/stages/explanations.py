@@ -78,6 +78,11 @@ class ExplanationsStage(Stage):
     quick = {"n_examples": 12, "grid_examples": 4}
 
     def validate(self, cfg: dict[str, Any]) -> None:
+        """Check this stage's config section (see :meth:`Stage.validate`).
+
+        Raises:
+            ConfigError: an unknown model or method, or a count < 1.
+        """
         check_model_keys("explanations.models", cfg["models"])
         known = list_methods()
         for method in cfg["methods"]:

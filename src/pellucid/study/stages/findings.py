@@ -305,6 +305,11 @@ class FindingsStage(Stage):
     quick = {}
 
     def validate(self, cfg: dict[str, Any]) -> None:
+        """Check this stage's config section (see :meth:`Stage.validate`).
+
+        Raises:
+            ConfigError: ``findings.source`` is not a stage it can read.
+        """
         if cfg["source"] not in SOURCES:
             raise ConfigError(
                 f"`findings.source` must be one of {', '.join(SOURCES)} (the stage whose "

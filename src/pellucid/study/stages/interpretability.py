@@ -204,6 +204,12 @@ class InterpretabilityStage(Stage):
     }
 
     def validate(self, cfg: dict[str, Any]) -> None:
+        """Check this stage's config section (see :meth:`Stage.validate`).
+
+        Raises:
+            ConfigError: an unknown model, clipper or method, a level outside (0, 1), a
+                count below its minimum, or a radius that is not a finite number > 0.
+        """
         check_model_keys("interpretability.models", cfg["models"])
         check_model_keys("interpretability.clip_models", cfg["clip_models"])
         for clip in cfg["clipping"]:

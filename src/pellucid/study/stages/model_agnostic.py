@@ -71,6 +71,12 @@ class ModelAgnosticStage(Stage):
     }
 
     def validate(self, cfg: dict[str, Any]) -> None:
+        """Check this stage's config section (see :meth:`Stage.validate`).
+
+        Raises:
+            ConfigError: an unknown model, a count below its minimum, or more than 16
+                exact players.
+        """
         check_model_keys("model_agnostic.tabular_models", cfg["tabular_models"])
         check_model_keys("model_agnostic.image_models", cfg["image_models"])
         for key, low in (

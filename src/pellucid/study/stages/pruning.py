@@ -117,6 +117,12 @@ class PruningStage(Stage):
     }
 
     def validate(self, cfg: dict[str, Any]) -> None:
+        """Check this stage's config section (see :meth:`Stage.validate`).
+
+        Raises:
+            ConfigError: an unknown model, a level outside (0, 1), a count < 1 or a
+                learning rate that is not > 0.
+        """
         check_model_keys("pruning.models", cfg["models"])
         _levels("pruning.unstructured", cfg["unstructured"])
         _levels("pruning.structured", cfg["structured"])

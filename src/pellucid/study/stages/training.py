@@ -30,6 +30,11 @@ class TrainingStage(Stage):
     quick = {"models": ["digits/SmallCNN", "breast_cancer/MLP"]}
 
     def validate(self, cfg: dict[str, Any]) -> None:
+        """Check this stage's config section (see :meth:`Stage.validate`).
+
+        Raises:
+            ConfigError: an unknown model or an invalid ``[[training.user_models]]`` entry.
+        """
         from pellucid.sources import SourceError
         from pellucid.study.errors import ConfigError
         from pellucid.study.user_models import parse_user_models
