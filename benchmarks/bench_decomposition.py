@@ -9,8 +9,16 @@ and both libraries' completeness gaps (DeepLIFT: ``max |sum(attr) - (f(x) - f(0)
 also times DeepLIFT's reference-pass strategies against each other (the joint pass that
 appends the shared reference row to the batch vs the separate one-row reference pass).
 
+DeepLIFT's row also shows its time over its compute floor (``/floor``): what DeepLIFT cannot
+avoid, the reference's forward (the shared zero baseline: one row, no graph), the inputs'
+forward with a graph and one backward to the inputs, in plain torch with nothing around
+them (:func:`deeplift_floor`). ``--resnet18`` adds torchvision's resnet18 on 3x64x64 (random
+weights). Times are the process's CPU time (best of the interleaved rounds), which other
+processes on a shared machine do not inflate; ``bench_callgrind.py deeplift-<model>``
+counts the same variants in instructions.
+
     PYTHONPATH=src python benchmarks/bench_decomposition.py [--repeats 3] [--strategies]
-        [--zoo [--size 224] [--no-small]]
+        [--resnet18] [--zoo [--size 224] [--no-small]]
 """
 
 from __future__ import annotations
@@ -31,15 +39,15 @@ warnings.filterwarnings("ignore")
 
 
 def best_times(fns: list[Callable[[], Any]], repeats: int, min_seconds: float = 0.3) -> list[float]:
-    """Best time of each function, interleaved rounds (load hits all of them alike)."""
+    """Best CPU time of each function, interleaved rounds (load hits all of them alike)."""
     for fn in fns:
         fn()
     best, spent, rounds = [float("inf")] * len(fns), [0.0] * len(fns), 0
     while rounds < repeats or (min(spent) < min_seconds and rounds < 200):
         for i, fn in enumerate(fns):
-            start = time.perf_counter()
+            start = time.process_time()
             fn()
-            elapsed = time.perf_counter() - start
+            elapsed = time.process_time() - start
             best[i], spent[i] = min(best[i], elapsed), spent[i] + elapsed
         rounds += 1
     return best
@@ -61,11 +69,67 @@ def captum_cases(model: nn.Module, x: torch.Tensor, t: int) -> dict[str, Callabl
     }
 
 
+def deeplift_floor(model: nn.Module, x: torch.Tensor, t: int) -> Callable[[], Any]:
+    """DeepLIFT's compute floor: the zero reference's forward (one shared row, no graph), the
+    inputs' forward with a graph and one backward to the inputs, nothing around them."""
+    reference = torch.zeros_like(x[:1])
+
+    def floor() -> torch.Tensor:
+        with torch.no_grad():
+            model(reference)
+        rows = x.detach().requires_grad_(True)
+        (grad,) = torch.autograd.grad(model(rows)[:, t].sum(), rows)
+        return grad
+
+    return floor
+
+
+def deeplift_variants(model: nn.Module, x: torch.Tensor, t: int) -> dict[str, Callable[[], Any]]:
+    """DeepLIFT with the default reference pass, with the separate one-row reference pass,
+    its compute floor and captum's DeepLift, on the same model, inputs and target."""
+    from captum.attr import DeepLift
+
+    from pellucid.attribution.rules import _paired
+
+    def two_passes() -> Any:
+        saved = _paired.REFERENCE_PASS
+        _paired.REFERENCE_PASS = _paired.TwoPasses()
+        try:
+            return pellucid.deeplift(model, x, target=t)
+        finally:
+            _paired.REFERENCE_PASS = saved
+
+    return {
+        "deeplift": lambda: pellucid.deeplift(model, x, target=t),
+        "two_passes": two_passes,
+        "floor": deeplift_floor(model, x, t),
+        "captum": lambda: DeepLift(model).attribute(x, target=t),
+    }
+
+
+def reference_models() -> dict[str, tuple[nn.Module, torch.Tensor]]:
+    """The reference models and inputs (seeded), and resnet18 when torchvision is there."""
+    torch.manual_seed(0)
+    models = {
+        "smallcnn": (SmallCNN().eval(), torch.randn(32, 1, 8, 8)),
+        "tinyresnet": (TinyResNet(in_channels=3).eval(), torch.randn(16, 3, 32, 32)),
+        "mlp": (MLP(30, 2).eval(), torch.randn(32, 30)),
+    }
+    try:
+        import torchvision
+    except ImportError:
+        return models
+    torch.manual_seed(0)
+    resnet = torchvision.models.resnet18(weights=None)
+    models["resnet18"] = (_calibrated(resnet, torch.randn(8, 3, 64, 64)), torch.randn(8, 3, 64, 64))
+    return models
+
+
 def compare(title: str, model: nn.Module, x: torch.Tensor, repeats: int, methods: Any) -> None:
     print(f"\n{title}")
     print(
         f"{'method':<18}{'ms/ex ours':>11}{'ms/ex captum':>13}{'speed-up':>10}"
-        f"{'gap ours':>10}{'gap captum':>11}"
+        f"{'gap ours':>10}{'gap captum':>11}{'/floor':>8}"
     )
     t = 1
     theirs = captum_cases(model, x, t)
@@ -94,12 +158,15 @@ def compare(title: str, model: nn.Module, x: torch.Tensor, repeats: int, methods
         except Exception as exc:  # captum refuses some models: report it, time ours only
             print(f"  (captum {name} failed: {type(exc).__name__}: {str(exc)[:80]})")
             fns = [run]
+        if name == "deeplift":
+            fns.append(deeplift_floor(model, x, t))
         times = best_times(fns, repeats)
         n = x.shape[0]
         t_theirs = times[1] if len(times) > 1 else float("nan")
+        floor = f"{times[0] / times[-1]:7.2f}x" if name == "deeplift" else ""
         print(
             f"{name:<18}{1e3 * times[0] / n:11.3f}{1e3 * t_theirs / n:13.3f}"
-            f"{t_theirs / times[0]:9.2f}x{gap:10.1e}{gap_theirs:11.1e}"
+            f"{t_theirs / times[0]:9.2f}x{gap:10.1e}{gap_theirs:11.1e}{floor:>8}"
         )
 
 
@@ -165,22 +232,27 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=224, help="image size of the zoo models")
     parser.add_argument("--no-small", action="store_true", help="skip the reference models")
     parser.add_argument("--strategies", action="store_true", help="time the reference passes")
+    parser.add_argument("--resnet18", action="store_true", help="torchvision resnet18, 64x64")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     import captum
 
     print(f"torch {torch.__version__}, captum {captum.__version__}, {args.threads} threads")
-    small = [
-        ("SmallCNN 1x8x8, batch 32", SmallCNN().eval(), torch.randn(32, 1, 8, 8)),
-        (
-            "TinyResNet 3x32x32, batch 16",
-            TinyResNet(in_channels=3).eval(),
-            torch.randn(16, 3, 32, 32),
-        ),
-        ("MLP 30 features, batch 32", MLP(30, 2).eval(), torch.randn(32, 30)),
-    ]
-    for title, model, x in [] if args.no_small else small:
+    models = reference_models()
+    titles = {
+        "smallcnn": "SmallCNN 1x8x8, batch 32",
+        "tinyresnet": "TinyResNet 3x32x32, batch 16",
+        "mlp": "MLP 30 features, batch 32",
+        "resnet18": "torchvision resnet18 3x64x64 (random weights), batch 8",
+    }
+    chosen = [] if args.no_small else ["smallcnn", "tinyresnet", "mlp"]
+    if args.resnet18:
+        if "resnet18" not in models:
+            raise SystemExit("--resnet18 needs torchvision (the zoo environment)")
+        chosen.append("resnet18")
+    small = [(titles[k], *models[k]) for k in chosen]
+    for title, model, x in small:
         compare(title, model, x, args.repeats, ("deeplift", "lrp", "guided_backprop"))
         if args.strategies:
             strategies(model, x, args.repeats)
