@@ -264,10 +264,12 @@ class JointPass(TwoPasses):
     sight) that the batch comes first at every paired operation, a shared reference row is
     appended to the batch and one pass serves both. Results do not depend on history: the
     first sight's two passes only decide; the joint pass computes. Measured against
-    :class:`TwoPasses` with its one-row reference (``benchmarks/bench_decomposition.py
-    --strategies``) the gain is within timing noise on the reference models (it was 32-37%
-    against a reference pass over all N baseline rows); :data:`REFERENCE_PASS` is the
-    single place that chooses."""
+    :class:`TwoPasses` with its one-row reference (process CPU time, best of interleaved
+    rounds, one thread): within noise on the small reference models (SmallCNN 1.01x,
+    MLP 0.99x, TinyResNet 1.05x the two passes' time) and 9% faster on torchvision's
+    resnet18 at 3x64x64, batch 8 (0.908x and 0.910x in two runs), where it keeps DeepLIFT
+    within 1.2x of its compute floor (``benchmarks/bench_decomposition.py --resnet18``);
+    so it stays. :data:`REFERENCE_PASS` is the single place that chooses."""
 
     def __call__(
         self, forward: PairedForward, x: torch.Tensor, index: torch.Tensor | None
