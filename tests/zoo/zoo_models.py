@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["TIER", "ZOO", "build", "build_small"]
+__all__ = ["TIER", "ZOO", "build", "build_small", "calibrate"]
 
 #: (source, name, image side): the 18 models of issue 13, at a side that keeps them quick
 ZOO: list[tuple[str, str, int]] = [
@@ -94,3 +94,29 @@ def build_small(source: str, name: str, side: int, seed: int = 0) -> tuple[nn.Mo
         )
     gen = torch.Generator().manual_seed(seed)
     return model.eval(), torch.randn(1, 3, side, side, generator=gen)
+
+
+def calibrate(model: nn.Module, side: int, seed: int = 0, rows: int = 4) -> nn.Module:
+    """``model`` made to explain like a trained one, in place (returned in eval mode).
+
+    Random weights with torchvision's default batch-norm statistics (mean 0, variance 1)
+    shrink activations layer after layer: mobilenet_v2's outputs are ~1e-10 and its input
+    gradients ~1e-11, which makes any comparison of explanations meaningless. Here every
+    batch norm takes the statistics of one seeded random batch (as after training, outputs
+    and gradients are O(1)), and a classifier initialized to zero (vit_b_16's head: a
+    constant output, zero gradients) is drawn at random.
+    """
+    param = next(model.parameters())
+    gen = torch.Generator().manual_seed(seed)
+    batch = torch.randn(rows, 3, side, side, generator=gen).to(param)
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    for m in norms:
+        m.momentum = None  # the cumulative average: after one batch, that batch's statistics
+        m.reset_running_stats()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.Linear) and not m.weight.any():
+                m.weight.normal_(0.0, 0.05, generator=gen)
+        if norms:
+            model.train()(batch)
+    return model.eval()
