@@ -112,3 +112,27 @@ def test_hooks_set_aside_come_back_also_on_errors():
     assert seen == [] and list(net[0]._forward_hooks) == [handle.id]
     net(torch.zeros(1, 2))
     assert seen == [1]
+
+
+def test_one_channel_images_can_run_channels_last():
+    # a (N, 1, H, W) image passes is_contiguous(channels_last) in the usual layout, yet a
+    # convolution runs it, and every layer after it, in the usual layout: the policy must
+    # look at the strides, or grayscale networks (digits, MNIST) never get the choice
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2))
+    x = torch.randn(4, 1, 8, 8)
+    assert Layout.eligible(x)
+    leaf = x.clone().requires_grad_(True)
+    fwd = Forward(net, n_examples=4, kernels="channels_last")
+    seen: list[bool] = []
+    net[0].register_forward_hook(
+        lambda m, a, out: seen.append(out.is_contiguous(memory_format=torch.channels_last))
+    )
+    out = fwd(leaf)
+    assert seen == [True] and out.is_contiguous()
+    (grad,) = torch.autograd.grad(out.sum(), leaf)
+    ref_leaf = x.clone().requires_grad_(True)
+    (ref,) = torch.autograd.grad(net(ref_leaf).sum(), ref_leaf)
+    assert grad.is_contiguous()
+    torch.testing.assert_close(grad, ref, rtol=1e-5, atol=1e-6)
+    assert not Layout.eligible(torch.empty_like(x, memory_format=torch.channels_last))

@@ -64,6 +64,24 @@ _HOOK_DICTS = (
 )
 
 
+def _is_channels_last(x: torch.Tensor) -> bool:
+    """Whether ``x`` has channels-last strides, which are what PyTorch's kernels look at.
+
+    ``is_contiguous(memory_format=torch.channels_last)`` is not enough: a one-channel image
+    (N, 1, H, W) laid out as usual passes it, and a convolution still runs it, and every
+    layer after it, in the usual layout."""
+    return x.is_contiguous(memory_format=torch.channels_last) and (
+        x.shape[1] != 1 or x.stride(1) == 1
+    )
+
+
+def _channels_last_copy(x: torch.Tensor) -> torch.Tensor:
+    """``x`` with channels-last strides (a copy; also for one-channel images)."""
+    if x.shape[1] == 1:
+        return torch.empty_like(x, memory_format=torch.channels_last).copy_(x)
+    return x.contiguous(memory_format=torch.channels_last)
+
+
 def _worth_it(x: Any) -> bool:
     return (
         isinstance(x, torch.Tensor)
@@ -71,7 +89,7 @@ def _worth_it(x: Any) -> bool:
         and x.device.type == "cpu"
         and x.is_floating_point()
         and x.shape[1] >= MIN_CHANNELS
-        and not x.is_contiguous(memory_format=torch.channels_last)
+        and not _is_channels_last(x)
     )
 
 
@@ -114,7 +132,7 @@ class _ChannelsLast(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
-        return x.contiguous(memory_format=torch.channels_last)
+        return _channels_last_copy(x)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
@@ -124,7 +142,7 @@ class _ChannelsLast(torch.autograd.Function):
 def _to_channels_last(x: torch.Tensor) -> torch.Tensor:
     if x.requires_grad and torch.is_grad_enabled():
         return _ChannelsLast.apply(x)  # type: ignore[no-any-return]
-    return x.contiguous(memory_format=torch.channels_last)
+    return _channels_last_copy(x)
 
 
 class Layout:
@@ -155,13 +173,13 @@ class Layout:
 
     @staticmethod
     def eligible(x: Any) -> bool:
-        """CPU float32 images (N, C, H, W) not already channels-last."""
+        """CPU float32 images (N, C, H, W) not already with channels-last strides."""
         return (
             isinstance(x, torch.Tensor)
             and x.ndim == 4
             and x.dtype == torch.float32
             and x.device.type == "cpu"
-            and not x.is_contiguous(memory_format=torch.channels_last)
+            and not _is_channels_last(x)
         )
 
     def call(
