@@ -7,7 +7,8 @@
 * Transforms over lists of gradients: :func:`clip_by_global_norm`, :func:`clip_by_value`,
   :func:`clip_by_norm`, :func:`adaptive_clip`, :class:`AutoClip`, :class:`ZClip`, composed
   by :func:`chain` and applied in place by :func:`apply_` with a non-finite policy.
-* Training: :class:`GradientClipper`, a callback for ``fit(..., clipper=...)``.
+* Training: :class:`GradientClipper`, a callback for ``fit(..., clipper=...)``;
+  :func:`sweep_clip_bounds` suggests a ``max_norm`` from a monitored run's norm history.
 * Weight constraints after the optimizer step: :func:`weight_clip` (``θ ← clip(θ, −c, c)``),
   :func:`max_norm` (Keras ``MaxNorm``), applied by :func:`constrain_` or the
   :class:`WeightClipper` callback.
@@ -51,6 +52,7 @@ from pellucid.clipping.grouped import (
 from pellucid.clipping.guard import NONFINITE_POLICIES, NonFiniteGradientError, nonfinite_flags
 from pellucid.clipping.reduce import all_reduce_norm
 from pellucid.clipping.stats import ClipStats
+from pellucid.clipping.sweep import ClipSweep, sweep_clip_bounds
 from pellucid.clipping.transforms import (
     Transform,
     TransformResult,
@@ -74,6 +76,7 @@ __all__ = [
     "NONFINITE_POLICIES",
     "AutoClip",
     "ClipStats",
+    "ClipSweep",
     "GradNorms",
     "GradientClipper",
     "NonFiniteGradientError",
@@ -105,5 +108,6 @@ __all__ = [
     "tensor_norms",
     "total_norm",
     "unitwise_norm",
+    "sweep_clip_bounds",
     "weight_clip",
 ]

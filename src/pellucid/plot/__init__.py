@@ -19,6 +19,7 @@ from pellucid.plot.probes import (
     gradient_heatmap,
     weight_heatmap,
 )
+from pellucid.plot.sweeps import clip_bound_sweep, pruning_sweep
 
 __all__ = [
     "activation_curves",
@@ -26,12 +27,14 @@ __all__ = [
     "attention_heatmap",
     "attribution_bars",
     "attribution_summary",
+    "clip_bound_sweep",
     "gradient_flow",
     "gradient_heatmap",
     "image_attribution",
     "importance_bars",
     "metric_vs_sparsity",
     "perturbation_curves",
+    "pruning_sweep",
     "randomization_curves",
     "surrogate_tree",
     "weight_heatmap",

@@ -22,6 +22,7 @@ from pellucid.pruning.schedules import (
     reapply_masks_,
 )
 from pellucid.pruning.structured import ChannelGroup, ChannelPruningPlan, plan_channel_pruning
+from pellucid.pruning.sweep import PruningSweep, sweep_pruning
 from pellucid.pruning.unstructured import (
     LayerCollapseWarning,
     SparsityReport,
@@ -46,6 +47,7 @@ __all__ = [
     "MagnitudePruning",
     "PolynomialPruning",
     "PruneResult",
+    "PruningSweep",
     "ReapplyMasks",
     "distillation_loss",
     "io",
@@ -64,6 +66,7 @@ __all__ = [
     "prune_magnitude_",
     "prune_threshold_",
     "sparsity",
+    "sweep_pruning",
     "threshold_masks",
     "unit_norms",
 ]
