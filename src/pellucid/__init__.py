@@ -57,6 +57,7 @@ from pellucid.attribution import (
     slic_segments,
     smoothgrad,
     summarize_background,
+    token_groups,
 )
 from pellucid.explanation import Explanation
 from pellucid.monitoring import GradientMonitor
@@ -105,5 +106,6 @@ __all__ = [
     "smoothgrad",
     "sources",
     "summarize_background",
+    "token_groups",
     "training",
 ]

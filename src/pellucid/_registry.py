@@ -43,6 +43,7 @@ VOCABULARY: dict[str, str] = {
     # shared by several methods
     "layer": "a submodule (or its dotted name) whose output is explained or weighted",
     "baseline": "the reference input: None/zeros, a number, a tensor or a named baseline",
+    "mask_token": "the token id removed tokens take, for token-id inputs of perturbation methods",
     "background": "reference examples (rows shaped like one input)",
     "background_weights": "weights of the background rows",
     "n_steps": "quadrature nodes along a path",

@@ -172,7 +172,8 @@ def check_tensor(
     if floating and not value.is_floating_point():
         raise TypeError(
             f"`{name}` must be a floating-point tensor; got dtype {value.dtype}. "
-            "Convert with `.float()`, or explain token ids through `layer=` (the embedding)."
+            "Convert with `.float()`, or explain token ids through `layer=` (the embedding), "
+            "or with occlusion, feature_ablation, lime or kernel_shap and `mask_token=`."
         )
     if finite:
         check_finite_tensor(name, value)

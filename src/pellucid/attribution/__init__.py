@@ -17,7 +17,7 @@ from pellucid.attribution.lime import lime
 from pellucid.attribution.noise import smoothgrad
 from pellucid.attribution.occlusion import feature_ablation, occlusion
 from pellucid.attribution.rules import UnsupportedOperationError
-from pellucid.attribution.segmentation import grid_segments, slic_segments
+from pellucid.attribution.segmentation import grid_segments, slic_segments, token_groups
 from pellucid.attribution.shapley import (
     exact_shapley,
     kernel_shap,
@@ -40,6 +40,7 @@ __all__ = [
     "sampling_shapley",
     "slic_segments",
     "summarize_background",
+    "token_groups",
     "deconvolution",
     "deeplift",
     "expected_gradients",

@@ -38,6 +38,7 @@ from pellucid.attribution._coalitions import (
 )
 from pellucid.attribution._kernel_design import block_rows
 from pellucid.attribution._linear_fit import Solution, StreamingFit, ridge_result
+from pellucid.attribution._tokens import check_token_call, token_run
 from pellucid.attribution.segmentation import grid_segments, slic_segments
 from pellucid.explanation import Explanation
 
@@ -115,7 +116,7 @@ def _tabular(
 @register(
     kind="surrogate",
     stochastic=True,
-    input_kinds=("tabular", "image"),
+    input_kinds=("tabular", "image", "text"),
     contract_kwargs={"n_samples": 64},
 )
 def lime(
@@ -128,6 +129,7 @@ def lime(
     feature_mask: torch.Tensor | str | None = None,
     n_segments: int = 16,
     baseline: float | torch.Tensor | None = None,
+    mask_token: int | torch.Tensor | None = None,
     kernel_width: float | None = None,
     alpha: float = 1.0,
     generator: torch.Generator | None = None,
@@ -167,7 +169,7 @@ def lime(
 
     Args:
         model: a callable ``Tensor -> Tensor``.
-        inputs: a batch-first float tensor.
+        inputs: a batch-first float tensor, or integer token ids with ``mask_token``.
         target: which output to explain.
         n_samples: perturbations per example (the first is the example itself).
         train_data: training rows for the tabular sampler (their mean and std are used).
@@ -175,6 +177,8 @@ def lime(
             ``"grid"``/``"slic"`` superpixels, or None (every feature a player).
         n_segments: number of superpixels for ``"grid"``/``"slic"``.
         baseline: the value of an "off" player (interpretable sampler; default 0).
+        mask_token: for token-id inputs (an integer tensor): the id an "off" token takes
+            (interpretable sampler; one id or a tensor of ids per position).
         kernel_width: the kernel's width (see above for defaults).
         alpha: ridge strength (lime's default 1.0; 0 for plain weighted least squares).
         generator: the random source (same state, same result).
@@ -203,13 +207,17 @@ def lime(
     )
     check_int("n_segments", n_segments, min_value=1)
     check_generator("generator", generator)
-    if train_data is not None and (feature_mask is not None or baseline is not None):
+    if train_data is not None and (
+        feature_mask is not None or baseline is not None or mask_token is not None
+    ):
         raise ValueError(
             "`train_data` selects the tabular sampler, which perturbs every feature around "
-            "the example; `feature_mask` and `baseline` belong to the interpretable (on/off) "
-            "sampler. Pass one or the other."
+            "the example; `feature_mask`, `baseline` and `mask_token` belong to the "
+            "interpretable (on/off) sampler. Pass one or the other."
         )
-    with explaining("lime", locals()) as run:
+    tokens = check_token_call("lime", model, inputs, mask_token, baseline=baseline)
+    with explaining("lime", locals(), floating=not tokens) as outer:
+        run, baseline = token_run(outer, mask_token) if tokens else (outer, baseline)
         x = run.inputs
         if train_data is not None:
             fit, attr, base, n_samples, width = _lime_tabular(

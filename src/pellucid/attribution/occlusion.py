@@ -1,6 +1,7 @@
 """Occlusion (a sliding window) and feature ablation (groups from a ``feature_mask``).
 
 Both replace part of the input with a baseline and report how much the target score drops.
+Token-id inputs (integer tensors) take ``mask_token=``: removed tokens become that id.
 Every example x window (or group) is one virtual row of one batched evaluation, built chunk
 by chunk on the inputs' device.
 """
@@ -24,6 +25,7 @@ from pellucid.attribution._coalitions import (
     mix,
     resolve_feature_mask,
 )
+from pellucid.attribution._tokens import check_token_call, token_run
 from pellucid.explanation import Explanation
 
 __all__ = ["feature_ablation", "occlusion"]
@@ -66,7 +68,7 @@ def _window_masks(
     return mask.reshape(ids.shape[0], -1)
 
 
-@register(kind="perturbation", input_kinds=("tabular", "image"))
+@register(kind="perturbation", input_kinds=("tabular", "image", "text"))
 def occlusion(
     model: Any,
     inputs: torch.Tensor,
@@ -75,6 +77,7 @@ def occlusion(
     window: int | Sequence[int] = 1,
     stride: int | Sequence[int] | None = None,
     baseline: float | torch.Tensor | None = None,
+    mask_token: int | torch.Tensor | None = None,
     batch_size: int | None = None,
     forward_args: Any = None,
     forward_kwargs: Mapping[str, Any] | None = None,
@@ -90,12 +93,14 @@ def occlusion(
 
     Args:
         model: a callable ``Tensor -> Tensor``.
-        inputs: a batch-first float tensor.
+        inputs: a batch-first float tensor, or integer token ids with ``mask_token``.
         target: which output to explain.
         window: window shape, one entry per dimension of an example; an int is a window over
             every dimension (for ``(C, H, W)`` examples: all channels, ``window x window``).
         stride: step between windows, same forms as ``window``; default 1.
         baseline: the value occluded features take (scalar or broadcastable tensor; 0).
+        mask_token: for token-id inputs (an integer tensor): the id occluded tokens take
+            (one id, or a tensor of ids per position); ``window`` then counts tokens.
         batch_size: rows per forward pass (memory bound).
 
     Raises:
@@ -111,7 +116,9 @@ def occlusion(
         >>> torch.allclose(e.attributions, net.weight.detach().expand(2, 4))
         True
     """
-    with explaining("occlusion", locals()) as run:
+    tokens = check_token_call("occlusion", model, inputs, mask_token, baseline=baseline)
+    with explaining("occlusion", locals(), floating=not tokens) as outer:
+        run, baseline = token_run(outer, mask_token) if tokens else (outer, baseline)
         x = run.inputs
         shape = tuple(x.shape[1:])
         win = _window_shape("window", window, shape)
@@ -220,7 +227,7 @@ def _drops(run: Run, windows: _Windows, base: torch.Tensor) -> tuple[torch.Tenso
     return (full.unsqueeze(1) - scores.view(n, n_win)).to(x.dtype), n_live
 
 
-@register(kind="perturbation", input_kinds=("tabular", "image"))
+@register(kind="perturbation", input_kinds=("tabular", "image", "text"))
 def feature_ablation(
     model: Any,
     inputs: torch.Tensor,
@@ -229,6 +236,7 @@ def feature_ablation(
     feature_mask: torch.Tensor | str | None = None,
     n_segments: int = 16,
     baseline: float | torch.Tensor | None = None,
+    mask_token: int | torch.Tensor | None = None,
     batch_size: int | None = None,
     forward_args: Any = None,
     forward_kwargs: Mapping[str, Any] | None = None,
@@ -242,13 +250,16 @@ def feature_ablation(
 
     Args:
         model: a callable ``Tensor -> Tensor``.
-        inputs: a batch-first float tensor.
+        inputs: a batch-first float tensor, or integer token ids with ``mask_token``.
         target: which output to explain.
         feature_mask: integer group ids ``0..P-1`` of shape ``inputs.shape[1:]`` (shared) or
             ``inputs.shape`` (per example), ``"grid"`` or ``"slic"`` superpixels, or None
             (every feature alone).
         n_segments: number of superpixels for ``"grid"``/``"slic"``.
         baseline: the value ablated features take (scalar or broadcastable tensor; 0).
+        mask_token: for token-id inputs (an integer tensor): the id ablated tokens take
+            (one id, or a tensor of ids per position); group word pieces into words with
+            ``feature_mask`` (see :func:`~pellucid.attribution.token_groups`).
         batch_size: rows per forward pass (memory bound).
 
     Raises:
@@ -264,7 +275,9 @@ def feature_ablation(
         >>> e.extras["values"].shape
         torch.Size([1, 2])
     """
-    with explaining("feature_ablation", locals()) as run:
+    tokens = check_token_call("feature_ablation", model, inputs, mask_token, baseline=baseline)
+    with explaining("feature_ablation", locals(), floating=not tokens) as outer:
+        run, baseline = token_run(outer, mask_token) if tokens else (outer, baseline)
         x = run.inputs
         check_int("n_segments", n_segments, min_value=1)
         fmask = resolve_feature_mask(feature_mask, x, n_segments=n_segments)

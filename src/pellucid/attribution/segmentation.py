@@ -1,19 +1,77 @@
-"""Superpixels for images (and blocks for rows): a shared grid, or SLIC-style k-means.
+"""Superpixels for images (and blocks for rows): a shared grid, or SLIC-style k-means; words
+for token ids.
 
 Perturbation methods use them as a ``feature_mask`` (``"grid"`` or ``"slic"``): the pixels of
 a superpixel are switched on and off together, so an 8x8 or 224x224 image becomes a game of a
-few dozen players.
+few dozen players. :func:`token_groups` groups word pieces into words the same way.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 
-from pellucid._validation import check_float, check_int, check_tensor
+from pellucid._validation import check_float, check_int, check_tensor, describe_value
 
-__all__ = ["grid_segments", "slic_segments"]
+__all__ = ["grid_segments", "slic_segments", "token_groups"]
+
+
+def _word_runs(word_ids: Sequence[Any], row: int | None) -> list[int]:
+    groups: list[int] = []
+    previous: Any = object()
+    for position, word in enumerate(word_ids):
+        if word is not None and (isinstance(word, bool) or not isinstance(word, int)):
+            where = f"[{row}][{position}]" if row is not None else f"[{position}]"
+            raise TypeError(
+                f"`word_ids` must hold integer word indices or None; got {word!r} at {where}."
+            )
+        if word is None or word != previous or not groups:
+            groups.append(len(groups) and groups[-1] + 1)
+        else:
+            groups.append(groups[-1])
+        previous = word
+    return groups
+
+
+def token_groups(word_ids: Sequence[Any], *, device: Any = None) -> torch.Tensor:
+    """A ``feature_mask`` for token ids: the pieces of one word form one player.
+
+    ``word_ids`` gives, per token, the index of the word it belongs to, or None for a
+    special token (a Hugging Face fast tokenizer's ``encoding.word_ids()``). Consecutive
+    tokens of the same word share a group; every other token (special tokens, a repeated
+    word index after a break) starts a new one. A list of such lists (one per example, all
+    of one length) gives one mask per example.
+
+    Returns:
+        A long tensor of group ids ``0..P-1`` without gaps: shape ``(L,)`` or ``(N, L)``.
+
+    Raises:
+        TypeError: `word_ids` is not a sequence of integers/None (or of such sequences).
+        ValueError: `word_ids` is empty, or its rows differ in length.
+
+    Example:
+        >>> token_groups([None, 0, 0, 1, 2, 2, None]).tolist()
+        [0, 1, 1, 2, 3, 3, 4]
+    """
+    if isinstance(word_ids, torch.Tensor):
+        word_ids = word_ids.tolist()
+    if isinstance(word_ids, str | bytes) or not isinstance(word_ids, Sequence) or not word_ids:
+        raise (ValueError if isinstance(word_ids, Sequence) and not word_ids else TypeError)(
+            "`word_ids` must be a non-empty list of word indices (None for special tokens), "
+            f"or a list of such lists; got {describe_value(word_ids)}."
+        )
+    if all(isinstance(row, Sequence) and not isinstance(row, str) for row in word_ids):
+        rows = [_word_runs(list(row), i) for i, row in enumerate(word_ids)]
+        if len({len(r) for r in rows}) != 1:
+            raise ValueError(
+                f"`word_ids` rows must all have one length (padded); got lengths "
+                f"{sorted({len(r) for r in rows})}."
+            )
+        return torch.tensor(rows, dtype=torch.long, device=device)
+    return torch.tensor(_word_runs(list(word_ids), None), dtype=torch.long, device=device)
 
 
 def grid_segments(inputs: torch.Tensor, n_segments: int = 16) -> torch.Tensor:

@@ -31,6 +31,7 @@ from pellucid.attribution._linear_fit import (
     constrained_result,
     efficient_wls,
 )
+from pellucid.attribution._tokens import check_token_call, token_run
 from pellucid.explanation import Explanation
 
 __all__ = ["exact_shapley", "kernel_shap", "sampling_shapley", "summarize_background"]
@@ -298,7 +299,7 @@ def _permutation_values(
 @register(
     kind="shapley",
     stochastic=True,
-    input_kinds=("tabular", "image"),
+    input_kinds=("tabular", "image", "text"),
     contract_kwargs={"n_samples": 128},
 )
 def kernel_shap(
@@ -312,6 +313,7 @@ def kernel_shap(
     baseline: float | torch.Tensor | None = None,
     background: torch.Tensor | None = None,
     background_weights: torch.Tensor | None = None,
+    mask_token: int | torch.Tensor | None = None,
     generator: torch.Generator | None = None,
     batch_size: int | None = None,
     forward_args: Any = None,
@@ -334,6 +336,8 @@ def kernel_shap(
         inputs: a batch-first float tensor.
         n_samples: coalitions to evaluate per example (default ``2P + 2048``, capped at
             ``2**P - 2``); at least P, the number of players.
+        mask_token: for token-id inputs (an integer tensor): the id an absent token takes
+            (one id or a tensor of ids per position), or pass a ``background`` of ids.
         generator: the random source (same state, same result).{shared}
 
     Raises:
@@ -350,7 +354,11 @@ def kernel_shap(
         True
     """
     check_generator("generator", generator)
-    with explaining("kernel_shap", locals()) as run:
+    tokens = check_token_call(
+        "kernel_shap", model, inputs, mask_token, baseline=baseline, background=background
+    )
+    with explaining("kernel_shap", locals(), floating=not tokens) as outer:
+        run, baseline = token_run(outer, mask_token) if tokens else (outer, baseline)
         prep = run.prep
         game, fmask, base = _game(run, locals())
         p, device = fmask.n_players, prep.inputs.device

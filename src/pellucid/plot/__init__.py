@@ -20,6 +20,7 @@ from pellucid.plot.probes import (
     weight_heatmap,
 )
 from pellucid.plot.sweeps import clip_bound_sweep, pruning_sweep
+from pellucid.plot.text import token_attribution
 
 __all__ = [
     "activation_curves",
@@ -37,5 +38,6 @@ __all__ = [
     "pruning_sweep",
     "randomization_curves",
     "surrogate_tree",
+    "token_attribution",
     "weight_heatmap",
 ]
