@@ -18,3 +18,7 @@ def test_every_recipe_runs(tmp_path, monkeypatch, capsys):
     out = capsys.readouterr().out
     assert "plain [" in out and "clipped [" in out and "fidelity" in out
     assert "gradients of" in out and (tmp_path / "probes.png").stat().st_size > 1000
+    assert "SHAP vs LIME rank agreement" in out and "IG vs SHAP" in out
+    assert (tmp_path / "sklearn_shap_lime.png").stat().st_size > 1000
+    assert "suggested max_norm" in out and "structured: up to" in out
+    assert (tmp_path / "sweeps.png").stat().st_size > 1000
