@@ -218,3 +218,32 @@ def test_token_plot_colours_tokens_by_sign_and_size():
         token_attribution(e, tokens, example=7)
     with pytest.raises(TypeError, match="`source` must be an Explanation"):
         token_attribution([1.0], ["a"])
+
+
+class _MaxPoolText(nn.Module):
+    """A non-additive token model: embedding, tanh, max over positions, linear head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(3)
+        self.emb = nn.Embedding(VOCAB, 8)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.tanh(self.emb(ids)).amax(1))
+
+
+@pytest.mark.peer
+def test_token_ablation_and_occlusion_equal_captum_on_a_non_additive_model():
+    from captum.attr import FeatureAblation, Occlusion
+
+    model, ids = _MaxPoolText().double().eval(), _ids()
+    groups = token_groups([[None, 0, 0, 1, 2, None]] * 3)
+    ours = feature_ablation(model, ids, target=2, feature_mask=groups[0], mask_token=0)
+    theirs = FeatureAblation(model).attribute(
+        ids, target=2, feature_mask=groups[0].unsqueeze(0), baselines=0
+    )
+    torch.testing.assert_close(ours.attributions, theirs.to(torch.float64), rtol=1e-10, atol=1e-12)
+    ours = occlusion(model, ids, target=1, mask_token=4, window=2)
+    theirs = Occlusion(model).attribute(ids, sliding_window_shapes=(2,), baselines=4, target=1)
+    torch.testing.assert_close(ours.attributions, theirs.to(torch.float64), rtol=1e-6, atol=1e-7)
