@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from pellucid.attribution._coalitions import shapley_kernel_weights
-from pellucid.attribution._linear_fit import constrained_design
+from pellucid.attribution._linear_fit import ConstrainedDesign, constrained_design
 
 __all__ = [
     "BLOCK_ELEMENTS",
@@ -60,14 +60,15 @@ class DesignBlock:
         xr: (C, P-1) float64 coalitions minus the last player's column.
         last: (C, 1) float64 the last player's column.
         w: (C,) float64 weights (normalized over the whole design).
-        inverse: the whole design's Gram inverse when the block is the whole (cached) design.
+        factored: the whole design factored (:class:`ConstrainedDesign`: its Gram inverse,
+            ``xr * w``, variance factors) when the block is the whole (cached) design.
     """
 
     z: torch.Tensor
     xr: torch.Tensor
     last: torch.Tensor
     w: torch.Tensor
-    inverse: torch.Tensor | None = None
+    factored: ConstrainedDesign | None = None
 
 
 @dataclass(frozen=True)
@@ -173,7 +174,7 @@ def _cached_design(p: int, n_samples: int, device: str, dtype: torch.dtype) -> K
     z = torch.cat([b.z for b in blocks])
     w = torch.cat([b.w for b in blocks])
     factored = constrained_design(z, w)
-    whole = DesignBlock(z.to(dtype), factored.xr, factored.last.T, factored.w, factored.inv)
+    whole = DesignBlock(z.to(dtype), factored.xr, factored.last.T, factored.w, factored)
     _, exact, sampled = _plan(p, n_samples)
     return KernelDesign(p, z.shape[0], exact, sampled, lambda: iter((whole,)))
 

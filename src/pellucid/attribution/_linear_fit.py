@@ -107,7 +107,7 @@ class Solution:
         resid: (N,) weighted mean squared residual (weights normalized to sum 1).
         r2: (N,) weighted coefficient of determination.
         inv: (P, P) inverse of the (centered, ridge-shifted) weighted Gram matrix.
-        sw: the sum of the weights.
+        sw: the sum of the weights (a 0-d tensor).
         count: the number of samples.
     """
 
@@ -116,7 +116,7 @@ class Solution:
     resid: torch.Tensor
     r2: torch.Tensor
     inv: torch.Tensor
-    sw: float
+    sw: torch.Tensor
     count: int
 
 
@@ -150,7 +150,8 @@ class StreamingFit:
 
     def __init__(self, *, intercept: bool, alpha: float = 0.0) -> None:
         self.intercept, self.alpha = intercept, float(alpha)
-        self.count, self.sw, self.whole = 0, 0.0, False
+        self.count, self.whole = 0, False
+        self.sw = torch.zeros((), dtype=torch.float64)
         self.inverse: torch.Tensor | None = None
         self.pilot: torch.Tensor | None = None
         self.gram: torch.Tensor | None = None
@@ -165,28 +166,32 @@ class StreamingFit:
         *,
         response: torch.Tensor | None = None,
         inverse: torch.Tensor | None = None,
+        xw: torch.Tensor | None = None,
     ) -> None:
         """Add a block: design ``x`` (C, P), responses ``y`` (N, C), weights ``w`` (C,).
 
         ``response`` (N, C): the responses whose weighted variance is the denominator of
-        ``r2``, when it is not ``y``. ``inverse``: the inverse of the (centered,
-        ridge-shifted) Gram matrix when the block is the whole design and its factorization
-        is known (a cached design): the fit is then solved directly, and no block may follow.
+        ``r2``, when it is not ``y``. ``inverse``: the inverse of the (ridge-shifted) Gram
+        matrix when the block is the whole design and its factorization is known (a cached
+        design, no intercept): the fit is then solved directly, and no block may follow;
+        ``xw``: ``x * w`` when known too.
         """
         if self.whole:
             raise ValueError("StreamingFit: a block given with `inverse` must be the only one.")
         f64 = torch.float64
         x, y, w = x.to(f64), y.to(f64), w.to(f64)
         r = y if response is None else response.to(f64)
-        sw = float(w.sum())
+        sw = w.sum()
+        if inverse is not None and self.count == 0 and not self.intercept:
+            self._add_whole(x, y, w, r, sw, inverse, x * w.unsqueeze(1) if xw is None else xw)
+            return
         xbar = (w @ x) / sw if self.intercept else torch.zeros_like(x[0])
         xc = x - xbar if self.intercept else x
         xw = xc * w.unsqueeze(1)
-        gram = xc.T @ xw if inverse is None else None
+        gram = xc.T @ xw
         if self.pilot is None:  # the first block: a pilot solution from this block alone
-            inv = inverse if inverse is not None else _inverse_psd(self._ridge(xc.T @ xw))
             yc = y - ((y * w).sum(1) / sw).unsqueeze(1) if self.intercept else y
-            self.pilot = _rowwise(_rowwise(yc, xw), inv)
+            self.pilot = _rowwise(_rowwise(yc, xw), _inverse_psd(self._ridge(gram)))
         e = y - _rowwise(self.pilot, x.T)
         ebar = (e * w).sum(1) / sw if self.intercept else torch.zeros_like(e[:, 0])
         ec = e - ebar.unsqueeze(1) if self.intercept else e
@@ -194,27 +199,44 @@ class StreamingFit:
         block = {
             "xbar": xbar,
             "ebar": ebar,
+            "cross": _rowwise(ec, xw),
             "scatter": (ec * ec).mul_(w).sum(1),
             "rbar": rbar,
             "rscatter": (r - rbar.unsqueeze(1)).square_().mul_(w).sum(1),
         }
-        if inverse is not None:  # the whole design: the pilot is the solution
-            self.whole, self.inverse = True, inverse
-        else:
-            block["cross"] = _rowwise(ec, xw)
         if self.count == 0:
             self.stats, self.gram, self.sw = block, gram, sw
         else:
             self._merge(block, gram, sw)
         self.count += x.shape[0]
 
-    def _merge(self, block: dict[str, torch.Tensor], gram: torch.Tensor | None, sw: float) -> None:
+    def _add_whole(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        w: torch.Tensor,
+        r: torch.Tensor,
+        sw: torch.Tensor,
+        inverse: torch.Tensor,
+        xw: torch.Tensor,
+    ) -> None:
+        """The whole design with its factorization: solve now (the fixed cost of a call)."""
+        self.pilot = _rowwise(_rowwise(y, xw), inverse)
+        e = y - _rowwise(self.pilot, x.T)
+        rbar = (r * w).sum(1) / sw
+        self.stats = {
+            "scatter": e.square_().mul_(w).sum(1),
+            "rscatter": (r - rbar.unsqueeze(1)).square_().mul_(w).sum(1),
+        }
+        self.whole, self.inverse, self.sw, self.count = True, inverse, sw, x.shape[0]
+
+    def _merge(self, block: dict[str, torch.Tensor], gram: torch.Tensor, sw: torch.Tensor) -> None:
         """Chan et al.'s pairwise update of weighted means and (co)scatters."""
         old, total = self.stats, self.sw + sw
         f, share = self.sw * sw / total, sw / total
         dx, de = block["xbar"] - old["xbar"], block["ebar"] - old["ebar"]
         dr = block["rbar"] - old["rbar"]
-        if self.gram is not None and gram is not None:
+        if self.gram is not None:
             self.gram = self.gram + gram + f * torch.outer(dx, dx)
         self.stats = {
             "xbar": old["xbar"] + share * dx,
@@ -238,7 +260,7 @@ class StreamingFit:
         st = self.stats
         if self.whole and self.inverse is not None:
             inv, coef, rss = self.inverse, self.pilot, st["scatter"]
-            intercept = st["ebar"]
+            intercept = torch.zeros_like(rss)
         else:
             if self.gram is None:
                 raise ValueError("StreamingFit: no Gram matrix was accumulated.")
@@ -252,9 +274,7 @@ class StreamingFit:
             intercept = st["ebar"] - _rowwise(d, st["xbar"].unsqueeze(1)).squeeze(1)
         resid = rss.clamp_min(0) / self.sw
         total = st["rscatter"] / self.sw
-        r2 = 1.0 - resid / total
-        if not bool((total > 0).all()):
-            r2 = torch.where(total > 0, r2, torch.ones_like(r2))
+        r2 = torch.where(total > 0, 1.0 - resid / total, 1.0)  # 1 where y is constant
         return Solution(coef, intercept, resid, r2, inv, self.sw, self.count)
 
 
@@ -319,8 +339,9 @@ def constrained_fit(
     coalition's) and ``total`` (N,) (the full coalition's minus the empty one's);
     ``exact``: the coalitions are a full enumeration, standard errors are then zero."""
     acc = StreamingFit(intercept=False)
-    add_constrained(acc, design.xr, design.last.T, design.w, y, total, inverse=design.inv)
-    return constrained_result(acc.solve(), total, exact=exact)
+    last = design.last.T
+    add_constrained(acc, design.xr, last, design.w, y, total, inverse=design.inv, xw=design.xw)
+    return constrained_result(acc.solve(), total, exact=exact, var=design.var)
 
 
 def add_constrained(
@@ -332,28 +353,34 @@ def add_constrained(
     total: torch.Tensor,
     *,
     inverse: torch.Tensor | None = None,
+    xw: torch.Tensor | None = None,
 ) -> None:
     """Add one block of KernelSHAP's constrained regression to ``acc``: ``xr`` (C, P-1) the
     coalitions minus the last player's column ``last`` (C, 1), ``w`` (C,) weights, ``y``
-    (N, C) values minus the empty coalition's, ``total`` (N,) full minus empty."""
+    (N, C) values minus the empty coalition's, ``total`` (N,) full minus empty; ``inverse``
+    and ``xw`` as in :meth:`StreamingFit.add` (a whole, factored design)."""
     f64 = torch.float64
     y = y.to(f64)
     yr = torch.addcmul(y, total.to(f64).unsqueeze(1), last.to(f64).T, value=-1.0)
-    acc.add(xr, yr, w, response=y, inverse=inverse)
+    acc.add(xr, yr, w, response=y, inverse=inverse, xw=xw)
 
 
-def constrained_result(sol: Solution, total: torch.Tensor, *, exact: bool = False) -> LinearFit:
+def constrained_result(
+    sol: Solution, total: torch.Tensor, *, exact: bool = False, var: torch.Tensor | None = None
+) -> LinearFit:
     """KernelSHAP's coefficients from the solution over all players but the last: the last
     is ``total - sum(others)``; standard errors from the residual and the Gram inverse
-    (zeros when ``exact``, a full enumeration)."""
+    (zeros when ``exact``, a full enumeration; ``var``: the design's variance factors, when
+    known, see :class:`ConstrainedDesign`)."""
     total = total.to(torch.float64)
     head = sol.coef
     coef = torch.cat([head, (total - head.sum(1)).unsqueeze(1)], dim=1)
     if exact:
         stderr = torch.zeros_like(coef)
     else:
-        inv = sol.inv * sol.sw  # the inverse for weights normalized to sum 1
-        var = torch.cat([torch.diagonal(inv), inv.sum().reshape(1)])
+        if var is None:
+            inv = sol.inv * sol.sw  # the inverse for weights normalized to sum 1
+            var = torch.cat([torch.diagonal(inv), inv.sum().reshape(1)])
         dof = max(sol.count - head.shape[1], 1)
         stderr = torch.outer(sol.resid / dof, var).clamp_min_(0).sqrt_()
     return LinearFit(coef, torch.zeros_like(total), sol.r2, stderr)

@@ -426,11 +426,13 @@ def _kernel_fit(
         else:
             values = game(z).to(torch.float64)
         y = values - ends[0].unsqueeze(1)
-        add_constrained(acc, block.xr, block.last, block.w, y, ends[2], inverse=block.inverse)
+        f = block.factored
+        inverse, xw, var = (f.inv, f.xw, f.var) if f is not None else (None, None, None)
+        add_constrained(acc, block.xr, block.last, block.w, y, ends[2], inverse=inverse, xw=xw)
     if ends is None:
         raise RuntimeError(f"KernelSHAP's design of {budget} coalitions has no blocks.")
     empty, full, total = ends
-    fit = constrained_result(acc.solve(), total, exact=design.exact)
+    fit = constrained_result(acc.solve(), total, exact=design.exact, var=var)
     if perm is not None:  # the design's players in the evaluated coalitions' order
         fit = LinearFit(
             fit.coef.index_select(1, perm), fit.intercept, fit.r2, fit.stderr.index_select(1, perm)
