@@ -223,11 +223,8 @@ class StreamingFit:
         """The whole design with its factorization: solve now (the fixed cost of a call)."""
         self.pilot = _rowwise(_rowwise(y, xw), inverse)
         e = y - _rowwise(self.pilot, x.T)
-        rbar = (r * w).sum(1) / sw
-        self.stats = {
-            "scatter": e.square_().mul_(w).sum(1),
-            "rscatter": (r - rbar.unsqueeze(1)).square_().mul_(w).sum(1),
-        }
+        rbar = (r @ w) / sw
+        self.stats = {"scatter": e.square_() @ w, "rscatter": (r - rbar.unsqueeze(1)).square_() @ w}
         self.whole, self.inverse, self.sw, self.count = True, inverse, sw, x.shape[0]
 
     def _merge(self, block: dict[str, torch.Tensor], gram: torch.Tensor, sw: torch.Tensor) -> None:

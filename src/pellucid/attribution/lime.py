@@ -165,7 +165,10 @@ def lime(
     ``alpha=0`` on a linear model it is exactly ``w * (x - baseline)``.
 
     ``extras`` holds ``coefficients`` (N, P), ``intercept``, the weighted ``r2`` of the local
-    fit and the coefficients' ``stderr``.
+    fit and the coefficients' ``stderr``. Memory does not grow with ``n_samples``: the
+    perturbations are drawn, evaluated and added to the ridge fit's sufficient statistics
+    in blocks of about ``2**18 / P`` samples (the rows of one forward pass are bounded by
+    ``batch_size``).
 
     Args:
         model: a callable ``Tensor -> Tensor``.

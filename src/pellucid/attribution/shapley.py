@@ -331,6 +331,11 @@ def kernel_shap(
     Shapley. Efficiency is enforced exactly by the constrained fit. ``extras`` holds the
     local fit's weighted ``r2``, the coefficients' ``stderr`` and ``exact``.
 
+    Memory does not grow with ``n_samples``: the coalitions are drawn, evaluated and added
+    to the regression's sufficient statistics in blocks of about ``2**18 / P`` (the rows of
+    one forward pass are bounded by ``batch_size``), so a call holds one block, the (P, P)
+    statistics and, for budgets of at most 16,384 sampled coalitions, their balanced design.
+
     Args:
         model: a callable ``Tensor -> Tensor``.
         inputs: a batch-first float tensor.
