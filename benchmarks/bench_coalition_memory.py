@@ -24,22 +24,22 @@ block), none of it proportional to ``n_samples``:
 - KernelSHAP only, once per ``(P, budget)`` and cached: a design of at most 8,192 sampled
   pairs (P <= 256) is balanced whole (two float64 copies of it at its peak: 52 MB of
   peak RSS measured for 7,744 pairs x 256 players; the 10,000-sample column below holds
-  4,900 pairs), and a design of at most 2**20 coalition entries is kept whole with its
+  4,900 pairs and pays it on its first call), and a design of at most 2**20 coalition entries is kept whole with its
   factorization (about 24 bytes per entry).
 
 Measured (this script, 2-core shared machine, MB of peak RSS above the call's start):
 
     method       batch_size         10,000         20,000         40,000     growth
-    kernel_shap        auto        38.6 MB        18.0 MB        18.0 MB   -20.6 MB
-    kernel_shap          16        38.6 MB        14.3 MB        14.0 MB   -24.6 MB
-    kernel_shap          64        38.6 MB        17.8 MB        17.9 MB   -20.7 MB
-    kernel_shap         256        49.1 MB        44.8 MB        44.9 MB    -4.2 MB
-    kernel_shap        1024       157.1 MB       153.7 MB       153.6 MB    -3.5 MB
-    lime               auto        10.6 MB        11.1 MB        10.7 MB    +0.1 MB
-    lime                 16         9.7 MB         9.8 MB         9.8 MB    +0.1 MB
-    lime                 64        11.4 MB        11.4 MB        10.7 MB    -0.7 MB
+    kernel_shap        auto        25.9 MB        18.0 MB        18.1 MB    -7.9 MB
+    kernel_shap          16        26.1 MB        14.4 MB        14.4 MB   -11.7 MB
+    kernel_shap          64        24.8 MB        18.0 MB        18.0 MB    -6.8 MB
+    kernel_shap         256        50.5 MB        45.1 MB        45.0 MB    -5.5 MB
+    kernel_shap        1024       160.2 MB       153.7 MB       153.8 MB    -6.3 MB
+    lime               auto        10.7 MB        10.7 MB        11.4 MB    +0.7 MB
+    lime                 16         9.7 MB         9.7 MB         9.7 MB    +0.0 MB
+    lime                 64        11.3 MB        10.7 MB        11.4 MB    +0.1 MB
     lime                256        37.7 MB        37.7 MB        37.7 MB    +0.0 MB
-    lime               1024       146.3 MB       146.5 MB       146.5 MB    +0.1 MB
+    lime               1024       146.5 MB       146.5 MB       146.5 MB    +0.0 MB
 
 (Before: the whole samples x players design was kept for the fit: 146 MB at 20,000 and
 290 MB at 40,000 samples for KernelSHAP at ``batch_size=64`` on tests/test_memory_bounds.py's

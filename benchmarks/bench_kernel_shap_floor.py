@@ -15,6 +15,9 @@ Two load-insensitive measures:
   else the machine does): three child processes (setup only; setup + ``--calls`` KernelSHAP
   calls; setup + ``--calls`` floors), the setup's count subtracted. Takes a few minutes.
 
+Measured (2-core shared machine): 7.11 M instructions per call against a floor of 3.56 M,
+2.00x (``--callgrind --calls 5``); 1.035 ms against 0.492 ms of process CPU time, 2.10x.
+
 Run: ``PYTHONPATH=src python benchmarks/bench_kernel_shap_floor.py [--callgrind]``
 """
 
