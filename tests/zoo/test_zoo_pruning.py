@@ -65,3 +65,25 @@ def test_torchvision_vit_multihead_attention_and_hidden_dim():
     assert pruned.encoder.pos_embedding.shape[-1] == 32 == pruned.class_token.shape[-1]
     assert pruned.encoder.layers[0].mlp[0].out_features == 64
     assert pruned(x).shape == (1, 10)
+
+
+@pytest.mark.parametrize(
+    ("source", "name"),
+    [("tv", "small_vit"), ("timm", "vit_tiny_patch16_224")],
+)
+def test_params_kept_within_two_percent_of_torch_pruning(source, name):
+    # issue 13: "params within 2% of Torch-Pruning's at the same ratio where both run";
+    # (the convolutional paths are checked channel for channel against Torch-Pruning in
+    # tests/test_pruning_structured.py): torchvision's tied attention (TP rounds the stream
+    # to the heads) and timm's per-head attention with positional and class tokens
+    pytest.importorskip("torch_pruning")
+    from zoo.zoo_peers import torch_pruning_prune
+
+    model, x = build_small(source, name, 32)
+    plan = plan_channel_pruning(model, x, amount=0.3)
+    peer, _ = torch_pruning_prune(copy.deepcopy(model), x, 0.3)
+    with torch.no_grad():
+        assert peer(x).shape == model(x).shape  # the peer's model is a valid reference
+    theirs = sum(p.numel() for p in peer.parameters())
+    assert abs(plan.params_after - theirs) <= 0.02 * theirs, (plan.params_after, theirs)
+    assert plan.params_after < 0.7 * plan.params_before  # both really prune
