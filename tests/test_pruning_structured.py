@@ -385,7 +385,17 @@ def test_plan_that_breaks_the_forward_is_never_applied():
     assert breaks(torch.randn(2, 4)).shape == (2, 4)
 
 
-OPS = ("conv", "residual", "depthwise", "se", "groupnorm", "channels_last", "cat", "shuffle")
+OPS = (
+    "conv",
+    "residual",
+    "depthwise",
+    "grouped",
+    "se",
+    "groupnorm",
+    "channels_last",
+    "cat",
+    "shuffle",
+)
 
 
 class Composed(nn.Module):
@@ -404,6 +414,11 @@ class Composed(nn.Module):
                 block = nn.Sequential(nn.Conv2d(width, width, 1), nn.BatchNorm2d(width), nn.ReLU())
             elif op == "depthwise":
                 block = nn.Conv2d(width, width, 3, padding=1, groups=width)
+            elif op == "grouped":  # in != out: 2 groups of 4 inputs -> 2 groups of 2 outputs
+                block = nn.Sequential(
+                    nn.Conv2d(width, width // 2, 3, padding=1, groups=2),
+                    nn.Conv2d(width // 2, width, 1),
+                )
             elif op == "se":
                 block = nn.Sequential(nn.Conv2d(width, 4, 1), nn.ReLU(), nn.Conv2d(4, width, 1))
             elif op == "groupnorm":
@@ -520,3 +535,42 @@ def test_channel_plan_names_the_recurrent_layers_it_keeps():
 
     with pytest.warns(RecurrentLayerWarning, match=r"lstm \(LSTM\)"):
         plan_channel_pruning(Seq().eval(), torch.randn(2, 5, 8), amount=0.5)
+
+
+class ReducingGrouped(nn.Module):
+    """A grouped convolution with fewer outputs than inputs (3 groups: 4 inputs -> 2 outputs
+    each), fed by one layer and feeding a BatchNorm and a 1x1 convolution."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.bn_a = nn.Conv2d(3, 12, 1), nn.BatchNorm2d(12)
+        self.b, self.bn_b = nn.Conv2d(12, 6, 3, padding=1, groups=3), nn.BatchNorm2d(6)
+        self.c = nn.Conv2d(6, 5, 1)
+
+    def forward(self, x):
+        h = torch.relu(self.bn_a(self.a(x)))
+        return self.c(torch.relu(self.bn_b(self.b(h))))
+
+
+@pytest.mark.parametrize("importance", ["l2", "taylor"])
+def test_grouped_conv_with_fewer_outputs_prunes_its_inputs_per_group(importance):
+    torch.manual_seed(7)
+    model = _randomize_bn(ReducingGrouped())
+    data = (torch.randn(8, 3, 5, 5), torch.randint(0, 5, (8,)))
+    kwargs = {"data": (data[0].double(), data[1])} if importance == "taylor" else {}
+
+    class Pooled(nn.Module):  # a (N, classes) output for the taylor loss
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            return self.inner(x).mean((2, 3))
+
+    pruned = _check_equivalence(
+        Pooled(model), torch.randn(3, 3, 5, 5), amount=0.5, importance=importance, **kwargs
+    ).inner
+    # the groups stay (3); each keeps 2 of its 4 inputs and 1 of its 2 outputs
+    assert (pruned.b.groups, pruned.b.in_channels, pruned.b.out_channels) == (3, 6, 3)
+    assert pruned.a.out_channels == 6 == pruned.bn_a.num_features
+    assert pruned.c.in_channels == 3

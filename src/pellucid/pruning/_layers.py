@@ -76,8 +76,15 @@ def _conv(w: _Walker, node: fx.Node, module: Any, name: str, x: Value, shape: An
         value = w.elementwise(node, name, x, shape)
         w.graph.divide(x.layout, groups)
         return value
-    w.graph.freeze(x.layout, f"input of grouped convolution {name!r}")
-    value = w.layer(node, name, x, module.out_channels, 1, shape, member_in=False)
+    # grouped, in != out: inputs and outputs are pruned evenly per group (every group keeps
+    # the same number of each, so the groups stay); each kept output keeps its own group's
+    # kept inputs. Inputs whose groups do not line up with one channel space stay whole.
+    whole = len(x.layout) == 1 and x.layout[0].repeat == 1
+    if not whole:
+        w.graph.freeze(x.layout, f"input of grouped convolution {name!r} (several sources)")
+    value = w.layer(node, name, x, module.out_channels, 1, shape, member_in=whole)
+    if whole:
+        w.graph.divide(x.layout, groups)
     w.graph.divide(value.layout, groups)
     return value
 

@@ -81,8 +81,18 @@ def _member_scores(module: Any, role: str, p: int) -> torch.Tensor | None:
         return None if w is None else w.detach().abs().pow(p)
     w = module.weight.detach()
     if role == "in":
-        return w.abs().pow(p).transpose(0, 1).flatten(1).sum(1)
+        return _input_sums(module, w.abs().pow(p))
     return w.abs().pow(p).flatten(1).sum(1)
+
+
+def _input_sums(module: Any, w: torch.Tensor) -> torch.Tensor:
+    """Per input feature, the sum of ``w`` (a module's weight or a score of its shape) over
+    the outputs that read it: a grouped convolution's output reads only its own group."""
+    groups = getattr(module, "groups", 1)
+    sums = w.flatten(2).sum(2) if w.ndim > 2 else w  # (outputs, inputs per group)
+    if groups == 1:
+        return sums.sum(0)
+    return sums.reshape(groups, -1, sums.shape[1]).sum(1).flatten()
 
 
 def _features(
@@ -127,8 +137,10 @@ def _group_scores(
             if member.module not in weight_scores:
                 continue
             w = weight_scores[member.module].double()
-            dim = 1 if member.role == "in" else 0
-            feature = w.transpose(0, dim).flatten(1).sum(1) if w.ndim > 1 else w
+            if member.role == "in":
+                feature = _input_sums(module, w)
+            else:
+                feature = w.flatten(1).sum(1) if w.ndim > 1 else w
         elif module is not None:
             feature = _member_scores(module, member.role, 1 if kind == "l1" else 2)
         else:
