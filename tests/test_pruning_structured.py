@@ -574,3 +574,91 @@ def test_grouped_conv_with_fewer_outputs_prunes_its_inputs_per_group(importance)
     assert (pruned.b.groups, pruned.b.in_channels, pruned.b.out_channels) == (3, 6, 3)
     assert pruned.a.out_channels == 6 == pruned.bn_a.num_features
     assert pruned.c.in_channels == 3
+
+
+class SplitAttention(nn.Module):
+    """MobileViT-v2-style linear attention: one projection split into a 1-channel query and
+    ``dim``-channel keys and values (the sizes spelled with the attribute ``dim``)."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.dim = dim
+        self.qkv, self.out = nn.Conv2d(dim, 1 + 2 * dim, 1), nn.Conv2d(dim, dim, 1)
+
+    def forward(self, x):
+        q, k, v = self.qkv(x).split([1, self.dim, self.dim], dim=1)
+        context = (k * torch.softmax(q, dim=-1)).sum(-1, keepdim=True)
+        return self.out(torch.relu(v) * context.expand_as(v))
+
+
+class PatchBlock(nn.Module):
+    """A block torch.fx cannot trace (an ``if`` on the input's shape, as in timm's MobileViT):
+    unfold into 2x2 patches by reshape/permute, attention and an MLP on them, fold back."""
+
+    def __init__(self, width: int = 8, dim: int = 6, hidden: int = 12) -> None:
+        super().__init__()
+        self.local, self.attn = nn.Conv2d(width, dim, 1), SplitAttention(dim)
+        self.fc1, self.fc2 = nn.Conv2d(dim, hidden, 1), nn.Conv2d(hidden, dim, 1)
+        self.proj = nn.Conv2d(dim, width, 1)
+
+    def forward(self, x):
+        b, _, h, w = x.shape
+        nh, nw = math.ceil(h / 2), math.ceil(w / 2)
+        if (nh * 2, nw * 2) != (h, w):
+            x = nn.functional.interpolate(x, size=(nh * 2, nw * 2))
+        y = self.local(x)
+        n = y.shape[1]
+        y = y.reshape(b, n, nh, 2, nw, 2).permute(0, 1, 3, 5, 2, 4).reshape(b, n, 4, -1)
+        y = y + self.attn(y)
+        y = y + self.fc2(torch.relu(self.fc1(y)))
+        y = y.reshape(b, n, 2, 2, nh, nw).permute(0, 1, 4, 2, 5, 3).reshape(b, n, h, w)
+        return self.proj(y)
+
+
+class WithPatchBlock(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem, self.bn = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8)
+        self.block, self.head = PatchBlock(), nn.Linear(8, 3)
+
+    def forward(self, x):
+        h = torch.relu(self.bn(self.stem(x)))
+        return self.head((h + self.block(h)).mean((2, 3)))
+
+
+def test_untraceable_block_is_pruned_through_a_recorded_run():
+    from pellucid.pruning._graph import RecordedTraceWarning
+
+    torch.manual_seed(8)
+    model = _randomize_bn(WithPatchBlock())
+    with pytest.raises(Exception, match="(?i)proxy|trac"):  # really beyond torch.fx
+        torch.fx.symbolic_trace(model)
+    with pytest.warns(RecordedTraceWarning, match=r"module 'block'.*recorded"):
+        pruned = _check_equivalence(model, torch.randn(2, 3, 4, 4), amount=0.5)
+    block = pruned.block
+    # inside the block: the MLP's hidden width, the attention's keys/values (and the `dim`
+    # attribute its split reads), the block's inner stream; the residual stream outside
+    assert block.fc1.out_channels == 6 and block.attn.qkv.out_channels == 1 + 2 * 3
+    assert block.attn.dim == 3 == block.attn.out.in_channels
+    assert block.local.out_channels == 3 == block.proj.in_channels
+    assert pruned.stem.out_channels == 4 == pruned.head.in_features
+
+
+class Chunked(nn.Module):
+    """ShuffleNet-v2-style halves: one half passes, the other goes through a layer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.head = nn.Conv2d(3, 8, 1), nn.Conv2d(4, 4, 1), nn.Linear(8, 2)
+
+    def forward(self, x):
+        left, right = self.a(x).chunk(2, dim=1)
+        return self.head(torch.cat([left, torch.relu(self.b(right))], 1).mean((2, 3)))
+
+
+def test_chunk_and_split_cut_a_layer_output_into_parts():
+    torch.manual_seed(9)
+    pruned = _check_equivalence(Chunked(), torch.randn(2, 3, 4, 4), amount=0.5)
+    # both halves keep the same number (the pruned tensor is chunked in two again)
+    assert pruned.a.out_channels == 4 and pruned.b.in_channels == 2
+    assert pruned.head.in_features == 4

@@ -17,6 +17,7 @@ and reported at once, with the ``ignore=`` that makes the plan valid.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import replace
 from typing import Any
 
@@ -25,12 +26,23 @@ from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from pellucid._state import model_guard
+from pellucid._warnings import PellucidWarning
 from pellucid.pruning._layers import MODULE_HANDLERS
 from pellucid.pruning._ops import METHOD_HANDLERS, function_handler
+from pellucid.pruning._recording import record
 from pellucid.pruning._spaces import ChannelGraph, Member, Segment, Value
-from pellucid.pruning._tracing import trace
+from pellucid.pruning._tracing import trace, traced_leaf
 
-__all__ = ["ChannelGraph", "Member", "Segment", "build_graph", "output_shape"]
+__all__ = [
+    "ChannelGraph",
+    "Member",
+    "RecordedTraceWarning",
+    "Segment",
+    "build_graph",
+    "output_shape",
+]
+
+_MAX_RECORDINGS = 16
 
 
 def output_shape(out: Any) -> Any:
@@ -46,11 +58,16 @@ def output_shape(out: Any) -> Any:
 
 class _Walker:
     def __init__(
-        self, model: nn.Module, gm: fx.GraphModule, ignore: set[str], leaves: dict[str, str]
+        self,
+        model: nn.Module,
+        fx_graph: fx.Graph,
+        params: dict[str, nn.Parameter],
+        ignore: set[str],
+        leaves: dict[str, str],
     ) -> None:
-        self.gm = gm
+        self.fx_graph = fx_graph
         self.modules = dict(model.named_modules())
-        self.params = dict(gm.named_parameters())
+        self.params = params
         self.ignore = ignore
         self.leaves = leaves
         self.graph = ChannelGraph()
@@ -64,7 +81,44 @@ class _Walker:
         return tuple(meta.shape) if meta is not None and hasattr(meta, "shape") else None
 
     def value(self, arg: Any) -> Any:
-        return self.env.get(arg) if isinstance(arg, fx.Node) else None
+        v = self.env.get(arg) if isinstance(arg, fx.Node) else None
+        return self.expanded(v) if self.graph.refined else v
+
+    def expanded(self, v: Any) -> Any:
+        """``v`` with the spaces cut since it was made replaced by their parts."""
+        if isinstance(v, Value):
+            layout = self.graph.expand(v.layout)
+            return v if layout == v.layout else replace(v, layout=layout)
+        if isinstance(v, tuple | list):
+            return type(v)(self.expanded(item) for item in v)
+        return v
+
+    def cut(
+        self, layout: tuple[Segment, ...], sizes: list[int]
+    ) -> list[tuple[Segment, ...]] | None:
+        """``layout`` cut into consecutive pieces of ``sizes`` features (split, chunk); spaces
+        a cut falls inside are refined into parts. None when that is not possible."""
+        bounds = [sum(sizes[: i + 1]) for i in range(len(sizes))]
+        offset = 0
+        for seg in layout:
+            width = seg.length * seg.repeat
+            inner = [b - offset for b in bounds if offset < b < offset + width]
+            if inner and (
+                any(c % seg.repeat for c in inner)
+                or not self.graph.refine(seg.space, [c // seg.repeat for c in inner])
+            ):
+                return None
+            offset += width
+        pieces: list[tuple[Segment, ...]] = []
+        current: list[Segment] = []
+        position = 0
+        for seg in self.graph.expand(layout):
+            current.append(seg)
+            position += seg.length * seg.repeat
+            if position in bounds:
+                pieces.append(tuple(current))
+                current = []
+        return pieces if len(pieces) == len(sizes) else None
 
     def fresh(self, node: fx.Node, reason: str, param: str | None = None) -> Value | None:
         shape = self.shape(node)
@@ -75,6 +129,11 @@ class _Walker:
         cdim = 1 if len(shape) > 1 else 0
         space = self.graph.new_space(shape[cdim], frozen=reason)
         return Value((Segment(space, shape[cdim]),), cdim, shape, free=True, param=param)
+
+    def free_value(self, shape: tuple[int, ...], cdim: int, reason: str) -> Value:
+        """A frozen tensor of ``shape`` with its channels at ``cdim``."""
+        space = self.graph.new_space(shape[cdim], frozen=reason)
+        return Value((Segment(space, shape[cdim]),), cdim, shape, free=True)
 
     def adapt(self, x: Value, cdim: int) -> Value:
         """A free (frozen) value seen with its channels at ``cdim``."""
@@ -96,7 +155,7 @@ class _Walker:
             dim, before = self.bound[v.param]
             if dim != pos:
                 return False
-            return self.join(before, layout, node)
+            return self.join(self.graph.expand(before), layout, node)
         self.bound[str(v.param)] = (pos, layout)
         self.member(str(v.param), "param", layout, node, dim=pos)
         return True
@@ -172,7 +231,7 @@ class _Walker:
 
     # -- walk ----------------------------------------------------------------------------------
     def run(self) -> ChannelGraph:
-        for node in self.gm.graph.nodes:
+        for node in self.fx_graph.nodes:
             if node.op == "placeholder":
                 self.env[node] = self.fresh(node, "the model's input")
             elif node.op == "get_attr":
@@ -203,7 +262,8 @@ class _Walker:
             return self.opaque(node, type(module).__name__)
         if name in self.seen:  # a shared module: every call's inputs are pruned alike
             layout, out = self.seen[name]
-            self.join(layout, self.adapt(x, x.cdim).layout, node)
+            self.join(self.graph.expand(layout), self.adapt(x, x.cdim).layout, node)
+            out = self.expanded(out)
             return replace(out, shape=shape) if isinstance(out, Value) and shape else out
         for accepts, handler in MODULE_HANDLERS:
             if accepts(module):
@@ -223,7 +283,10 @@ class _Walker:
             what = f"Tensor.{target}"
         if handler is not None:
             return handler(self, node)
-        if "tensor_meta" not in node.meta or self.shape(node) is None:
+        meta = node.meta.get("tensor_meta")
+        if isinstance(meta, tuple | list) and any(m is not None for m in meta):
+            return self.opaque(node, what)  # tensors out of an unknown function
+        if meta is None or self.shape(node) is None:
             return None  # a shape, a dtype, a number: no channels
         values = [self.value(a) for a in node.all_input_nodes]
         values = [v for v in values if isinstance(v, Value)]
@@ -306,14 +369,26 @@ class _Walker:
 
 def build_graph(
     model: nn.Module, example_inputs: Any, ignore: set[str]
-) -> tuple[fx.GraphModule, ChannelGraph]:
-    """Trace ``model``, propagate shapes on ``example_inputs`` and build its channel graph.
+) -> tuple[Any, ChannelGraph]:
+    """Trace ``model``, propagate shapes on ``example_inputs`` and build its channel graph;
+    returns the output shape(s) and the graph.
 
-    Modules that ``torch.fx`` cannot trace are kept whole (recorded in ``graph.leaves``);
-    every operation whose channels cannot be followed is reported in one error.
+    When ``torch.fx`` cannot trace the model or some of its modules, the graph is built from
+    a recording of the operations the example input runs through (modules whose forward
+    reads tensor values are kept whole; see :mod:`pellucid.pruning._recording`); if that
+    recording cannot be followed either, untraceable modules are kept whole. Every
+    operation whose channels cannot be followed is reported in one error.
     """
-    gm, leaves = trace(model, ignore)
     inputs = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
+    try:
+        gm, leaves = trace(model, ignore)
+    except ValueError as err:
+        return _recorded(model, inputs, ignore, {"": str(err)})
+    if leaves:
+        try:
+            return _recorded(model, inputs, ignore, leaves)
+        except ValueError:
+            pass  # the recording cannot be followed: keep the untraceable modules whole
     with model_guard(model, eval_mode=True), torch.no_grad():
         try:
             out = ShapeProp(gm).propagate(*inputs)
@@ -322,10 +397,59 @@ def build_graph(
                 f"`example_inputs` must run through the model; the traced forward failed with "
                 f"{type(err).__name__}: {err}"
             ) from err
-    gm.meta["output_shape"] = output_shape(out)
-    graph = _Walker(model, gm, ignore, leaves).run()
+    graph = _Walker(model, gm.graph, dict(gm.named_parameters()), ignore, leaves).run()
     _refuse_unresolved(graph)
-    return gm, graph
+    return output_shape(out), graph
+
+
+class RecordedTraceWarning(PellucidWarning):
+    """``torch.fx`` could not trace the model; the plan follows a recorded run instead."""
+
+
+def _recorded(
+    model: nn.Module, inputs: tuple[Any, ...], ignore: set[str], untraceable: dict[str, str]
+) -> tuple[Any, ChannelGraph]:
+    """The channel graph of a recorded run of ``model`` on ``inputs``."""
+    whole: dict[str, str] = {}
+    for _ in range(_MAX_RECORDINGS):
+        with model_guard(model, eval_mode=True), torch.no_grad():
+            try:
+                recording = record(
+                    model, inputs, lambda m, name: name in whole or traced_leaf(m, name, ignore)
+                )
+            except Exception as err:
+                raise ValueError(
+                    f"`example_inputs` must run through the model; its forward failed with "
+                    f"{type(err).__name__}: {err}"
+                ) from err
+        reads = {k: v for k, v in recording.value_reads.items() if k not in whole}
+        if not reads:
+            break
+        if "" in reads:
+            raise ValueError(
+                f"{untraceable.get('', '`model` cannot be traced by torch.fx.')} Its own "
+                f"forward reads tensor values ({reads['']}), so what it runs depends on the "
+                "data: move that branch into a submodule (which is then kept whole)."
+            )
+        for name, where in reads.items():
+            before = untraceable.get(name, f"module {name!r} is traced as recorded")
+            whole[name] = (
+                f"{before.removesuffix('; it is kept whole')}; it reads tensor values "
+                f"({where}), so what it runs depends on the data: kept whole (move that branch "
+                "out of its forward to prune inside it)"
+            )
+    graph = _Walker(model, recording.graph, dict(model.named_parameters()), ignore, whole).run()
+    _refuse_unresolved(graph)
+    failing = [f"module {name!r}" if name else "the model's own forward" for name in untraceable]
+    warnings.warn(
+        f"torch.fx cannot trace {', '.join(failing)}; the plan follows the operations "
+        "recorded while the example input ran (sizes as they were for that input) and "
+        "`apply_` verifies the pruned model on it"
+        + (f". Kept whole: {', '.join(sorted(whole))}" if whole else ""),
+        RecordedTraceWarning,
+        stacklevel=4,
+    )
+    return output_shape(recording.output), graph
 
 
 def _refuse_unresolved(graph: ChannelGraph) -> None:

@@ -109,18 +109,46 @@ def _literal_width(w: _Walker, node: fx.Node, k: int, x: Value) -> None:
     channels = x.shape[x.cdim]
     if k >= len(sizes) or not isinstance(sizes[k], int) or channels == 1:
         return
+    if node.meta.get("recorded"):  # recorded sizes are read off the shapes: they follow
+        return
+    _tie_literal(w, node, x.layout, channels, "reshapes to")
+
+
+def _tie_literal(
+    w: _Walker, node: fx.Node, layout: tuple[Segment, ...], size: int, what: str
+) -> None:
+    """A size spelled as a constant follows the channels only through the one integer
+    attribute of the calling module that holds it; without one, the channels stay."""
     stack = node.meta.get("nn_module_stack") or {}
     owner = list(stack.values())[-1][0] if stack else ""
     module = w.modules.get(owner)
     names = [
         a
         for a, v in vars(module).items()
-        if isinstance(v, int) and not isinstance(v, bool) and v == channels
+        if isinstance(v, int) and not isinstance(v, bool) and v == size
     ]
     if len(names) == 1:
-        w.member(owner, f"attr:{names[0]}", x.layout, node)
+        w.member(owner, f"attr:{names[0]}", layout, node)
     else:
-        w.graph.freeze(x.layout, f"{node.name!r} reshapes to the fixed width {channels}")
+        w.graph.freeze(layout, f"{node.name!r} {what} the fixed width {size}")
+
+
+def _tie_pieces(
+    w: _Walker, node: fx.Node, pieces: list[tuple[Segment, ...]], sizes: list[int]
+) -> None:
+    """``chunk`` splits the pruned tensor evenly again: its pieces are joined channel by
+    channel. ``split`` with constant sizes: pieces of one size are joined and tied to the
+    attribute that holds it (``[1, self.dim, self.dim]``), or kept whole."""
+    if node.target in (torch.chunk, "chunk"):
+        for piece in pieces[1:]:
+            w.join(pieces[0], piece, node)
+        return
+    for size in dict.fromkeys(sizes):
+        same = [p for p, n in zip(pieces, sizes, strict=True) if n == size]
+        for piece in same[1:]:
+            w.join(same[0], piece, node)
+        if size > 1:
+            _tie_literal(w, node, same[0], size, "splits to")
 
 
 def _order(node: fx.Node, rank: int) -> list[int] | None:
@@ -262,6 +290,46 @@ def _patch_merging(w: _Walker, node: fx.Node, x: Value, shape: tuple[int, ...]) 
     return Value(x.layout * 4, x.cdim, shape, free=x.free)
 
 
+def _split_sizes(node: fx.Node, length: int) -> list[int] | None:
+    """The sizes of the pieces of ``split``/``chunk`` along a dimension of ``length``."""
+    if node.target in (torch.chunk, "chunk"):
+        chunks = _arg(node, 1, "chunks")
+        if not isinstance(chunks, int) or chunks < 1:
+            return None
+        step = math.ceil(length / chunks)
+    else:
+        step = _arg(node, 1, "split_size_or_sections", node.kwargs.get("split_size"))
+        if isinstance(step, list | tuple):
+            return list(step) if all(isinstance(n, int) for n in step) else None
+    if not isinstance(step, int) or step < 1:
+        return None
+    return [min(step, length - start) for start in range(0, length, step)]
+
+
+def _split(w: _Walker, node: fx.Node) -> Any:
+    """``split``/``chunk``: along the channels, the layout is cut into pieces (a channel
+    space cut inside is refined into parts pruned on their own); elsewhere, unchanged."""
+    x = _input(w, node)
+    if x is None:
+        return w.opaque(node, str(node.target))
+    rank = len(x.shape)
+    dim = _arg(node, 2, "dim", 0) % rank
+    sizes = _split_sizes(node, x.shape[dim])
+    if sizes is None:
+        return w.opaque(node, str(node.target))
+    shapes = [x.shape[:dim] + (n,) + x.shape[dim + 1 :] for n in sizes]
+    if x.free:
+        reason = w.graph.frozen[x.layout[0].space]
+        return tuple(w.free_value(shp, x.cdim, reason) for shp in shapes)
+    if dim != x.cdim:
+        return tuple(Value(x.layout, x.cdim, shp) for shp in shapes)
+    pieces = w.cut(x.layout, sizes)
+    if pieces is None:
+        return w.opaque(node, f"{node.target} inside channels kept per head or group")
+    _tie_pieces(w, node, pieces, sizes)
+    return tuple(Value(p, x.cdim, shp) for p, shp in zip(pieces, shapes, strict=True))
+
+
 def _binary(w: _Walker, node: fx.Node) -> Any:
     return w.binary(node, list(node.args))
 
@@ -272,6 +340,7 @@ _BY_OBJECT: dict[Any, Handler] = {
     **dict.fromkeys(POOL_FUNCTIONS, _pool),
     **dict.fromkeys(REDUCE_FUNCTIONS, _reduce),
     **dict.fromkeys((torch.cat, torch.concat), _cat),
+    **dict.fromkeys((torch.split, torch.chunk), _split),
     **dict.fromkeys((torch.permute, torch.transpose, torch.swapaxes), _permute),
     **dict.fromkeys((F.softmax, F.log_softmax, torch.softmax, torch.log_softmax), _softmax),
     torch.flatten: _flatten,
@@ -291,8 +360,9 @@ METHOD_HANDLERS: dict[str, Handler] = {
     **dict.fromkeys(("view", "reshape"), _reshape),
     **dict.fromkeys(("permute", "transpose", "swapaxes"), _permute),
     **dict.fromkeys(("softmax", "log_softmax"), _softmax),
+    **dict.fromkeys(("split", "chunk"), _split),
     "flatten": _flatten,
-    "expand": _expand,
+    **dict.fromkeys(("expand", "expand_as"), _expand),
 }
 
 

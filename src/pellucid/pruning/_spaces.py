@@ -84,6 +84,53 @@ class ChannelGraph:
     group_divisors: dict[int, list[int]] = field(default_factory=dict)
     needs_frozen: list[tuple[int, str]] = field(default_factory=list)
     attrs: dict[str, dict[str, int]] = field(default_factory=dict)
+    refined: dict[int, list[tuple[int, int]]] = field(default_factory=dict)
+
+    def expand(self, layout: tuple[Segment, ...]) -> tuple[Segment, ...]:
+        """``layout`` with every refined space replaced by its parts."""
+        if not self.refined or not any(s.space in self.refined for s in layout):
+            return layout
+        out: list[Segment] = []
+        for seg in layout:
+            if seg.space in self.refined:
+                parts = tuple(Segment(sub, n, seg.repeat) for sub, n in self.refined[seg.space])
+                out += self.expand(parts)
+            else:
+                out.append(seg)
+        return tuple(out)
+
+    def refine(self, space: int, cuts: list[int]) -> bool:
+        """Cut ``space`` (and every space joined to it) at channel offsets ``cuts`` into
+        parts that are pruned independently (a split or chunk along the channels); False
+        when its channels are kept in equal numbers per chunk (heads, groups)."""
+        root = self.find(space)
+        group = [
+            s for s in range(len(self.parent)) if s not in self.refined and self.find(s) == root
+        ]
+        if any(d > 1 for s in group for d in self.group_divisors.get(s, [])):
+            return False
+        bounds = [0, *sorted(set(cuts)), self.lengths[root]]
+        sizes = [b - a for a, b in zip(bounds, bounds[1:], strict=False)]
+        first: list[int] = []
+        for s in group:
+            parts = [self.new_space(n, frozen=self.frozen.get(s)) for n in sizes]
+            for i, sub in enumerate(parts):
+                if s in self.producers:
+                    self.producers[sub] = self.producers[s]
+                if first:
+                    self.union(first[i], sub, "split")
+            first = first or parts
+            self.refined[s] = list(zip(parts, sizes, strict=True))
+            for table in (self.frozen, self.producers, self.group_divisors):
+                table.pop(s, None)  # type: ignore[attr-defined]
+        for member in self.members:
+            member.layout = self.expand(member.layout)
+        self.needs_frozen = [
+            (seg.space, message)
+            for space_, message in self.needs_frozen
+            for seg in self.expand((Segment(space_, self.lengths[space_]),))
+        ]
+        return True
 
     def divide(self, layout: tuple[Segment, ...], divisor: int) -> None:
         """Channels of ``layout`` are kept in equal numbers per ``divisor`` chunk."""

@@ -10,18 +10,18 @@ the failing line given relative to its package (never through the user's folder 
 
 from __future__ import annotations
 
-import os
 import traceback
 from typing import Any
 
-import torch
 from torch import fx, nn
 
 from pellucid.pruning._layers import is_leaf
+from pellucid.pruning._recording import relative_where
 
-__all__ = ["trace"]
+__all__ = ["trace", "traced_leaf"]
 
 _MAX_RETRIES = 64
+_FX = fx.Tracer()
 
 
 class _Tracer(fx.Tracer):
@@ -31,11 +31,7 @@ class _Tracer(fx.Tracer):
         self.failed: str | None = None
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        return (
-            module_qualified_name in self.leaves
-            or is_leaf(m)
-            or super().is_leaf_module(m, module_qualified_name)
-        )
+        return traced_leaf(m, module_qualified_name, self.leaves)
 
     def call_module(self, m: nn.Module, forward: Any, args: Any, kwargs: Any) -> Any:
         try:
@@ -46,24 +42,15 @@ class _Tracer(fx.Tracer):
             raise
 
 
+def traced_leaf(m: nn.Module, name: str, leaves: set[str]) -> bool:
+    """Whether ``m`` is traced as one node: kept-whole and ignored modules, pellucid's known
+    leaves (norms, attention, per-sample scalings) and ``torch.fx``'s (``torch.nn`` layers)."""
+    return name in leaves or is_leaf(m) or _FX.is_leaf_module(m, name)
+
+
 def _where(err: BaseException) -> str:
     """The last frame of the failure outside torch and pellucid, as ``package/file.py:line``."""
-    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # .../pellucid
-    skip = (os.path.dirname(os.path.abspath(torch.__file__)), package)
-    frames = [
-        f
-        for f in traceback.extract_tb(err.__traceback__)
-        if not os.path.abspath(f.filename).startswith(skip)
-    ]
-    if not frames:
-        return ""
-    path = os.path.abspath(frames[-1].filename)
-    parts = path.split(os.sep)
-    if "site-packages" in parts:
-        path = "/".join(parts[parts.index("site-packages") + 1 :])
-    else:
-        path = os.path.basename(path)
-    return f" at {path}:{frames[-1].lineno}"
+    return relative_where(traceback.extract_tb(err.__traceback__))
 
 
 def trace(model: nn.Module, ignore: set[str]) -> tuple[fx.GraphModule, dict[str, str]]:

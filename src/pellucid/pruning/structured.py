@@ -519,7 +519,7 @@ def plan_channel_pruning(
     request = _validate(model, amount, importance, round_to, ignore, data, global_ranking)
     modules = dict(model.named_modules())
     _warn_recurrent(modules)
-    gm, graph = build_graph(model, example_inputs, set(request.ignored))
+    output, graph = build_graph(model, example_inputs, set(request.ignored))
     roots, by_root = _group(graph)
     if request.per_layer is not None:
         known = {m.module for r in roots for m in by_root.get(r, [])}
@@ -545,5 +545,5 @@ def plan_channel_pruning(
         _params=indices.params,
         _attrs=indices.attrs,
         _example=tuple(t.detach().clone() if isinstance(t, torch.Tensor) else t for t in inputs),
-        _output_shape=gm.meta["output_shape"],
+        _output_shape=output,
     )
