@@ -395,12 +395,13 @@ OPS = (
     "channels_last",
     "cat",
     "shuffle",
+    "unsupported",
 )
 
 
 class Composed(nn.Module):
-    """A random stack of the supported operations on an (N, C, H, W) stream (``shuffle``, a
-    channel shuffle, is not supported: plans through it must be refused cleanly)."""
+    """A random stack of operations on an (N, C, H, W) stream (``unsupported``, a cumulative
+    sum along the channels, cannot be followed: plans through it must be refused cleanly)."""
 
     def __init__(self, ops: list[str], width: int = 8) -> None:
         super().__init__()
@@ -446,6 +447,8 @@ class Composed(nn.Module):
             elif op == "shuffle":
                 n, c, hh, ww = h.shape
                 h = h.view(n, 2, c // 2, hh, ww).transpose(1, 2).reshape(n, c, hh, ww)
+            elif op == "unsupported":
+                h = torch.cumsum(h, 1)
             else:
                 h = torch.relu(block(h))
         return self.head(torch.flatten(nn.functional.adaptive_avg_pool2d(h, 1), 1))
@@ -465,8 +468,8 @@ def test_random_compositions_apply_to_a_running_model_or_change_nothing(ops, amo
     try:
         plan = plan_channel_pruning(model, x[:1], amount=amount)
     except ValueError as err:
-        # only the unsupported channel shuffle is refused, and the model is as it was
-        assert "shuffle" in ops, err
+        # only the unsupported operation is refused, and the model is as it was
+        assert "unsupported" in ops, err
         assert repr(model) == structure
         assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
         return
@@ -662,3 +665,39 @@ def test_chunk_and_split_cut_a_layer_output_into_parts():
     # both halves keep the same number (the pruned tensor is chunked in two again)
     assert pruned.a.out_channels == 4 and pruned.b.in_channels == 2
     assert pruned.head.in_features == 4
+
+
+class ShuffleUnits(nn.Module):
+    """Two ShuffleNet-v2 units: the first concatenates two branches, the second passes one
+    half of its input and transforms the other; both end in a channel shuffle."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 1)
+        self.left, self.right = nn.Conv2d(8, 8, 1), nn.Conv2d(8, 8, 1)
+        self.bn = nn.BatchNorm2d(8)
+        self.branch = nn.Sequential(nn.Conv2d(8, 8, 1), nn.ReLU(), nn.Conv2d(8, 8, 1))
+        self.head = nn.Linear(16, 3)
+
+    @staticmethod
+    def shuffle(x):
+        n, c, h, w = x.size()
+        return x.view(n, 2, c // 2, h, w).transpose(1, 2).contiguous().view(n, -1, h, w)
+
+    def forward(self, x):
+        h = torch.relu(self.stem(x))
+        h = self.shuffle(torch.cat([self.left(h), self.bn(self.right(h))], 1))
+        a, b = h.chunk(2, dim=1)
+        h = self.shuffle(torch.cat([a, self.branch(b)], 1))
+        return self.head(h.mean((2, 3)))
+
+
+def test_channel_shuffle_is_pruned_through_its_permutation():
+    torch.manual_seed(10)
+    model = _randomize_bn(ShuffleUnits())
+    pruned = _check_equivalence(model, torch.randn(3, 3, 4, 4), amount=0.5)
+    # the branches are pruned alike (every shuffle piece keeps the same channels); the
+    # shuffled stream reaches the head interleaved, each kept channel twice over
+    assert pruned.left.out_channels == pruned.right.out_channels == pruned.bn.num_features
+    assert pruned.left.out_channels < 8 and pruned.branch[0].out_channels == 4
+    assert pruned.head.in_features == 2 * pruned.left.out_channels

@@ -5,8 +5,9 @@ segments, each a slice of one channel *space*. A Linear or convolution creates a
 (its output units); norms, depthwise convolutions, activations and pooling keep the layout
 (the layer table is in :mod:`pellucid.pruning._layers`); an addition or multiplication of
 two tensors joins their spaces (both sides of a residual are pruned together); a
-concatenation along channels chains segments; a flatten repeats every channel over the
-positions it absorbs; permutes, transposes and reshapes move the channel dimension.
+concatenation along channels chains segments, a split or chunk cuts them (refining a space
+into parts); a flatten repeats every channel over the positions it absorbs, and so does a
+channel shuffle (its pieces are joined, coarsened where one piece repeats channels); permutes, transposes and reshapes move the channel dimension.
 Parameters that meet channels (positional embeddings, class tokens, layer scales, norm
 weights) are sliced with them. Spaces joined together form a group whose channels are kept
 or removed as one. Spaces that reach the model's input or output, an ignored layer, or a
@@ -73,6 +74,7 @@ class _Walker:
         self.graph = ChannelGraph()
         self.env: dict[fx.Node, Any] = {}
         self.seen: dict[str, tuple[tuple[Segment, ...], Any]] = {}
+        self.overrides: dict[fx.Node, Any] = {}  # values decided ahead (a shuffle's nodes)
         self.bound: dict[str, tuple[int, tuple[Segment, ...]]] = {}
 
     # -- values ------------------------------------------------------------------------------
@@ -92,6 +94,34 @@ class _Walker:
         if isinstance(v, tuple | list):
             return type(v)(self.expanded(item) for item in v)
         return v
+
+    def align(self, a: tuple[Segment, ...], b: tuple[Segment, ...], node: fx.Node) -> bool:
+        """Join two layouts of the same width channel by channel, first cutting and
+        coarsening their spaces until their segments line up; both are frozen if they
+        cannot (a shuffle's pieces, e.g. a passed-through half beside a layer's output)."""
+        for _ in range(4 * (len(a) + len(b)) + 4):
+            a, b = self.graph.expand(a), self.graph.expand(b)
+            diff = next(
+                (
+                    i
+                    for i, (x, y) in enumerate(zip(a, b, strict=False))
+                    if (x.length, x.repeat) != (y.length, y.repeat)
+                ),
+                None,
+            )
+            if diff is None:
+                break
+            x, y = a[diff], b[diff]
+            wide, narrow = (x, y) if x.length * x.repeat >= y.length * y.repeat else (y, x)
+            width = narrow.length * narrow.repeat
+            if width == wide.length * wide.repeat:  # same width: tie the finer one's channels
+                small, big = (x, y) if x.repeat < y.repeat else (y, x)
+                factor, rest = divmod(big.repeat, small.repeat)
+                if rest or not self.graph.coarsen(small.space, factor):
+                    break
+            elif width % wide.repeat or not self.graph.refine(wide.space, [width // wide.repeat]):
+                break
+        return self.join(self.graph.expand(a), self.graph.expand(b), node)
 
     def cut(
         self, layout: tuple[Segment, ...], sizes: list[int]
@@ -162,6 +192,7 @@ class _Walker:
 
     def join(self, a: tuple[Segment, ...], b: tuple[Segment, ...], node: fx.Node) -> bool:
         """Couple two layouts channel by channel; freeze both when they do not line up."""
+        a, b = self.graph.expand(a), self.graph.expand(b)
         if len(a) != len(b) or any(
             x.length != y.length or x.repeat != y.repeat for x, y in zip(a, b, strict=True)
         ):
@@ -178,7 +209,7 @@ class _Walker:
     def member(
         self, name: str, role: str, layout: tuple[Segment, ...], node: fx.Node, dim: int = 0
     ) -> None:
-        self.graph.members.append(Member(name, role, layout, node.name, dim))
+        self.graph.members.append(Member(name, role, self.graph.expand(layout), node.name, dim))
 
     def produce(
         self, node: fx.Node, name: str, length: int, cdim: int, shape: tuple[int, ...]
@@ -232,7 +263,9 @@ class _Walker:
     # -- walk ----------------------------------------------------------------------------------
     def run(self) -> ChannelGraph:
         for node in self.fx_graph.nodes:
-            if node.op == "placeholder":
+            if node in self.overrides:
+                self.env[node] = self.overrides.pop(node)
+            elif node.op == "placeholder":
                 self.env[node] = self.fresh(node, "the model's input")
             elif node.op == "get_attr":
                 target = str(node.target)

@@ -68,7 +68,7 @@ def _conv(w: _Walker, node: fx.Node, module: Any, name: str, x: Value, shape: An
     groups = module.groups
     if groups == 1:
         return w.layer(node, name, x, module.out_channels, 1, shape)
-    if groups == module.in_channels == module.out_channels and all(s.repeat == 1 for s in x.layout):
+    if groups == module.in_channels == module.out_channels:  # depthwise: one filter per channel
         return w.elementwise(node, name, x, shape)
     if module.in_channels == module.out_channels and all(s.repeat == 1 for s in x.layout):
         # grouped, square: output channel i is tied to input channel i; every group keeps
@@ -107,9 +107,11 @@ def _norm_at(dim: int | None) -> Callable[..., Any]:
         if isinstance(module, nn.LayerNorm) and len(module.normalized_shape) != 1:
             return None
         if isinstance(module, nn.GroupNorm):
-            if any(s.repeat != 1 for s in x.layout):
-                return None
-            w.graph.divide(x.layout, module.num_groups)
+            single = len(x.layout) == 1 and x.layout[0].length % module.num_groups == 0
+            if all(s.repeat == 1 for s in x.layout) or single:
+                w.graph.divide(x.layout, module.num_groups)
+            else:  # groups that do not line up with the channel spaces
+                w.graph.freeze(x.layout, f"the groups of {name!r} mix repeated channels")
         return w.elementwise(node, name, x, shape)
 
     return handler

@@ -90,6 +90,8 @@ def _reshape(w: _Walker, node: fx.Node, x: Value, shape: tuple[int, ...]) -> Any
             if size == channels:
                 _literal_width(w, node, k, x)
                 return Value(x.layout, k, shape)
+            if k + 1 < len(shape) and size * shape[k + 1] == channels and x.cdim == k:
+                return _shuffle(w, node, x, size)
             for j in range(x.cdim + 1, len(x.shape) + 1):
                 inner = math.prod(x.shape[x.cdim + 1 : j])
                 if size == channels * inner and j > x.cdim + 1:
@@ -99,6 +101,46 @@ def _reshape(w: _Walker, node: fx.Node, x: Value, shape: tuple[int, ...]) -> Any
         if acc > before:
             break
     return w.opaque(node, f"{node.target} to shape {shape}")
+
+
+def _only_user(node: fx.Node) -> fx.Node | None:
+    users = list(node.users)
+    return users[0] if len(users) == 1 else None
+
+
+def _shuffle(w: _Walker, node: fx.Node, x: Value, groups: int) -> Any:
+    """A channel shuffle: the channels viewed as ``(groups, C / groups)``, those two
+    dimensions swapped and merged back. Each group's piece is joined channel by channel
+    with the others (every piece keeps the same channels, so the pruned tensor is still
+    shuffled the same way) and the output interleaves them: each channel of a piece
+    becomes ``groups`` consecutive channels."""
+    k = x.cdim
+    swap = _only_user(node)
+    order = _order(swap, len(w.shape(node) or ())) if swap is not None else None
+    expected = list(range(len(w.shape(node) or ())))
+    if order is None or swap is None:
+        return w.opaque(node, f"{node.target} that splits the channel dimension")
+    expected[k], expected[k + 1] = k + 1, k
+    merge, copies = _only_user(swap), []
+    while merge is not None and merge.target in ("contiguous", "clone"):
+        copies.append(merge)
+        merge = _only_user(merge)
+    mergers = ("view", "reshape", "flatten", torch.reshape, torch.flatten)
+    if order != expected or merge is None or merge.target not in mergers:
+        return w.opaque(node, f"{node.target} that splits the channel dimension")
+    if w.shape(merge) != x.shape:
+        return w.opaque(node, f"{node.target} that splits the channel dimension")
+    pieces = w.cut(x.layout, [x.shape[k] // groups] * groups)
+    if pieces is None or not all(w.align(pieces[0], p, node) for p in pieces[1:]):
+        # e.g. pieces inside channels kept per group (GroupNorm): shuffled, but kept whole
+        w.graph.freeze(x.layout, f"{node.name!r} shuffles channels that are kept together")
+        return w.opaque(node, "channel shuffle")
+    first = w.graph.expand(pieces[0])
+    w.overrides.update(dict.fromkeys([swap, *copies]))
+    w.overrides[merge] = Value(
+        tuple(Segment(s.space, s.length, s.repeat * groups) for s in first), k, x.shape
+    )
+    return None
 
 
 def _literal_width(w: _Walker, node: fx.Node, k: int, x: Value) -> None:
@@ -324,8 +366,10 @@ def _split(w: _Walker, node: fx.Node) -> Any:
     if dim != x.cdim:
         return tuple(Value(x.layout, x.cdim, shp) for shp in shapes)
     pieces = w.cut(x.layout, sizes)
-    if pieces is None:
-        return w.opaque(node, f"{node.target} inside channels kept per head or group")
+    if pieces is None:  # the cut falls inside channels kept per head or group, or repeated
+        reason = f"{node.name!r} cuts channels that are kept together"
+        w.graph.freeze(x.layout, reason)
+        return tuple(w.free_value(shp, x.cdim, reason) for shp in shapes)
     _tie_pieces(w, node, pieces, sizes)
     return tuple(Value(p, x.cdim, shp) for p, shp in zip(pieces, shapes, strict=True))
 

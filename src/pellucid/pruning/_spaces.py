@@ -84,16 +84,19 @@ class ChannelGraph:
     group_divisors: dict[int, list[int]] = field(default_factory=dict)
     needs_frozen: list[tuple[int, str]] = field(default_factory=list)
     attrs: dict[str, dict[str, int]] = field(default_factory=dict)
-    refined: dict[int, list[tuple[int, int]]] = field(default_factory=dict)
+    refined: dict[int, list[tuple[int, int, int]]] = field(default_factory=dict)
 
     def expand(self, layout: tuple[Segment, ...]) -> tuple[Segment, ...]:
-        """``layout`` with every refined space replaced by its parts."""
+        """``layout`` with every refined or coarsened space replaced by its parts."""
         if not self.refined or not any(s.space in self.refined for s in layout):
             return layout
         out: list[Segment] = []
         for seg in layout:
             if seg.space in self.refined:
-                parts = tuple(Segment(sub, n, seg.repeat) for sub, n in self.refined[seg.space])
+                parts = tuple(
+                    Segment(sub, n, seg.repeat * factor)
+                    for sub, n, factor in self.refined[seg.space]
+                )
                 out += self.expand(parts)
             else:
                 out.append(seg)
@@ -104,23 +107,43 @@ class ChannelGraph:
         parts that are pruned independently (a split or chunk along the channels); False
         when its channels are kept in equal numbers per chunk (heads, groups)."""
         root = self.find(space)
-        group = [
-            s for s in range(len(self.parent)) if s not in self.refined and self.find(s) == root
-        ]
-        if any(d > 1 for s in group for d in self.group_divisors.get(s, [])):
-            return False
         bounds = [0, *sorted(set(cuts)), self.lengths[root]]
         sizes = [b - a for a, b in zip(bounds, bounds[1:], strict=False)]
+        if any(d > 1 for s in self._live(root) for d in self.group_divisors.get(s, [])):
+            return False
+        return self._replace(root, [(n, 1) for n in sizes])
+
+    def coarsen(self, space: int, factor: int) -> bool:
+        """Tie every ``factor`` consecutive channels of ``space`` (and of every space joined
+        to it) into one, as a flatten repeats them (a shuffle that interleaves them)."""
+        root = self.find(space)
+        length = self.lengths[root]
+        divisors = [d for s in self._live(root) for d in self.group_divisors.get(s, [])]
+        if length % factor or any((length // d) % factor for d in divisors):
+            return False
+        return self._replace(root, [(length // factor, factor)], divisors)
+
+    def _live(self, root: int) -> list[int]:
+        return [
+            s for s in range(len(self.parent)) if s not in self.refined and self.find(s) == root
+        ]
+
+    def _replace(
+        self, root: int, parts: list[tuple[int, int]], divisors: list[int] | None = None
+    ) -> bool:
+        """Every live space of ``root``'s group replaced by new spaces ``(length, factor)``."""
         first: list[int] = []
-        for s in group:
-            parts = [self.new_space(n, frozen=self.frozen.get(s)) for n in sizes]
-            for i, sub in enumerate(parts):
+        for s in self._live(root):
+            subs = [self.new_space(n, frozen=self.frozen.get(s)) for n, _f in parts]
+            for i, sub in enumerate(subs):
                 if s in self.producers:
                     self.producers[sub] = self.producers[s]
+                if divisors:
+                    self.group_divisors[sub] = list(divisors)
                 if first:
                     self.union(first[i], sub, "split")
-            first = first or parts
-            self.refined[s] = list(zip(parts, sizes, strict=True))
+            first = first or subs
+            self.refined[s] = [(sub, n, f) for sub, (n, f) in zip(subs, parts, strict=True)]
             for table in (self.frozen, self.producers, self.group_divisors):
                 table.pop(s, None)  # type: ignore[attr-defined]
         for member in self.members:
@@ -134,7 +157,7 @@ class ChannelGraph:
 
     def divide(self, layout: tuple[Segment, ...], divisor: int) -> None:
         """Channels of ``layout`` are kept in equal numbers per ``divisor`` chunk."""
-        for seg in layout:
+        for seg in self.expand(layout):
             self.group_divisors.setdefault(seg.space, []).append(divisor)
 
     def new_space(self, length: int, frozen: str | None = None) -> int:
@@ -163,11 +186,11 @@ class ChannelGraph:
         self.parent[rb] = ra
 
     def freeze(self, layout: tuple[Segment, ...], reason: str) -> None:
-        for seg in layout:
+        for seg in self.expand(layout):
             self.frozen.setdefault(seg.space, reason)
 
     def require_frozen(self, layout: tuple[Segment, ...], message: str) -> None:
-        self.needs_frozen += [(seg.space, message) for seg in layout]
+        self.needs_frozen += [(seg.space, message) for seg in self.expand(layout)]
 
     def frozen_reason(self, root: int) -> str | None:
         for space, reason in self.frozen.items():

@@ -2,9 +2,10 @@
 
 :func:`plan_channel_pruning` traces the model with ``torch.fx``, groups coupled channels
 (Conv -> BatchNorm -> activation -> Conv, Linear -> Linear, flatten into Linear, both sides
-of residual additions, concatenations, depthwise and grouped convolutions, Layer/Group
-norms, squeeze-excitation, permutes and reshapes, positional embeddings and class tokens,
-the heads of attention blocks), scores each group and decides which channels stay. Planning
+of residual additions, concatenations, splits and chunks, channel shuffles, depthwise and
+grouped convolutions, Layer/Group norms, squeeze-excitation, permutes and reshapes,
+positional embeddings and class tokens, the heads of attention blocks; a recorded run where
+``torch.fx`` cannot trace), scores each group and decides which channels stay. Planning
 is pure and runs in four steps: validate the arguments, build the groups, score and select
 each group's channels, and turn the kept channels into per-module indices. The printable,
 frozen :class:`ChannelPruningPlan` then shrinks the modules with
