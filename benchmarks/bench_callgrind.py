@@ -24,14 +24,11 @@ Run: ``PYTHONPATH=src python benchmarks/bench_callgrind.py CASE [--calls 3]`` (n
 from __future__ import annotations
 
 import argparse
-import os
-import re
-import shutil
-import subprocess
-import sys
 import tempfile
 from collections.abc import Callable
 from typing import Any
+
+from _callgrind import instructions, require_valgrind
 
 CASES = (
     "occlusion",
@@ -80,27 +77,9 @@ def child(case: str, variant: str, calls: int) -> None:
 
 
 def _instructions(case: str, variant: str, calls: int, folder: str) -> int:
-    out = os.path.join(folder, f"callgrind.{variant}")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    command = [
-        "valgrind",
-        "--tool=callgrind",
-        f"--callgrind-out-file={out}",
-        sys.executable,
-        __file__,
-        case,
-        "--child",
-        variant,
-        "--calls",
-        str(calls),
-    ]
-    run = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
-    if run.returncode != 0:
-        raise SystemExit(f"callgrind run '{variant}' failed:\n{run.stderr[-2000:]}")
-    match = re.search(r"Collected\s*:\s*(\d+)", run.stderr)
-    if match is None:
-        raise SystemExit(f"no instruction count in callgrind's output:\n{run.stderr[-2000:]}")
-    return int(match.group(1))
+    return instructions(
+        __file__, [case, "--child", variant, "--calls", str(calls)], variant, folder
+    )
 
 
 def main() -> None:
@@ -113,8 +92,7 @@ def main() -> None:
     if args.child:
         child(args.case, args.child, args.calls)
         return
-    if shutil.which("valgrind") is None:
-        raise SystemExit("valgrind is not installed (Debian: apt-get install -y valgrind)")
+    require_valgrind()
     names = args.only.split(",") if args.only else list(variants(args.case))
     with tempfile.TemporaryDirectory() as folder:
         base = _instructions(args.case, "base", args.calls, folder)

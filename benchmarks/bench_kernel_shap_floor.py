@@ -24,15 +24,12 @@ Run: ``PYTHONPATH=src python benchmarks/bench_kernel_shap_floor.py [--callgrind]
 from __future__ import annotations
 
 import argparse
-import os
-import re
-import shutil
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable
 from typing import Any
+
+from _callgrind import instructions, require_valgrind
 
 N_SAMPLES = 200
 
@@ -96,17 +93,7 @@ def child(mode: str, calls: int) -> None:
 
 
 def _instructions(mode: str, calls: int, folder: str) -> int:
-    out = os.path.join(folder, f"callgrind.{mode}")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    command = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable]
-    command += [__file__, "--child", mode, "--calls", str(calls)]
-    run = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
-    if run.returncode != 0:
-        raise SystemExit(f"callgrind run '{mode}' failed:\n{run.stderr[-2000:]}")
-    match = re.search(r"Collected\s*:\s*(\d+)", run.stderr)
-    if match is None:
-        raise SystemExit(f"no instruction count in callgrind's output:\n{run.stderr[-2000:]}")
-    return int(match.group(1))
+    return instructions(__file__, ["--child", mode, "--calls", str(calls)], mode, folder)
 
 
 def main() -> None:
@@ -126,8 +113,7 @@ def main() -> None:
         print(f"  kernel_shap {ours * 1e3:8.3f} ms   floor {floor * 1e3:8.3f} ms")
         print(f"  ratio to the floor: {ours / floor:.2f}x (target <= 3x)")
         return
-    if shutil.which("valgrind") is None:
-        raise SystemExit("valgrind is not installed (Debian: apt-get install -y valgrind)")
+    require_valgrind()
     with tempfile.TemporaryDirectory() as folder:
         counts = {m: _instructions(m, args.calls, folder) for m in ("base", "ours", "floor")}
     ours = (counts["ours"] - counts["base"]) / args.calls

@@ -18,12 +18,9 @@ Run: ``PYTHONPATH=src python benchmarks/bench_monitor_callgrind.py [--steps 30] 
 from __future__ import annotations
 
 import argparse
-import os
-import re
-import shutil
-import subprocess
-import sys
 import tempfile
+
+from _callgrind import instructions, require_valgrind
 
 
 def child(mode: str, steps: int, log_every: int) -> None:
@@ -43,28 +40,8 @@ def child(mode: str, steps: int, log_every: int) -> None:
 
 
 def _instructions(mode: str, steps: int, log_every: int, folder: str) -> int:
-    out = os.path.join(folder, f"callgrind.{mode}")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    command = [
-        "valgrind",
-        "--tool=callgrind",
-        f"--callgrind-out-file={out}",
-        sys.executable,
-        __file__,
-        "--child",
-        mode,
-        "--steps",
-        str(steps),
-        "--log-every",
-        str(log_every),
-    ]
-    run = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
-    if run.returncode != 0:
-        raise SystemExit(f"callgrind run '{mode}' failed:\n{run.stderr[-2000:]}")
-    match = re.search(r"Collected\s*:\s*(\d+)", run.stderr)
-    if match is None:
-        raise SystemExit(f"no instruction count in callgrind's output:\n{run.stderr[-2000:]}")
-    return int(match.group(1))
+    args = ["--child", mode, "--steps", str(steps), "--log-every", str(log_every)]
+    return instructions(__file__, args, mode, folder)
 
 
 def main() -> None:
@@ -76,8 +53,7 @@ def main() -> None:
     if args.child:
         child(args.child, args.steps, args.log_every)
         return
-    if shutil.which("valgrind") is None:
-        raise SystemExit("valgrind is not installed (Debian: apt-get install -y valgrind)")
+    require_valgrind()
     with tempfile.TemporaryDirectory() as folder:
         counts = {
             m: _instructions(m, args.steps, args.log_every, folder)
