@@ -13,21 +13,22 @@ from pellucid._validation import check_float
 __all__ = ["check_amount", "check_min_keep", "drop_smallest", "n_to_prune", "protect"]
 
 
+def _count_or_fraction(name: str, value: Any, fraction: str, **bounds: Any) -> float | int:
+    """``value`` as a non-negative integer count, or as a fraction checked against ``bounds``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"`{name}` must be {fraction}; got {value!r} ({type(value).__name__}).")
+    if isinstance(value, numbers.Integral):
+        if value < 0:
+            raise ValueError(f"`{name}` must be a non-negative integer count; got {value}.")
+        return int(value)
+    return check_float(name, value, min_value=0.0, max_value=1.0, **bounds)
+
+
 def check_amount(amount: Any) -> float | int:
-    if isinstance(amount, bool) or not isinstance(amount, numbers.Real):
-        raise TypeError(
-            f"`amount` must be a fraction in [0, 1) or a non-negative integer count; "
-            f"got {amount!r} ({type(amount).__name__})."
-        )
-    if isinstance(amount, numbers.Integral):
-        if amount < 0:
-            raise ValueError(f"`amount` must be a non-negative integer count; got {amount}.")
-        return int(amount)
-    return check_float(
+    return _count_or_fraction(
         "amount",
         amount,
-        min_value=0.0,
-        max_value=1.0,
+        "a fraction in [0, 1) or a non-negative integer count",
         max_inclusive=False,
         hint=" Pass a fraction such as 0.9, or an integer count of weights.",
     )
@@ -44,16 +45,12 @@ def n_to_prune(amount: float | int, size: int, where: str) -> int:
 
 
 def check_min_keep(min_keep: Any) -> float | int:
-    if isinstance(min_keep, bool) or not isinstance(min_keep, numbers.Real):
-        raise TypeError(
-            f"`min_keep` must be a non-negative integer count or a fraction in (0, 1]; "
-            f"got {min_keep!r} ({type(min_keep).__name__})."
-        )
-    if isinstance(min_keep, numbers.Integral):
-        if min_keep < 0:
-            raise ValueError(f"`min_keep` must be a non-negative integer count; got {min_keep}.")
-        return int(min_keep)
-    return check_float("min_keep", min_keep, min_value=0.0, max_value=1.0, min_inclusive=False)
+    return _count_or_fraction(
+        "min_keep",
+        min_keep,
+        "a non-negative integer count or a fraction in (0, 1]",
+        min_inclusive=False,
+    )
 
 
 def protect(
