@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from pellucid._evaluate import resolve_batch_size
 from pellucid._registry import register
 from pellucid._shell import Run, explaining
 from pellucid._targets import Target
@@ -208,6 +209,11 @@ def sampling_shapley(
     The same permutations serve every example. Cost: ``n_samples * (P - 1) + 2`` rows per
     example.
 
+    Memory does not grow with ``n_samples``: the permutations are drawn and evaluated in
+    blocks whose prefix coalitions fill about ``batch_size`` model rows (at least one
+    permutation, with its reverse), and each block is folded into running sums; the result
+    is the same (up to float rounding) whatever the block size.
+
     Args:
         model: a callable ``Tensor -> Tensor``.
         inputs: a batch-first float tensor.
@@ -268,32 +274,78 @@ def _permutation_values(
     run: Run, game: Any, p: int, n_samples: int, antithetic: bool, generator: Any
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int]:
     """Mean marginal contributions over random player orders (with their reverses when
-    ``antithetic``), their standard error, v(empty), v(full) and the number of orders."""
+    ``antithetic``), their standard error, v(empty), v(full) and the number of orders.
+
+    The orders stream in blocks of *units* (an order, or an order and its reverse) whose
+    prefix coalitions fill about ``batch_size`` model rows (:func:`_units_per_block`): each
+    block is drawn, evaluated and folded into running sums (the contributions' sum, and the
+    units' mean and squared deviations, combined by Chan's pairwise update), so memory does
+    not grow with ``n_samples``. The draws are those of one ``(units, P)`` uniform draw
+    (a CPU generator draws serially), so the result does not depend on the block size."""
     n, device = run.inputs.shape[0], run.inputs.device
     half = (n_samples + 1) // 2 if antithetic else n_samples
-    ranks = torch.rand(half, p, generator=generator).argsort(1).argsort(1).to(device)
-    if antithetic:
-        ranks = torch.cat([ranks, p - 1 - ranks])
-    n_perm = ranks.shape[0]
+    n_perm = 2 * half if antithetic else n_samples
+    per_block = _units_per_block(run, game, p, n * (2 if antithetic else 1), half)
     steps = torch.arange(1, p, device=device).view(1, p - 1, 1)
-    z = (ranks.unsqueeze(1) < steps).reshape(-1, p)  # prefixes of size 1..P-1
-    inner, empty, full = _with_ends(game, z, run.scores())
+    total = torch.zeros(n, p, dtype=torch.float64, device=device)
+    mean, sq_dev = torch.zeros_like(total), torch.zeros_like(total)
+    ends: tuple[torch.Tensor, torch.Tensor] | None = None
+    done = 0
+    while done < half:
+        k = min(per_block, half - done)
+        ranks = torch.rand(k, p, generator=generator).argsort(1).argsort(1).to(device)
+        if antithetic:
+            ranks = torch.cat([ranks, p - 1 - ranks])
+        z = (ranks.unsqueeze(1) < steps).reshape(-1, p)  # prefixes of size 1..P-1
+        if ends is None:  # v(empty) comes with the first block
+            inner, empty, full = _with_ends(game, z, run.scores())
+            ends = (empty, full)
+        else:
+            inner = game(z).to(torch.float64)
+        contrib = _contributions(inner, ranks, *ends)  # (N, orders of the block, P)
+        total += contrib.sum(1)
+        units = (contrib[:, :k] + contrib[:, k:]) / 2 if antithetic else contrib
+        unit_mean = units.mean(1)
+        delta = unit_mean - mean
+        mean += delta * (k / (done + k))
+        sq_dev += (units - unit_mean.unsqueeze(1)).square().sum(1) + delta.square() * (
+            done * k / (done + k)
+        )
+        done += k
+    if ends is None:
+        raise RuntimeError(f"sampling_shapley drew no permutations for n_samples={n_samples}.")
+    values = total / n_perm
+    stderr = (
+        (sq_dev / (half - 1)).sqrt() / math.sqrt(half) if half > 1 else torch.zeros_like(values)
+    )
+    return values, stderr, ends[0], ends[1], n_perm
+
+
+def _units_per_block(run: Run, game: Any, p: int, rows_per_unit: int, units: int) -> int:
+    """Units (orders, or order-and-reverse pairs) per block: their ``P - 1`` prefix rows
+    per example fill ``batch_size`` model rows (at least one unit), or, without
+    ``batch_size``, about 64 MB of input rows (:func:`~pellucid._evaluate.resolve_batch_size`)."""
+    row_rows = rows_per_unit * (p - 1) * game.n_ref
+    rows = resolve_batch_size(run.batch_size, max(1, run.inputs[0].numel()), total=units * row_rows)
+    return max(1, min(units, rows // max(1, row_rows)))
+
+
+def _contributions(
+    inner: torch.Tensor, ranks: torch.Tensor, empty: torch.Tensor, full: torch.Tensor
+) -> torch.Tensor:
+    """(N, orders, P): each player's marginal contribution in each order, from the scores
+    ``inner`` (N, orders * (P - 1)) of the orders' prefixes of size 1..P-1."""
+    n, orders, p = inner.shape[0], ranks.shape[0], ranks.shape[1]
     chain = torch.cat(
         [
-            empty.view(n, 1, 1).expand(n, n_perm, 1),
-            inner.view(n, n_perm, p - 1),
-            full.view(n, 1, 1).expand(n, n_perm, 1),
+            empty.view(n, 1, 1).expand(n, orders, 1),
+            inner.view(n, orders, p - 1),
+            full.view(n, 1, 1).expand(n, orders, 1),
         ],
         dim=2,
     )
-    marginal = chain.diff(dim=2)  # (N, perms, P): contribution of the player at rank k
-    contrib = marginal.gather(2, ranks.unsqueeze(0).expand(n, -1, -1))
-    values = contrib.mean(1)
-    units = (contrib[:, :half] + contrib[:, half:]) / 2 if antithetic else contrib
-    stderr = (
-        units.std(1) / math.sqrt(units.shape[1]) if units.shape[1] > 1 else torch.zeros_like(values)
-    )
-    return values, stderr, empty, full, n_perm
+    marginal = chain.diff(dim=2)  # contribution of the player at rank k
+    return marginal.gather(2, ranks.unsqueeze(0).expand(n, -1, -1))
 
 
 @register(
