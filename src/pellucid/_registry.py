@@ -36,6 +36,7 @@ VOCABULARY: dict[str, str] = {
     "inputs": "the batch-first inputs explained",
     "target": "which output is explained: int, one per example, 'predicted', callable, None",
     "batch_size": "rows per forward (or forward+backward) pass; None picks one",
+    "max_memory": "a peak-memory budget (bytes or '2GB') that picks batch_size",
     "forward_args": "extra positional model arguments (batch-aligned ones follow the rows)",
     "forward_kwargs": "extra keyword model arguments",
     "output": "which part of a tuple/dict/ModelOutput return value is explained",

@@ -10,11 +10,14 @@ Every public attribution method is its signature, its docstring and a tensor-onl
         return run.explanation
 
 :func:`explaining` takes the shared arguments from the call's ``locals()`` (``model``,
-``inputs``, ``target``, ``layer``, ``batch_size``, ``forward_args``, ``forward_kwargs``,
-``output``, ``eval_mode``), enters :func:`~pellucid._state.model_guard`, runs
-:func:`~pellucid._evaluate.prepare` once, and on a clean exit builds the
+``inputs``, ``target``, ``layer``, ``batch_size``, ``max_memory``, ``forward_args``,
+``forward_kwargs``, ``output``, ``eval_mode``), enters :func:`~pellucid._state.model_guard`,
+runs :func:`~pellucid._evaluate.prepare` once, and on a clean exit builds the
 :class:`~pellucid.explanation.Explanation` from what the core handed to :meth:`Run.result`:
 the method name, the resolved target, ``batch_size`` and the layer's name in ``params``.
+With ``max_memory`` (checked before the model runs), ``run.batch_size`` is the one
+:func:`~pellucid._evaluate.pick_batch_size` picks from the method's per-row cost and one
+measured row; ``params`` then holds both.
 
 Rule-based methods (DeepLIFT, LRP, guided backprop, deconvolution) and the attention
 methods change how the model runs: they pass ``engine=``, a factory called inside the
@@ -34,7 +37,9 @@ import torch
 
 from pellucid._evaluate import (
     Prepared,
+    check_memory_options,
     path_gradients,
+    pick_batch_size,
     prepare,
     prepared_gradients,
     target_scores,
@@ -46,7 +51,16 @@ from pellucid.explanation import Explanation
 __all__ = ["Run", "check_bool", "explaining"]
 
 #: The arguments the shell handles; everything else belongs to the method's core.
-SHARED = ("model", "inputs", "target", "layer", "batch_size", "forward_args", "forward_kwargs")
+SHARED = (
+    "model",
+    "inputs",
+    "target",
+    "layer",
+    "batch_size",
+    "max_memory",
+    "forward_args",
+    "forward_kwargs",
+)
 
 
 def check_bool(name: str, value: Any) -> bool:
@@ -65,6 +79,7 @@ class Run:
         self.name, self.prep, self.batch_size, self.engine = name, prep, batch_size, engine
         self._explanation: Explanation | None = None
         self._result: dict[str, Any] | None = None
+        self.max_memory: Any = None  # the budget as given, when batch_size was picked from it
 
     # what the core works with
     @property
@@ -136,6 +151,8 @@ class Run:
             return
         r = self._result
         params = {**r["params"], "batch_size": self.batch_size}
+        if self.max_memory is not None:
+            params["max_memory"] = self.max_memory
         extras = r["extras"]
         if hasattr(self.engine, "records") and hasattr(self.engine, "calls"):
             extras = {
@@ -163,6 +180,7 @@ def explaining(
     *,
     track_grad: bool = False,
     engine: Callable[[Any, Any], Any] | None = None,
+    work: int | None = None,
     **prepare_kwargs: Any,
 ) -> Iterator[Run]:
     """Guard the model, prepare the call's inputs and target, and build the Explanation.
@@ -175,10 +193,14 @@ def explaining(
         engine: ``engine(model, inputs)``, called inside the guard before ``prepare``: its
             result's ``wrap(forward)`` runs every forward of the call, its ``errors`` pass
             unchanged; it is ``run.engine`` (see the module doc).
+        work: model rows per example the call evaluates, when known: ``max_memory`` never
+            picks a larger ``batch_size`` than the work needs.
         prepare_kwargs: further arguments of :func:`~pellucid._evaluate.prepare`.
     """
     model, inputs, batch_size = call["model"], call["inputs"], call.get("batch_size")
-    layer = call.get("layer")
+    layer, max_memory = call.get("layer"), call.get("max_memory")
+    budget = check_memory_options(batch_size, max_memory)
+    track_grad = track_grad and budget is None  # the first forward's graph: not budgeted
     with model_guard(model, eval_mode=call.get("eval_mode"), method=name):
         attached = None
         if engine is not None:
@@ -197,6 +219,17 @@ def explaining(
             track_grad=track_grad and track_first_forward(inputs, batch_size, layer),
             **prepare_kwargs,
         )
+        if budget is not None:
+            n = prep.inputs.shape[0]
+            batch_size = pick_batch_size(
+                max_memory,
+                name,
+                prep.forward,
+                prep.target,
+                prep.inputs,
+                total=None if work is None else max(1, n * work),
+            )
         run = Run(name, prep, batch_size, attached)
+        run.max_memory = max_memory
         yield run
         run._build()

@@ -10,7 +10,9 @@ Every method, metric and inspection tool runs the user's model through this pack
 * :mod:`._chunks`: chunk sizes and the chunked forward loops (``map_chunks``,
   ``block_scores``), bounded in memory by ``batch_size``;
 * :mod:`._gradients`: the gradient engine (``input_gradients``, ``path_gradients``,
-  ``prepared_gradients``, ``target_scores``).
+  ``prepared_gradients``, ``target_scores``);
+* :mod:`._memory`: ``max_memory=`` (``"2GB"``) parsed and turned into a ``batch_size`` from
+  each method's per-row cost and the model's activations measured on one row.
 
 Rule-based methods wrap the model call (``Forward.with_model``) and the paired DeepLIFT pass
 composes a Forward too (``attribution/rules``); the target reduction lives in
@@ -39,6 +41,16 @@ from pellucid._evaluate._gradients import (
     target_scores,
     track_first_forward,
 )
+from pellucid._evaluate._memory import (
+    ROW_COSTS,
+    RowCost,
+    check_memory_options,
+    measure_peak,
+    memory_batch_size,
+    parse_memory,
+    pick_batch_size,
+    probe_peak,
+)
 from pellucid._evaluate._prepare import (
     Prepared,
     all_finite,
@@ -54,6 +66,14 @@ __all__ = [
     "CPU_SPATIAL_CHUNK_ELEMENTS",
     "DEFAULT_ELEMENT_BUDGET",
     "GRAD_BUDGET_FACTOR",
+    "ROW_COSTS",
+    "RowCost",
+    "check_memory_options",
+    "measure_peak",
+    "memory_batch_size",
+    "parse_memory",
+    "pick_batch_size",
+    "probe_peak",
     "AtLayer",
     "Evaluates",
     "Forward",

@@ -31,6 +31,7 @@ def guided_backprop(
     *,
     target: Target = None,
     batch_size: int | None = None,
+    max_memory: int | str | None = None,
     forward_args: Any = None,
     forward_kwargs: Mapping[str, Any] | None = None,
     output: Any = None,
@@ -45,7 +46,8 @@ def guided_backprop(
         TypeError: `model` is not callable, `inputs` is not a floating-point tensor, or an option
             has the wrong type.
         ValueError: `inputs` is empty or holds NaN/inf, `target` does not fit the model's output, or
-            `batch_size` < 1.
+            `batch_size` < 1;
+            `max_memory` is not a size, is given with `batch_size` or cannot hold one row.
         UnsupportedOperationError: the model runs an operation without a rule (a ValueError naming
             the operation).
 
@@ -56,7 +58,7 @@ def guided_backprop(
         torch.Size([2, 3])
     """
     engine = rules_for("guided_backprop", GUIDED_RULES)
-    with explaining("guided_backprop", locals(), track_grad=True, engine=engine) as run:
+    with explaining("guided_backprop", locals(), track_grad=True, engine=engine, work=1) as run:
         run.result(run.gradients())
     return run.explanation
 
@@ -68,6 +70,7 @@ def deconvolution(
     *,
     target: Target = None,
     batch_size: int | None = None,
+    max_memory: int | str | None = None,
     forward_args: Any = None,
     forward_kwargs: Mapping[str, Any] | None = None,
     output: Any = None,
@@ -79,7 +82,8 @@ def deconvolution(
         TypeError: `model` is not callable, `inputs` is not a floating-point tensor, or an option
             has the wrong type.
         ValueError: `inputs` is empty or holds NaN/inf, `target` does not fit the model's output, or
-            `batch_size` < 1.
+            `batch_size` < 1;
+            `max_memory` is not a size, is given with `batch_size` or cannot hold one row.
         UnsupportedOperationError: the model runs an operation without a rule (a ValueError naming
             the operation).
 
@@ -90,6 +94,6 @@ def deconvolution(
         torch.Size([2, 3])
     """
     engine = rules_for("deconvolution", DECONVOLUTION_RULES)
-    with explaining("deconvolution", locals(), track_grad=True, engine=engine) as run:
+    with explaining("deconvolution", locals(), track_grad=True, engine=engine, work=1) as run:
         run.result(run.gradients())
     return run.explanation

@@ -29,6 +29,7 @@ def saliency(
     absolute: bool = True,
     layer: Any = None,
     batch_size: int | None = None,
+    max_memory: int | str | None = None,
     forward_args: Any = None,
     forward_kwargs: Mapping[str, Any] | None = None,
     output: Any = None,
@@ -43,6 +44,10 @@ def saliency(
         absolute: return ``|gradient|`` (True, the classic saliency map) or the signed gradient.
         layer: a submodule (or its dotted name): explain its output instead of the inputs.
         batch_size: rows per backward pass (memory bound).
+        max_memory: a budget for the call's peak memory, in bytes or as a size such as
+            ``"2GB"`` or ``"512MiB"``: picks ``batch_size`` from the method's per-row cost
+            and the model's activations measured on one row (``params["batch_size"]``).
+            Pass it or ``batch_size``, not both.
         forward_args: extra positional model arguments (batch-aligned ones follow the rows).
         forward_kwargs: extra keyword model arguments.
         output: which part of a tuple/dict/ModelOutput return value to explain.
@@ -52,7 +57,8 @@ def saliency(
         TypeError: `model` is not callable, `inputs` is not a floating-point tensor, or an option
             has the wrong type.
         ValueError: `inputs` is empty or holds NaN/inf, `target` does not fit the model's output, or
-            `batch_size` < 1.
+            `batch_size` < 1;
+            `max_memory` is not a size, is given with `batch_size` or cannot hold one row.
 
     Example:
         >>> import torch
@@ -61,7 +67,7 @@ def saliency(
         torch.Size([2, 3])
     """
     check_bool("absolute", absolute)
-    with explaining("saliency", locals(), track_grad=True) as run:
+    with explaining("saliency", locals(), track_grad=True, work=1) as run:
         grad = run.gradients()
         run.result(grad.abs() if absolute else grad, params={"absolute": absolute})
     return run.explanation
@@ -75,6 +81,7 @@ def input_x_gradient(
     target: Target = None,
     layer: Any = None,
     batch_size: int | None = None,
+    max_memory: int | str | None = None,
     forward_args: Any = None,
     forward_kwargs: Mapping[str, Any] | None = None,
     output: Any = None,
@@ -88,7 +95,8 @@ def input_x_gradient(
         TypeError: `model` is not callable, `inputs` is not a floating-point tensor, or an option
             has the wrong type.
         ValueError: `inputs` is empty or holds NaN/inf, `target` does not fit the model's output, or
-            `batch_size` < 1.
+            `batch_size` < 1;
+            `max_memory` is not a size, is given with `batch_size` or cannot hold one row.
 
     Example:
         >>> import torch
@@ -97,6 +105,6 @@ def input_x_gradient(
         >>> torch.allclose(e.attributions, net.weight.detach())
         True
     """
-    with explaining("input_x_gradient", locals(), track_grad=True) as run:
+    with explaining("input_x_gradient", locals(), track_grad=True, work=1) as run:
         run.result(run.inputs * run.gradients())
     return run.explanation

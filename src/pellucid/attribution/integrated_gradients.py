@@ -64,6 +64,7 @@ def integrated_gradients(
     generator: torch.Generator | None = None,
     layer: Any = None,
     batch_size: int | None = None,
+    max_memory: int | str | None = None,
     forward_args: Any = None,
     forward_kwargs: Mapping[str, Any] | None = None,
     output: Any = None,
@@ -88,6 +89,10 @@ def integrated_gradients(
         generator: random source for ``baseline="uniform"``.
         layer: explain this submodule's output (e.g. the embedding of a token model).
         batch_size: path points per forward/backward pass (memory bound).
+        max_memory: a budget for the call's peak memory, in bytes or as a size such as
+            ``"2GB"`` or ``"512MiB"``: picks ``batch_size`` from the method's per-row cost
+            and the model's activations measured on one row (``params["batch_size"]``).
+            Pass it or ``batch_size``, not both.
         forward_args: extra positional model arguments; forward_kwargs: keyword ones.
         output: which part of a tuple/dict return value to explain.
         eval_mode: True explains in eval mode for this call; None warns in training mode.
@@ -97,7 +102,8 @@ def integrated_gradients(
             has the wrong type.
         ValueError: `inputs` is empty or holds NaN/inf, `target` does not fit the model's output, or
             `baseline` does not broadcast to `inputs`, `n_steps` is below what `quadrature` needs,
-            or `quadrature` is unknown.
+            or `quadrature` is unknown;
+            `max_memory` is not a size, is given with `batch_size` or cannot hold one row.
 
     Example:
         >>> import torch
@@ -108,7 +114,7 @@ def integrated_gradients(
     """
     nodes = quadrature_nodes(quadrature, n_steps)
     check_generator("generator", generator)
-    with explaining("integrated_gradients", locals()) as run:
+    with explaining("integrated_gradients", locals(), work=nodes[0].numel()) as run:
         x = run.inputs
         base = resolve_baseline(baseline, run.prep, background=background, generator=generator)
         alphas, weights = (t.to(device=x.device, dtype=x.dtype) for t in nodes)
@@ -152,6 +158,7 @@ def expected_gradients(
     generator: torch.Generator | None = None,
     layer: Any = None,
     batch_size: int | None = None,
+    max_memory: int | str | None = None,
     forward_args: Any = None,
     forward_kwargs: Mapping[str, Any] | None = None,
     output: Any = None,
@@ -176,7 +183,8 @@ def expected_gradients(
         TypeError: `model` is not callable, `inputs` is not a floating-point tensor, or an option
             has the wrong type.
         ValueError: `inputs` is empty or holds NaN/inf, `target` does not fit the model's output, or
-            the baselines do not match `inputs`, `n_samples` < 1, or `noise` is negative.
+            the baselines do not match `inputs`, `n_samples` < 1, or `noise` is negative;
+            `max_memory` is not a size, is given with `batch_size` or cannot hold one row.
 
     Example:
         >>> import torch
@@ -190,7 +198,7 @@ def expected_gradients(
     if isinstance(noise, bool) or not isinstance(noise, int | float) or not noise >= 0:
         raise ValueError(f"`noise` must be a number >= 0; got {noise!r}.")
     check_generator("generator", generator)
-    with explaining("expected_gradients", locals()) as run:
+    with explaining("expected_gradients", locals(), work=n_samples) as run:
         x, n = run.inputs, run.inputs.shape[0]
         refs = torch.zeros_like(x[:1])
         if background is not None:
@@ -207,7 +215,7 @@ def expected_gradients(
             return grad * (x[example] - refs[choice[example, step]]) / n_samples
 
         attributions = run.path_gradients(n_samples, make_rows, combine)
-        f_refs = _mean_reference_scores(run.prep.forward, run.prep.target, refs, n, batch_size)
+        f_refs = _mean_reference_scores(run.prep.forward, run.prep.target, refs, n, run.batch_size)
         run.result(
             attributions,
             baseline=refs,

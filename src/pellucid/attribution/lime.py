@@ -134,6 +134,7 @@ def lime(
     alpha: float = 1.0,
     generator: torch.Generator | None = None,
     batch_size: int | None = None,
+    max_memory: int | str | None = None,
     forward_args: Any = None,
     forward_kwargs: Mapping[str, Any] | None = None,
     output: Any = None,
@@ -186,13 +187,18 @@ def lime(
         alpha: ridge strength (lime's default 1.0; 0 for plain weighted least squares).
         generator: the random source (same state, same result).
         batch_size: rows per forward pass (memory bound).
+        max_memory: a budget for the call's peak memory, in bytes or as a size such as
+            ``"2GB"`` or ``"512MiB"``: picks ``batch_size`` from the method's per-row cost
+            and the model's activations measured on one row (``params["batch_size"]``).
+            Pass it or ``batch_size``, not both.
 
     Raises:
         TypeError: `model` is not callable, `inputs` is not a floating-point tensor, or an option
             has the wrong type.
         ValueError: `inputs` is empty or holds NaN/inf, `target` does not fit the model's output, or
             `feature_mask` does not match `inputs`, `n_samples` is too small for the fit (the
-            message says how many), or `alpha`, `kernel_width` or `n_segments` is out of range.
+            message says how many), or `alpha`, `kernel_width` or `n_segments` is out of range;
+            `max_memory` is not a size, is given with `batch_size` or cannot hold one row.
 
     Example:
         >>> import torch

@@ -50,6 +50,7 @@ def smoothgrad(
     generator: torch.Generator | None = None,
     explain_kwargs: Mapping[str, Any] | None = None,
     batch_size: int | None = None,
+    max_memory: int | str | None = None,
     forward_args: Any = None,
     forward_kwargs: Mapping[str, Any] | None = None,
     output: Any = None,
@@ -73,6 +74,10 @@ def smoothgrad(
         explain_kwargs: extra arguments for ``base`` (e.g. ``{"absolute": False}``; formerly
             ``method_kwargs=``).
         batch_size: rows per backward pass, passed to the wrapped method.
+        max_memory: a budget for the call's peak memory, in bytes or as a size such as
+            ``"2GB"`` or ``"512MiB"``: picks ``batch_size`` from the method's per-row cost
+            and the model's activations measured on one row (``params["batch_size"]``).
+            Pass it or ``batch_size``, not both.
         forward_args: extra positional model arguments; forward_kwargs: keyword ones.
         output: which part of a tuple/dict return value to explain.
         eval_mode: True explains in eval mode for this call; None warns in training mode.
@@ -82,7 +87,8 @@ def smoothgrad(
             has the wrong type.
         ValueError: `inputs` is empty or holds NaN/inf, `target` does not fit the model's output, or
             `base` is not a gradient method (smoothgrad excluded), `variant` is unknown, `n_samples`
-            < 1, or `noise` is negative.
+            < 1, or `noise` is negative;
+            `max_memory` is not a size, is given with `batch_size` or cannot hold one row.
 
     Example:
         >>> import torch
@@ -98,7 +104,7 @@ def smoothgrad(
     name, fn = _wrapped(base)
     fast = name in _FAST and fn is get_method(name).fn and set(kwargs) <= {"absolute"}
     check_generator("generator", generator)
-    with explaining("smoothgrad", locals()) as run:
+    with explaining("smoothgrad", locals(), work=n_samples) as run:
         x, n = run.inputs, run.inputs.shape[0]
         flat = x.reshape(n, -1)
         sigma = (flat.max(dim=1).values - flat.min(dim=1).values) * noise

@@ -79,6 +79,7 @@ def occlusion(
     baseline: float | torch.Tensor | None = None,
     mask_token: int | torch.Tensor | None = None,
     batch_size: int | None = None,
+    max_memory: int | str | None = None,
     forward_args: Any = None,
     forward_kwargs: Mapping[str, Any] | None = None,
     output: Any = None,
@@ -102,12 +103,17 @@ def occlusion(
         mask_token: for token-id inputs (an integer tensor): the id occluded tokens take
             (one id, or a tensor of ids per position); ``window`` then counts tokens.
         batch_size: rows per forward pass (memory bound).
+        max_memory: a budget for the call's peak memory, in bytes or as a size such as
+            ``"2GB"`` or ``"512MiB"``: picks ``batch_size`` from the method's per-row cost
+            and the model's activations measured on one row (``params["batch_size"]``).
+            Pass it or ``batch_size``, not both.
 
     Raises:
         TypeError: `model` is not callable, `inputs` is not a floating-point tensor, or an option
             has the wrong type.
         ValueError: `inputs` is empty or holds NaN/inf, `target` does not fit the model's output, or
-            `window` or `stride` does not fit the input shape, or `baseline` does not broadcast.
+            `window` or `stride` does not fit the input shape, or `baseline` does not broadcast;
+            `max_memory` is not a size, is given with `batch_size` or cannot hold one row.
 
     Example:
         >>> import torch
@@ -238,6 +244,7 @@ def feature_ablation(
     baseline: float | torch.Tensor | None = None,
     mask_token: int | torch.Tensor | None = None,
     batch_size: int | None = None,
+    max_memory: int | str | None = None,
     forward_args: Any = None,
     forward_kwargs: Mapping[str, Any] | None = None,
     output: Any = None,
@@ -261,12 +268,17 @@ def feature_ablation(
             (one id, or a tensor of ids per position); group word pieces into words with
             ``feature_mask`` (see :func:`~pellucid.attribution.token_groups`).
         batch_size: rows per forward pass (memory bound).
+        max_memory: a budget for the call's peak memory, in bytes or as a size such as
+            ``"2GB"`` or ``"512MiB"``: picks ``batch_size`` from the method's per-row cost
+            and the model's activations measured on one row (``params["batch_size"]``).
+            Pass it or ``batch_size``, not both.
 
     Raises:
         TypeError: `model` is not callable, `inputs` is not a floating-point tensor, or an option
             has the wrong type.
         ValueError: `inputs` is empty or holds NaN/inf, `target` does not fit the model's output, or
-            `feature_mask` does not match `inputs`, or `baseline` does not broadcast.
+            `feature_mask` does not match `inputs`, or `baseline` does not broadcast;
+            `max_memory` is not a size, is given with `batch_size` or cannot hold one row.
 
     Example:
         >>> import torch
@@ -283,7 +295,7 @@ def feature_ablation(
         fmask = resolve_feature_mask(feature_mask, x, n_segments=n_segments)
         base = broadcast_baseline(baseline, x)
         game = CoalitionValues(
-            run.prep.forward, run.prep.target, x, fmask, baseline=base, batch_size=batch_size
+            run.prep.forward, run.prep.target, x, fmask, baseline=base, batch_size=run.batch_size
         )
         drop_one = ~torch.eye(fmask.n_players, dtype=torch.bool, device=x.device)
         values = (run.scores().unsqueeze(1) - game(drop_one)).to(x.dtype)

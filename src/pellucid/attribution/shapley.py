@@ -91,7 +91,11 @@ _SHARED_DOC = """
         baseline: the fixed reference absent players take (scalar or tensor; default 0).
         background: reference rows (B, ...) instead of a baseline: the value of a coalition
             is the mean score over the background (weighted by ``background_weights``).
-        batch_size: rows per forward pass (memory bound)."""
+        batch_size: rows per forward pass (memory bound).
+        max_memory: a budget for the call's peak memory, in bytes or as a size such as
+            ``"2GB"`` or ``"512MiB"``: picks ``batch_size`` from the method's per-row cost
+            and the model's activations measured on one row (``params["batch_size"]``).
+            Pass it or ``batch_size``, not both."""
 
 
 @register(kind="shapley", input_kinds=("tabular",))
@@ -106,6 +110,7 @@ def exact_shapley(
     background: torch.Tensor | None = None,
     background_weights: torch.Tensor | None = None,
     batch_size: int | None = None,
+    max_memory: int | str | None = None,
     forward_args: Any = None,
     forward_kwargs: Mapping[str, Any] | None = None,
     output: Any = None,
@@ -121,7 +126,8 @@ def exact_shapley(
         TypeError: `model` is not callable, `inputs` is not a floating-point tensor, or an option
             has the wrong type.
         ValueError: `inputs` is empty or holds NaN/inf, `target` does not fit the model's output, or
-            `feature_mask` does not match `inputs`, or there are too many players to enumerate.
+            `feature_mask` does not match `inputs`, or there are too many players to enumerate;
+            `max_memory` is not a size, is given with `batch_size` or cannot hold one row.
 
     Example:
         >>> import torch
@@ -195,6 +201,7 @@ def sampling_shapley(
     background_weights: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
     batch_size: int | None = None,
+    max_memory: int | str | None = None,
     forward_args: Any = None,
     forward_kwargs: Mapping[str, Any] | None = None,
     output: Any = None,
@@ -225,7 +232,8 @@ def sampling_shapley(
         TypeError: `model` is not callable, `inputs` is not a floating-point tensor, or an option
             has the wrong type.
         ValueError: `inputs` is empty or holds NaN/inf, `target` does not fit the model's output, or
-            `feature_mask` does not match `inputs`, or `n_samples` < 2.
+            `feature_mask` does not match `inputs`, or `n_samples` < 2;
+            `max_memory` is not a size, is given with `batch_size` or cannot hold one row.
 
     Example:
         >>> import torch
@@ -368,6 +376,7 @@ def kernel_shap(
     mask_token: int | torch.Tensor | None = None,
     generator: torch.Generator | None = None,
     batch_size: int | None = None,
+    max_memory: int | str | None = None,
     forward_args: Any = None,
     forward_kwargs: Mapping[str, Any] | None = None,
     output: Any = None,
@@ -401,7 +410,8 @@ def kernel_shap(
         TypeError: `model` is not callable, `inputs` is not a floating-point tensor, or an option
             has the wrong type.
         ValueError: `inputs` is empty or holds NaN/inf, `target` does not fit the model's output, or
-            `feature_mask` does not match `inputs`, or `n_samples` is below the number of players.
+            `feature_mask` does not match `inputs`, or `n_samples` is below the number of players;
+            `max_memory` is not a size, is given with `batch_size` or cannot hold one row.
 
     Example:
         >>> import torch

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from pellucid._adapt import adapt
-from pellucid._evaluate import Forward, map_chunks, prepare, resolve_batch_size
+from pellucid._evaluate import Forward, map_chunks, pick_batch_size, prepare, resolve_batch_size
 from pellucid._targets import ResolvedTarget
 from pellucid._validation import check_finite_tensor, check_tensor, describe_value
 from pellucid.explanation import Explanation
@@ -191,17 +191,26 @@ def score_rows(
     total: int,
     *,
     batch_size: int | None,
+    max_memory: Any = None,
+    method: str = "metric",
 ) -> torch.Tensor:
     """Target scores of ``total`` virtual perturbed rows, built chunk by chunk.
 
     ``make_rows(start, stop)`` returns the rows and the example each row was made from.
     Without ``batch_size`` on a CPU, a chunk holds about :data:`CPU_ACTIVATIONS` activation
     values (counted on the unperturbed forward): cache-sized for a conv net, one big chunk for
-    a small MLP, whose cost is per call.
+    a small MLP, whose cost is per call. With ``max_memory`` (checked by the caller before
+    the model ran), the chunk is what :func:`~pellucid._evaluate.pick_batch_size` picks for
+    ``method``'s row cost.
     """
     row_numel = max(1, setup.inputs[0].numel())
-    size = resolve_batch_size(batch_size, row_numel, total=total)
-    if batch_size is None and setup.inputs.device.type == "cpu":
+    if max_memory is not None:
+        size = pick_batch_size(
+            max_memory, method, setup.forward, setup.target, setup.inputs, total=total
+        )
+    else:
+        size = resolve_batch_size(batch_size, row_numel, total=total)
+    if batch_size is None and max_memory is None and setup.inputs.device.type == "cpu":
         if setup.activations_per_row > 0:  # cache-sized chunks, or one if the model is small
             size = min(total, max(MIN_CPU_ROWS, CPU_ACTIVATIONS // setup.activations_per_row))
         else:

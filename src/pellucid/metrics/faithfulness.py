@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from pellucid._evaluate import check_memory_options
 from pellucid._state import model_guard
 from pellucid._validation import check_int, check_tensor
 from pellucid.metrics._common import flat_features, score_rows, setup_metric
@@ -83,6 +84,7 @@ def _curve(
     feature_mask: torch.Tensor | None,
     blur_sigma: float,
     batch_size: int | None,
+    max_memory: Any,
     forward_args: Any,
     forward_kwargs: Mapping[str, Any] | None,
     output: Any,
@@ -90,6 +92,7 @@ def _curve(
 ) -> PerturbationCurve:
     if not isinstance(absolute, bool):
         raise TypeError(f"`absolute` must be True or False; got {absolute!r}.")
+    check_memory_options(batch_size, max_memory)
     with model_guard(model, eval_mode=eval_mode, method=f"the {kind} curve"):
         setup = setup_metric(
             model,
@@ -112,11 +115,9 @@ def _curve(
                 1, groups, attr
             )
         d = attr.shape[1]
-        if step is None:
-            step = max(1, math.ceil(d / 50))
         step = check_int(
             "step",
-            step,
+            max(1, math.ceil(d / 50)) if step is None else step,  # default: about 50 points
             min_value=1,
             max_value=d,
             hint=f" The inputs have {d} features per example.",
@@ -142,7 +143,9 @@ def _curve(
             )
             return rows.reshape(-1, *shape), example
 
-        scores = score_rows(setup, make_rows, n * points, batch_size=batch_size)
+        scores = score_rows(
+            setup, make_rows, n * points, batch_size=batch_size, max_memory=max_memory
+        )
     fractions = counts.to(x.dtype) / d
     scores = scores.reshape(n, points)
     auc = torch.trapezoid(scores, fractions, dim=1)
@@ -170,6 +173,9 @@ _CURVE_DOC = """
             for the channels of a pixel, or superpixels): groups are ranked by their summed
             attribution and removed together; ``step`` and ``fractions`` count groups.
         batch_size: rows per forward pass.
+        max_memory: a budget for the call's peak memory, in bytes or as a size such as
+            ``"2GB"`` or ``"512MiB"``: picks ``batch_size`` from the perturbed rows' cost and
+            the model's activations measured on one row. Pass it or ``batch_size``, not both.
 
     Returns:
         A :class:`PerturbationCurve` with one curve and one AUC per example.
@@ -188,6 +194,7 @@ def deletion_curve(
     feature_mask: torch.Tensor | None = None,
     blur_sigma: float = 1.0,
     batch_size: int | None = None,
+    max_memory: int | str | None = None,
     forward_args: Any = None,
     forward_kwargs: Mapping[str, Any] | None = None,
     output: Any = None,
@@ -199,7 +206,8 @@ def deletion_curve(
         TypeError: `model` is not callable, `inputs` or `attributions` is not a tensor, or an option
             has the wrong type.
         ValueError: `attributions` does not match the shape of `inputs`, `target` does not fit the
-            model's output, or `step` or `feature_mask` is out of range.
+            model's output, or `step` or `feature_mask` is out of range;
+            `max_memory` is not a size, is given with `batch_size` or cannot hold one row.
 
     Example:
         >>> import torch
@@ -221,6 +229,7 @@ def deletion_curve(
         feature_mask=feature_mask,
         blur_sigma=blur_sigma,
         batch_size=batch_size,
+        max_memory=max_memory,
         forward_args=forward_args,
         forward_kwargs=forward_kwargs,
         output=output,
@@ -240,6 +249,7 @@ def insertion_curve(
     feature_mask: torch.Tensor | None = None,
     blur_sigma: float = 1.0,
     batch_size: int | None = None,
+    max_memory: int | str | None = None,
     forward_args: Any = None,
     forward_kwargs: Mapping[str, Any] | None = None,
     output: Any = None,
@@ -251,7 +261,8 @@ def insertion_curve(
         TypeError: `model` is not callable, `inputs` or `attributions` is not a tensor, or an option
             has the wrong type.
         ValueError: `attributions` does not match the shape of `inputs`, `target` does not fit the
-            model's output, or `step` or `feature_mask` is out of range.
+            model's output, or `step` or `feature_mask` is out of range;
+            `max_memory` is not a size, is given with `batch_size` or cannot hold one row.
 
     Example:
         >>> import torch
@@ -273,6 +284,7 @@ def insertion_curve(
         feature_mask=feature_mask,
         blur_sigma=blur_sigma,
         batch_size=batch_size,
+        max_memory=max_memory,
         forward_args=forward_args,
         forward_kwargs=forward_kwargs,
         output=output,
@@ -295,7 +307,8 @@ def deletion_auc(
         TypeError: `model` is not callable, `inputs` or `attributions` is not a tensor, or an option
             has the wrong type.
         ValueError: `attributions` does not match the shape of `inputs`, `target` does not fit the
-            model's output, or `step` or `feature_mask` is out of range.
+            model's output, or `step` or `feature_mask` is out of range;
+            `max_memory` is not a size, is given with `batch_size` or cannot hold one row.
 
     Example:
         >>> import torch
@@ -316,7 +329,8 @@ def insertion_auc(
         TypeError: `model` is not callable, `inputs` or `attributions` is not a tensor, or an option
             has the wrong type.
         ValueError: `attributions` does not match the shape of `inputs`, `target` does not fit the
-            model's output, or `step` or `feature_mask` is out of range.
+            model's output, or `step` or `feature_mask` is out of range;
+            `max_memory` is not a size, is given with `batch_size` or cannot hold one row.
 
     Example:
         >>> import torch
@@ -340,6 +354,7 @@ def faithfulness_correlation(
     masks: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
     batch_size: int | None = None,
+    max_memory: int | str | None = None,
     forward_args: Any = None,
     forward_kwargs: Mapping[str, Any] | None = None,
     output: Any = None,
@@ -360,12 +375,17 @@ def faithfulness_correlation(
             ``(n_samples, *features)`` (shared) or ``(N, n_samples, *features)``; handy to
             score several explanations or models on the same perturbations.
         generator: random source of the subsets.
+        batch_size: rows per forward pass.
+        max_memory: a budget for the call's peak memory, in bytes or as a size such as
+            ``"2GB"`` or ``"512MiB"``: picks ``batch_size`` from the perturbed rows' cost and
+            the model's activations measured on one row. Pass it or ``batch_size``, not both.
 
     Raises:
         TypeError: `model` is not callable, `inputs` or `attributions` is not a tensor, or an option
             has the wrong type.
         ValueError: `attributions` does not match the shape of `inputs`, `target` does not fit the
-            model's output, or `n_samples` < 2 or `subset_size` is out of range.
+            model's output, or `n_samples` < 2 or `subset_size` is out of range;
+            `max_memory` is not a size, is given with `batch_size` or cannot hold one row.
 
     Example:
         >>> import torch
@@ -375,6 +395,7 @@ def faithfulness_correlation(
         >>> torch.allclose(r, torch.ones(3))
         True
     """
+    check_memory_options(batch_size, max_memory)
     with model_guard(model, eval_mode=eval_mode, method="faithfulness_correlation"):
         setup = setup_metric(
             model,
@@ -426,6 +447,8 @@ def faithfulness_correlation(
             rows = torch.where(mask, fill.index_select(0, example), x.index_select(0, example))
             return rows.reshape(-1, *shape), example
 
-        perturbed = score_rows(setup, make_rows, n * n_samples, batch_size=batch_size)
+        perturbed = score_rows(
+            setup, make_rows, n * n_samples, batch_size=batch_size, max_memory=max_memory
+        )
     drops = setup.scores.unsqueeze(1) - perturbed.reshape(n, n_samples)
     return pearson_rows(torch.cat(sums).reshape(n, n_samples), drops)

@@ -6,12 +6,14 @@ examples x perturbations evaluated as batched forwards; one value per example.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
 import torch
 
 from pellucid._deprecation import renamed
+from pellucid._evaluate import check_memory_options
 from pellucid._state import model_guard
 from pellucid._validation import check_float, check_int
 from pellucid.metrics._common import flat_features, score_rows, setup_metric
@@ -33,6 +35,7 @@ def infidelity(
     perturbations: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
     batch_size: int | None = None,
+    max_memory: int | str | None = None,
     forward_args: Any = None,
     forward_kwargs: Mapping[str, Any] | None = None,
     output: Any = None,
@@ -52,12 +55,17 @@ def infidelity(
         perturbations: optional perturbations ``I`` to use, shape ``(n_samples, *features)``
             (shared) or ``(N, n_samples, *features)``.
         generator: random source of the perturbations.
+        batch_size: rows per forward pass.
+        max_memory: a budget for the call's peak memory, in bytes or as a size such as
+            ``"2GB"`` or ``"512MiB"``: picks ``batch_size`` from the perturbed rows' cost and
+            the model's activations measured on one row. Pass it or ``batch_size``, not both.
 
     Raises:
         TypeError: `model` is not callable, `inputs` or `attributions` is not a tensor, or an option
             has the wrong type.
         ValueError: `attributions` does not match the shape of `inputs`, `target` does not fit the
-            model's output, or `n_samples` < 1 or `noise` <= 0.
+            model's output, or `n_samples` < 1 or `noise` <= 0;
+            `max_memory` is not a size, is given with `batch_size` or cannot hold one row.
 
     Example:
         >>> import torch
@@ -68,6 +76,7 @@ def infidelity(
     """
     if not isinstance(normalize, bool):
         raise TypeError(f"`normalize` must be True or False; got {normalize!r}.")
+    check_memory_options(batch_size, max_memory)
     with model_guard(model, eval_mode=eval_mode, method="infidelity"):
         setup = setup_metric(
             model,
@@ -97,7 +106,7 @@ def infidelity(
             r = torch.arange(start, stop, device=x.device)
             example = r.div(n_samples, rounding_mode="floor")
             if perturbations is None:
-                bump = torch.randn(stop - start, d, generator=generator, dtype=x.dtype)
+                bump = _gaussian_rows(stop - start, d, generator, x.dtype)
                 bump = bump.to(x.device).mul_(scale)
             elif flat is not None:
                 bump = flat[start:stop]
@@ -106,7 +115,14 @@ def infidelity(
             dots.append((attr.index_select(0, example) * bump).sum(dim=1))
             return (x.index_select(0, example) - bump).reshape(-1, *shape), example
 
-        perturbed = score_rows(setup, make_rows, n * n_samples, batch_size=batch_size)
+        perturbed = score_rows(
+            setup,
+            make_rows,
+            n * n_samples,
+            batch_size=batch_size,
+            max_memory=max_memory,
+            method="infidelity",
+        )
     a = torch.cat(dots).reshape(n, n_samples)
     b = setup.scores.unsqueeze(1) - perturbed.reshape(n, n_samples)
     if normalize:
@@ -116,3 +132,25 @@ def infidelity(
         )
         a = a * beta.unsqueeze(1)
     return ((a - b) ** 2).mean(dim=1)
+
+
+def _gaussian_rows(
+    rows: int, d: int, generator: torch.Generator | None, dtype: torch.dtype
+) -> torch.Tensor:
+    """(rows, d) standard normal draws made from uniform ones (Box-Muller).
+
+    A CPU generator draws uniforms one after the other, so rows drawn in chunks of any size
+    are the same draws (``torch.randn`` pairs values within one call: its draws would
+    depend on ``batch_size``).
+
+    Example:
+        >>> g = lambda: torch.Generator().manual_seed(0)
+        >>> whole = _gaussian_rows(5, 3, g(), torch.float64)
+        >>> gen = g()
+        >>> parts = [_gaussian_rows(k, 3, gen, torch.float64) for k in (2, 3)]
+        >>> torch.equal(whole, torch.cat(parts))
+        True
+    """
+    u = torch.rand(rows, 2, d, generator=generator, dtype=dtype)
+    radius = torch.log1p(-u[:, 0]).mul_(-2).sqrt_()
+    return radius.mul_(torch.cos(u[:, 1] * (2 * math.pi)))

@@ -14,7 +14,16 @@ from typing import Any
 import torch
 
 from pellucid._adapt import adapt
-from pellucid._evaluate import chunks, prepare, resolve_batch_size
+from pellucid._evaluate import (
+    ROW_COSTS,
+    check_memory_options,
+    chunks,
+    memory_batch_size,
+    parse_memory,
+    prepare,
+    probe_peak,
+    resolve_batch_size,
+)
 from pellucid._state import model_guard
 from pellucid._validation import check_float, check_int, check_tensor
 from pellucid.metrics._common import make_explainer, rows_target
@@ -36,6 +45,7 @@ def sensitivities(
     perturbations: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
     batch_size: int | None = None,
+    max_memory: int | str | None = None,
     explain_kwargs: Mapping[str, Any] | None = None,
     eval_mode: bool | None = None,
 ) -> torch.Tensor:
@@ -55,12 +65,16 @@ def sensitivities(
             ``(N, n_samples, *features)``.
         generator: random source of the perturbations.
         batch_size: perturbed rows explained per call of ``explain``.
+        max_memory: a budget for the call's peak memory, in bytes or as a size such as
+            ``"2GB"`` or ``"512MiB"``: picks ``batch_size`` from the peak of ``explain`` on
+            one row, measured once. Pass it or ``batch_size``, not both.
         explain_kwargs: extra keyword arguments for ``explain``.
 
     Raises:
         TypeError: `inputs` is not a floating-point tensor, or `normalize` is not a bool.
         ValueError: `inputs` holds NaN/inf, `explain` is unknown, or `n_samples` or `radius` is out
-            of range.
+            of range; `max_memory` is not a size, is given with `batch_size` or cannot hold one
+            row.
 
     Example:
         >>> import torch
@@ -76,6 +90,7 @@ def sensitivities(
     if not isinstance(normalize, bool):
         raise TypeError(f"`normalize` must be True or False; got {normalize!r}.")
     inputs = check_tensor("inputs", inputs, min_ndim=1, floating=True, finite=True)
+    check_memory_options(batch_size, max_memory)
     if perturbations is not None:
         deltas = per_example(perturbations, inputs, name="perturbations", dtype=inputs.dtype)
         n_samples = deltas.shape[1]
@@ -87,8 +102,12 @@ def sensitivities(
         x = prep.inputs
         n = x.shape[0]
         fixed = rows_target(prep.target, torch.arange(n, device=x.device))
+        if max_memory is not None:
+            first = rows_target(prep.target, torch.zeros(1, dtype=torch.long, device=x.device))
+            size = _memory_rows(run, model, x, first, max_memory, total=n * n_samples)
+        else:
+            size = resolve_batch_size(batch_size, max(1, x[0].numel()), total=n * n_samples)
         original = run(model, x, fixed).reshape(n, -1)
-        size = resolve_batch_size(batch_size, max(1, x[0].numel()), total=n * n_samples)
         diffs = []
         for start, stop in chunks(n * n_samples, size):
             r = torch.arange(start, stop, device=x.device)
@@ -112,6 +131,34 @@ def sensitivities(
         scale = torch.linalg.vector_norm(original, ord=norm_type, dim=1)
         result = result / torch.where(scale > 0, scale, torch.ones_like(scale)).unsqueeze(1)
     return result
+
+
+def _memory_rows(
+    run: Callable[[Any, torch.Tensor, Any], torch.Tensor],
+    model: Any,
+    x: torch.Tensor,
+    first: Any,
+    max_memory: Any,
+    *,
+    total: int,
+) -> int:
+    """Perturbed rows per call of ``explain`` within ``max_memory``: ``explain``'s peak on
+    the first row (``first``: its target) is measured once; the unperturbed explanation of
+    all examples is held too."""
+    row_bytes = x[:1].numel() * x.element_size()
+    # where the probe fails, an estimate: a gradient method's graph (16 rows' worth)
+    per_row = probe_peak(lambda: run(model, x[:1], first), 16 * row_bytes)
+    return memory_batch_size(
+        parse_memory(max_memory),
+        ROW_COSTS["sensitivities"],
+        row_bytes=row_bytes,
+        activations=per_row,
+        n_examples=x.shape[0],
+        total=total,
+        method="sensitivities",
+        max_memory=max_memory,
+        extra_fixed=per_row * x.shape[0],
+    )
 
 
 def max_sensitivity(model: Any, inputs: torch.Tensor, explain: Any, **kwargs: Any) -> torch.Tensor:
