@@ -37,7 +37,7 @@ from pellucid.attribution.rules._ops import (
     RELU_OPS,
     WEIGHTED_OPS,
 )
-from pellucid.attribution.rules._paired import PairedRule
+from pellucid.attribution.rules._paired import PairedRule, scaled_rows
 from pellucid.attribution.rules._tables import always, bilinear, entries, eval_batch_norm, gradient
 
 __all__ = [
@@ -110,6 +110,9 @@ class Rescale(PairedRule):
     def backward(self, op: Op, state: Any, grad: torch.Tensor) -> torch.Tensor:
         return grad * state
 
+    def joint_backward(self, op: Op, state: Any, grad: torch.Tensor) -> torch.Tensor:
+        return scaled_rows(grad, state)
+
 
 class Midpoint(PairedRule):
     """A product bilinear in its two operands: the ordinary gradient at the midpoints
@@ -170,15 +173,27 @@ class DeepLiftMaxPool(PairedRule):
         return top - y_ref, y - top, i_in, i_ref, dx, close
 
     def backward(self, op: Op, state: Any, grad: torch.Tensor) -> torch.Tensor:
+        return self._route(state, grad, grad.new_zeros(state[4].shape))
+
+    def joint_backward(self, op: Op, state: Any, grad: torch.Tensor) -> torch.Tensor:
+        shape = state[4].shape
+        out = grad.new_zeros(shape[0] + 1, *shape[1:])
+        self._route(state, grad[:-1], out[:-1])
+        return out
+
+    @staticmethod
+    def _route(state: Any, grad: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """The multipliers, written into ``out`` (zeros of the input rows' shape)."""
         up, down, i_in, i_ref, dx, close = state
         shape = dx.shape
-        routed = _unpool(grad * up, i_in, shape)
+        flat = out.view(*shape[:2], -1)
+        flat.scatter_add_(2, i_in.flatten(2), (grad * up).flatten(2))
         i_ref = i_ref.expand(shape[0], *i_ref.shape[1:])  # one reference row, broadcast
-        routed.view(*shape[:2], -1).scatter_add_(2, i_ref.flatten(2), (grad * down).flatten(2))
-        m = routed.div_(dx)
+        flat.scatter_add_(2, i_ref.flatten(2), (grad * down).flatten(2))
+        out.div_(dx)
         if close is not None:  # where x == x_ref: the gradient, routed through x's argmax
-            m = _fill_close(m, _unpool(grad, i_in, shape), close)
-        return m
+            _fill_close(out, _unpool(grad, i_in, shape), close)
+        return out
 
 
 def _dim(args: Any, kwargs: Any, default: Any = None) -> Any:

@@ -15,8 +15,8 @@ torch function called on a tensor that depends on the explained inputs is seen, 
 
 Dependence is tracked by ``requires_grad``: the method switches off the parameters' flags
 inside the model-state guard, so only tensors computed from the explained rows require grad.
-The module running each operation is tracked with global forward hooks (nothing is added
-to the model), so :attr:`RuleEngine.records` says which rule each layer's operation got.
+The module running each operation is read off the Python stack (nothing is added to the
+model), so :attr:`RuleEngine.records` says which rule each layer's operation got.
 
 A method is a table ``op name -> handler`` (see :class:`Handler`): a handler looks at one
 call and returns the :class:`Rule` for it, or None for the ordinary gradient; a
@@ -26,10 +26,12 @@ it is made of, each of which then meets its own rule.
 
 from __future__ import annotations
 
+import sys
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from types import FrameType
 from typing import Any
 
 import torch
@@ -210,19 +212,35 @@ class RuleEngine:
             if self.ledger is not None and isinstance(model, nn.Module)
             else {}
         )
-        self.stack: list[nn.Module] = []
+        self._frame: FrameType | None = None  # the caller of the operation being dispatched
         self.records: dict[str, str] = {}
         self.calls: Counter[str] = Counter()
 
     # ------------------------------------------------------------------ bookkeeping
     def current_module(self) -> nn.Module | None:
-        return self.stack[-1] if self.stack else None
+        """The innermost module of the model whose code runs the current operation.
+
+        Found on the Python stack, from the frame that called the operation up to the
+        model's own ``forward``: the first method whose ``self`` is one of the model's
+        modules. (Global module hooks would say the same at every module call, but they put
+        every module call on torch's slower hooked path.)"""
+        frame, names = self._frame, self.names
+        if not names:
+            return None
+        while frame is not None:
+            code = frame.f_code
+            if code.co_argcount and code.co_varnames[0] == "self":
+                owner = frame.f_locals.get("self")
+                if id(owner) in names:
+                    return owner  # type: ignore[no-any-return]
+            frame = frame.f_back
+        return None
 
     def where(self) -> str:
         module = self.current_module()
         if module is None:
             return "the model's forward"
-        return self.names.get(id(module), type(module).__name__)
+        return self.names[id(module)]
 
     def record(self, name: str, label: str) -> None:
         key = f"{self.where()}: {name}"
@@ -230,36 +248,12 @@ class RuleEngine:
         self.calls[key] += 1
 
     @contextmanager
-    def active(self, *, track_modules: bool = True) -> Iterator[None]:
-        """Attach the rules for the duration of one model call. ``track_modules`` follows
-        the running module (for :attr:`records` and error messages) with global module
-        hooks, which put every module call on torch's slower hooked path."""
+    def active(self) -> Iterator[None]:
+        """Attach the rules for the duration of one model call."""
         if self.ledger is not None:
             self.ledger.begin()
-        if not track_modules:
-            try:
-                with _Mode(self):
-                    yield
-            finally:
-                self.stack.clear()
-            return
-
-        def push(module: nn.Module, args: Any) -> None:
-            self.stack.append(module)
-
-        def pop(module: nn.Module, args: Any, out: Any) -> None:
-            if self.stack and self.stack[-1] is module:
-                self.stack.pop()
-
-        pre = nn.modules.module.register_module_forward_pre_hook(push)
-        post = nn.modules.module.register_module_forward_hook(pop, always_call=True)
-        try:
-            with _Mode(self):
-                yield
-        finally:
-            pre.remove()
-            post.remove()
-            self.stack.clear()
+        with _Mode(self):
+            yield
 
     def wrap(self, forward: Forward) -> Forward:
         """A copy of ``forward`` whose model calls run with the rules attached."""
@@ -281,14 +275,18 @@ class RuleEngine:
         )
 
     def dispatch(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        name = op_name(func)
-        handler = self.handlers.get(name)
-        if isinstance(handler, Decompose):  # in every pass, whatever depends on the inputs
-            if _call_depends(args, kwargs):
-                self.record(name, handler.label)
-            with _Mode(self):  # torch pops the mode while it calls us: the parts meet it
-                return handler.function(self, *args, **kwargs)
-        return self._dispatch(name, func, args, kwargs)
+        outer, self._frame = self._frame, sys._getframe(2)  # the operation's caller
+        try:
+            name = op_name(func)
+            handler = self.handlers.get(name)
+            if isinstance(handler, Decompose):  # in every pass, whatever depends on the inputs
+                if _call_depends(args, kwargs):
+                    self.record(name, handler.label)
+                with _Mode(self):  # torch pops the mode while it calls us: the parts meet it
+                    return handler.function(self, *args, **kwargs)
+            return self._dispatch(name, func, args, kwargs)
+        finally:
+            self._frame = outer
 
     def _dispatch(self, name: str, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         if not _call_depends(args, kwargs):

@@ -30,6 +30,7 @@ __all__ = [
     "PairedEngine",
     "PairedForward",
     "PairedRule",
+    "scaled_rows",
 ]
 
 
@@ -69,6 +70,39 @@ class PairedRule(Rule):
     ) -> Any:
         raise TypeError(f"{type(self).__name__} must implement pair.")
 
+    def joint_forward(self, op: Op, *xs: torch.Tensor) -> tuple[torch.Tensor, Any]:
+        """``(y, state)`` for a batch whose last row is the shared reference (a joint pass):
+        :meth:`evaluate` on the whole batch, :meth:`pair` of its rows with its last row."""
+        y, aux = self.evaluate(op, *xs)
+        head = tuple(x[:-1] for x in xs), y[:-1], _rows(aux, _HEAD)
+        last = tuple(x[-1:] for x in xs), y[-1:], _rows(aux, _LAST)
+        return y, self.pair(op, *head, *last)
+
+    def joint_backward(self, op: Op, state: Any, grad: torch.Tensor) -> Any:
+        """The operands' gradients for a joint pass's batch: :meth:`backward` of the rows,
+        and zero for the reference row (the explained scores do not depend on it)."""
+        grads = self.backward(op, state, grad[:-1])
+        if isinstance(grads, torch.Tensor):
+            grads = (grads,)
+        return tuple(None if g is None else _padded(g) for g in grads)
+
+
+def _padded(g: torch.Tensor) -> torch.Tensor:
+    """``g`` with a zero row appended."""
+    out = g.new_empty(g.shape[0] + 1, *g.shape[1:])
+    out[:-1].copy_(g)
+    out[-1:].zero_()
+    return out
+
+
+def scaled_rows(grad: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+    """``grad * state`` on every row but the last, zero on the last: one pass for an
+    element-wise rule's :meth:`PairedRule.joint_backward` (no copy into a padded tensor)."""
+    out = torch.empty_like(grad, memory_format=torch.contiguous_format)
+    torch.mul(grad[:-1], state, out=out[:-1])
+    out[-1:].zero_()
+    return out
+
 
 def _rows(value: Any, rows: slice) -> Any:
     if isinstance(value, torch.Tensor):
@@ -89,23 +123,16 @@ class _Bound(Rule):
         self.rule, self.saved, self.label, self.arity = rule, saved, rule.label, rule.arity
 
     def forward(self, op: Op, *xs: torch.Tensor) -> tuple[torch.Tensor, Any]:
-        y, aux = self.rule.evaluate(op, *xs)
         if self.saved is JOINT:
-            head = tuple(x[_HEAD] for x in xs), y[_HEAD], _rows(aux, _HEAD)
-            last = tuple(x[_LAST] for x in xs), y[_LAST], _rows(aux, _LAST)
-            return y, self.rule.pair(op, *head, *last)
+            return self.rule.joint_forward(op, *xs)
+        y, aux = self.rule.evaluate(op, *xs)
         refs, y_ref, aux_ref = self.saved
         return y, self.rule.pair(op, xs, y, aux, refs, y_ref, aux_ref)
 
     def backward(self, op: Op, state: Any, grad: torch.Tensor) -> Any:
-        if self.saved is not JOINT:
-            return self.rule.backward(op, state, grad)
-        grads = self.rule.backward(op, state, grad[_HEAD])
-        if isinstance(grads, torch.Tensor):
-            grads = (grads,)
-        return tuple(
-            None if g is None else torch.cat([g, g.new_zeros(1, *g.shape[1:])]) for g in grads
-        )
+        if self.saved is JOINT:
+            return self.rule.joint_backward(op, state, grad)
+        return self.rule.backward(op, state, grad)
 
 
 class PairedEngine(RuleEngine):
@@ -345,13 +372,8 @@ class PairedForward:
             if example_index is not None:
                 base = base.index_select(0, example_index.to(base.device))
         base = base.to(x.dtype)
-        try:  # the reference pass records nothing per layer: no module tracking (faster)
-            with self.engine.active(track_modules=False), self.engine.reference_pass():
-                reference = self.base(base, base_index)
-        except UnsupportedOperationError:
-            with self.engine.active(), self.engine.reference_pass():  # to name the layer
-                self.base(base, base_index)
-            raise
+        with self.engine.active(), self.engine.reference_pass():
+            reference = self.base(base, base_index)
 
         with self.engine.active(), self.engine.paired_pass(broadcast=shared):
             out = self.base(x, example_index)
