@@ -344,7 +344,7 @@ def test_deeplift_shared_baseline_rides_with_the_batch_and_equals_the_full_refer
     assert torch.equal(again.attributions, shared.attributions)  # the same every call
     monkeypatch.setattr(paired, "_is_shared", lambda *a: False)
     seen, handle = _rows_seen(net)
-    full = deeplift(net, x, target=1, baseline=0.3)
+    full = deeplift(net, x, target=1, baseline=torch.full_like(x, 0.3))  # checked: one per row
     handle.remove()
     assert seen == [5, 5]
     torch.testing.assert_close(shared.attributions, full.attributions, rtol=0, atol=1e-12)
@@ -444,3 +444,36 @@ class _PoolWithIndices(nn.Module):
 def test_deeplift_refusal_in_the_reference_pass_names_the_layer():
     with pytest.raises(UnsupportedOperationError, match=r"`max_pool2d_with_indices` \(in pool\)"):
         deeplift(_PoolWithIndices().to(D), _images(2), target=0)
+
+
+def test_rules_name_the_module_whose_code_runs_each_operation():
+    class Block(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(4, 4)
+
+        def helper(self, h: torch.Tensor) -> torch.Tensor:
+            return torch.relu(h)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.helper(self.fc(x)) + x
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.block, self.head = Block(), nn.Linear(4, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(nn.functional.relu(self.block(x)))
+
+    torch.manual_seed(0)
+    net, x = Net().to(D), torch.randn(3, 4, dtype=D)
+    rules = deeplift(net, x, target=0).extras["rules"]
+    assert rules == {
+        "block.fc: linear": "gradient",
+        "block: relu": "rescale",  # a helper method of the block: the block
+        "Net: relu": "rescale",  # the root model's own forward: its class name
+        "head: linear": "gradient",
+    }
+    plain = deeplift(lambda rows: net(rows), x, target=0).extras["rules"]
+    assert set(plain) == {"the model's forward: linear", "the model's forward: relu"}

@@ -21,7 +21,7 @@ from torch.utils.hooks import RemovableHandle
 
 from pellucid._warnings import TrainingModeWarning
 
-__all__ = ["ModelSnapshot", "has_mode_dependent_layers", "model_guard"]
+__all__ = ["ModelSnapshot", "has_mode_dependent_layers", "model_guard", "module_list"]
 
 _HOOK_DICTS = (
     "_forward_hooks",
@@ -52,7 +52,7 @@ class ModelSnapshot:
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model
-        modules = _modules(model)
+        modules = module_list(model)
         self.modes = [(m, m.training) for m in modules]
         self.params = [
             (p, p.requires_grad, p.grad)
@@ -121,7 +121,7 @@ def _refuse_meta(snapshot: ModelSnapshot) -> None:
         )
 
 
-def _modules(model: nn.Module) -> list[nn.Module]:
+def module_list(model: nn.Module) -> list[nn.Module]:
     """``list(model.modules())`` (same order, shared modules once), without building names."""
     found: list[nn.Module] = []
     seen: set[int] = set()

@@ -22,7 +22,6 @@ import torch
 from pellucid._evaluate import (
     Forward,
     Prepared,
-    all_finite,
     chunks,
     grad_batch_size,
     prepare,
@@ -30,7 +29,6 @@ from pellucid._evaluate import (
     track_first_forward,
 )
 from pellucid._targets import ResolvedTarget, Target
-from pellucid._validation import check_finite_tensor, check_tensor
 from pellucid.attribution._baselines import resolve_baseline
 from pellucid.attribution.rules._deeplift import DEEPLIFT_REFERENCE_OPS, DEEPLIFT_RULES
 from pellucid.attribution.rules._engine import Handler, RuleEngine, UnsupportedOperationError
@@ -72,16 +70,10 @@ class DeepLiftRules:
         self.baseline, self.background = baseline, background
         self._reference: torch.Tensor | None = None
         self._engine: PairedEngine | None = None
+        self._inputs: Any = None
 
     def __call__(self, model: Any, inputs: Any) -> DeepLiftRules:
-        x = check_tensor("inputs", inputs, min_ndim=1, floating=True).detach()
-        if not all_finite(x):
-            check_finite_tensor("inputs", x)
-        self._reference = resolve_baseline(
-            self.baseline,
-            Prepared(None, None, None, x),  # type: ignore[arg-type]
-            background=self.background,
-        )
+        self._inputs = inputs  # the baseline is resolved once ``prepare`` checked them
         freeze_parameters(model)
         self._engine = PairedEngine(
             "deeplift", DEEPLIFT_RULES, model, reference_ops=DEEPLIFT_REFERENCE_OPS
@@ -119,7 +111,21 @@ class DeepLiftRules:
         return self.engine.calls
 
     def wrap(self, forward: Forward) -> PairedForward:
-        return PairedForward(self.engine, forward, self.reference)
+        """The paired forward; ``prepare`` calls it after checking the inputs, before the
+        model's first run, so the baseline is resolved here.
+
+        Raises:
+            ValueError: `baseline` is unknown or does not broadcast to the inputs.
+        """
+        x = self._inputs.detach()
+        self._reference = resolve_baseline(
+            self.baseline,
+            Prepared(None, None, None, x),  # type: ignore[arg-type]
+            background=self.background,
+        )
+        shared = self.baseline is None or isinstance(self.baseline, int | float | bool)
+        shared = shared or self.baseline in ("zeros", "mean")
+        return PairedForward(self.engine, forward, self._reference, shared=shared or None)
 
     def gradients(
         self, prep: Prepared, batch_size: int | None

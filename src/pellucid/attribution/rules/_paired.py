@@ -333,12 +333,15 @@ class PairedForward:
         forward: Forward,
         baseline: torch.Tensor,
         strategy: TwoPasses | None = None,
+        *,
+        shared: bool | None = None,
     ) -> None:
         self.base = forward.with_model(forward.model, kernels="off")
         self.model, self.n_examples = forward.model, forward.n_examples
         self.engine, self.baseline = engine, baseline
         self.strategy = REFERENCE_PASS if strategy is None else strategy
-        self.shared = _is_shared(baseline, forward)
+        # ``shared=True``: every row's baseline is known to be the same (a number, zeros)
+        self.shared = not forward.aligned if shared else _is_shared(baseline, forward)
         self.reference_output: torch.Tensor | None = None
 
     @property
