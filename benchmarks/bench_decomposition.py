@@ -23,7 +23,7 @@ processes on a shared machine do not inflate; ``bench_callgrind.py deeplift-<mod
 counts the same variants in instructions.
 
     PYTHONPATH=src python benchmarks/bench_decomposition.py [--repeats 3] [--strategies]
-        [--resnet18] [--zoo [--size 224] [--no-small]]
+        [--resnet18] [--zoo [--size 224] [--no-small]] [--floors 8,32,128]
 """
 
 from __future__ import annotations
@@ -271,6 +271,24 @@ def strategies(model: nn.Module, x: torch.Tensor, repeats: int) -> None:
     )
 
 
+def floor_table(
+    models: dict[str, tuple[nn.Module, torch.Tensor]], batches: list[int], repeats: int
+) -> None:
+    """DeepLIFT's time over its gradient floor and its arithmetic floor, per model and batch
+    size (the engine's cost is per call, the floors' per row: large batches amortize it)."""
+    print(f"\n{'model':<12}{'batch':>6}{'deeplift ms':>13}{'/floor':>8}{'/arith':>8}")
+    for name, (model, x) in models.items():
+        for n in batches:
+            rows = x[:1].expand(n, *x.shape[1:]).clone() + 0.1 * torch.randn(n, *x.shape[1:])
+            fns = [
+                lambda rows=rows, model=model: pellucid.deeplift(model, rows, target=1),
+                deeplift_floor(model, rows, 1),
+                deeplift_arithmetic_floor(model, rows, 1),
+            ]
+            t = best_times(fns, repeats)
+            print(f"{name:<12}{n:>6}{1e3 * t[0]:13.3f}{t[0] / t[1]:7.2f}x{t[0] / t[2]:7.2f}x")
+
+
 def _calibrated(model: nn.Module, x: torch.Tensor) -> nn.Module:
     """Batch-norm statistics of ``x`` (torchvision's initial ones shrink mobilenet_v2's output
     to ~1e-10)."""
@@ -310,6 +328,9 @@ def main() -> None:
     parser.add_argument("--no-small", action="store_true", help="skip the reference models")
     parser.add_argument("--strategies", action="store_true", help="time the reference passes")
     parser.add_argument("--resnet18", action="store_true", help="torchvision resnet18, 64x64")
+    parser.add_argument(
+        "--floors", default="", help="only DeepLIFT over its floors at these batch sizes: 8,32,128"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -328,6 +349,13 @@ def main() -> None:
         if "resnet18" not in models:
             raise SystemExit("--resnet18 needs torchvision (the zoo environment)")
         chosen.append("resnet18")
+    if args.floors:
+        floor_table(
+            {k: models[k] for k in chosen if k != "mlp"},
+            [int(b) for b in args.floors.split(",")],
+            args.repeats,
+        )
+        return
     small = [(titles[k], *models[k]) for k in chosen]
     for title, model, x in small:
         compare(title, model, x, args.repeats, ("deeplift", "lrp", "guided_backprop"))
