@@ -26,7 +26,7 @@ perturbations) and max-sensitivity (saliency, 50 perturbations).
 
 Run: ``PYTHONPATH=src python benchmarks/bench_memory.py [--samples 10000] [--steps 1000]
 [--batch-sizes 16 64 256] [--max-memory 256MB] [--quick]`` (Linux; a full run takes a few
-minutes).
+minutes). A batch size of 0 is the method's default (``batch_size=None``).
 """
 
 from __future__ import annotations
@@ -104,7 +104,7 @@ def child(
     _memory.memory_batch_size = spy  # type: ignore[assignment]
     metrics.robustness.memory_batch_size = spy  # type: ignore[attr-defined]
     sizing: dict[str, Any] = (
-        {"max_memory": max_memory} if max_memory else {"batch_size": batch_size}
+        {"max_memory": max_memory} if max_memory else {"batch_size": batch_size or None}
     )
 
     torch.set_num_threads(1)
@@ -214,7 +214,8 @@ def main() -> None:
         f"peak memory above the starting resident size, MiB (3x{args.size}x{args.size} image, "
         f"{args.samples} samples, {args.steps} IG steps)"
     )
-    print(f"  {'method':<26s}" + "".join(f"{'batch ' + str(b):>12s}" for b in args.batch_sizes))
+    names = [f"batch {b}" if b else "default" for b in args.batch_sizes]
+    print(f"  {'method':<26s}" + "".join(f"{name:>12s}" for name in names))
     for method in args.methods:
         row = []
         for batch in args.batch_sizes:

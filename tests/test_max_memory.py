@@ -8,6 +8,7 @@ measured in a fresh process, a peak under the budget where the default goes over
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import subprocess
@@ -303,3 +304,21 @@ def test_max_memory_keeps_the_peak_under_the_budget_where_the_default_exceeds_it
     assert picked[0] is None and 1 <= picked[1] < 64
     assert limited < parse_memory(budget), f"{limited / 1e6:.0f} MB over a {budget} budget"
     assert default > parse_memory(budget), f"the default held only {default / 1e6:.0f} MB"
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        m
+        for m in pellucid.list_methods()
+        if "max_memory" in inspect.signature(pellucid.get_method(m).fn).parameters
+    ],
+)
+def test_every_method_with_max_memory_checks_it_before_the_model_runs(name):
+    model = _Counting()
+    call = pellucid.get_method(name).fn
+    with pytest.raises(ValueError, match=r"`max_memory` must be .*; got '2 gigs'"):
+        call(model, torch.ones(2, 4), target=0, max_memory="2 gigs")
+    with pytest.raises(ValueError, match="Pass either `batch_size` or `max_memory`, not both"):
+        call(model, torch.ones(2, 4), target=0, max_memory="1GB", batch_size=4)
+    assert model.calls == 0

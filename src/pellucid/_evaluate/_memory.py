@@ -151,16 +151,20 @@ class RowCost:
 #: Per method: the rows it builds per chunk and what it keeps. Perturbation methods mix a
 #: row from the input, a reference and a float mask (two fused multiply-adds: the row and one
 #: temporary), gather the example's input and reference when the players differ per example;
-#: gradient methods build the row, its gradient and the weighted product.
+#: gradient methods build the row (integrated gradients: the gathered input and reference,
+#: their difference and product), its gradient and the weighted product; on a CPU a
+#: convolutional model also sees a channels-last copy of the row and of its gradient
+#: (``_kernels``). Calibrated on ``benchmarks/bench_memory.py --max-memory``: every
+#: measured peak stays below the budget.
 ROW_COSTS: dict[str, RowCost] = {
-    "saliency": RowCost(copies=3, grad=True),
-    "input_x_gradient": RowCost(copies=3, grad=True),
-    "guided_backprop": RowCost(copies=3, grad=True),
-    "deconvolution": RowCost(copies=3, grad=True),
-    "integrated_gradients": RowCost(copies=5, fixed=6, grad=True),
-    "expected_gradients": RowCost(copies=5, fixed=6, grad=True),
+    "saliency": RowCost(copies=5, grad=True),
+    "input_x_gradient": RowCost(copies=5, grad=True),
+    "guided_backprop": RowCost(copies=5, grad=True),
+    "deconvolution": RowCost(copies=5, grad=True),
+    "integrated_gradients": RowCost(copies=7, fixed=6, grad=True),
+    "expected_gradients": RowCost(copies=7, fixed=6, grad=True),
     # the noise, the noisy rows, their gradients and the per-sample results: all at once
-    "smoothgrad": RowCost(copies=4, grad=True, fixed_per_work=4),
+    "smoothgrad": RowCost(copies=5, grad=True, fixed_per_work=4),
     "occlusion": RowCost(copies=6),
     "feature_ablation": RowCost(copies=6),
     "exact_shapley": RowCost(copies=5),
