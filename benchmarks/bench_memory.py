@@ -220,7 +220,8 @@ def main() -> None:
         row = []
         for batch in args.batch_sizes:
             result = _run_child(args, method, batch)
-            row.append("failed" if result is None else f"{result['peak_mib']:.1f}")
+            ok = result is not None and "peak_mib" in result
+            row.append(f"{result['peak_mib']:.1f}" if ok else "failed")  # type: ignore[index]
         print(f"  {method:<26s}" + "".join(f"{v:>12s}" for v in row))
 
 
@@ -242,6 +243,9 @@ def _run_child(args: Any, method: str, batch: int, max_memory: str = "") -> dict
     env = dict(os.environ, OMP_NUM_THREADS="1", MALLOC_MMAP_THRESHOLD_="131072")
     run = subprocess.run(command, capture_output=True, text=True, check=False, env=env)
     if run.returncode != 0:
+        last = run.stderr.strip().splitlines()[-1] if run.stderr.strip() else ""
+        if "`max_memory` must hold" in last:  # a budget too small for the call: refused
+            return {"refused": last.split("ValueError: ", 1)[-1]}
         print(run.stderr[-800:], file=sys.stderr)
         return None
     result: dict[str, Any] = json.loads(run.stdout.splitlines()[-1])
@@ -261,8 +265,10 @@ def _budget_table(args: Any) -> None:
     print(f"  {'method':<26s}{'batch_size':>12s}{'peak MiB':>12s}{'peak/budget':>13s}")
     for method in args.methods or list(METHODS + MEMORY_ONLY):
         result = _run_child(args, method, 0, args.max_memory)
-        if result is None:
-            print(f"  {method:<26s}{'failed':>12s}")
+        if result is None or "refused" in result:
+            print(f"  {method:<26s}{'failed' if result is None else 'refused':>12s}")
+            if result is not None:
+                print(f"    {result['refused']}")
             continue
         peak = result["peak_mib"]
         print(f"  {method:<26s}{result['batch_size']:>12d}{peak:>12.1f}{peak / budget_mib:>13.2f}")

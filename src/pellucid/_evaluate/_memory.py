@@ -37,6 +37,7 @@ from pellucid._targets import ResolvedTarget
 from pellucid._validation import describe_value
 
 __all__ = [
+    "DEFAULT_COST",
     "ESTIMATE_FACTOR",
     "ROW_COSTS",
     "RowCost",
@@ -177,8 +178,11 @@ ROW_COSTS: dict[str, RowCost] = {
     "infidelity": RowCost(copies=7),
     # the sensitivity metric: the noise, the perturbed row, its explanation and difference
     # (the explanation's own activations are measured with it)
-    "sensitivities": RowCost(copies=4),
+    "sensitivities": RowCost(copies=6),
 }
+
+#: The cost of a method without an entry: a backward and the rows of a gradient method.
+DEFAULT_COST = RowCost(copies=7, fixed=6, grad=True)
 
 
 class _LiveBytes(TorchFunctionMode):
@@ -333,12 +337,13 @@ def pick_batch_size(
     cost: RowCost | None = None,
 ) -> int:
     """``batch_size`` for ``method`` within ``max_memory`` (parsed again: the budget as given),
-    from its :data:`ROW_COSTS` entry (or ``cost``) and one measured row of ``inputs``.
+    from its :data:`ROW_COSTS` entry (``cost``, else :data:`DEFAULT_COST`) and one measured
+    row of ``inputs``.
 
     Raises:
         ValueError: the budget does not hold the call's fixed part and one row.
     """
-    cost = cost or ROW_COSTS[method]
+    cost = cost or ROW_COSTS.get(method, DEFAULT_COST)
     row_bytes = inputs[:1].numel() * inputs.element_size()
     activations = row_activations(forward, target, inputs, grad=cost.grad)
     return memory_batch_size(
