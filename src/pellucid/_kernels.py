@@ -158,11 +158,10 @@ class Layout:
         if mode not in KERNEL_MODES:
             raise ValueError(f"`kernels` must be one of {KERNEL_MODES}; got {mode!r}.")
         self.model, self.mode = model, mode
-        convnet = isinstance(model, nn.Module) and any(
-            isinstance(m, nn.Conv2d) for m in model.modules()
-        )
         self.channels_last: bool | None = None if mode == "auto" else mode == "channels_last"
-        if not convnet:
+        if mode != "off" and not (
+            isinstance(model, nn.Module) and any(isinstance(m, nn.Conv2d) for m in model.modules())
+        ):
             self.channels_last = False
         self.expected = 0
         self.trial: dict[str, float] = {}  # best trial seconds per layout, once measured
