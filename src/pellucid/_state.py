@@ -2,7 +2,10 @@
 
 Explaining or measuring a model must not change it. ``model_guard`` records the train/eval
 flag of every submodule, every parameter's ``requires_grad`` and ``.grad`` object, and the
-keys of every hook dictionary, and restores all of them on exit, also when the body raises;
+keys of every hook dictionary, the buffer objects and the tensors that forward pre-hooks
+cache on their module (a pruned ``weight``), and restores all of them on exit, also when
+the body raises (under ``torch.inference_mode`` a cache would otherwise come back as an
+inference tensor that the user's next backward refuses);
 an existing ``.grad`` whose values were changed in place is reported as an error.
 """
 
@@ -77,6 +80,19 @@ class ModelSnapshot:
             for b in m._buffers.values()
             if b is not None
         ]
+        # A forward may also replace tensors it caches on a module: torch's pruning,
+        # weight_norm and spectral_norm pre-hooks store ``weight = weight_orig * mask`` as a
+        # plain attribute, and a forward may (re)register a cache buffer (rotary tables).
+        # Run under ``torch.inference_mode`` they would come back as inference tensors that
+        # the user's next backward refuses, so the objects themselves are put back.
+        self.buffer_dicts = [(m, dict(m._buffers)) for m in modules]
+        self.cached = [
+            (m, key, value)
+            for m in modules
+            if m._forward_pre_hooks or m._forward_pre_hooks_with_kwargs
+            for key, value in m.__dict__.items()
+            if isinstance(value, torch.Tensor)
+        ]
 
     def restore(self) -> None:
         for module, training in self.modes:
@@ -91,6 +107,7 @@ class ModelSnapshot:
             with torch.no_grad():
                 for buffer, saved in self.buffers:
                     buffer.copy_(saved)
+        _restore_tensors(self.buffer_dicts, self.cached)
         first = self.first_new_hook
         for module, _ in self.modes:
             state = module.__dict__
@@ -109,6 +126,24 @@ class ModelSnapshot:
                 f"pellucid changed the values of {changed} existing `.grad` tensor(s) of the "
                 "model in place; please report this bug."
             )
+
+
+def _restore_tensors(
+    buffer_dicts: list[tuple[nn.Module, dict[str, torch.Tensor | None]]],
+    cached: list[tuple[nn.Module, str, torch.Tensor]],
+) -> None:
+    """Put back the buffer objects (dropping buffers added inside) and cached tensors."""
+    for module, saved in buffer_dicts:
+        current = module._buffers
+        if len(current) == len(saved) and all(current.get(k, 0) is v for k, v in saved.items()):
+            continue
+        for key in [k for k in current if k not in saved]:
+            del current[key]
+            module._non_persistent_buffers_set.discard(key)
+        current.update(saved)
+    for module, key, value in cached:
+        if module.__dict__.get(key) is not value:
+            module.__dict__[key] = value
 
 
 def _refuse_meta(snapshot: ModelSnapshot) -> None:
