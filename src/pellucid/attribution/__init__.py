@@ -9,7 +9,7 @@ from pellucid.attribution.attention import (
     attention_rollout,
 )
 from pellucid.attribution.backprop import deconvolution, guided_backprop
-from pellucid.attribution.cam import grad_cam, guided_grad_cam
+from pellucid.attribution.cam import EmptyMapWarning, grad_cam, guided_grad_cam
 from pellucid.attribution.decomposition import deeplift, lrp
 from pellucid.attribution.gradients import input_x_gradient, saliency
 from pellucid.attribution.integrated_gradients import expected_gradients, integrated_gradients
@@ -27,6 +27,7 @@ from pellucid.attribution.shapley import (
 
 __all__ = [
     "AttentionMaps",
+    "EmptyMapWarning",
     "UnsupportedOperationError",
     "attention",
     "attention_maps",

@@ -15,20 +15,30 @@ way, its gradient) to (N, C, *spatial) itself.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping
 from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from pellucid._registry import register
 from pellucid._shell import Run, check_bool, explaining
+from pellucid._state import _user_stacklevel
 from pellucid._targets import Target
 from pellucid._validation import check_choice
+from pellucid._warnings import PellucidWarning
 from pellucid.attribution.rules import GUIDED_RULES, rule_gradients
 from pellucid.explanation import Explanation
 
-__all__ = ["grad_cam", "guided_grad_cam"]
+__all__ = ["EmptyMapWarning", "grad_cam", "guided_grad_cam"]
+
+
+class EmptyMapWarning(PellucidWarning):
+    """Grad-CAM's map says nothing: zero everywhere (the target's gradient does not reach
+    the layer's positions, or every position counts against it) or a single position."""
+
 
 _MODES = {1: "linear", 2: "bilinear", 3: "trilinear"}
 
@@ -69,6 +79,61 @@ def _check_reshape(reshape: Any) -> Any:
     )
 
 
+def _first_norm(module: nn.Module) -> str | None:
+    return next((c for c, m in module.named_children() if isinstance(m, nn.LayerNorm)), None)
+
+
+def _suggest(model: Any, layer: str, tokens: bool) -> str:
+    """A layer whose positions reach the target: a block's first norm (its attention mixes
+    what the head reads into every position; the layer's own, else the last one before it)
+    for token outputs, else the last convolution before the layer."""
+    conv = norm = None
+    if isinstance(model, nn.Module):
+        for name, module in model.named_modules():
+            first = _first_norm(module)
+            if first is not None:
+                norm = f"{name}.{first}" if name else first
+            if name == layer:
+                break
+            if isinstance(module, nn.modules.conv._ConvNd):
+                conv = name
+    if norm is not None and (tokens or conv is None):
+        return f"the block's norm {norm!r}, whose positions the head reads through attention"
+    if conv is not None:
+        return f"an earlier convolution such as {conv!r}"
+    return "an earlier layer that still has spatial positions"
+
+
+def _check_map(run: Run, cam: torch.Tensor, grads: torch.Tensor, relu: bool, tokens: bool) -> None:
+    """Warn (:class:`EmptyMapWarning`) when the map is zero for every example, or has one
+    position only: such a map explains nothing, and it must not pass for one that does."""
+    name = run.prep.layer_name or ""
+    if cam.shape[2:].numel() == 1:
+        reason = "has a single position (the layer comes after the last spatial operation)"
+    elif not bool(cam.ne(0).any()):
+        if not bool(grads.ne(0).any()):
+            reason = (
+                "is zero everywhere: the target's gradient does not reach the layer's "
+                "positions (e.g. only the class token reaches the head from a transformer "
+                "block's output, or the layer comes after the last spatial operation)"
+            )
+        elif relu:
+            reason = (
+                "is zero everywhere: every position counts against the target and `relu` "
+                "removes it (pass relu=False to see the negative map)"
+            )
+        else:
+            reason = "is zero everywhere: the layer's activations are zero"
+    else:
+        return
+    model = run.prep.model_forward.model
+    warnings.warn(
+        f"Grad-CAM's map at layer {name!r} {reason}. Choose {_suggest(model, name, tokens)}.",
+        EmptyMapWarning,
+        stacklevel=_user_stacklevel(),
+    )
+
+
 def _cam(run: Run, relu: bool, reshape: Any = None) -> torch.Tensor:
     """The channel-weighted map at the layer's resolution, (N, 1, *spatial)."""
     prep = run.prep
@@ -85,7 +150,9 @@ def _cam(run: Run, relu: bool, reshape: Any = None) -> torch.Tensor:
     acts = _to_maps(reshape, acts.detach())
     weights = grads.mean(dim=tuple(range(2, acts.ndim)), keepdim=True)
     cam = (weights * acts).sum(dim=1, keepdim=True)
-    return cam.clamp(min=0) if relu else cam
+    cam = cam.clamp(min=0) if relu else cam
+    _check_map(run, cam, grads, relu, reshape is not None)
+    return cam
 
 
 def _upsample(cam: torch.Tensor, raw: torch.Tensor, mode: str) -> torch.Tensor:
