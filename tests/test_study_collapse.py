@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from pellucid.cli import main
-from pellucid.study.collapse import detect_collapse
+from pellucid.pruning.collapse import detect_collapse
 
 
 def test_detect_collapse_constant_one_class_and_majority_rate():

@@ -18,6 +18,7 @@ from pellucid.data import load_dataset
 from pellucid.models import MLP
 from pellucid.plot import clip_bound_sweep, pruning_sweep
 from pellucid.pruning import (
+    CollapsedModelWarning,
     LayerCollapseWarning,
     PruningSweep,
     plan_channel_pruning,
@@ -224,3 +225,30 @@ def test_pruning_sweep_plot_marks_best_knee_and_collapse(cancer_net):
     assert "unstructured: ≤0.5 within tolerance" in ax.get_legend_handles_labels()[1]
     with pytest.raises(ValueError, match="`x` must be"):
         pruning_sweep(sweep, x="params")
+
+
+def _dies_without_an_empty_layer() -> nn.Module:
+    """Two small-weight units carry the class signal; two large ones add the same value to
+    both logits. Pruning half the weights (globally) removes the signal but leaves every
+    layer some weights: the outputs still vary, and the copy predicts one class for all."""
+    net = nn.Sequential(nn.Linear(2, 4), nn.ReLU(), nn.Linear(4, 2))
+    with torch.no_grad():
+        net[0].weight.copy_(torch.tensor([[0.1, 0.0], [-0.1, 0.0], [5.0, 5.0], [-5.0, 5.0]]))
+        net[0].bias.zero_()
+        net[2].weight.copy_(torch.tensor([[2.0, -2.0, 3.0, 3.0], [-2.0, 2.0, 3.0, 3.0]]))
+        net[2].bias.copy_(torch.tensor([0.1, 0.0]))
+    return net.eval()
+
+
+@pytest.mark.parametrize("as_pair", [True, False])
+def test_a_dead_copy_without_an_empty_layer_is_flagged_and_warns(as_pair):
+    net = _dies_without_an_empty_layer()
+    x = torch.randn(200, 2, generator=torch.Generator().manual_seed(0))
+    y = (x[:, 0] < 0).long()  # class 1 where the signal says so: the dense model is right
+    metric = (x, y) if as_pair else (lambda m: float((m(x).argmax(1) == y).float().mean()))
+    with pytest.warns(CollapsedModelWarning, match=r"amount 0\.5: .*class 0 for 100% of 200"):
+        sweep = sweep_pruning(net, metric, amounts=(0.5,), scope="global")
+    assert sweep.scores[0] > 0.8 > 0.6 > sweep.scores[1]  # the dense model is alive
+    assert sweep.collapsed == [[], []]  # and no layer lost every weight
+    assert sweep.dead[0] is None and "class 0 for 100%" in sweep.dead[1]
+    assert sweep.best_amount == 0.0 and sweep.to_dict()["dead"] == sweep.dead

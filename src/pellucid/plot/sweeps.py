@@ -85,7 +85,8 @@ def pruning_sweep(
     """A metric against sparsity, one line per sweep, with the dense tolerance band.
 
     The largest amount within the tolerance of the dense score is ringed, the knee marked
-    with a triangle, and collapsed copies (a layer with no weight left) with a red x.
+    with a triangle, and collapsed copies (a layer with no weight left, or dead predictions)
+    with a red x.
 
     Args:
         sweeps: a :class:`~pellucid.pruning.PruningSweep` or ``{label: sweep}`` (e.g.
@@ -120,7 +121,12 @@ def pruning_sweep(
         ax.scatter([xs[best]], [sweep.scores[best]], s=90, facecolors="none", edgecolors=color)
         knee = sweep.amounts.index(sweep.knee)
         ax.scatter([xs[knee]], [sweep.scores[knee]], marker="v", s=40, color=color)
-        dead = [i for i, layers in enumerate(sweep.collapsed) if layers]
+        reasons = sweep.dead or [None] * len(sweep.collapsed)
+        dead = [
+            i
+            for i, (layers, reason) in enumerate(zip(sweep.collapsed, reasons, strict=True))
+            if layers or reason
+        ]
         if dead:
             ax.scatter([xs[i] for i in dead], [sweep.scores[i] for i in dead], marker="x",
                        s=50, color="crimson")  # fmt: skip

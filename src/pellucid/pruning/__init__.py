@@ -8,6 +8,7 @@ regularizers as training callbacks, honest measurement and round-trip save/load.
 from __future__ import annotations
 
 from pellucid.pruning import importance, io, measure
+from pellucid.pruning.collapse import CollapsedModelWarning, detect_collapse, prediction_collapse
 from pellucid.pruning.distill import Distillation, distillation_loss
 from pellucid.pruning.finetune import PruneResult, prune_and_finetune
 from pellucid.pruning.group_lasso import GroupLasso, unit_norms
@@ -40,6 +41,7 @@ __all__ = [
     "BNScaleL1",
     "ChannelGroup",
     "ChannelPruning",
+    "CollapsedModelWarning",
     "Distillation",
     "GroupLasso",
     "L1Penalty",
@@ -49,10 +51,12 @@ __all__ = [
     "PruneResult",
     "PruningSweep",
     "ReapplyMasks",
+    "detect_collapse",
     "distillation_loss",
     "io",
     "measure",
     "polynomial_sparsity",
+    "prediction_collapse",
     "prune_and_finetune",
     "reapply_masks_",
     "ChannelPruningPlan",

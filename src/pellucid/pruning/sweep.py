@@ -8,9 +8,11 @@ score, the largest amount whose score stays within ``tolerance`` of the dense mo
 the knee of the curve. The model you pass is never changed: not its parameters, masks,
 mode, hooks or ``.grad``.
 
-Copies where pruning removed every weight of a layer are flagged (``collapsed``): they
-usually predict a constant, and their score is that of the majority class, not of a
-pruned model.
+Copies where pruning removed every weight of a layer are flagged (``collapsed``), and so
+are copies whose predictions on the rows the metric ran them on are constant or one class
+(``dead``, see :func:`~pellucid.pruning.prediction_collapse`), whatever their layers look
+like: their score is that of the majority class, not of a pruned model. Both are left out
+of ``best_amount`` and named in a :class:`~pellucid.pruning.CollapsedModelWarning`.
 
 Example:
     >>> from torch import nn
@@ -35,6 +37,7 @@ from torch import nn
 
 from pellucid._state import model_guard
 from pellucid._validation import check_choice, check_float, describe_value
+from pellucid.pruning.collapse import CollapsedModelWarning, prediction_collapse
 from pellucid.pruning.measure import count_nonzeros, count_parameters
 from pellucid.pruning.structured import plan_channel_pruning
 from pellucid.pruning.unstructured import LayerCollapseWarning, prune_magnitude_, sparsity
@@ -59,11 +62,15 @@ class PruningSweep:
         tolerance: the allowed drop from the dense score.
         higher_is_better: the metric's direction.
         best_amount: the largest amount whose score is within ``tolerance`` of the dense
-            score and whose copy did not collapse (0.0 when none).
+            score and whose copy did not collapse (no ``collapsed`` layer, not ``dead``;
+            0.0 when none).
         knee: the amount at the knee of the score curve: the point farthest above the chord
             from the first to the last point, both axes scaled to [0, 1] (Kneedle); where
             the score holds and then falls, the last amount before the fall.
         collapsed: per amount, the layers whose weights were all removed.
+        dead: per amount, why the copy's predictions on the rows the metric ran collapsed
+            (constant outputs, one class for 98% of the rows, accuracy at the majority
+            rate), or None (also when the metric did not run the model on a batch).
     """
 
     kind: str
@@ -76,6 +83,7 @@ class PruningSweep:
     best_amount: float
     knee: float
     collapsed: list[list[str]] = field(default_factory=list)
+    dead: list[str | None] = field(default_factory=list)
 
     @property
     def dense(self) -> float:
@@ -95,6 +103,7 @@ class PruningSweep:
             "best_amount": self.best_amount,
             "knee": self.knee,
             "collapsed": self.collapsed,
+            "dead": self.dead,
         }
 
     def plot(self, *, ax: Any = None, label: str | None = None) -> Any:
@@ -147,6 +156,58 @@ def _prune_copy(
         else:
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     return pruned, measured, collapsed
+
+
+def _score(
+    pruned: nn.Module, score: Metric, labels: torch.Tensor | None
+) -> tuple[float, str | None]:
+    """The metric of a copy, and why the predictions it made for the metric collapsed."""
+    outputs: list[torch.Tensor] = []
+
+    def keep(_m: nn.Module, _i: Any, out: Any) -> None:
+        if isinstance(out, torch.Tensor) and out.ndim >= 1:
+            outputs.append(out.detach())
+
+    handle = pruned.register_forward_hook(keep)
+    try:
+        value = float(score(pruned.eval()))
+    finally:
+        handle.remove()
+    if not outputs or any(o.shape[1:] != outputs[0].shape[1:] for o in outputs):
+        return value, None
+    rows = torch.cat(outputs)
+    if labels is not None and labels.shape[0] != rows.shape[0]:
+        labels = None  # the metric ran other rows than the pair's
+    return value, prediction_collapse(rows, labels=labels)
+
+
+def _warn_collapsed(levels: list[float], collapsed: list[list[str]], dead: list[Any]) -> None:
+    if dead[0] is not None:
+        warnings.warn(
+            f"the dense model itself {dead[0]} on the metric's rows, so the sweep cannot "
+            "tell collapsed pruned copies from live ones; check the model and the metric.",
+            CollapsedModelWarning,
+            stacklevel=3,
+        )
+        return
+    named = [
+        f"amount {a:g}: "
+        + "; ".join(
+            ([f"no weight left in {', '.join(repr(n) for n in layers)}"] if layers else [])
+            + ([d] if d else [])
+        )
+        for a, layers, d in zip(levels, collapsed, dead, strict=True)
+        if layers or d
+    ]
+    if named:
+        warnings.warn(
+            f"pruned copies collapsed ({' | '.join(named)}): their scores are those "
+            "of a constant model, not of a pruned one, and they are left out of "
+            "`best_amount`. Pass `min_keep=` to keep a floor of weights in every layer, or "
+            "prune less.",
+            CollapsedModelWarning,
+            stacklevel=3,
+        )
 
 
 def _knee(x: list[float], y: list[float]) -> int:
@@ -211,21 +272,25 @@ def sweep_pruning(
             '`example_inputs` must be given for kind="structured" (a batch the model runs on, '
             "to trace it and verify the shrunken copy); got None."
         )
-    measured, scores, params, collapsed = [], [], [], []
+    labels = metric[1] if isinstance(metric, tuple | list) else None
+    measured, scores, params, collapsed, dead = [], [], [], [], []
     with model_guard(model, eval_mode=False):
         for amount in levels:
-            pruned, fraction, dead = _prune_copy(model, amount, kind, example_inputs, options)
+            pruned, fraction, layers = _prune_copy(model, amount, kind, example_inputs, options)
             if finetune is not None and amount > 0.0:
                 finetune(pruned)
-            scores.append(float(score(pruned.eval())))
+            value, reason = _score(pruned, score, labels)
+            scores.append(value)
             measured.append(float(fraction))
             params.append(count_nonzeros(pruned))
-            collapsed.append(dead)
+            collapsed.append(layers)
+            dead.append(reason)
+    _warn_collapsed(levels, collapsed, dead)
     sign = 1.0 if higher_is_better else -1.0
     ok = [
         a
-        for a, s, d in zip(levels, scores, collapsed, strict=True)
-        if not d and sign * (s - scores[0]) >= -tolerance
+        for a, s, c, d in zip(levels, scores, collapsed, dead, strict=True)
+        if not c and (d is None or dead[0] is not None) and sign * (s - scores[0]) >= -tolerance
     ]
     return PruningSweep(
         kind=kind,
@@ -238,4 +303,5 @@ def sweep_pruning(
         best_amount=max(ok, default=0.0),
         knee=levels[_knee(measured, [sign * s for s in scores])],
         collapsed=collapsed,
+        dead=dead,
     )

@@ -22,8 +22,8 @@ import torch
 from torch import nn
 
 from pellucid._registry import get_method, list_methods
+from pellucid.pruning.collapse import detect_collapse
 from pellucid.report.html import Figure, Paragraph, Section, Table
-from pellucid.study.collapse import detect_collapse
 from pellucid.study.context import StudyContext, check_model_keys
 from pellucid.study.errors import ConfigError
 from pellucid.study.examples import ExampleRecorder
@@ -114,7 +114,7 @@ def _variants(ctx: StudyContext, key: str, seed: int, cfg: dict[str, Any]):
 
 
 def _collapsed(model: nn.Module, ds: Any) -> str | None:
-    """Why the variant collapsed on the whole test split (see ``study.collapse``), or None."""
+    """Why the variant collapsed on the whole test split (see ``pruning.collapse``), or None."""
     labels = ds.y_test if ds.task == "classification" else None
     return detect_collapse(model, ds.X_test, labels=labels)
 

@@ -2,9 +2,12 @@
 
 A model pruned too far can predict one class for every input. Its explanations are then
 trivially "sparse" and a surrogate tree copies it with fidelity 1.0, so it would count as
-evidence that pruning makes a model more interpretable. The study checks every variant with
+evidence that pruning makes a model more interpretable, and a pruning sweep would report
+the majority-class score as that of a pruned model. The study checks every variant with
 :func:`detect_collapse` and excludes collapsed ones from its interpretability verdicts,
-saying so in the report.
+saying so in the report; :func:`~pellucid.pruning.sweep_pruning` checks the outputs of
+every pruned copy with :func:`prediction_collapse`, flags collapsed copies and warns
+(:class:`CollapsedModelWarning`).
 
 Example:
     >>> import torch
@@ -21,7 +24,20 @@ from typing import Any
 
 import torch
 
-__all__ = ["ONE_CLASS_SHARE", "detect_collapse"]
+from pellucid._warnings import PellucidWarning
+
+__all__ = [
+    "MAJORITY_MARGIN",
+    "ONE_CLASS_SHARE",
+    "CollapsedModelWarning",
+    "detect_collapse",
+    "prediction_collapse",
+]
+
+
+class CollapsedModelWarning(PellucidWarning):
+    """A pruned model predicts a constant or one class: its score is not a pruned model's."""
+
 
 #: A classifier predicting one class for at least this share of the rows has collapsed
 #: (unless the labels themselves are that unbalanced).
@@ -37,10 +53,7 @@ def detect_collapse(
 ) -> str | None:
     """Why ``model`` has collapsed on ``inputs``, or None when it has not.
 
-    Collapsed means: constant outputs (spread across rows at most 1e-6 of their scale); for
-    a classifier (two or more output columns), one predicted class for at least 98% of the
-    rows while the labels are not that unbalanced, or, with ``labels``, an accuracy within
-    0.01 of the majority-class rate (no better than always guessing the commonest label).
+    Runs ``model(inputs)`` and judges the outputs with :func:`prediction_collapse`.
 
     Args:
         model: a callable ``Tensor -> Tensor`` (in the mode it should be judged in).
@@ -50,8 +63,30 @@ def detect_collapse(
     Returns:
         A short reason such as ``"predicts class 1 for 100% of 143 test rows"``, or None.
     """
-    out = model(inputs)
-    out = out.detach().to(torch.float64).reshape(out.shape[0], -1)
+    return prediction_collapse(model(inputs), labels=labels)
+
+
+@torch.no_grad()
+def prediction_collapse(outputs: torch.Tensor, *, labels: torch.Tensor | None = None) -> str | None:
+    """Why a model whose outputs on a batch of rows are ``outputs`` has collapsed, or None.
+
+    Collapsed means: constant outputs (spread across rows at most 1e-6 of their scale); for
+    a classifier (two or more output columns), one predicted class for at least 98% of the
+    rows while the labels are not that unbalanced, or, with ``labels``, an accuracy within
+    0.01 of the majority-class rate (no better than always guessing the commonest label).
+
+    Args:
+        outputs: the model's outputs, one row per example (N, ...).
+        labels: the rows' class labels, for the majority-rate check (optional).
+
+    Returns:
+        A short reason, or None.
+
+    Example:
+        >>> prediction_collapse(torch.tensor([[0.0, 1.0], [0.2, 0.9], [0.1, 3.0]]))
+        'predicts class 1 for 100% of 3 test rows'
+    """
+    out = outputs.detach().to(torch.float64).reshape(outputs.shape[0], -1)
     n = out.shape[0]
     spread = float(out.std(dim=0).max()) if n > 1 else 0.0
     scale = max(float(out.abs().mean()), 1.0)
