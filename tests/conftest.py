@@ -1,4 +1,4 @@
-"""Shared test setup: headless matplotlib, deterministic torch, small thread pools."""
+"""Shared test setup: headless matplotlib, deterministic torch, one intra-op thread."""
 
 from __future__ import annotations
 
@@ -8,7 +8,11 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 
 import torch
 
-torch.set_num_threads(min(2, torch.get_num_threads()))
+# One intra-op thread by default: the suite's tensors are small, so on a shared machine more
+# threads mostly add synchronisation and contention (and results do not depend on it).
+# PELLUCID_TEST_THREADS overrides it; the gloo tests' spawned ranks import this module and
+# use one thread each too (two ranks on two cores). No test relies on more than one.
+torch.set_num_threads(int(os.environ.get("PELLUCID_TEST_THREADS", "1")))
 
 
 def init_gloo(rank: int, world: int, store: str) -> None:
