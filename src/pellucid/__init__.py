@@ -33,6 +33,7 @@ from pellucid._registry import MethodInfo, attribute, get_method, list_methods
 from pellucid._warnings import PellucidWarning
 from pellucid.attribution import (
     AttentionMaps,
+    EmptyMapWarning,
     UnsupportedOperationError,
     attention,
     attention_maps,
@@ -64,6 +65,7 @@ from pellucid.monitoring import GradientMonitor
 
 __all__ = [
     "AttentionMaps",
+    "EmptyMapWarning",
     "Explanation",
     "GradientMonitor",
     "MethodInfo",
