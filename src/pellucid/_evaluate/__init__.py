@@ -57,6 +57,7 @@ from pellucid._evaluate._prepare import (
     broadcast_baseline,
     layer_activations,
     model_failure,
+    per_row,
     prepare,
 )
 
@@ -81,6 +82,7 @@ __all__ = [
     "all_finite",
     "block_scores",
     "broadcast_baseline",
+    "per_row",
     "chunk_rows",
     "chunks",
     "grad_batch_size",

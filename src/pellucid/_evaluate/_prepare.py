@@ -28,6 +28,7 @@ __all__ = [
     "broadcast_baseline",
     "model_failure",
     "layer_activations",
+    "per_row",
     "prepare",
 ]
 
@@ -280,14 +281,23 @@ def broadcast_baseline(
             f"`{name}` must be None, a number or a tensor; got {type(baseline).__name__}."
         )
     check_finite_tensor(name, baseline)
-    b = baseline.detach().to(device=inputs.device, dtype=inputs.dtype)
-    if b.shape == inputs.shape[1:]:
-        b = b.unsqueeze(0)
-    try:
-        return torch.broadcast_to(b, inputs.shape).clone()
-    except RuntimeError:
+    rows = per_row(baseline, inputs)
+    if rows is None:
         raise ValueError(
             f"`{name}` of shape {tuple(baseline.shape)} does not broadcast to the inputs' shape "
             f"{tuple(inputs.shape)}; use shape {tuple(inputs.shape[1:])} (one example, shared) or "
             f"{tuple(inputs.shape)} (one per example)."
-        ) from None
+        )
+    return rows
+
+
+def per_row(value: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor | None:
+    """``value`` as a copy of ``inputs``' shape, device and dtype: one example's shape is
+    shared by every row, anything else broadcasts against the batch; None when it does not."""
+    v = value.detach().to(device=inputs.device, dtype=inputs.dtype)
+    if v.shape == inputs.shape[1:]:
+        v = v.unsqueeze(0)
+    try:
+        return torch.broadcast_to(v, inputs.shape).clone()
+    except RuntimeError:
+        return None

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from pellucid._evaluate import Evaluates, Prepared
+from pellucid._evaluate import Evaluates, Prepared, per_row
 from pellucid._shell import Run
 from pellucid._validation import describe_value
 
@@ -127,16 +127,13 @@ def _mask_tensor(mask_token: Any, inputs: torch.Tensor) -> torch.Tensor:
         return torch.full_like(inputs, mask_token)
     if mask_token.is_floating_point() or mask_token.is_complex() or mask_token.dtype == torch.bool:
         raise TypeError(f"`mask_token` must hold integer token ids; got dtype {mask_token.dtype}.")
-    ids = mask_token.detach().to(inputs.device, inputs.dtype)
-    if ids.shape == inputs.shape[1:]:
-        ids = ids.unsqueeze(0)
-    try:
-        return torch.broadcast_to(ids, inputs.shape).clone()
-    except RuntimeError:
+    ids = per_row(mask_token, inputs)
+    if ids is None:
         raise ValueError(
             f"`mask_token` of shape {tuple(mask_token.shape)} must be one id, one example "
             f"{tuple(inputs.shape[1:])} or one per example {tuple(inputs.shape)}."
-        ) from None
+        )
+    return ids
 
 
 class TokenRun(Run):
