@@ -204,7 +204,8 @@ def fit(
 
     Args:
         model: the network; trained in place (left in eval mode at the end).
-        train: ``(X, y)`` tensors, or any iterable of ``(x, y)`` batches (e.g. a DataLoader).
+        train: ``(X, y)`` tensors, or any iterable of ``(x, y)`` batches (e.g. a DataLoader);
+            batches are moved to the model's device (a CPU loader may feed a GPU model).
         epochs: passes over the data.
         optimizer: ``"adam"``, ``"adamw"``, ``"sgd"``, an optimizer, or a factory
             ``params -> optimizer``.
@@ -247,6 +248,7 @@ def fit(
     n_batches = math.ceil(tensors[0].shape[0] / batch_size) if tensors is not None else len(train)
     state = TrainState(model=model, optimizer=opt, total_steps=epochs * n_batches, history=history)
     start = time.perf_counter()
+    device = next((p.device for p in model.parameters()), None)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         for hook in hooks:
@@ -257,9 +259,12 @@ def fit(
             model.train()
             for hook in hooks:
                 hook.on_epoch_begin(state)
-            losses: list[float] = []
+            pending: list[torch.Tensor] = []
             for x, y in _batches(train, tensors, batch_size, generator):
-                _train_step(state, hooks, loss_fn, x, y, losses)
+                x, y = _on_device(x, device), _on_device(y, device)
+                _train_step(state, hooks, loss_fn, x, y, pending)
+            losses = _host_losses(pending)
+            history.step_losses.extend(losses)
             record = _epoch_record(model, epoch, losses, start, validation, loss_fn)
             history.epochs.append(record)
             for hook in hooks:
@@ -304,6 +309,20 @@ def _batches(
     )
 
 
+def _on_device(value: Any, device: torch.device | None) -> Any:
+    """A batch's tensor on the model's device (a CPU data loader feeding a GPU model)."""
+    if device is None or not isinstance(value, torch.Tensor) or value.device == device:
+        return value
+    return value.to(device, non_blocking=True)
+
+
+def _host_losses(pending: list[torch.Tensor]) -> list[float]:
+    """The epoch's step losses as floats, in one transfer from the device."""
+    if not pending:
+        return []
+    return [float(v) for v in torch.stack([v.reshape(()).double() for v in pending]).cpu()]
+
+
 def _epoch_record(
     model: nn.Module,
     epoch: int,
@@ -329,7 +348,7 @@ def _train_step(
     loss_fn: LossFn,
     x: torch.Tensor,
     y: torch.Tensor,
-    losses: list[float],
+    losses: list[torch.Tensor],
 ) -> None:
     state.inputs, state.labels = x, y
     state.info = {}
@@ -345,9 +364,7 @@ def _train_step(
             loss = loss + extra
     state.loss = loss
     loss.backward()
-    value = float(loss.detach())
-    losses.append(value)
-    state.history.step_losses.append(value)  # type: ignore[union-attr]
+    losses.append(loss.detach())  # read once per epoch: no wait for the device per step
     do_step = True
     for hook in hooks:
         if hook.on_before_step(state) is False:
@@ -378,6 +395,9 @@ def evaluate(
             an unknown name.
     """
     x, y = _as_tensors(data, "data")
+    if isinstance(model, nn.Module):
+        device = next((p.device for p in model.parameters()), None)
+        x, y = _on_device(x, device), _on_device(y, device)
     classification = not y.is_floating_point()
     loss_fn = _loss_fn(loss if loss is not None else ("cross_entropy" if classification else "mse"))
     was_training = isinstance(model, nn.Module) and model.training

@@ -80,11 +80,15 @@ class _Layout(NamedTuple):
     groups: list[tuple[list[int], bool, tuple[int, ...], list[int], torch.device | None]]
     order: list[int]
     sizes: list[int]  # units per group
-    empty: bool  # some group has no entries (its norms are zeros)
     pick: torch.Tensor  # positions of [gradient norms..., weight norms...] in the joint vector
 
 
 _LAYOUTS: dict[tuple[Any, ...], _Layout] = {}
+#: Elements from which a tensor's unit norms are taken in place rather than from a copy
+#: shared with same-shaped tensors: on a CPU a copy costs about as much as a norm kernel's
+#: call from a few thousand elements on; on a GPU a launch costs as much as copying megabytes.
+_ALONE_CPU = 1 << 15
+_ALONE_DEVICE = 1 << 22
 
 
 def _layout(grads: list[torch.Tensor]) -> _Layout:
@@ -95,19 +99,21 @@ def _layout(grads: list[torch.Tensor]) -> _Layout:
         return layout
     # Tensors whose units have the same shape share a kernel: matrices/convs by their
     # trailing shape (concatenated along dim 0), vectors by length (stacked: one unit each).
+    # A large tensor keeps a group of its own: concatenating it would copy its weights and
+    # gradient every step, which costs more than the kernel launches it saves.
     first = grads[0].device
     by_key: dict[tuple[Any, ...], list[int]] = {}
     for i, g in enumerate(grads):
         k = (g.ndim <= 1, g.shape[1:] if g.ndim > 1 else g.numel(), g.device, g.dtype)
-        by_key.setdefault(k, []).append(i)
+        alone = g.numel() >= (_ALONE_CPU if g.device.type == "cpu" else _ALONE_DEVICE)
+        by_key.setdefault((*k, i) if alone else k, []).append(i)
     groups = []
-    for (is_vector, trail, device, _), indices in by_key.items():
+    for (is_vector, trail, device, *_), indices in by_key.items():
         units = [] if is_vector else [grads[i].shape[0] for i in indices]
         view = (-1,) + (1,) * len(trail) if units else ()
         groups.append((indices, is_vector, view, units, device if device != first else None))
     order = [i for indices, *_ in groups for i in indices]
     sizes = [sum(units) if units else len(indices) for indices, _, _, units, _ in groups]
-    empty = any(grads[i].numel() == 0 for i in order)
     g_pos: list[int] = []
     w_pos: list[int] = []
     offset = 0
@@ -118,7 +124,7 @@ def _layout(grads: list[torch.Tensor]) -> _Layout:
     pick = torch.tensor(g_pos + w_pos, device=first)
     if len(_LAYOUTS) >= 32:
         _LAYOUTS.clear()
-    layout = _LAYOUTS[key] = _Layout(groups, order, sizes, empty, pick)
+    layout = _LAYOUTS[key] = _Layout(groups, order, sizes, pick)
     return layout
 
 
@@ -133,12 +139,16 @@ def _agc_plan(
     layout = _layout(grads)
     parts: list[torch.Tensor] = []  # per group: its gradient unit norms, then its weights'
     for indices, is_vector, _, _, moved in layout.groups:
-        tensors = [grads[i] for i in indices] + [params[i] for i in indices]
-        both = torch.stack(tensors) if is_vector else torch.cat(tensors)
-        if layout.empty and both.numel() == 0:
-            norms = both.new_zeros(both.shape[0])
+        if len(indices) == 1:  # its own group: the norms of the tensors themselves, no copy
+            g, w = grads[indices[0]], params[indices[0]].detach()
+            g, w = (
+                (g.reshape(1, -1), w.reshape(1, -1)) if is_vector else (g.flatten(1), w.flatten(1))
+            )
+            norms = torch.cat([_row_norms(g, norm_type), _row_norms(w, norm_type)])
         else:
-            norms = torch.linalg.vector_norm(both.view(both.shape[0], -1), norm_type, dim=1)
+            tensors = [grads[i] for i in indices] + [params[i] for i in indices]
+            both = torch.stack(tensors) if is_vector else torch.cat(tensors)
+            norms = _row_norms(both.view(both.shape[0], -1), norm_type)
         parts.append(norms if moved is None else norms.to(first))
     joint = parts[0] if len(parts) == 1 else torch.cat(parts)
     g_norm, w_norm = joint[layout.pick].view(2, -1).unbind()
@@ -153,6 +163,13 @@ def _agc_plan(
     before = torch.linalg.vector_norm(g_norm, norm_type)
     after = torch.linalg.vector_norm(g_norm * coef, norm_type)
     return _Plan(layout.order, mults, before, after)
+
+
+def _row_norms(rows: torch.Tensor, norm_type: float) -> torch.Tensor:
+    """The ``norm_type`` norm of each row (zeros for rows of no elements)."""
+    if rows.numel() == 0:
+        return rows.new_zeros(rows.shape[0])
+    return torch.linalg.vector_norm(rows, norm_type, dim=1)
 
 
 @torch.no_grad()

@@ -132,6 +132,7 @@ class Latency:
     Attributes:
         median, q1, q3: seconds (median and quartiles over ``repeats``).
         batch_size, repeats, warmup, threads: how it was measured.
+        device: where the model ran (``"cpu"``, ``"cuda:0"``).
     """
 
     median: float
@@ -141,6 +142,7 @@ class Latency:
     repeats: int
     warmup: int
     threads: int
+    device: str = "cpu"
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able dict."""
@@ -156,8 +158,9 @@ def latency(
     warmup: int = 5,
     n_repeats: int = 30,
 ) -> Latency:
-    """Measure CPU inference latency: ``warmup`` calls, then the median of ``n_repeats``
-    (formerly ``repeats=``).
+    """Measure inference latency: ``warmup`` calls, then the median of ``n_repeats``
+    (formerly ``repeats=``). On a GPU each call is timed until the device has finished it
+    (the host clock alone would time only the kernel launches).
 
     Rows of ``example_inputs`` are tiled (or cut) to ``batch_size``; the model runs in
     eval mode under ``torch.inference_mode()`` and its state is restored.
@@ -178,13 +181,17 @@ def latency(
     for x in _as_tuple(example_inputs):
         reps = -(-batch_size // x.shape[0])
         inputs.append(x.repeat(reps, *([1] * (x.ndim - 1)))[:batch_size].contiguous())
+    device = _device_of(model, inputs)
+    wait = torch.cuda.synchronize if device.type == "cuda" else lambda _device: None
     times = []
     with model_guard(model, eval_mode=True), torch.inference_mode():
         for _ in range(warmup):
             model(*inputs)
+        wait(device)
         for _ in range(repeats):
             start = time.perf_counter()
             model(*inputs)
+            wait(device)
             times.append(time.perf_counter() - start)
     quart = statistics.quantiles(times, n=4) if len(times) > 1 else [times[0]] * 3
     return Latency(
@@ -195,7 +202,16 @@ def latency(
         repeats,
         warmup,
         torch.get_num_threads(),
+        str(device),
     )
+
+
+def _device_of(model: nn.Module, inputs: list[torch.Tensor]) -> torch.device:
+    """The first accelerator among the inputs and parameters, else the CPU."""
+    for t in [*inputs, *model.parameters()]:
+        if isinstance(t, torch.Tensor) and t.device.type != "cpu":
+            return t.device
+    return torch.device("cpu")
 
 
 @renamed(repeats="n_repeats")
