@@ -85,6 +85,9 @@ def case(
             row[side + "_error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:90]}"
             if args.verbose:
                 traceback.print_exc()
+    wanted = tuple(p for p in args.profile.split(",") if p)
+    if wanted and name.startswith(wanted) and "pellucid" in results:
+        profile(name, ours, args)
     if compare and "pellucid" in results and "peer" in results:
         try:
             row["rel_diff"] = rel(_values(results["pellucid"]), _values(results["peer"]))
@@ -92,6 +95,30 @@ def case(
             row["rel_diff_error"] = str(exc)[:60]
     ROWS.append(row)
     print(_line(row), flush=True)
+
+
+def profile(name: str, fn: Callable[[], Any], args: Any) -> None:
+    """torch.profiler's tables of one pellucid call (host and device time per operator, and
+    the host's waits for the device), printed and written next to ``--json``."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    activities = [ProfilerActivity.CPU]
+    if args.device.type == "cuda":
+        activities.append(ProfilerActivity.CUDA)
+    with torch_profile(activities=activities) as prof:
+        fn()
+        if args.device.type == "cuda":
+            torch.cuda.synchronize()
+    table = prof.key_averages()
+    text = "\n".join(
+        [f"== profile of {name}", table.table(sort_by="cpu_time_total", row_limit=30)]
+        + ([table.table(sort_by="device_time_total", row_limit=15)] if len(activities) > 1 else [])
+    )
+    print(text, flush=True)
+    if args.json:
+        with open(args.json.rsplit(".", 1)[0] + "_profile.txt", "a") as f:
+            f.write(text + "\n")
 
 
 def _values(result: Any) -> Any:
@@ -427,6 +454,12 @@ def pruning_cases(x: torch.Tensor, args) -> None:
         state["pellucid"] = plan.apply_(model)
         return state["pellucid"]
 
+    def rounded() -> nn.Module:
+        model = resnet(args.device)
+        plan = pruning.plan_channel_pruning(model, example, amount=ratio, round_to=8)
+        state["pellucid round_to=8"] = plan.apply_(model)
+        return state["pellucid round_to=8"]
+
     def theirs() -> nn.Module:
         model = resnet(args.device)
         pruner = tp.pruner.MagnitudePruner(
@@ -439,10 +472,13 @@ def pruning_cases(x: torch.Tensor, args) -> None:
 
     case(f"channel pruning {ratio:.0%} (plan+apply)", ours, theirs, "Torch-Pruning MagnitudePruner",
          args, compare=False)  # fmt: skip
+    case("channel pruning round_to=8", rounded, None, "(no peer)", args)
     dense = resnet(args.device)
     lat = {}
     for key, model in (("dense", dense), *state.items()):
-        lat[key] = pruning.measure.latency(model, x, batch_size=args.latency_batch, n_repeats=20)
+        lat[key] = pruning.measure.latency(
+            model, x[:1], batch_size=args.latency_batch, n_repeats=20
+        )
         n = sum(p.numel() for p in model.parameters())
         print(
             f"  latency {key:14s} {1e3 * lat[key].median:8.2f} ms at batch {args.latency_batch}"
@@ -474,6 +510,11 @@ def main() -> None:
     parser.add_argument("--only", default="", help="comma-separated groups (default: all)")
     parser.add_argument("--json", default="", help="also write the rows to this file")
     parser.add_argument("--quick", action="store_true", help="one timed run per call")
+    parser.add_argument(
+        "--profile",
+        default="",
+        help="profile pellucid's cases whose names start so (comma-separated)",
+    )
     parser.add_argument("--verbose", action="store_true", help="print tracebacks of failures")
     args = parser.parse_args()
     args.device = torch.device(args.device)

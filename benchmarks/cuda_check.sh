@@ -17,7 +17,7 @@ timeout "${TEST_SECONDS:-150}" python3 -m pytest -q -p no:cacheprovider --tb=sho
   tests/test_cuda.py 2>&1 | tee "$OUT/cuda_tests.log" | tail -n 60
 echo "== benchmarks/bench_cuda.py"
 timeout "${BENCH_SECONDS:-240}" python3 benchmarks/bench_cuda.py --json "$OUT/bench_cuda.json" \
-  ${BENCH_ARGS:-} 2>&1 | tee "$OUT/bench_cuda.log" | grep -v "^ \|Traceback\|^  File"
+  ${BENCH_ARGS:-} 2>&1 | tee "$OUT/bench_cuda.log" | grep -v "^ \{4,\}\|Traceback\|^  File\|^--\|^ *Name\|^ *aten\|^ *autograd\|^ *cuda\|^ *Self\|^ *void\|^ *Memcpy\|^ *Activity"
 if [ "${SUITE_SECONDS:-0}" -gt 0 ]; then
   echo "== CPU suite under this machine's torch (not slow, no peers)"
   timeout "$SUITE_SECONDS" python3 -m pytest -q -p no:cacheprovider -x -n 12 -m "not slow and not peer and not zoo and not cuda" \

@@ -25,7 +25,14 @@ from contextlib import contextmanager
 
 import torch
 
-__all__ = ["example_generators", "example_offset", "per_example"]
+__all__ = [
+    "current_offset",
+    "example_generators",
+    "example_offset",
+    "keyed_generator",
+    "per_example",
+    "stream_key",
+]
 
 _MASK = (1 << 64) - 1
 _OFFSET: contextvars.ContextVar[int] = contextvars.ContextVar("pellucid_example_offset", default=0)
@@ -57,11 +64,28 @@ def example_generators(
 
     ``generator=None`` draws the base key from torch's global random state.
     """
-    source = "cpu" if generator is None else generator.device
-    base = int(torch.randint(0, 2**62, (1,), generator=generator, device=source))
-    start = _OFFSET.get()
+    base = stream_key(generator)
+    start = current_offset()
     target = torch.device(device) if device is not None else torch.device("cpu")
-    return [torch.Generator(device=target).manual_seed(_mix(base + start + i)) for i in range(n)]
+    return [keyed_generator(base, start + i, target) for i in range(n)]
+
+
+def stream_key(generator: torch.Generator | None) -> int:
+    """One draw of ``generator`` (torch's global random state for None): the base key of a
+    call's random streams."""
+    source = "cpu" if generator is None else generator.device
+    return int(torch.randint(0, 2**62, (1,), generator=generator, device=source))
+
+
+def keyed_generator(key: int, index: int, device: torch.device | str) -> torch.Generator:
+    """The generator of stream ``index`` under base ``key``, on ``device`` (the same draws
+    whichever chunk, batch or rank asks for that stream)."""
+    return torch.Generator(device=device).manual_seed(_mix(key + index))
+
+
+def current_offset() -> int:
+    """The dataset index of this call's first example (see :func:`example_offset`)."""
+    return _OFFSET.get()
 
 
 def per_example(

@@ -34,11 +34,36 @@ __all__ = [
 GRAD_BUDGET_FACTOR = 16
 
 
-def grad_batch_size(batch_size: int | None, row_numel: int, *, total: int) -> int:
-    """Rows per forward+backward chunk: ``batch_size``, or a default bounded in memory."""
+#: On a GPU, without ``batch_size``, a backward chunk plans for this many times its input
+#: bytes per row (torchvision's resnet18 keeps about 70 times its 224 px input for the
+#: backward; a BERT-sized encoder at 128 tokens about 140 times its embeddings) ...
+DEVICE_GRAD_FACTOR = 256
+#: ... within this share of the memory the device has available (free, plus what torch's
+#: allocator holds unused). A GPU runs small chunks at nearly the cost of large ones, so the
+#: default there is as large as memory allows, not the CPU's cache-sized chunk.
+DEVICE_MEMORY_SHARE = 0.5
+
+
+def grad_batch_size(
+    batch_size: int | None, row_numel: int, *, total: int, like: torch.Tensor | None = None
+) -> int:
+    """Rows per forward+backward chunk: ``batch_size``, or a default bounded in memory
+    (``like``, a tensor of the rows: on a GPU the default follows its available memory)."""
     if batch_size is not None:
         return resolve_batch_size(batch_size, row_numel, total=total)
-    return resolve_batch_size(None, row_numel * GRAD_BUDGET_FACTOR, total=total)
+    size = resolve_batch_size(None, row_numel * GRAD_BUDGET_FACTOR, total=total)
+    if like is None or like.device.type != "cuda":
+        return size
+    row_bytes = max(1, row_numel * like.element_size() * DEVICE_GRAD_FACTOR)
+    fits = int(DEVICE_MEMORY_SHARE * device_memory_available(like.device) // row_bytes)
+    return max(size, min(total, fits))
+
+
+def device_memory_available(device: torch.device) -> int:
+    """Bytes a CUDA device can still give: free memory plus torch's cached, unused blocks."""
+    free, _ = torch.cuda.mem_get_info(device)
+    cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    return int(free + max(0, cached))
 
 
 def _gradient(
@@ -68,7 +93,7 @@ def input_gradients(
     batch_size: int | None = None,
 ) -> torch.Tensor:
     """d score / d rows for every row (rows may repeat examples, see ``example_index``)."""
-    size = grad_batch_size(batch_size, rows[0].numel(), total=rows.shape[0])
+    size = grad_batch_size(batch_size, rows[0].numel(), total=rows.shape[0], like=rows)
     forward.expect(rows.shape[0])
     grads = []
     for start, stop in chunks(rows.shape[0], size):
@@ -100,7 +125,7 @@ def path_gradients(
     """
     n = like.shape[0]
     total = n * per_example
-    size = grad_batch_size(batch_size, like[0].numel(), total=total)
+    size = grad_batch_size(batch_size, like[0].numel(), total=total, like=like)
     forward.expect(total)
     result = torch.zeros_like(like)
     for start, stop in chunks(total, size):
@@ -125,7 +150,7 @@ def track_first_forward(inputs: Any, batch_size: int | None, layer: Any = None) 
     if inputs.shape[0] == 0:
         return False
     n = inputs.shape[0]
-    return grad_batch_size(batch_size, inputs[0].numel(), total=n) >= n
+    return grad_batch_size(batch_size, inputs[0].numel(), total=n, like=inputs) >= n
 
 
 def prepared_gradients(prep: Any, batch_size: int | None) -> torch.Tensor:

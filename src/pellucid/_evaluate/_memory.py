@@ -181,6 +181,12 @@ ROW_COSTS: dict[str, RowCost] = {
     "sensitivities": RowCost(copies=6),
 }
 
+#: On a CUDA device the measured activations count this many times: the function mode sees
+#: the tensors a model creates but not the workspaces cuDNN takes inside a convolution, which
+#: grow with the batch (on an H200, occlusion and KernelSHAP on a two-convolution network
+#: peaked at about twice the measured activations per row; ``tests/test_cuda.py``).
+CUDA_ACTIVATION_FACTOR = 2.5
+
 #: The cost of a method without an entry: a backward and the rows of a gradient method.
 DEFAULT_COST = RowCost(copies=7, fixed=6, grad=True)
 
@@ -313,7 +319,8 @@ def row_activations(
             return forward(row, index)
 
     factor = GRAD_BUDGET_FACTOR if grad else ESTIMATE_FACTOR
-    return probe_peak(probe, factor * row.numel() * row.element_size(), backward=grad)
+    peak = probe_peak(probe, factor * row.numel() * row.element_size(), backward=grad)
+    return math.ceil(peak * CUDA_ACTIVATION_FACTOR) if row.device.type == "cuda" else peak
 
 
 def probe_peak(fn: Callable[[], Any], estimate: int, *, backward: bool = False) -> int:

@@ -7,13 +7,14 @@ examples x perturbations evaluated as batched forwards; one value per example.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
 
 from pellucid._deprecation import renamed
 from pellucid._evaluate import check_memory_options
+from pellucid._random import current_offset, keyed_generator, stream_key
 from pellucid._state import model_guard
 from pellucid._validation import check_float, check_int
 from pellucid.metrics._common import flat_features, score_rows, setup_metric
@@ -102,12 +103,13 @@ def infidelity(
         dots: list[torch.Tensor] = []
         shape = setup.inputs.shape[1:]
 
+        noise_rows = _noise_source(generator, d, x, n_samples) if perturbations is None else None
+
         def make_rows(start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
             r = torch.arange(start, stop, device=x.device)
             example = r.div(n_samples, rounding_mode="floor")
-            if perturbations is None:
-                bump = _gaussian_rows(stop - start, d, generator, x.dtype)
-                bump = bump.to(x.device).mul_(scale)
+            if noise_rows is not None:
+                bump = noise_rows(start, stop).mul_(scale)
             elif flat is not None:
                 bump = flat[start:stop]
             else:  # shared by all examples: an expanded view, never copied whole
@@ -134,6 +136,37 @@ def infidelity(
     return ((a - b) ** 2).mean(dim=1)
 
 
+def _noise_source(
+    generator: torch.Generator | None, d: int, x: torch.Tensor, n_samples: int
+) -> Callable[[int, int], torch.Tensor]:
+    """``rows(start, stop)``: standard normal perturbations of rows ``start:stop``, the same
+    whatever the chunks.
+
+    On the CPU the user's generator draws them in order (:func:`_gaussian_rows`). On a GPU
+    each row draws its uniforms on the device from its own stream, keyed by one draw of the
+    generator and the row's index in the whole dataset (ranks agree): drawing on the CPU and
+    copying would cost more than the model's forward passes.
+    """
+    if x.device.type == "cpu":
+        return lambda start, stop: _gaussian_rows(stop - start, d, generator, x.dtype)
+    key, first = stream_key(generator), current_offset() * n_samples
+
+    def rows(start: int, stop: int) -> torch.Tensor:
+        u = torch.empty(stop - start, 2, d, dtype=x.dtype, device=x.device)
+        for i in range(stop - start):
+            stream = keyed_generator(key, first + start + i, x.device)
+            torch.rand(2, d, generator=stream, dtype=x.dtype, device=x.device, out=u[i])
+        return _box_muller(u)
+
+    return rows
+
+
+def _box_muller(u: torch.Tensor) -> torch.Tensor:
+    """(rows, d) standard normals from (rows, 2, d) uniforms in [0, 1)."""
+    radius = torch.log1p(-u[:, 0]).mul_(-2).sqrt_()
+    return radius.mul_(torch.cos(u[:, 1] * (2 * math.pi)))
+
+
 def _gaussian_rows(
     rows: int, d: int, generator: torch.Generator | None, dtype: torch.dtype
 ) -> torch.Tensor:
@@ -151,6 +184,4 @@ def _gaussian_rows(
         >>> torch.equal(whole, torch.cat(parts))
         True
     """
-    u = torch.rand(rows, 2, d, generator=generator, dtype=dtype)
-    radius = torch.log1p(-u[:, 0]).mul_(-2).sqrt_()
-    return radius.mul_(torch.cos(u[:, 1] * (2 * math.pi)))
+    return _box_muller(torch.rand(rows, 2, d, generator=generator, dtype=dtype))

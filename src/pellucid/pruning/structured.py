@@ -149,7 +149,7 @@ def _group_scores(
         if feature is None:
             continue
         for offset, seg in _features(member.layout, graph, root):
-            chunk = feature[offset : offset + seg.length * seg.repeat].double()
+            chunk = feature[offset : offset + seg.length * seg.repeat].double().cpu()
             total += chunk.reshape(seg.length, seg.repeat).sum(1)
             found = True
     if not found and kind != "l2":

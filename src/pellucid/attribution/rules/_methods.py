@@ -146,7 +146,7 @@ class DeepLiftRules:
             reference = prep.target.scores(_reference_output(forward), None)
             return grad, (scores - reference).detach()
         x = prep.inputs
-        size = grad_batch_size(batch_size, x[0].numel(), total=x.shape[0])
+        size = grad_batch_size(batch_size, x[0].numel(), total=x.shape[0], like=x)
         return _chunked(forward, prep.target, x, size)
 
 
