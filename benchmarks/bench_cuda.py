@@ -59,7 +59,8 @@ def timed(fn: Callable[[], Any], device: torch.device, budget: float, min_runs: 
 
 def rel(a: Any, b: Any) -> float:
     a = torch.as_tensor(a).detach().double().cpu()
-    b = torch.as_tensor(b).detach().double().cpu().reshape(a.shape)
+    b = torch.as_tensor(b).detach().double().cpu()
+    b = b.reshape(a.shape) if b.numel() == a.numel() else b.expand_as(a)  # a map per channel
     return float((a - b).norm() / b.norm().clamp_min(1e-30))
 
 
