@@ -20,6 +20,6 @@ timeout "${BENCH_SECONDS:-240}" python3 benchmarks/bench_cuda.py --json "$OUT/be
   ${BENCH_ARGS:-} 2>&1 | tee "$OUT/bench_cuda.log" | grep -v "^ \{4,\}\|Traceback\|^  File\|^--\|^ *Name\|^ *aten\|^ *autograd\|^ *cuda\|^ *Self\|^ *void\|^ *Memcpy\|^ *Activity"
 if [ "${SUITE_SECONDS:-0}" -gt 0 ]; then
   echo "== CPU suite under this machine's torch (not slow, no peers)"
-  timeout "$SUITE_SECONDS" python3 -m pytest -q -p no:cacheprovider -x -n 12 -m "not slow and not peer and not zoo and not cuda" \
-    --ignore=tests/test_explorer_browser.py 2>&1 | tail -n 15 | tee "$OUT/suite.log"
+  timeout "$SUITE_SECONDS" python3 -m pytest -q -p no:cacheprovider -n 12 --timeout 120 -m "not slow and not peer and not zoo and not cuda" \
+    --ignore=tests/test_explorer_browser.py 2>&1 | tee "$OUT/suite.log" | tail -n 25
 fi
