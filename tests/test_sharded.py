@@ -57,7 +57,11 @@ _STOCHASTIC = {
 }
 # LIME's batched weighted least-squares solve rounds differently when the batch holds other
 # rows (float64: about 1e-17); everything else must be bit for bit across shards.
-_TOLERANCE = {"lime": 1e-12}
+# The regressions (KernelSHAP, LIME) and sampling Shapley sum rows in float64 through BLAS,
+# whose kernels may round differently for different row counts on some CPUs (seen with
+# torch 2.11 on a 16-core x86 machine: 3e-17). Different random draws would move values by
+# about 1e-2, so 1e-12 still tells the two apart.
+_TOLERANCE = {"lime": 1e-12, "kernel_shap": 1e-12, "sampling_shapley": 1e-12}
 
 
 def _stochastic(method: str, x: torch.Tensor, **extra) -> torch.Tensor:
@@ -142,4 +146,4 @@ def test_kernel_shap_without_generator_on_ranks_with_different_rng_states(tmp_pa
     x = torch.linspace(-1, 1, 7 * 5, dtype=torch.float64).reshape(7, 5)
     # 24 of the 30 coalitions of 5 players: sampled, so the random draws must be shared
     expected = explain_sharded(_model().double(), x, method="kernel_shap", target=1, n_samples=24)
-    assert torch.equal(got["a"], expected.attributions)
+    _assert_same("kernel_shap", got["a"], expected.attributions)
