@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 
 os.environ.setdefault("MPLBACKEND", "Agg")
+# Subprocesses (CLI runs, kill-and-resume, torchrun ranks) take the same thread count.
+os.environ.setdefault("OMP_NUM_THREADS", os.environ.get("PELLUCID_TEST_THREADS", "1"))
 
 import torch
 

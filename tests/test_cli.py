@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from pellucid.cli import build_parser, main
 
@@ -103,6 +104,12 @@ BAD = [
     (["explain", "--quick", "--model", "digits/SmallCN"], "--model", "digits/SmallCNN"),
     (["explain", "--quick", "--seed", "-1"], "--seed", ">= 0"),
     (["explain", "--quick", "--out", "."], "--out", "directory"),
+    (["explain", "--quick", "--device", "gpu0"], "--device", "cuda:N"),
+    (
+        ["explain", "--quick", "--device", "cuda:99"],
+        "--device",
+        "cuda:0" if torch.cuda.is_available() else "--device cpu",
+    ),
     (["explain", "--quick", "--out", "no/such/dir/e.safetensors"], "--out", "Create it"),
     (["show", "missing.safetensors"], "FILE", "existing file"),
     (["show", "x.safetensors", "--rows", "0"], "--rows", ">= 1"),

@@ -452,3 +452,27 @@ def test_max_memory_holds_on_the_gpu(name):
     torch.cuda.synchronize()
     peak = torch.cuda.max_memory_allocated() - base
     assert peak <= budget, (name, e.params.get("batch_size"), peak)
+
+
+def test_explain_command_runs_on_the_device(tmp_path, monkeypatch, capsys):
+    from pellucid.cli import main
+
+    monkeypatch.setenv("PELLUCID_CACHE_DIR", str(tmp_path / "cache"))
+    got = {}
+    for where in ("cpu", DEVICE):
+        out = tmp_path / f"{where.replace(':', '_')}.safetensors"
+        argv = ["explain", "--quick", "--rows", "0:8", "--device", where, "--out", str(out)]
+        assert main(argv) == 0, capsys.readouterr().err
+        got[where] = Explanation.load(out).attributions
+    # float32 convolutions: cuDNN may use TF32 on the GPU (about 1e-3 relative)
+    gap = (got[DEVICE] - got["cpu"]).norm() / got["cpu"].norm()
+    assert gap < 1e-2, float(gap)
+
+
+def test_explanation_to_moves_every_tensor():
+    e = pellucid.integrated_gradients(_mlp(DEVICE), _xy(device=DEVICE)[0], target=1, n_steps=8)
+    moved = e.to("cpu")
+    tensors = [moved.attributions, moved.inputs, moved.baseline]
+    tensors += [v for v in moved.extras.values() if isinstance(v, torch.Tensor)]
+    assert all(t.device.type == "cpu" for t in tensors if t is not None)
+    torch.testing.assert_close(moved.attributions, e.attributions.cpu(), rtol=0, atol=0)

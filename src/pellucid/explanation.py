@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +63,28 @@ class Explanation:
         return (
             f"Explanation(method={self.method!r}, attributions={tuple(self.attributions.shape)}, "
             f"dtype={self.attributions.dtype}, extras={sorted(self.extras)})"
+        )
+
+    def to(self, device: torch.device | str) -> Explanation:
+        """A copy whose tensors (attributions, inputs, baseline, a tensor target, tensors in
+        ``extras``) are on ``device``, e.g. ``e.to("cpu")`` to plot a GPU's result.
+
+        Example:
+            >>> e = Explanation(torch.ones(2, 3), torch.zeros(2, 3), "saliency")
+            >>> e.to("cpu").attributions.device.type
+            'cpu'
+        """
+
+        def move(value: Any) -> Any:
+            return value.to(device) if isinstance(value, torch.Tensor) else value
+
+        return replace(
+            self,
+            attributions=move(self.attributions),
+            inputs=move(self.inputs),
+            target=move(self.target),
+            baseline=move(self.baseline),
+            extras={key: move(value) for key, value in self.extras.items()},
         )
 
     # ---------------------------------------------------------------- persistence

@@ -53,7 +53,10 @@ def _shared_generator(method: str, kwargs: dict[str, Any], group: Any) -> dict[s
 
 
 def _gather_rows(local: torch.Tensor, counts: list[int], group: Any) -> torch.Tensor:
-    """All-gather tensors whose first dimension differs by rank (padded to the largest)."""
+    """All-gather tensors whose first dimension differs by rank (padded to the largest);
+    gloo gathers only CPU tensors, so a GPU result travels through a CPU copy."""
+    if local.device.type != "cpu" and dist.get_backend(group) == "gloo":
+        return _gather_rows(local.cpu(), counts, group).to(local.device)
     width = max(counts)
     padded = local.new_zeros((width, *local.shape[1:]))
     padded[: local.shape[0]] = local

@@ -63,7 +63,45 @@ def register(sub: Any) -> None:
     parser.add_argument("--out", default="explanation.safetensors", help="output file")
     parser.add_argument("--plot", default=None, metavar="PNG", help="also draw the first example")
     parser.add_argument("--quick", action="store_true", help="train briefly (smoke run)")
+    parser.add_argument(
+        "--device",
+        default="cpu",
+        help="where the model runs: cpu, cuda or cuda:N (under torchrun, cuda is each "
+        "rank's LOCAL_RANK device)",
+    )
     parser.set_defaults(run=run)
+
+
+def parse_device(text: str) -> Any:
+    """``--device``: a torch device that exists here (``cuda`` under torchrun: the rank's own).
+
+    Raises:
+        UsageError: not a device name, or a CUDA device torch cannot see.
+    """
+    import torch
+
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise UsageError(f"`--device` must be cpu, cuda or cuda:N; got {text!r}.") from None
+    if device.type == "cpu":
+        return device
+    if device.type != "cuda":
+        raise UsageError(f"`--device` must be cpu, cuda or cuda:N; got {text!r}.")
+    if not torch.cuda.is_available():
+        raise UsageError(
+            f"`--device {text}`: torch sees no CUDA device here (torch {torch.__version__}); "
+            "use --device cpu, or install a CUDA build of torch."
+        )
+    index = device.index
+    if index is None:
+        index = int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count()
+    if index >= torch.cuda.device_count():
+        raise UsageError(
+            f"`--device {text}`: there are {torch.cuda.device_count()} CUDA devices "
+            f"(cuda:0 to cuda:{torch.cuda.device_count() - 1})."
+        )
+    return torch.device("cuda", index)
 
 
 def parse_rows(text: str | None, n: int | None) -> slice:
@@ -145,6 +183,7 @@ def run(args: argparse.Namespace) -> int:
     target = _target(args.target)
     if args.n_samples is not None and args.n_samples < 1:
         raise UsageError(f"`--n-samples` must be an integer >= 1; got {args.n_samples}.")
+    device = parse_device(args.device)
     out = output_file("--out", args.out)
     if args.plot is not None and not args.plot.lower().endswith(".png"):
         raise UsageError(f"`--plot` must name a .png file; got {args.plot!r}.")
@@ -175,6 +214,9 @@ def run(args: argparse.Namespace) -> int:
     if grouped and "feature_mask" in inspect.signature(info.fn).parameters:
         kwargs["feature_mask"] = ds.feature_mask  # one-hot columns: one player per column
     kwargs.update(method_kwargs(args, info, model, ds))
+    if device.type != "cpu":  # the command's own copy of the model: moving it is harmless
+        model, x = model.to(device), x.to(device)
+        kwargs = {k: v.to(device) if hasattr(v, "to") else v for k, v in kwargs.items()}
     if dist.is_available() and "WORLD_SIZE" in os.environ and not dist.is_initialized():
         dist.init_process_group("gloo")
     with flag("--method", args.method):
@@ -182,6 +224,7 @@ def run(args: argparse.Namespace) -> int:
     names = {"feature_names": list(ds.feature_names)}
     if grouped:
         names["feature_groups"] = list(ds.feature_groups)
+    explanation = explanation.to("cpu")  # saved and drawn from host memory
     explanation = replace(explanation, extras={**explanation.extras, **names})
     if not dist.is_initialized() or dist.get_rank() == 0:
         explanation.save(out)
