@@ -476,3 +476,41 @@ def test_explanation_to_moves_every_tensor():
     tensors += [v for v in moved.extras.values() if isinstance(v, torch.Tensor)]
     assert all(t.device.type == "cpu" for t in tensors if t is not None)
     torch.testing.assert_close(moved.attributions, e.attributions.cpu(), rtol=0, atol=0)
+
+
+def _sharded(method: str) -> pellucid.Explanation:
+    from pellucid.sharded import explain_sharded
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 3)).double().to(DEVICE)
+    x = torch.linspace(-1, 1, 7 * 5, dtype=torch.float64).reshape(7, 5).to(DEVICE)
+    extra = {"n_samples": 4, "generator": torch.Generator().manual_seed(3)}
+    return explain_sharded(
+        model, x, method=method, target=1, **(extra if method != "saliency" else {})
+    )
+
+
+def _sharded_worker(rank: int, world: int, path: str) -> None:
+    import torch.distributed as dist
+
+    from conftest import init_gloo
+
+    init_gloo(rank, world, f"{path}.store")
+    try:
+        got = {m: _sharded(m).attributions for m in ("saliency", "smoothgrad")}
+        if rank == 0:
+            torch.save({m: a.cpu() for m, a in got.items()}, path)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.distributed
+def test_two_gloo_ranks_on_the_device_equal_one_process(tmp_path):
+    import torch.multiprocessing as mp
+
+    path = str(tmp_path / "rank0.pt")
+    mp.spawn(_sharded_worker, args=(2, path), nprocs=2, join=True)
+    got = torch.load(path, weights_only=True)
+    for method, attributions in got.items():
+        want = _sharded(method).attributions.cpu()
+        torch.testing.assert_close(attributions, want, rtol=1e-7, atol=1e-9, msg=method)
