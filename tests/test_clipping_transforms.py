@@ -8,9 +8,12 @@ import pytest
 import torch
 
 from pellucid.clipping import (
+    AutoClip,
     ClipStats,
     GradientClipper,
     NonFiniteGradientError,
+    Scaling,
+    ZClip,
     adaptive_clip,
     adaptive_clip_grad_,
     apply_,
@@ -54,6 +57,32 @@ def test_transforms_are_pure():
         for g, c in zip(grads, copies, strict=True):
             assert torch.equal(g, c)
         assert isinstance(out.stats, ClipStats)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [lambda: clip_by_global_norm(0.1), AutoClip, lambda: ZClip(warmup_steps=2)],
+    ids=["global_norm", "autoclip", "zclip"],
+)
+def test_scaling_in_place_equals_the_pure_transform_bitwise(make):
+    """apply_ multiplies a Scaling transform's gradients in place: the same numbers and stats
+    as building the new gradients with the pure call and copying them back."""
+    fast, pure = make(), make()
+    assert isinstance(fast, Scaling)
+    for seed in range(4):
+        a, b = _net(scale=10.0**seed, seed=seed), _net(scale=10.0**seed, seed=seed)
+        grads_a = [p.grad for p in a.parameters()]
+        stats_a = apply_(fast, a)
+        assert all(p.grad is g for p, g in zip(a.parameters(), grads_a, strict=True))
+        params = list(b.parameters())
+        out = pure([p.grad for p in params], params)
+        for p, new in zip(params, out.grads, strict=True):
+            p.grad.copy_(new)
+        for p, q in zip(a.parameters(), b.parameters(), strict=True):
+            assert torch.equal(p.grad, q.grad)
+        for field in ("norm_before", "norm_after", "clip_coef", "threshold", "clipped"):
+            got, want = getattr(stats_a, field), getattr(out.stats, field)
+            torch.testing.assert_close(got, want, rtol=0, atol=0, equal_nan=True, msg=field)
 
 
 def test_apply_global_norm_equals_torch_bitwise():

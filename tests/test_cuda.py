@@ -390,7 +390,7 @@ def test_infidelity_on_the_device_ignores_batch_size():
             n_samples=6,
             batch_size=size,
             generator=torch.Generator().manual_seed(4),
-        )  # fmt: skip
+        )
         for size in (5, 24)
     ]
     torch.testing.assert_close(values[0], values[1], rtol=1e-7, atol=1e-9)

@@ -54,6 +54,7 @@ from pellucid.clipping.reduce import all_reduce_norm
 from pellucid.clipping.stats import ClipStats
 from pellucid.clipping.sweep import ClipSweep, sweep_clip_bounds
 from pellucid.clipping.transforms import (
+    Scaling,
     Transform,
     TransformResult,
     adaptive_clip,
@@ -82,6 +83,7 @@ __all__ = [
     "NonFiniteGradientError",
     "NonFiniteWeightError",
     "Transform",
+    "Scaling",
     "TransformResult",
     "WeightClipper",
     "WeightConstraint",

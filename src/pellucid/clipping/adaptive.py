@@ -32,7 +32,7 @@ import torch
 from pellucid._validation import check_choice, check_float, check_int
 from pellucid.clipping.functional import GradNorms, Parameters
 from pellucid.clipping.stats import ClipStats
-from pellucid.clipping.transforms import TransformResult, _norms, _scaled, apply_
+from pellucid.clipping.transforms import Scaling, _norms, apply_
 
 __all__ = ["AutoClip", "ZClip"]
 
@@ -49,13 +49,13 @@ def _stats(total: torch.Tensor, coef: torch.Tensor, threshold: torch.Tensor) -> 
     )
 
 
-def _no_gradients() -> TransformResult:
-    """The result of a step without any gradient: nothing to clip, nothing recorded."""
-    zero = torch.zeros(())
-    return TransformResult([], _stats(zero, torch.ones(()), torch.full((), math.nan)))
+def _no_gradients() -> tuple[torch.Tensor, ClipStats]:
+    """The scale of a step without any gradient: nothing to clip, nothing recorded."""
+    zero, one = torch.zeros(()), torch.ones(())
+    return one, _stats(zero, one, torch.full((), math.nan))
 
 
-class _Clipper:
+class _Clipper(Scaling):
     """Shared in-place entry point of the stateful clippers."""
 
     def clip_(self, parameters: Parameters, *, nonfinite: str = "propagate") -> ClipStats:
@@ -127,9 +127,10 @@ class AutoClip(_Clipper):
             return torch.zeros(0, dtype=torch.float64)
         return self._buffer[: min(self.count, self._buffer.numel())].clone()
 
-    def __call__(
+    def scale(
         self, grads: list[torch.Tensor], params: list[torch.Tensor], norms: GradNorms | None = None
-    ) -> TransformResult:
+    ) -> tuple[torch.Tensor, ClipStats]:
+        """This step's coefficient for every gradient and its stats (the state moves on)."""
         if not grads:  # a step without gradients is no part of the norm history
             return _no_gradients()
         total = _norms(grads, norms).total(self.norm_type)
@@ -144,7 +145,7 @@ class AutoClip(_Clipper):
             torch.isnan(threshold), torch.full_like(threshold, math.inf), threshold
         )
         coef = torch.clamp(threshold / (value + 1e-6), max=1.0).to(total.dtype)
-        return TransformResult(_scaled(grads, coef), _stats(total, coef, threshold))
+        return coef, _stats(total, coef, threshold)
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to resume: settings, step count and the kept norms (on CPU)."""
@@ -249,9 +250,10 @@ class ZClip(_Clipper):
             bound = torch.clamp(bound, max=self.max_norm)
         return torch.where(value > bound, bound / (value + 1e-6), torch.ones_like(value))
 
-    def __call__(
+    def scale(
         self, grads: list[torch.Tensor], params: list[torch.Tensor], norms: GradNorms | None = None
-    ) -> TransformResult:
+    ) -> tuple[torch.Tensor, ClipStats]:
+        """This step's coefficient for every gradient and its stats (the state moves on)."""
         if not grads:  # a step without gradients does not move the statistics
             return _no_gradients()
         total = _norms(grads, norms).total(2.0)
@@ -291,7 +293,7 @@ class ZClip(_Clipper):
             self.var = torch.where(update, var, self.var)
             self.step += 1
         coef = coef.to(total.dtype)
-        return TransformResult(_scaled(grads, coef), _stats(total, coef, threshold))
+        return coef, _stats(total, coef, threshold)
 
     def state_dict(self) -> dict[str, Any]:
         """Settings, step count, warm-up norms and the EMA mean/variance (on CPU)."""

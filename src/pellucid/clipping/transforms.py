@@ -4,7 +4,10 @@ A transform is a value with ``__call__(grads, params, norms=None) -> TransformRe
 reads a list of gradient tensors (and their parameters, for AGC) and returns *new*
 gradient tensors plus :class:`~pellucid.clipping.stats.ClipStats`; it never changes its
 inputs. :func:`chain` composes transforms; :func:`apply_` is the thin in-place step that
-runs one on a model's gradients, with a non-finite policy decided first.
+runs one on a model's gradients, with a non-finite policy decided first. A transform that
+multiplies every gradient by one coefficient (global-norm clipping, AutoClip, ZClip)
+subclasses :class:`Scaling`: :func:`apply_` then scales the gradients in place instead of
+building new ones and copying them back.
 
 Example:
     >>> import torch
@@ -19,6 +22,7 @@ Example:
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
@@ -45,6 +49,7 @@ __all__ = [
     "ClipByGlobalNorm",
     "ClipByNorm",
     "ClipByValue",
+    "Scaling",
     "Transform",
     "TransformResult",
     "adaptive_clip",
@@ -85,6 +90,34 @@ def _scaled(grads: list[torch.Tensor], coef: torch.Tensor) -> list[torch.Tensor]
     return [g * coef.to(g.device) for g in grads]
 
 
+def _scale_(grads: list[torch.Tensor], coef: torch.Tensor) -> None:
+    """``g *= coef`` for every gradient, in place (the same values as :func:`_scaled`)."""
+    if grads and all(g.device == grads[0].device for g in grads):
+        torch._foreach_mul_(grads, coef.to(grads[0].device))
+        return
+    for g in grads:
+        g.mul_(coef.to(g.device))
+
+
+class Scaling(ABC):
+    """A transform whose new gradients are the old ones times one coefficient: ``scale``
+    returns that coefficient and the stats, and :func:`apply_` multiplies the gradients in
+    place with it (building new gradients and copying them back would take about five
+    times as long on a CPU, twice on a GPU). ``__call__`` stays pure."""
+
+    @abstractmethod
+    def scale(
+        self, grads: list[torch.Tensor], params: list[torch.Tensor], norms: GradNorms | None = None
+    ) -> tuple[torch.Tensor, ClipStats]:
+        """The coefficient every gradient is multiplied by, and the stats."""
+
+    def __call__(
+        self, grads: list[torch.Tensor], params: list[torch.Tensor], norms: GradNorms | None = None
+    ) -> TransformResult:
+        coef, stats = self.scale(grads, params, norms)
+        return TransformResult(_scaled(grads, coef), stats)
+
+
 def _stats(
     before: torch.Tensor,
     after: torch.Tensor,
@@ -106,16 +139,17 @@ def _stats(
 
 
 @dataclass(frozen=True)
-class ClipByGlobalNorm:
+class ClipByGlobalNorm(Scaling):
     """Scale all gradients by ``min(1, max_norm / (total + 1e-6))`` (torch's rule)."""
 
     max_norm: float
     norm_type: float = 2.0
     process_group: Any = None
 
-    def __call__(
+    def scale(
         self, grads: list[torch.Tensor], params: list[torch.Tensor], norms: GradNorms | None = None
-    ) -> TransformResult:
+    ) -> tuple[torch.Tensor, ClipStats]:
+        """The coefficient all gradients are multiplied by, and the stats."""
         total = _norms(grads, norms).total(self.norm_type)
         if self.process_group is not None:
             total = all_reduce_norm(
@@ -123,7 +157,7 @@ class ClipByGlobalNorm:
             )
         coef = torch.clamp(self.max_norm / (total + 1e-6), max=1.0)
         stats = _stats(total, total * coef, self.max_norm, coef < 1.0)
-        return TransformResult(_scaled(grads, coef), stats.replace(clip_coef=coef))
+        return coef, stats.replace(clip_coef=coef)
 
 
 @dataclass(frozen=True)
@@ -385,6 +419,10 @@ def _apply(
     if skip:
         stats = ClipStats.unclipped(cache.total(2.0), nonfinite=found)
         return stats.replace(skipped=torch.ones((), dtype=torch.bool, device=found.device)), True
+    if isinstance(transform, Scaling):  # one coefficient: multiply in place, nothing to copy
+        coef, stats = transform.scale(grads, params, cache)
+        _scale_(grads, coef)
+        return stats.replace(nonfinite=found.to(stats.nonfinite.device)), False
     result = transform(grads, params, cache)
     changed = [(g, n) for g, n in zip(grads, result.grads, strict=True) if n is not g]
     if changed:
