@@ -9,6 +9,9 @@ Cases:
    gradients, and a few large tensors.
 2. AGC (``adaptive_clip_grad_``) vs a straightforward per-parameter loop (timm's form).
 3. One TinyResNet training step on a digits batch, with and without GradientMonitor.
+4. The stateful clippers through ``apply_`` (as ``GradientClipper`` runs them each step:
+   AutoClip, ZClip, global-norm clipping) vs ``torch.nn.utils.clip_grad_norm_``, on a few
+   large tensors (16.8 M values) and on TinyResNet's many small ones.
 
 Run: ``PYTHONPATH=src python benchmarks/bench_clipping.py [--quick]``
 """
@@ -221,6 +224,36 @@ def case_monitor(repeat: int, number: int) -> None:
     )
 
 
+def case_stateful(repeat: int, number: int) -> None:
+    from pellucid.clipping import AutoClip, ZClip, apply_, clip_by_global_norm
+
+    torch.manual_seed(0)
+    large = torch.nn.Sequential(*[torch.nn.Linear(2048, 2048) for _ in range(4)])
+    for title, model in (("few large tensors", large), ("TinyResNet", TinyResNet(3, 10))):
+        params = _with_grads(model)
+        auto, z, glob = AutoClip(), ZClip(), clip_by_global_norm(1.0)
+        t = bench(
+            {
+                "pellucid AutoClip": lambda a=auto, ps=params: apply_(a, ps),
+                "pellucid ZClip": lambda c=z, ps=params: apply_(c, ps),
+                "pellucid global norm": lambda c=glob, ps=params: apply_(c, ps),
+                "torch clip_grad_norm_": lambda ps=params: torch.nn.utils.clip_grad_norm_(ps, 1.0),
+            },
+            repeat=repeat,
+            number=number,
+        )
+        _report(
+            f"[4] stateful clippers via apply_, {title}: {len(params)} tensors",
+            t,
+            "pellucid AutoClip",
+            "torch clip_grad_norm_",
+            None,
+        )
+        print(
+            f"  ratio pellucid ZClip / torch = {t['pellucid ZClip'] / t['torch clip_grad_norm_']:.3f}"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer repeats (smoke run)")
@@ -235,6 +268,7 @@ def main() -> None:
     case_global_norm(r, 20 if args.quick else 200)
     case_agc(r, 10 if args.quick else 100)
     case_monitor(r, 3 if args.quick else 20)
+    case_stateful(r, 5 if args.quick else 20)
 
 
 if __name__ == "__main__":

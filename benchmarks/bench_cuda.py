@@ -176,10 +176,20 @@ def gradient_cases(model: nn.Module, x: torch.Tensor, target: torch.Tensor, args
     )
 
     steps, rows = args.steps, args.rows
-    case("saliency", lambda: pellucid.saliency(model, x, target=target),
-         lambda: Saliency(model).attribute(x, target=target), "captum Saliency", args)  # fmt: skip
-    case("input_x_gradient", lambda: pellucid.input_x_gradient(model, x, target=target),
-         lambda: InputXGradient(model).attribute(x, target=target), "captum InputXGradient", args)  # fmt: skip
+    case(
+        "saliency",
+        lambda: pellucid.saliency(model, x, target=target),
+        lambda: Saliency(model).attribute(x, target=target),
+        "captum Saliency",
+        args,
+    )
+    case(
+        "input_x_gradient",
+        lambda: pellucid.input_x_gradient(model, x, target=target),
+        lambda: InputXGradient(model).attribute(x, target=target),
+        "captum InputXGradient",
+        args,
+    )
     case(
         f"integrated_gradients {steps}",
         lambda: pellucid.integrated_gradients(
@@ -203,7 +213,7 @@ def gradient_cases(model: nn.Module, x: torch.Tensor, target: torch.Tensor, args
             noise=0.15,
             batch_size=rows,
             generator=torch.Generator().manual_seed(0),
-        ),  # fmt: skip
+        ),
         lambda: NoiseTunnel(Saliency(model)).attribute(
             x,
             target=target,
@@ -212,7 +222,7 @@ def gradient_cases(model: nn.Module, x: torch.Tensor, target: torch.Tensor, args
             stdevs=noise,
             abs=False,
             nt_samples_batch_size=max(1, rows // x.shape[0]),
-        ),  # fmt: skip
+        ),
         "captum NoiseTunnel(Saliency)",
         args,
         compare=False,
@@ -228,14 +238,24 @@ def gradient_cases(model: nn.Module, x: torch.Tensor, target: torch.Tensor, args
         "captum LayerGradCam + interpolate",
         args,
     )
-    case("guided_backprop", lambda: pellucid.guided_backprop(model, x, target=target),
-         lambda: GuidedBackprop(no_inplace(model)).attribute(x, target=target),
-         "captum GuidedBackprop", args)  # fmt: skip
+    case(
+        "guided_backprop",
+        lambda: pellucid.guided_backprop(model, x, target=target),
+        lambda: GuidedBackprop(no_inplace(model)).attribute(x, target=target),
+        "captum GuidedBackprop",
+        args,
+    )
     twin = no_inplace(model)
-    case("deeplift", lambda: pellucid.deeplift(model, x, target=target),
-         lambda: DeepLift(twin).attribute(x, target=target), "captum DeepLift", args)  # fmt: skip
-    case("lrp", lambda: pellucid.lrp(model, x, target=target), None, "(captum LRP: no resnets)",
-         args)  # fmt: skip
+    case(
+        "deeplift",
+        lambda: pellucid.deeplift(model, x, target=target),
+        lambda: DeepLift(twin).attribute(x, target=target),
+        "captum DeepLift",
+        args,
+    )
+    case(
+        "lrp", lambda: pellucid.lrp(model, x, target=target), None, "(captum LRP: no resnets)", args
+    )
 
 
 def perturbation_cases(model: nn.Module, x: torch.Tensor, target: torch.Tensor, args) -> None:
@@ -253,7 +273,7 @@ def perturbation_cases(model: nn.Module, x: torch.Tensor, target: torch.Tensor, 
             strides=(3, win, win),
             target=target,
             perturbations_per_eval=max(1, rows // x.shape[0]),
-        ),  # fmt: skip
+        ),
         "captum Occlusion",
         args,
     )
@@ -278,11 +298,18 @@ def perturbation_cases(model: nn.Module, x: torch.Tensor, target: torch.Tensor, 
 
     def captum_kernel_shap() -> torch.Tensor:
         ks = KernelShap(model)
-        return torch.cat([
-            ks.attribute(x[i : i + 1], target=target[i : i + 1], feature_mask=mask2,
-                         n_samples=ns, perturbations_per_eval=rows)
-            for i in range(x.shape[0])
-        ])  # fmt: skip
+        return torch.cat(
+            [
+                ks.attribute(
+                    x[i : i + 1],
+                    target=target[i : i + 1],
+                    feature_mask=mask2,
+                    n_samples=ns,
+                    perturbations_per_eval=rows,
+                )
+                for i in range(x.shape[0])
+            ]
+        )
 
     case(
         f"kernel_shap {ns} ({(side // coarse) ** 2} cells)",
@@ -294,7 +321,7 @@ def perturbation_cases(model: nn.Module, x: torch.Tensor, target: torch.Tensor, 
             n_samples=ns,
             batch_size=rows,
             generator=torch.Generator().manual_seed(0),
-        ),  # fmt: skip
+        ),
         captum_kernel_shap,
         "captum KernelShap (one row a call)",
         args,
@@ -322,7 +349,7 @@ def shap_cases(model: nn.Module, x: torch.Tensor, target: torch.Tensor, args) ->
             background=background,
             n_samples=n,
             generator=torch.Generator().manual_seed(0),
-        ),  # fmt: skip
+        ),
         theirs,
         "shap GradientExplainer (top class)",
         args,
@@ -351,7 +378,7 @@ def metric_cases(model: nn.Module, x: torch.Tensor, target: torch.Tensor, args) 
             n_samples=n,
             batch_size=args.rows,
             generator=torch.Generator().manual_seed(0),
-        ),  # fmt: skip
+        ),
         lambda: captum_infidelity(
             model,
             perturb,
@@ -360,7 +387,7 @@ def metric_cases(model: nn.Module, x: torch.Tensor, target: torch.Tensor, args) 
             target=target,
             n_perturb_samples=n,
             max_examples_per_batch=args.rows,
-        ),  # fmt: skip
+        ),
         "captum.metrics.infidelity",
         args,
         compare=False,
@@ -377,7 +404,7 @@ def metric_cases(model: nn.Module, x: torch.Tensor, target: torch.Tensor, args) 
             n_samples=8,
             radius=0.02,
             generator=torch.Generator().manual_seed(0),
-        ),  # fmt: skip
+        ),
         lambda: sensitivity_max(
             Saliency(model).attribute,
             x,
@@ -385,7 +412,7 @@ def metric_cases(model: nn.Module, x: torch.Tensor, target: torch.Tensor, args) 
             abs=False,
             n_perturb_samples=8,
             perturb_radius=0.02,
-        ),  # fmt: skip
+        ),
         "captum.metrics.sensitivity_max",
         args,
         compare=False,
@@ -422,13 +449,25 @@ def clipping_cases(model: nn.Module, x: torch.Tensor, target: torch.Tensor, args
             p.grad.mul_(torch.where(gn > limit, limit / gn.clamp_min(1e-6), torch.ones_like(gn)))
 
     pairs = [
-        ("clip_grad_norm_", lambda: clipping.clip_grad_norm_(params, 1.0),
-         lambda: torch.nn.utils.clip_grad_norm_(params, 1.0), "torch clip_grad_norm_"),
-        ("clip_grad_value_", lambda: clipping.clip_grad_value_(params, 1e-3),
-         lambda: torch.nn.utils.clip_grad_value_(params, 1e-3), "torch clip_grad_value_"),
-        ("adaptive_clip_grad_ (AGC)", lambda: clipping.adaptive_clip_grad_(params, 0.01),
-         agc_loop, "per-parameter AGC loop"),
-    ]  # fmt: skip
+        (
+            "clip_grad_norm_",
+            lambda: clipping.clip_grad_norm_(params, 1.0),
+            lambda: torch.nn.utils.clip_grad_norm_(params, 1.0),
+            "torch clip_grad_norm_",
+        ),
+        (
+            "clip_grad_value_",
+            lambda: clipping.clip_grad_value_(params, 1e-3),
+            lambda: torch.nn.utils.clip_grad_value_(params, 1e-3),
+            "torch clip_grad_value_",
+        ),
+        (
+            "adaptive_clip_grad_ (AGC)",
+            lambda: clipping.adaptive_clip_grad_(params, 0.01),
+            agc_loop,
+            "per-parameter AGC loop",
+        ),
+    ]
     for name, ours, theirs, peer_name in pairs:
         case(
             name,
@@ -467,15 +506,24 @@ def pruning_cases(x: torch.Tensor, args) -> None:
     def theirs() -> nn.Module:
         model = resnet(args.device)
         pruner = tp.pruner.MagnitudePruner(
-            model, example, importance=tp.importance.MagnitudeImportance(p=2),
-            pruning_ratio=ratio, ignored_layers=[model.fc],
-        )  # fmt: skip
+            model,
+            example,
+            importance=tp.importance.MagnitudeImportance(p=2),
+            pruning_ratio=ratio,
+            ignored_layers=[model.fc],
+        )
         pruner.step()
         state["torch_pruning"] = model
         return model
 
-    case(f"channel pruning {ratio:.0%} (plan+apply)", ours, theirs, "Torch-Pruning MagnitudePruner",
-         args, compare=False)  # fmt: skip
+    case(
+        f"channel pruning {ratio:.0%} (plan+apply)",
+        ours,
+        theirs,
+        "Torch-Pruning MagnitudePruner",
+        args,
+        compare=False,
+    )
     case("channel pruning round_to=8", rounded, None, "(no peer)", args)
     dense = resnet(args.device)
     lat = {}
@@ -490,11 +538,15 @@ def pruning_cases(x: torch.Tensor, args) -> None:
             flush=True,
         )
     if "pellucid" in lat and "torch_pruning" in lat:
-        ROWS.append({
-            "case": f"pruned resnet18 latency (b={args.latency_batch})",
-            "pellucid": lat["pellucid"].median, "peer": lat["torch_pruning"].median,
-            "peer_name": "Torch-Pruning's pruned model", "dense": lat["dense"].median,
-        })  # fmt: skip
+        ROWS.append(
+            {
+                "case": f"pruned resnet18 latency (b={args.latency_batch})",
+                "pellucid": lat["pellucid"].median,
+                "peer": lat["torch_pruning"].median,
+                "peer_name": "Torch-Pruning's pruned model",
+                "dense": lat["dense"].median,
+            }
+        )
 
 
 def main() -> None:
