@@ -159,9 +159,7 @@ class Layout:
             raise ValueError(f"`kernels` must be one of {KERNEL_MODES}; got {mode!r}.")
         self.model, self.mode = model, mode
         self.channels_last: bool | None = None if mode == "auto" else mode == "channels_last"
-        if mode != "off" and not (
-            isinstance(model, nn.Module) and any(isinstance(m, nn.Conv2d) for m in model.modules())
-        ):
+        if mode == "channels_last" and not self._has_convs():
             self.channels_last = False
         self.expected = 0
         self.trial: dict[str, float] = {}  # best trial seconds per layout, once measured
@@ -169,6 +167,14 @@ class Layout:
     def expect(self, rows: int) -> None:
         """Announce ``rows`` rows to come (``"auto"`` measures only for large workloads)."""
         self.expected = max(self.expected, int(rows))
+
+    def _has_convs(self) -> bool:
+        """Whether the model has 2-d convolutions (only such a network runs channels-last);
+        asked only when a choice is to be made, not on every evaluator's construction."""
+        model = self.model
+        return isinstance(model, nn.Module) and any(
+            isinstance(m, nn.Conv2d) for m in model.modules()
+        )
 
     @staticmethod
     def eligible(x: Any) -> bool:
@@ -192,7 +198,7 @@ class Layout:
         if self.channels_last is None:
             if self.expected < MIN_EXPECTED_ROWS or x.shape[0] < 2:
                 return run(x, None)
-            self.channels_last = self._measure(run, x)
+            self.channels_last = self._has_convs() and self._measure(run, x)
         if not self.channels_last:
             return run(x, None)
         # an image-shaped output may come back channels-last: give it the usual layout

@@ -57,12 +57,29 @@ class ModelSnapshot:
         self.model = model
         modules = module_list(model)
         self.modes = [(m, m.training) for m in modules]
-        self.params = [
-            (p, p.requires_grad, p.grad)
-            for m in modules
-            for p in m._parameters.values()
-            if p is not None
-        ]
+        self.params: list[tuple[nn.Parameter, bool, torch.Tensor | None]] = []
+        # In training mode a forward pass updates batch-norm running statistics in place;
+        # keep copies of the buffers of modules in training mode so they come back exactly.
+        # (In eval mode nothing writes them, and nothing is copied.)
+        self.buffers: list[tuple[torch.Tensor, torch.Tensor]] = []
+        # A forward may also replace tensors it caches on a module: torch's pruning,
+        # weight_norm and spectral_norm pre-hooks store ``weight = weight_orig * mask`` as a
+        # plain attribute, and a forward may (re)register a cache buffer (rotary tables).
+        # Run under ``torch.inference_mode`` they would come back as inference tensors that
+        # the user's next backward refuses, so the objects themselves are put back.
+        self.buffer_dicts: list[tuple[nn.Module, dict[str, torch.Tensor | None]]] = []
+        self.cached: list[tuple[nn.Module, str, torch.Tensor]] = []
+        for m in modules:  # one walk for all of it (it runs on every call of every method)
+            state = m.__dict__
+            for p in state["_parameters"].values():
+                if p is not None:
+                    self.params.append((p, p.requires_grad, p.grad))
+            buffers = state["_buffers"]
+            self.buffer_dicts.append((m, dict(buffers)))
+            if buffers and m.training:
+                self.buffers += [(b, b.detach().clone()) for b in buffers.values() if b is not None]
+            if state.get("_forward_pre_hooks") or state.get("_forward_pre_hooks_with_kwargs"):
+                self.cached += [(m, k, v) for k, v in state.items() if isinstance(v, torch.Tensor)]
         # an existing .grad changed in place keeps its identity: its version counter tells
         self.grad_versions = [(g, g._version) for _, _, g in self.params if g is not None]
         # Every hook registered through torch's ``register_*`` methods is keyed by a
@@ -70,29 +87,6 @@ class ModelSnapshot:
         # guard are exactly those whose key is at least the counter's value now. This
         # avoids copying every hook dictionary of every module on entry.
         self.first_new_hook = RemovableHandle.next_id
-        # In training mode a forward pass updates batch-norm running statistics in place;
-        # keep copies of the buffers of modules in training mode so they come back exactly.
-        # (In eval mode nothing writes them, and nothing is copied.)
-        self.buffers = [
-            (b, b.detach().clone())
-            for m in modules
-            if m.training
-            for b in m._buffers.values()
-            if b is not None
-        ]
-        # A forward may also replace tensors it caches on a module: torch's pruning,
-        # weight_norm and spectral_norm pre-hooks store ``weight = weight_orig * mask`` as a
-        # plain attribute, and a forward may (re)register a cache buffer (rotary tables).
-        # Run under ``torch.inference_mode`` they would come back as inference tensors that
-        # the user's next backward refuses, so the objects themselves are put back.
-        self.buffer_dicts = [(m, dict(m._buffers)) for m in modules]
-        self.cached = [
-            (m, key, value)
-            for m in modules
-            if m._forward_pre_hooks or m._forward_pre_hooks_with_kwargs
-            for key, value in m.__dict__.items()
-            if isinstance(value, torch.Tensor)
-        ]
 
     def restore(self) -> None:
         for module, training in self.modes:
@@ -109,6 +103,8 @@ class ModelSnapshot:
                     buffer.copy_(saved)
         _restore_tensors(self.buffer_dicts, self.cached)
         first = self.first_new_hook
+        if RemovableHandle.next_id == first:  # no handle was made inside: no hook added
+            return
         for module, _ in self.modes:
             state = module.__dict__
             for attr in _HOOK_DICTS:
@@ -135,6 +131,8 @@ def _restore_tensors(
     """Put back the buffer objects (dropping buffers added inside) and cached tensors."""
     for module, saved in buffer_dicts:
         current = module._buffers
+        if not current and not saved:
+            continue
         if len(current) == len(saved) and all(current.get(k, 0) is v for k, v in saved.items()):
             continue
         for key in [k for k in current if k not in saved]:

@@ -217,26 +217,19 @@ def prepare(
         activations = inputs
     out = graph.detach()
     _check_output(out, inputs)
-    tracked = {"leaf": leaf, "graph_output": graph} if track_grad else {}
-    prepared = Prepared(
-        forward=call,
-        target=(
-            ResolvedTarget("none")
-            if target is None and target_optional
-            else resolve_target(target, out)
-        ),
-        output=out,
-        inputs=activations,
+    resolved = (
+        ResolvedTarget("none")
+        if target is None and target_optional
+        else resolve_target(target, out)
     )
-    if layer is None:
-        return Prepared(**{**vars(prepared), **tracked})
-    names = {id(m): n for n, m in model.named_modules()}
-    at_layer = {
-        "forward": AtLayer(forward, module, inputs),
-        "raw_inputs": inputs,
-        "layer_name": names.get(id(module), ""),
-    }
-    return Prepared(**{**vars(prepared), **tracked, **at_layer})
+    prepared = Prepared(call, resolved, out, activations)
+    if track_grad:
+        prepared.leaf, prepared.graph_output = leaf, graph
+    if layer is not None:
+        names = {id(m): n for n, m in model.named_modules()}
+        prepared.forward = AtLayer(forward, module, inputs)
+        prepared.raw_inputs, prepared.layer_name = inputs, names.get(id(module), "")
+    return prepared
 
 
 def _first_forward(

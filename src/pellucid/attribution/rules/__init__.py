@@ -8,6 +8,7 @@ to a method is adding a table entry. The package:
 * ``_engine``: the :class:`RuleEngine`, which attaches rules to the torch operations a model
   actually executes and refuses any non-linear operation its table does not name; the rule
   base class and the table helpers (``always``, ``bilinear``, ``gradient``, ``Decompose``);
+* ``_records``: the engine's bookkeeping (which layer ran each operation, which rule it got);
 * ``_paired``: the paired pass (reference rows, then the explained rows) that DeepLIFT's
   multipliers need, and its reference-pass strategies;
 * ``_elementwise``: ``grad_map(grad) * slope`` rules (guided, deconvolution, LRP identity);

@@ -111,6 +111,12 @@ class Rescale(PairedRule):
             return secant(y, y_ref, x, x_ref, lambda: x.sign().clamp_(min=0), self.eps)
         return secant(y, y_ref, x, x_ref, lambda: vjp(op, x, torch.ones_like(x)), self.eps)
 
+    def joint_forward(self, op: Op, *xs: torch.Tensor) -> tuple[torch.Tensor, Any]:
+        """:meth:`PairedRule.joint_forward` for one operand, without the generic plumbing."""
+        (x,) = xs
+        y = op(x)
+        return y, self.pair(op, (x[:-1],), y[:-1], None, (x[-1:],), y[-1:], None)
+
     def backward(self, op: Op, state: Any, grad: torch.Tensor) -> torch.Tensor:
         return grad * state
 

@@ -16,7 +16,8 @@ torch function called on a tensor that depends on the explained inputs is seen, 
 Dependence is tracked by ``requires_grad``: the method switches off the parameters' flags
 inside the model-state guard, so only tensors computed from the explained rows require grad.
 The module running each operation is read off the Python stack (nothing is added to the
-model), so :attr:`RuleEngine.records` says which rule each layer's operation got.
+model), so :attr:`RuleEngine.records` says which rule each layer's operation got (see
+``_records``).
 
 A method is a table ``op name -> handler`` (see :class:`Handler`): a handler looks at one
 call and returns the :class:`Rule` for it, or None for the ordinary gradient; a
@@ -27,11 +28,9 @@ it is made of, each of which then meets its own rule.
 from __future__ import annotations
 
 import sys
-from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from types import FrameType
 from typing import Any
 
 import torch
@@ -44,10 +43,12 @@ from pellucid.attribution.rules._ops import (
     DENOMINATOR_OPS,
     DROPOUT_OPS,
     PASS_OPS,
+    QUERY_OPS,
     SCALE_OPS,
     is_inplace,
     op_name,
 )
+from pellucid.attribution.rules._records import Bookkeeping
 
 __all__ = [
     "Constant",
@@ -56,6 +57,7 @@ __all__ = [
     "Rule",
     "RuleEngine",
     "UnsupportedOperationError",
+    "gradient",
     "vjp",
 ]
 
@@ -130,7 +132,7 @@ class Constant(Rule):
 class _RuleFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, rule: Rule, op: Op, sink: Any, *xs: torch.Tensor) -> torch.Tensor:
-        y, state = rule.forward(op, *(x.detach() for x in xs))
+        y, state = rule.forward(op, *[x.detach() for x in xs])
         ctx.rule, ctx.op, ctx.state, ctx.sink = rule, op, state, sink
         if sink is not None:  # copies: later in-place operations may change y and xs
             ctx.kept = (y.detach().clone(), tuple(x.detach().clone() for x in xs))
@@ -163,6 +165,15 @@ def vjp(op: Op, x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
 Handler = Callable[..., "Rule | None"]
 
 
+def gradient(engine: RuleEngine, name: str, func: Any, args: Any, kwargs: Any) -> None:
+    """Handler: the ordinary gradient is this method's rule for the op."""
+    return None
+
+
+#: How :meth:`RuleEngine.dispatch` treats an operation (see :meth:`RuleEngine._kind`).
+_PLAIN, _GRADIENT, _GENERAL = object(), object(), object()
+
+
 @dataclass(frozen=True)
 class Decompose:
     """Table entry: run a compound operation as ``function(engine, *args, **kwargs)``
@@ -182,7 +193,7 @@ class _Mode(TorchFunctionMode):
         return self.engine.dispatch(func, args, kwargs if kwargs is not None else {})
 
 
-class RuleEngine:
+class RuleEngine(Bookkeeping):
     """Runs a model with ``handlers`` attached to the operations it executes.
 
     Args:
@@ -199,53 +210,16 @@ class RuleEngine:
     errors: tuple[type[Exception], ...] = (UnsupportedOperationError,)
 
     def __init__(self, method: str, handlers: Mapping[str, Handler], model: Any) -> None:
+        super().__init__(model)
         self.method = method
         self.ledger: Ledger | None = getattr(handlers, "ledger", None)
         self.handlers = dict(handlers)
-        self.names = (
-            {id(m): n or type(m).__name__ for n, m in model.named_modules()}
-            if isinstance(model, nn.Module)
-            else {}
-        )
+        self._kinds: dict[str, object] = {}
         self.parameter_names = (
             {id(p): n for n, p in model.named_parameters()}
             if self.ledger is not None and isinstance(model, nn.Module)
             else {}
         )
-        self._frame: FrameType | None = None  # the caller of the operation being dispatched
-        self.records: dict[str, str] = {}
-        self.calls: Counter[str] = Counter()
-
-    # ------------------------------------------------------------------ bookkeeping
-    def current_module(self) -> nn.Module | None:
-        """The innermost module of the model whose code runs the current operation.
-
-        Found on the Python stack, from the frame that called the operation up to the
-        model's own ``forward``: the first method whose ``self`` is one of the model's
-        modules. (Global module hooks would say the same at every module call, but they put
-        every module call on torch's slower hooked path.)"""
-        frame, names = self._frame, self.names
-        if not names:
-            return None
-        while frame is not None:
-            code = frame.f_code
-            if code.co_argcount and code.co_varnames[0] == "self":
-                owner = frame.f_locals.get("self")
-                if id(owner) in names:
-                    return owner  # type: ignore[no-any-return]
-            frame = frame.f_back
-        return None
-
-    def where(self) -> str:
-        module = self.current_module()
-        if module is None:
-            return "the model's forward"
-        return self.names[id(module)]
-
-    def record(self, name: str, label: str) -> None:
-        key = f"{self.where()}: {name}"
-        self.records[key] = label
-        self.calls[key] += 1
 
     @contextmanager
     def active(self) -> Iterator[None]:
@@ -278,6 +252,15 @@ class RuleEngine:
         outer, self._frame = self._frame, sys._getframe(2)  # the operation's caller
         try:
             name = op_name(func)
+            kind = self._kinds.get(name)
+            if kind is None:
+                kind = self._kinds[name] = self._kind(name)
+            if kind is _PLAIN:  # nothing to record or check
+                return func(*args, **kwargs)
+            if kind is _GRADIENT:  # the ordinary gradient: recorded when it matters
+                if _call_depends(args, kwargs):
+                    self.record(name, "gradient")
+                return func(*args, **kwargs)
             handler = self.handlers.get(name)
             if isinstance(handler, Decompose):  # in every pass, whatever depends on the inputs
                 if _call_depends(args, kwargs):
@@ -287,6 +270,20 @@ class RuleEngine:
             return self._dispatch(name, func, args, kwargs)
         finally:
             self._frame = outer
+
+    def _kind(self, name: str) -> object:
+        """How :meth:`dispatch` treats every call of ``name`` (decided once per engine):
+        :data:`_PLAIN` runs it as it is (a question about a tensor's layout, or a linear or
+        structural operation without a handler and without a constant part the ledger would
+        watch), :data:`_GRADIENT` runs it and records the ordinary gradient (its handler is
+        :func:`gradient`), anything else goes through :meth:`_dispatch`."""
+        handler = self.handlers.get(name)
+        if handler is gradient:
+            return _GRADIENT
+        watched = self.ledger is not None and name in SHIFT_OPS
+        if handler is None and (name in QUERY_OPS or (name in PASS_OPS and not watched)):
+            return _PLAIN
+        return _GENERAL
 
     def _dispatch(self, name: str, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         if not _call_depends(args, kwargs):
@@ -346,9 +343,8 @@ class RuleEngine:
         the model called it in place."""
         inplace = is_inplace(name, kwargs)
         rest = args[arity:]
-        call_kwargs = dict(kwargs)
-        if "inplace" in call_kwargs:
-            call_kwargs["inplace"] = False
+        # (handlers never change ``kwargs``: a copy only to run an in-place call out of place)
+        call_kwargs = {**kwargs, "inplace": False} if "inplace" in kwargs else kwargs
         target = func
         if name.endswith("_") and not name.startswith("__"):
             target = getattr(torch, name[:-1], None)

@@ -21,6 +21,7 @@ __all__ = [
     "DROPOUT_OPS",
     "MAX_POOL_OPS",
     "PASS_OPS",
+    "QUERY_OPS",
     "RELU_OPS",
     "SCALE_OPS",
     "WEIGHTED_OPS",
@@ -37,6 +38,11 @@ PASS_OPS = frozenset(
     chunk narrow select expand expand_as repeat clone to type float double half sum mean pad
     identity movedim swapaxes unbind tensor_split split_with_sizes flip roll index_select
     gather __setitem__ _reshape_alias zero_pad2d constant_pad_nd repeat_interleave""".split()
+)
+#: Questions about a tensor's layout, answered with numbers, never with a tensor.
+QUERY_OPS = frozenset(
+    """dim ndimension size numel nelement stride is_contiguous is_floating_point element_size
+    __len__""".split()
 )
 #: Products and quotients: linear when only one operand (the numerator) depends on inputs.
 SCALE_OPS = frozenset(

@@ -22,10 +22,14 @@ from typing import Any
 import torch
 
 from pellucid._evaluate import Forward
-from pellucid.attribution.rules._engine import Rule, RuleEngine, UnsupportedOperationError
+from pellucid.attribution.rules._engine import (
+    _GENERAL,
+    Rule,
+    RuleEngine,
+    UnsupportedOperationError,
+)
 
 __all__ = [
-    "JOINT",
     "BroadcastMismatch",
     "PairedEngine",
     "PairedForward",
@@ -38,9 +42,6 @@ class BroadcastMismatch(UnsupportedOperationError):
     """A one-row reference does not broadcast against the batch at some operation (the
     caller reruns the reference with one row per example)."""
 
-
-#: ``saved`` of a joint pass: the reference is the last row of the same batch.
-JOINT = object()
 
 Op = Callable[..., torch.Tensor]
 
@@ -116,23 +117,28 @@ _HEAD, _LAST = slice(None, -1), slice(-1, None)
 
 
 class _Bound(Rule):
-    """A :class:`PairedRule` with its reference: the saved reference run, or :data:`JOINT`
-    (the reference is the batch's last row, which gets a zero gradient)."""
+    """A :class:`PairedRule` with its saved reference run (operands, output, ``aux``)."""
 
     def __init__(self, rule: PairedRule, saved: Any) -> None:
         self.rule, self.saved, self.label, self.arity = rule, saved, rule.label, rule.arity
 
     def forward(self, op: Op, *xs: torch.Tensor) -> tuple[torch.Tensor, Any]:
-        if self.saved is JOINT:
-            return self.rule.joint_forward(op, *xs)
         y, aux = self.rule.evaluate(op, *xs)
         refs, y_ref, aux_ref = self.saved
         return y, self.rule.pair(op, xs, y, aux, refs, y_ref, aux_ref)
 
     def backward(self, op: Op, state: Any, grad: torch.Tensor) -> Any:
-        if self.saved is JOINT:
-            return self.rule.joint_backward(op, state, grad)
         return self.rule.backward(op, state, grad)
+
+
+class _Joint(Rule):
+    """A :class:`PairedRule` in a joint pass: the reference is the batch's last row, which
+    gets a zero gradient."""
+
+    def __init__(self, rule: PairedRule) -> None:
+        self.rule, self.label, self.arity = rule, rule.label, rule.arity
+        self.forward = rule.joint_forward  # type: ignore[method-assign]
+        self.backward = rule.joint_backward  # type: ignore[method-assign]
 
 
 class PairedEngine(RuleEngine):
@@ -197,6 +203,9 @@ class PairedEngine(RuleEngine):
             "Data-dependent control flow cannot be decomposed; use integrated_gradients."
         )
 
+    def _kind(self, name: str) -> object:
+        return _GENERAL if name in self.reference_ops else super()._kind(name)
+
     def _dispatch(self, name: str, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         if self._mode is not None and name in self.reference_ops:
             x = args[0] if args else None
@@ -219,7 +228,7 @@ class PairedEngine(RuleEngine):
                 if isinstance(t, torch.Tensor) and t.requires_grad:
                     if t.ndim == 0 or t.shape[0] != self._rows:
                         raise BroadcastMismatch(f"`{name}`: rows {tuple(t.shape)}")
-            return self._run_rule(name, func, args, kwargs, _Bound(rule, JOINT))
+            return self._run_rule(name, func, args, kwargs, _Joint(rule))
         shapes = tuple(tuple(t.shape) if isinstance(t, torch.Tensor) else () for t in xs)
         if self._mode == "reference":
             op, inplace = self._op(name, func, args, kwargs, rule.arity)
@@ -307,8 +316,7 @@ class JointPass(TwoPasses):
             if _batch_first(forward.model) is None:
                 forward._pair(x, index, shared=True)
                 _remember(forward.model, True)
-                forward.engine.records.clear()  # the joint pass records the rules again
-                forward.engine.calls.clear()
+                forward.engine.clear_records()  # the joint pass records the rules again
             return forward._joint(x)
         except BroadcastMismatch:
             _remember(forward.model, False)

@@ -13,14 +13,9 @@ import torch
 from torch import nn
 
 from pellucid._state import module_list
-from pellucid.attribution.rules._engine import Decompose, Handler, Rule, RuleEngine
+from pellucid.attribution.rules._engine import Decompose, Handler, Rule, RuleEngine, gradient
 
 __all__ = ["always", "bilinear", "entries", "eval_batch_norm", "freeze_parameters", "gradient"]
-
-
-def gradient(engine: RuleEngine, name: str, func: Any, args: Any, kwargs: Any) -> None:
-    """Handler: the ordinary gradient is this method's rule for the op."""
-    return None
 
 
 def always(rule: Rule) -> Handler:

@@ -1,0 +1,102 @@
+"""Which rule each layer's operation got: the rule engine's bookkeeping.
+
+The module running an operation is read off the Python stack (nothing is added to the
+model): from the frame that called the operation up to the model's own ``forward``, the
+first method whose ``self`` is one of the model's modules. Every call is counted under
+``(module, operation)``; the ``"layer: op"`` strings of ``extras["rules"]`` and
+``extras["rule_calls"]`` are written once, when asked for, not on every operation.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from types import FrameType
+from typing import Any
+
+from torch import nn
+
+__all__ = ["Bookkeeping", "module_names"]
+
+
+def module_names(model: Any) -> dict[int, str]:
+    """``{id(module): dotted name}`` in ``model.named_modules()``'s order (shared modules
+    once, the root under its class name), by a plain walk: cheaper than the generators."""
+    if not isinstance(model, nn.Module):
+        return {}
+    names: dict[int, str] = {}
+
+    def visit(module: nn.Module, prefix: str) -> None:
+        if id(module) not in names:
+            names[id(module)] = prefix
+            for key, child in module._modules.items():
+                if child is not None:
+                    visit(child, f"{prefix}.{key}" if prefix else key)
+
+    visit(model, "")
+    names[id(model)] = type(model).__name__
+    return names
+
+
+class Bookkeeping:
+    """The engine's record of ``(module, operation) -> [rule label, calls]``.
+
+    Args:
+        model: the explained model (its modules' names label the records).
+    """
+
+    def __init__(self, model: Any) -> None:
+        self.names = module_names(model)
+        self._frame: FrameType | None = None  # the caller of the operation being dispatched
+        self._log: dict[tuple[Any, str], list[Any]] = {}
+
+    def current_module(self) -> nn.Module | None:
+        """The innermost module of the model whose code runs the current operation.
+
+        (Global module hooks would say the same at every module call, but they put every
+        module call on torch's slower hooked path.)"""
+        frame, names = self._frame, self.names
+        if not names:
+            return None
+        while frame is not None:
+            code = frame.f_code
+            if code.co_argcount and code.co_varnames[0] == "self":
+                owner = frame.f_locals.get("self")
+                if id(owner) in names:
+                    return owner  # type: ignore[no-any-return]
+            frame = frame.f_back
+        return None
+
+    def _name(self, module: Any) -> str:
+        return "the model's forward" if module is None else self.names[id(module)]
+
+    def where(self) -> str:
+        """The name of the layer running the current operation."""
+        return self._name(self.current_module())
+
+    def record(self, name: str, label: str) -> None:
+        """Count one call of operation ``name`` under rule ``label`` in the current layer."""
+        key = (self.current_module(), name)
+        entry = self._log.get(key)
+        if entry is None:
+            self._log[key] = [label, 1]
+        else:
+            entry[0] = label
+            entry[1] += 1
+
+    def clear_records(self) -> None:
+        """Forget what was recorded (a pass whose records are superseded)."""
+        self._log.clear()
+
+    @property
+    def records(self) -> dict[str, str]:
+        """``"layer: op" -> rule label`` for every operation that met a rule or kept its
+        gradient."""
+        return {f"{self._name(module)}: {name}": v[0] for (module, name), v in self._log.items()}
+
+    @property
+    def calls(self) -> Counter[str]:
+        """``"layer: op" -> number of calls`` (the keys of :attr:`records`)."""
+        counts: Counter[str] = Counter()
+        for (module, name), entry in self._log.items():
+            counts[f"{self._name(module)}: {name}"] += entry[1]
+        return counts
