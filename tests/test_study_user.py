@@ -134,3 +134,59 @@ def test_user_model_config_errors(tmp_path):
         build_config(
             {"training": {"user_models": [{**base, "data": {"path": str(tmp_path / "a.txt")}}]}}
         )
+
+
+def test_fingerprint_follows_edits_of_files_folders_and_factories(tmp_path, monkeypatch):
+    import sys
+
+    from pellucid.sources.spec import fingerprint
+
+    write_user_project(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "userstudy", raising=False)  # another test's copy
+    csv, folder = tmp_path / "people.csv", tmp_path / "images"
+    (folder / "cat").mkdir(parents=True)
+    (folder / "cat" / "a.png").write_bytes(b"x")
+    before = [fingerprint(str(csv)), fingerprint(str(folder)), fingerprint("userstudy:make_net")]
+    assert before == [
+        fingerprint(str(csv)),
+        fingerprint(str(folder)),
+        fingerprint("userstudy:make_net"),
+    ]
+    csv.write_text(csv.read_text() + "0.1,rome,0.2,yes\n")
+    (folder / "cat" / "b.png").write_bytes(b"y")
+    module = tmp_path / "userstudy.py"
+    module.write_text(module.read_text() + "\n# edited\n")
+    after = [fingerprint(str(csv)), fingerprint(str(folder)), fingerprint("userstudy:make_net")]
+    assert all(a != b for a, b in zip(before, after, strict=True))
+
+
+def test_study_recomputes_when_the_users_data_file_changes(tmp_path, monkeypatch):
+    """Cached stages and trained weights are keyed on the user's files: an edited CSV is
+    never explained with the weights and results of the old one."""
+    write_user_project(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    csv = tmp_path / "people.csv"
+    toml = tmp_path / "study.toml"
+    toml.write_text(
+        'seeds = [0]\nstages = ["training"]\n[training]\nmodels = []\n'
+        '[[training.user_models]]\nname = "my-net"\nfactory = "userstudy:make_net"\n'
+        "kwargs = { hidden = 8 }\nquick_epochs = 1\n"
+        f'data = {{ path = "{csv}", target = "label", categorical = ["city"] }}\n'
+    )
+    config = build_config(read_config_file(toml), quick=True)
+    out = tmp_path / "out"
+    record = out / "results" / "training.json"
+    run_study(config, out, progress=False)
+    first = record.read_text()
+    run_study(config, out, progress=False)
+    assert record.read_text() == first  # nothing changed: the cached stage is read back
+    n_models = len(list((out / "models").glob("user__*.safetensors")))
+    lines = csv.read_text().splitlines()
+    flipped = [lines[0]] + [
+        ",".join(r.split(",")[:-1] + ["no" if r.endswith("yes") else "yes"]) for r in lines[1:]
+    ]
+    csv.write_text("\n".join(flipped) + "\n")
+    run_study(config, out, progress=False)
+    assert record.read_text() != first
+    assert len(list((out / "models").glob("user__*.safetensors"))) == n_models + 1

@@ -198,7 +198,8 @@ class StudyContext:
         tag = f"{key.replace('/', '__')}__seed{seed}__e{epochs}"
         if isinstance(spec, UserModel):  # a user's name may hold anything: keep it safe;
             # the recipe's digest keeps weights trained under other kwargs/data/lr apart
-            digest = hashlib.sha1(repr(spec).encode()).hexdigest()[:10]
+            # and the files' fingerprint keeps weights trained on an older file apart
+            digest = hashlib.sha1((repr(spec) + spec.fingerprint()).encode()).hexdigest()[:10]
             safe = re.sub(r"[^A-Za-z0-9_.-]", "_", key)
             tag = f"user__{safe}__{digest}__seed{seed}__e{epochs}"
         weights = self.models_dir / f"{tag}.safetensors"

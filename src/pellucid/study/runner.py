@@ -60,14 +60,16 @@ def check_out_dir(out: str | os.PathLike[str]) -> Path:
     return path
 
 
-def _stage_hash(name: str, config: dict[str, Any], upstream: str = "") -> str:
-    """Hash of what a stage's result depends on: its config, the seeds, the version and
-    (through ``upstream``) every stage that ran before it, so a changed earlier stage
-    invalidates the later ones."""
+def _stage_hash(name: str, config: dict[str, Any], upstream: str = "", sources: str = "") -> str:
+    """Hash of what a stage's result depends on: its config, the seeds, the version, the
+    user's files (``sources``: a changed data, weights or factory file invalidates every
+    stage) and (through ``upstream``) every stage that ran before it, so a changed earlier
+    stage invalidates the later ones."""
     from pellucid import __version__
 
     payload = {
         "upstream": upstream,
+        "sources": sources,
         "stage": config[name],
         "seeds": config["seeds"],
         "quick": config["quick"],
@@ -93,6 +95,7 @@ def run_study(
     from pellucid import __version__
     from pellucid.study.context import StudyContext
     from pellucid.study.stages import STAGES
+    from pellucid.study.user_models import sources_fingerprint
 
     out_dir = check_out_dir(out)
     (out_dir / "results").mkdir(parents=True, exist_ok=True)
@@ -110,11 +113,11 @@ def run_study(
     timings: dict[str, float] = {}
     cached: list[str] = []
     start = time.perf_counter()
-    digest = ""
+    digest, sources = "", sources_fingerprint(config)
     for name in config["stages"]:
         stage = STAGES[name]
         path = out_dir / "results" / f"{name}.json"
-        digest = _stage_hash(name, config, digest)
+        digest = _stage_hash(name, config, digest, sources)
         stored = read_stage(path, digest) if resume else None
         if stored is not None:
             ctx.results[name] = stored

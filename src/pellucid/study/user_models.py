@@ -26,7 +26,13 @@ from pellucid._validation import did_you_mean
 from pellucid.data import Dataset
 from pellucid.sources import DataSpec, ModelSpec, SourceError
 
-__all__ = ["USER_DATA", "UserModel", "check_user_models", "parse_user_models"]
+__all__ = [
+    "USER_DATA",
+    "UserModel",
+    "check_user_models",
+    "parse_user_models",
+    "sources_fingerprint",
+]
 
 #: Prefix of a user model's dataset name in the study context.
 USER_DATA = "user:"
@@ -84,6 +90,11 @@ class UserModel:
     def load(self) -> nn.Module:
         """The model with the user's weights (or the whole-model file)."""
         return self.source.load()
+
+    def fingerprint(self) -> str:
+        """The state of the files behind the model and its data (see
+        :func:`pellucid.sources.spec.fingerprint`): editing any of them changes it."""
+        return self.source.fingerprint() + self.data.fingerprint()
 
     def describe(self) -> str:
         """``name``: where the model and the data come from (for the report)."""
@@ -162,6 +173,13 @@ def parse_user_models(entries: Any, where: str = "training.user_models") -> list
         if names.count(name) > 1:
             raise SourceError(f"`{where}`: the name {name!r} is used twice; names must be unique.")
     return models
+
+
+def sources_fingerprint(config: dict[str, Any]) -> str:
+    """The fingerprints of every ``[[training.user_models]]`` entry's files, in order ("" for
+    a study of reference models only): part of every cache key of the study."""
+    entries = config.get("training", {}).get("user_models", [])
+    return "".join(m.fingerprint() for m in parse_user_models(entries)) if entries else ""
 
 
 def check_user_models(config: dict[str, Any]) -> None:
