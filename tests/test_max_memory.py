@@ -173,6 +173,7 @@ METHODS = {
     "kernel_shap": {"n_samples": 64, "feature_mask": "grid", **_GEN},
     "lime": {"n_samples": 64, "feature_mask": "grid", **_GEN},
     "sampling_shapley": {"n_samples": 4, "feature_mask": "grid", **_GEN},
+    "grad_cam": {"layer": "2"},  # the budget counts the activations after the layer
 }
 
 

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pellucid._evaluate import check_memory_options
 from pellucid._registry import register
 from pellucid._shell import Run, check_bool, explaining
 from pellucid._state import _user_stacklevel
@@ -181,6 +182,7 @@ def grad_cam(
     upsample: str = "linear",
     reshape: Any = None,
     batch_size: int | None = None,
+    max_memory: int | str | None = None,
     forward_args: Any = None,
     forward_kwargs: Mapping[str, Any] | None = None,
     output: Any = None,
@@ -199,6 +201,9 @@ def grad_cam(
             (N, T, C) tokens (class token dropped, patches on their square grid) or a
             channels-last (N, H, W, C) output; or a callable to (N, C, *spatial).
         batch_size: rows per backward pass.
+        max_memory: a budget for the backward passes' peak memory, in bytes or as a size
+            such as ``"2GB"``: picks ``batch_size`` from the model's measured activations
+            after ``layer`` (give one or the other).
         forward_args: extra positional model arguments; forward_kwargs: keyword ones.
         output: which part of a tuple/dict return value to explain.
         eval_mode: True explains in eval mode for this call; None warns in training mode.
@@ -208,7 +213,8 @@ def grad_cam(
             has the wrong type.
         ValueError: `inputs` is empty or holds NaN/inf, `target` does not fit the model's output, or
             `layer` is missing or not a submodule of `model`, its output is not feature maps (N, C,
-            *spatial), or `upsample` is unknown.
+            *spatial), or `upsample` is unknown;
+            `max_memory` is not a size, is given with `batch_size` or cannot hold one row.
 
     Example:
         >>> import torch
@@ -220,6 +226,7 @@ def grad_cam(
     check_bool("relu", relu)
     upsample = check_choice("upsample", upsample, ("linear", "nearest"))
     reshape = _check_reshape(reshape)
+    check_memory_options(batch_size, max_memory)
     _require_layer(layer)
     with explaining("grad_cam", locals(), track_grad=True) as run:
         cam = _cam(run, relu, reshape)
