@@ -141,12 +141,15 @@ class RowCost:
         grad: whether a chunk runs a backward too (the probe then measures one).
         fixed_per_work: buffers per row of the whole work held for the whole call (a method
             that materializes all its rows before chunking them).
+        fixed_per_example_work: buffers per row of one example's work, held whatever the
+            batch size (a method that draws an example's rows together, then chunks them).
     """
 
     copies: float
     fixed: float = 4.0
     grad: bool = False
     fixed_per_work: float = 0.0
+    fixed_per_example_work: float = 0.0
 
 
 #: Per method: the rows it builds per chunk and what it keeps. Perturbation methods mix a
@@ -164,8 +167,9 @@ ROW_COSTS: dict[str, RowCost] = {
     "deconvolution": RowCost(copies=5, grad=True),
     "integrated_gradients": RowCost(copies=7, fixed=6, grad=True),
     "expected_gradients": RowCost(copies=7, fixed=6, grad=True),
-    # the noise, the noisy rows, their gradients and the per-sample results: all at once
-    "smoothgrad": RowCost(copies=5, grad=True, fixed_per_work=4),
+    # per chunk: the noise, the noisy rows, their gradients and per-sample results; whole
+    # examples at a time, so one example's copies at least
+    "smoothgrad": RowCost(copies=9, grad=True, fixed_per_example_work=4),
     "occlusion": RowCost(copies=6),
     "feature_ablation": RowCost(copies=6),
     "exact_shapley": RowCost(copies=5),
@@ -285,6 +289,8 @@ def memory_batch_size(
     fixed = math.ceil(cost.fixed * row_bytes * n_examples) + extra_fixed
     if total is not None:
         fixed += math.ceil(cost.fixed_per_work * row_bytes * total)
+        per_example = total // max(1, n_examples)
+        fixed += math.ceil(cost.fixed_per_example_work * row_bytes * per_example)
     per_row = math.ceil(cost.copies * row_bytes) + activations
     rows = (budget - fixed) // max(1, per_row)
     if rows < 1:

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from pellucid._deprecation import renamed
-from pellucid._evaluate import input_gradients
+from pellucid._evaluate import grad_batch_size, input_gradients
 from pellucid._random import example_generators, per_example
 from pellucid._registry import get_method, register
 from pellucid._shell import Run, explaining
@@ -109,22 +109,30 @@ def smoothgrad(
         flat = x.reshape(n, -1)
         sigma = (flat.max(dim=1).values - flat.min(dim=1).values) * noise
         # one stream per example: the noise of a row does not depend on its batch or rank
-        eps = per_example(
-            example_generators(generator, n, device=x.device),
-            lambda g: torch.randn(
-                (n_samples, *x.shape[1:]), generator=g, dtype=x.dtype, device=x.device
-            ),
-            device=x.device,
-        )
-        view = (n, 1) + (1,) * (x.ndim - 1)
-        noisy = (x.unsqueeze(1) + sigma.view(view) * eps).reshape(n * n_samples, *x.shape[1:])
-        example = torch.arange(n, device=x.device).repeat_interleave(n_samples)
-        if fast:  # the wrapped method's core on all noisy rows at once
-            samples, inner = _fast_samples(run, name, noisy, example, kwargs)
-        else:
-            samples, inner = _explain_noisy(run, fn, model, noisy, example, target, kwargs)
-        samples = samples.reshape(n, n_samples, *samples.shape[1:])
-        attributions = _aggregate(samples, variant)
+        streams = example_generators(generator, n, device=x.device)
+        per = _examples_per_block(run, n, n_samples)
+        parts, errors, inner = [], [], dict(kwargs)
+        for lo in range(0, n, per):  # whole examples at a time: memory follows batch_size
+            hi = min(n, lo + per)
+            eps = per_example(
+                streams[lo:hi],
+                lambda g: torch.randn(
+                    (n_samples, *x.shape[1:]), generator=g, dtype=x.dtype, device=x.device
+                ),
+                device=x.device,
+            )
+            view = (hi - lo, 1) + (1,) * (x.ndim - 1)
+            noisy = (x[lo:hi].unsqueeze(1) + sigma[lo:hi].view(view) * eps).flatten(0, 1)
+            del eps
+            example = torch.arange(lo, hi, device=x.device).repeat_interleave(n_samples)
+            if fast:  # the wrapped method's core on the block's noisy rows
+                samples, inner = _fast_samples(run, name, noisy, example, kwargs)
+            else:
+                samples, inner = _explain_noisy(run, fn, model, noisy, example, target, kwargs)
+            samples = samples.reshape(hi - lo, n_samples, *samples.shape[1:])
+            parts.append(_aggregate(samples, variant))
+            errors.append(samples.std(dim=1) / n_samples**0.5 if n_samples > 1 else None)
+        attributions = parts[0] if len(parts) == 1 else torch.cat(parts)
         run.result(
             attributions,
             params={
@@ -135,12 +143,22 @@ def smoothgrad(
                 "explain_kwargs": inner,
             },
             extras={
-                "standard_error": samples.std(dim=1) / n_samples**0.5
+                "standard_error": torch.cat(errors)  # type: ignore[arg-type]
                 if n_samples > 1
                 else torch.zeros_like(attributions)
             },
         )
     return run.explanation
+
+
+def _examples_per_block(run: Run, n: int, n_samples: int) -> int:
+    """Examples whose noisy copies exist at once: as many as ``batch_size`` rows hold (at
+    least one example: its copies are drawn together)."""
+    x = run.inputs
+    rows = run.batch_size
+    if rows is None:
+        rows = grad_batch_size(None, x[0].numel(), total=n * n_samples, like=x)
+    return max(1, min(n, rows // n_samples))
 
 
 def _fast_samples(
