@@ -401,7 +401,25 @@ def _inspection_rows() -> list[Row]:
     ]
 
 
-ROWS = _clip_rows() + _prune_rows() + _metric_rows() + _inspection_rows()
+def _explanation_rows() -> list[Row]:
+    from pellucid import saliency
+
+    rows = []
+    devices = [("unknown", "gpu"), ("bad index", "cuda:x"), ("number", 3)]
+    if not torch.cuda.is_available():
+        devices.append(("absent", "cuda"))
+    for label, device in devices:
+        rows.append(
+            Row(
+                f"Explanation.to device {label}",
+                lambda m, x, d=device: saliency(m, x, target=0).to(d),
+                "device",
+            )
+        )
+    return rows
+
+
+ROWS = _clip_rows() + _prune_rows() + _metric_rows() + _inspection_rows() + _explanation_rows()
 
 
 def _state(model: nn.Module) -> list[torch.Tensor]:

@@ -69,11 +69,29 @@ class Explanation:
         """A copy whose tensors (attributions, inputs, baseline, a tensor target, tensors in
         ``extras``) are on ``device``, e.g. ``e.to("cpu")`` to plot a GPU's result.
 
+        Raises:
+            ValueError: `device` is not a device name (``"cpu"``, ``"cuda:0"``) or is one
+                torch cannot use here.
+            TypeError: `device` is neither a string nor a torch.device.
+
         Example:
             >>> e = Explanation(torch.ones(2, 3), torch.zeros(2, 3), "saliency")
             >>> e.to("cpu").attributions.device.type
             'cpu'
         """
+        if not isinstance(device, str | torch.device):
+            raise TypeError(
+                f"`device` must be a device name such as 'cpu' or 'cuda:0', or a torch.device; "
+                f"got {type(device).__name__}."
+            )
+        try:
+            device = torch.device(device)
+            torch.empty(0, device=device)  # a device this process can use
+        except (RuntimeError, AssertionError) as exc:  # a CPU-only torch asserts on "cuda"
+            raise ValueError(
+                f"`device` must be a device torch can use here ('cpu', 'cuda:0'); got "
+                f"{str(device)!r} ({str(exc).splitlines()[0][:120]})."
+            ) from None
 
         def move(value: Any) -> Any:
             return value.to(device) if isinstance(value, torch.Tensor) else value
