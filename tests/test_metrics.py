@@ -429,3 +429,19 @@ def test_default_cpu_chunks_match_explicit_batches_and_leave_no_hooks():
     chunked = metrics.infidelity(net, x, attr, target=0, perturbations=pert, batch_size=100)
     torch.testing.assert_close(default, chunked)
     assert all(not m._forward_hooks for m in net.modules())
+
+
+def test_keyed_infidelity_noise_does_not_depend_on_chunks_or_shards():
+    """The GPU's noise source (per-example keyed streams), run here on the CPU."""
+    from pellucid.metrics.infidelity import _KeyedNoise
+
+    like = torch.zeros(1, dtype=torch.float64)
+    whole = _KeyedNoise(7, 0, 5, 3, like)(0, 20)
+    for size in (1, 3, 7, 20):
+        source = _KeyedNoise(7, 0, 5, 3, like)
+        parts = torch.cat([source(a, min(20, a + size)) for a in range(0, 20, size)])
+        assert torch.equal(parts, whole), size
+    shard = _KeyedNoise(7, 2, 5, 3, like)(0, 10)  # a rank whose shard starts at example 2
+    assert torch.equal(shard, whole[10:20])
+    assert whole.shape == (20, 3) and torch.isfinite(whole).all()
+    assert not torch.equal(whole[:5], whole[5:10])  # examples draw from different streams

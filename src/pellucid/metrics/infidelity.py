@@ -143,22 +143,42 @@ def _noise_source(
     whatever the chunks.
 
     On the CPU the user's generator draws them in order (:func:`_gaussian_rows`). On a GPU
-    each row draws its uniforms on the device from its own stream, keyed by one draw of the
-    generator and the row's index in the whole dataset (ranks agree): drawing on the CPU and
-    copying would cost more than the model's forward passes.
+    each example draws its samples' uniforms on the device from its own stream, keyed by
+    one draw of the generator and the example's index in the whole dataset (ranks agree):
+    drawing on the CPU and copying would cost more than the model's forward passes.
     """
     if x.device.type == "cpu":
         return lambda start, stop: _gaussian_rows(stop - start, d, generator, x.dtype)
-    key, first = stream_key(generator), current_offset() * n_samples
+    return _KeyedNoise(stream_key(generator), current_offset(), n_samples, d, x)
 
-    def rows(start: int, stop: int) -> torch.Tensor:
-        u = torch.empty(stop - start, 2, d, dtype=x.dtype, device=x.device)
-        for i in range(stop - start):
-            stream = keyed_generator(key, first + start + i, x.device)
-            torch.rand(2, d, generator=stream, dtype=x.dtype, device=x.device, out=u[i])
-        return _box_muller(u)
 
-    return rows
+class _KeyedNoise:
+    """Rows of per-example keyed streams (see :func:`_noise_source`): a chunk takes its rows
+    from the draws of the examples it covers, one draw per example (the last example's kept
+    for a chunk that ends inside it)."""
+
+    def __init__(self, key: int, first: int, n_samples: int, d: int, like: torch.Tensor) -> None:
+        self.key, self.first, self.n_samples, self.d = key, first, n_samples, d
+        self.dtype, self.device = like.dtype, like.device
+        self._last: tuple[int, torch.Tensor] | None = None
+
+    def _example(self, e: int) -> torch.Tensor:
+        if self._last is not None and self._last[0] == e:
+            return self._last[1]
+        stream = keyed_generator(self.key, self.first + e, self.device)
+        u = torch.rand(
+            self.n_samples, 2, self.d, generator=stream, dtype=self.dtype, device=self.device
+        )
+        self._last = (e, u)
+        return u
+
+    def __call__(self, start: int, stop: int) -> torch.Tensor:
+        s = self.n_samples
+        parts = []
+        for e in range(start // s, (stop - 1) // s + 1):
+            lo, hi = max(start, e * s) - e * s, min(stop, (e + 1) * s) - e * s
+            parts.append(self._example(e)[lo:hi])
+        return _box_muller(parts[0] if len(parts) == 1 else torch.cat(parts))
 
 
 def _box_muller(u: torch.Tensor) -> torch.Tensor:
