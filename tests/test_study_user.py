@@ -190,3 +190,26 @@ def test_study_recomputes_when_the_users_data_file_changes(tmp_path, monkeypatch
     run_study(config, out, progress=False)
     assert record.read_text() != first
     assert len(list((out / "models").glob("user__*.safetensors"))) == n_models + 1
+
+
+def test_toml_paths_are_read_from_the_config_files_folder(tmp_path, monkeypatch):
+    project, elsewhere = tmp_path / "proj", tmp_path / "elsewhere"
+    project.mkdir()
+    elsewhere.mkdir()
+    write_user_project(project)
+    torch.manual_seed(3)
+    net = torch.nn.Sequential(torch.nn.Linear(5, 16), torch.nn.ReLU(), torch.nn.Linear(16, 2))
+    save_file(net.state_dict(), str(project / "w.safetensors"))
+    (project / "study.toml").write_text(
+        '[[training.user_models]]\nname = "mine"\nfactory = "userstudy:make_net"\n'
+        'weights = "w.safetensors"\n'
+        'data = { path = "people.csv", target = "label", categorical = ["city"] }\n'
+        '[[training.user_models]]\nname = "embedded"\nfactory = "torch.nn:Linear"\n'
+        'kwargs = { in_features = 4, out_features = 3 }\ndata = { path = "iris" }\n'
+    )
+    monkeypatch.chdir(elsewhere)  # not where the files are
+    config = build_config(read_config_file(project / "study.toml"), quick=True)
+    mine, embedded = config["training"]["user_models"]
+    assert mine["data"]["path"] == str(project / "people.csv")
+    assert mine["weights"] == str(project / "w.safetensors")
+    assert embedded["data"]["path"] == "iris"  # not a file: stays a dataset name

@@ -28,7 +28,8 @@ MAX_SEED = 2**32 - 1
 
 
 def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Parse a TOML config; syntax errors name the line and column.
+    """Parse a TOML config; syntax errors name the line and column. Relative file paths of
+    user models and their data are read from the config file's folder (where they exist).
 
     Raises:
         ConfigError: `path` is not an existing file, not UTF-8, or not valid TOML (the message names
@@ -39,11 +40,41 @@ def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise ConfigError(f"`--config` must be an existing TOML file; got {str(path)!r}.")
     try:
         with open(path, "rb") as handle:
-            return tomllib.load(handle)
+            return _from_config_folder(tomllib.load(handle), path.resolve().parent)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{str(path)!r} is not valid TOML: {exc}") from exc
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{str(path)!r} is not UTF-8 text: {exc}") from exc
+
+
+def _from_config_folder(config: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """The config with the relative file paths of its ``[[training.user_models]]`` entries
+    (``model``, ``weights``, ``data.path``, ``data.test_path``, ``data.labels``) read from
+    the config file's folder where the file is there, so that ``--config proj/study.toml``
+    finds ``proj/people.csv`` from any working directory. Other values stay as written."""
+
+    def near(value: Any) -> Any:
+        if isinstance(value, str) and value and not Path(value).is_absolute():
+            candidate = folder / value
+            if candidate.exists():
+                return str(candidate)
+        return value
+
+    training = config.get("training")
+    entries = training.get("user_models") if isinstance(training, dict) else None
+    for entry in entries if isinstance(entries, list) else []:
+        if not isinstance(entry, dict):
+            continue
+        for key in ("model", "weights"):
+            if key in entry:
+                entry[key] = near(entry[key])
+        data = entry.get("data")
+        if not isinstance(data, dict):
+            continue
+        for key in ("path", "test_path", "labels"):
+            if key in data:
+                data[key] = near(data[key])
+    return config
 
 
 def _check_type(where: str, default: Any, value: Any) -> Any:
