@@ -106,7 +106,10 @@ def channels_last_pool(func: Any, x: torch.Tensor, *args: Any, **kwargs: Any) ->
     channels-last copy of ``x`` where that is faster; the results come back contiguous."""
     if not _worth_it(x):
         return func(x, *args, **kwargs)
-    return _contiguous(func(x.contiguous(memory_format=torch.channels_last), *args, **kwargs))
+    out = func(x.contiguous(memory_format=torch.channels_last), *args, **kwargs)
+    if isinstance(out, tuple) and len(out) == 2:  # values and indices
+        return out[0].contiguous(), out[1].contiguous()
+    return _contiguous(out)
 
 
 @contextmanager

@@ -154,12 +154,10 @@ class Run:
         if self.max_memory is not None:
             params["max_memory"] = self.max_memory
         extras = r["extras"]
-        if hasattr(self.engine, "records") and hasattr(self.engine, "calls"):
-            extras = {
-                **extras,
-                "rules": dict(self.engine.records),
-                "rule_calls": dict(self.engine.calls),
-            }
+        records = getattr(self.engine, "records", None)  # (properties: each asked once)
+        calls = getattr(self.engine, "calls", None) if records is not None else None
+        if records is not None and calls is not None:
+            extras = {**extras, "rules": dict(records), "rule_calls": dict(calls)}
         if self.prep.layer_name is not None:
             params["layer"] = self.prep.layer_name
         self._explanation = Explanation(

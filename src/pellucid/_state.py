@@ -133,7 +133,7 @@ def _restore_tensors(
         current = module._buffers
         if not current and not saved:
             continue
-        if len(current) == len(saved) and all(current.get(k, 0) is v for k, v in saved.items()):
+        if len(current) == len(saved) and _same_objects(current, saved):
             continue
         for key in [k for k in current if k not in saved]:
             del current[key]
@@ -144,9 +144,20 @@ def _restore_tensors(
             module.__dict__[key] = value
 
 
+def _same_objects(current: dict[str, Any], saved: dict[str, Any]) -> bool:
+    for key, value in saved.items():
+        if current.get(key, 0) is not value:
+            return False
+    return True
+
+
 def _refuse_meta(snapshot: ModelSnapshot) -> None:
     """A model on the ``meta`` device has shapes but no values: nothing can run on it."""
-    if any(p.is_meta for p, _, _ in snapshot.params):
+    for p, _, _ in snapshot.params:
+        if p.is_meta:
+            break
+    else:
+        return
         raise ValueError(
             "`model` must hold real weights; got parameters on the meta device (shapes "
             "without values). Materialize it first, e.g. `model.to_empty(device='cpu')` then "
@@ -158,16 +169,14 @@ def module_list(model: nn.Module) -> list[nn.Module]:
     """``list(model.modules())`` (same order, shared modules once), without building names."""
     found: list[nn.Module] = []
     seen: set[int] = set()
-
-    def visit(module: nn.Module) -> None:
-        if id(module) not in seen:
-            seen.add(id(module))
-            found.append(module)
-            for child in module._modules.values():
-                if child is not None:
-                    visit(child)
-
-    visit(model)
+    stack: list[nn.Module | None] = [model]
+    while stack:  # depth first, children in order: a loop, not a call per module
+        module = stack.pop()
+        if module is None or id(module) in seen:
+            continue
+        seen.add(id(module))
+        found.append(module)
+        stack.extend(reversed(module._modules.values()))
     return found
 
 

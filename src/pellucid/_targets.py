@@ -107,7 +107,7 @@ def resolve_target(target: Target, output: torch.Tensor) -> ResolvedTarget:
         return ResolvedTarget("index", index=output.reshape(n, -1).argmax(dim=1).detach())
     if isinstance(target, bool):
         raise TypeError(f"`target` must be an int class index; got {target!r}.")
-    if isinstance(target, numbers.Integral):
+    if type(target) is int or isinstance(target, numbers.Integral):
         value = int(target)
         if not -per_row <= value < per_row:
             raise ValueError(

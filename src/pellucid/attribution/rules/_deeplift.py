@@ -168,7 +168,13 @@ class DeepLiftMaxPool(PairedRule):
 
     def evaluate(self, op: Op, *xs: torch.Tensor) -> tuple[torch.Tensor, Any]:
         # the faster CPU kernel for many channels (same values and indices; see _kernels)
-        return channels_last_pool(self.func, xs[0], *self.rest, **self.kwargs)
+        return channels_last_pool(self.func, xs[0], *self.rest, **self.kwargs)  # type: ignore[no-any-return]
+
+    def joint_forward(self, op: Op, *xs: torch.Tensor) -> tuple[torch.Tensor, Any]:
+        """:meth:`PairedRule.joint_forward` for one operand, without the generic plumbing."""
+        (x,) = xs
+        y, i = self.evaluate(op, x)
+        return y, self.pair(op, (x[:-1],), y[:-1], i[:-1], (x[-1:],), y[-1:], i[-1:])
 
     def pair(
         self, op: Op, xs: Tensors, y: Any, i_in: Any, refs: Tensors, y_ref: Any, i_ref: Any

@@ -27,6 +27,7 @@ from pellucid.attribution.rules._engine import (
     Rule,
     RuleEngine,
     UnsupportedOperationError,
+    _Mode,
 )
 
 __all__ = [
@@ -185,14 +186,17 @@ class PairedEngine(RuleEngine):
         finally:
             self._mode, self._saved = None, []
 
-    @contextmanager
-    def joint_pass(self, rows: int) -> Iterator[None]:
-        """Run the model on the explained rows followed by one shared reference row (``rows``
-        in all): every op in ``reference_ops`` must see that batch first, else
-        :class:`BroadcastMismatch`."""
+    def joint_pass(self, call: Callable[[], Any], rows: int) -> Any:
+        """``call()`` (a model call) with the rules attached, on the explained rows followed
+        by one shared reference row (``rows`` in all): every op in ``reference_ops`` must see
+        that batch first, else :class:`BroadcastMismatch`. (A plain call, not a context
+        manager: it runs on every DeepLIFT call.)"""
+        if self.ledger is not None:
+            self.ledger.begin()
         self._mode, self._rows = "joint", rows
         try:
-            yield
+            with _Mode(self):
+                return call()
         finally:
             self._mode = None
 
@@ -366,8 +370,7 @@ class PairedForward:
         """One pass over the rows and the shared reference row appended to them."""
         n = x.shape[0]
         rows = torch.cat([x, self.baseline[:1].to(x.dtype)])
-        with self.engine.active(), self.engine.joint_pass(n + 1):
-            out = self.base(rows, None)
+        out = self.engine.joint_pass(lambda: self.base(rows, None), n + 1)
         if out.ndim == 0 or out.shape[0] != n + 1:
             raise BroadcastMismatch(f"the output has shape {tuple(out.shape)}")
         self.reference_output = out[n:].detach().expand(n, *out.shape[1:])

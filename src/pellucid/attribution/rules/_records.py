@@ -24,15 +24,14 @@ def module_names(model: Any) -> dict[int, str]:
     if not isinstance(model, nn.Module):
         return {}
     names: dict[int, str] = {}
-
-    def visit(module: nn.Module, prefix: str) -> None:
-        if id(module) not in names:
-            names[id(module)] = prefix
-            for key, child in module._modules.items():
-                if child is not None:
-                    visit(child, f"{prefix}.{key}" if prefix else key)
-
-    visit(model, "")
+    stack: list[tuple[str, nn.Module | None]] = [("", model)]
+    while stack:  # depth first, children in order (as ``named_modules``), in one loop
+        prefix, module = stack.pop()
+        if module is None or id(module) in names:
+            continue
+        names[id(module)] = prefix
+        for key, child in reversed(module._modules.items()):
+            stack.append((f"{prefix}.{key}" if prefix else key, child))
     names[id(model)] = type(model).__name__
     return names
 
@@ -87,16 +86,23 @@ class Bookkeeping:
         """Forget what was recorded (a pass whose records are superseded)."""
         self._log.clear()
 
+    def _keyed(self) -> list[tuple[str, list[Any]]]:
+        names, unnamed = self.names, "the model's forward"
+        return [
+            (f"{unnamed if m is None else names[id(m)]}: {op}", entry)
+            for (m, op), entry in self._log.items()
+        ]
+
     @property
     def records(self) -> dict[str, str]:
         """``"layer: op" -> rule label`` for every operation that met a rule or kept its
         gradient."""
-        return {f"{self._name(module)}: {name}": v[0] for (module, name), v in self._log.items()}
+        return {key: entry[0] for key, entry in self._keyed()}
 
     @property
     def calls(self) -> Counter[str]:
         """``"layer: op" -> number of calls`` (the keys of :attr:`records`)."""
-        counts: Counter[str] = Counter()
-        for (module, name), entry in self._log.items():
-            counts[f"{self._name(module)}: {name}"] += entry[1]
-        return counts
+        counts: dict[str, int] = {}
+        for key, entry in self._keyed():
+            counts[key] = counts.get(key, 0) + entry[1]
+        return Counter(counts)
