@@ -155,14 +155,11 @@ def _refuse_meta(snapshot: ModelSnapshot) -> None:
     """A model on the ``meta`` device has shapes but no values: nothing can run on it."""
     for p, _, _ in snapshot.params:
         if p.is_meta:
-            break
-    else:
-        return
-        raise ValueError(
-            "`model` must hold real weights; got parameters on the meta device (shapes "
-            "without values). Materialize it first, e.g. `model.to_empty(device='cpu')` then "
-            "`model.load_state_dict(state)` (or `load_state_dict(state, assign=True)`)."
-        )
+            raise ValueError(
+                "`model` must hold real weights; got parameters on the meta device (shapes "
+                "without values). Materialize it first, e.g. `model.to_empty(device='cpu')` "
+                "then `model.load_state_dict(state)` (or `load_state_dict(state, assign=True)`)."
+            )
 
 
 def module_list(model: nn.Module) -> list[nn.Module]:
