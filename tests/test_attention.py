@@ -221,3 +221,19 @@ def test_meta_device_model_is_refused_at_the_boundary():
     for method in ("saliency", "kernel_shap", "occlusion"):
         with pytest.raises(ValueError, match=r"`model` must hold real weights.*to_empty"):
             getattr(pellucid, method)(net, torch.randn(2, 3), target=0)
+
+
+@pytest.mark.parametrize("method", ["attention", "attention_rollout"])
+def test_one_forward_pass_with_or_without_a_target(method):
+    fn = {"attention": attention, "attention_rollout": attention_rollout}[method]
+    net = TinyTransformer(3, 2, d_model=8, n_heads=2).eval()
+    x = torch.randn(4, 5, 3, generator=torch.Generator().manual_seed(0))
+    calls: list[int] = []
+    handle = net.register_forward_pre_hook(lambda m, args: calls.append(args[0].shape[0]))
+    try:
+        plain = fn(net, x)
+        targeted = fn(net, x, target=1)
+    finally:
+        handle.remove()
+    assert calls == [4, 4]  # one pass each: the target is validated on the recorded pass
+    torch.testing.assert_close(targeted.attributions, plain.attributions, rtol=0, atol=0)

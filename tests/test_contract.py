@@ -245,8 +245,12 @@ def test_no_side_effects_when_the_model_fails_midway(info):
     wrapped = _FailsLater(model).eval()
     _dirty(wrapped)
     before = _snapshot(wrapped)
-    with pytest.raises(Exception):
+    try:
         _explain(info, wrapped, x, "inner." + layer)
+    except Exception:
+        pass
+    else:  # only a method that needs one forward and no backward has no "midway" to fail in
+        assert wrapped.calls == 1 and info.kind == "attention", (info.name, wrapped.calls)
     _assert_untouched(wrapped, before)
 
 

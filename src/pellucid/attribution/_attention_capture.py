@@ -139,17 +139,15 @@ def capture(model: nn.Module) -> Iterator[list[tuple[str, torch.Tensor]]]:
 
 class Capture:
     """The shell's ``engine=`` for the attention methods: a forward runs ``batch_size``
-    examples at a time with the attention layers' weights recorded, chunk by chunk.
-
-    Without a target the shell's first forward records them (one pass); a given target is
-    resolved on a plain first forward and the maps are recorded on a pass of their own
-    (``attention._maps``), as attention has always done.
+    examples at a time with the attention layers' weights recorded, chunk by chunk. The
+    shell's first forward (which also resolves or validates the target) records them: one
+    pass over the examples.
     """
 
     errors: tuple[type[Exception], ...] = ()
 
-    def __init__(self, batch_size: int | None, *, first: bool) -> None:
-        self.batch_size, self.first = batch_size, first
+    def __init__(self, batch_size: int | None) -> None:
+        self.batch_size = batch_size
         self.chunks: list[list[tuple[str, torch.Tensor]]] = []
         self.model: nn.Module | None = None
 
@@ -158,7 +156,7 @@ class Capture:
         return self
 
     def wrap(self, forward: Forward) -> Any:
-        return self.capturing(forward) if self.first else forward
+        return self.capturing(forward)
 
     def capturing(self, forward: Forward) -> Any:
         def run(rows: torch.Tensor, example_index: Any = None) -> torch.Tensor:

@@ -12,13 +12,12 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pellucid._evaluate import Forward, model_failure
 from pellucid._registry import register
 from pellucid._shell import Run, check_bool, explaining
 from pellucid._targets import Target
@@ -87,30 +86,23 @@ def attention_maps(
 def _explaining(name: str, call: Mapping[str, Any]) -> Any:
     """The method shell for an attention method: the model must hold attention layers and
     the inputs be batch-first sequences (token ids allowed); ``target`` is only validated and
-    ``layer`` is the method's own (an attention call's index, not a submodule)."""
+    ``layer`` is the method's own (an attention call's index, not a submodule). The shell's
+    first forward records the maps: one pass, with or without a target."""
     attention_layers(call["model"])
     check_tensor("inputs", call["inputs"], min_ndim=2, finite=True)
     return explaining(
         name,
         {**call, "layer": None},
-        engine=Capture(call.get("batch_size"), first=call.get("target") is None),
+        engine=Capture(call.get("batch_size")),
         floating=False,
         target_optional=True,
     )
 
 
 def _maps(run: Run) -> AttentionMaps:
-    """The weights of every attention call, (L, N, H, T, S): those the shell's first forward
-    recorded, else (a target was given) from a pass of their own."""
+    """The weights of every attention call, (L, N, H, T, S), as the shell's first forward
+    recorded them."""
     capture = run.engine
-    if not capture.chunks:
-        forward = capture.capturing(run.prep.forward)
-        try:
-            forward(run.inputs)
-        except (RuntimeError, ValueError, IndexError, TypeError) as exc:
-            plain = cast(Forward, run.prep.forward)
-            args, kwargs = plain.args or None, plain.kwargs or None
-            raise ValueError(model_failure(capture.model, run.inputs, exc, args, kwargs)) from exc
     chunks, names = capture.chunks, []
     stacked = []
     for records in chunks:
