@@ -133,7 +133,8 @@ class Constant(Rule):
 
 class _RuleFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx: Any, rule: Rule, op: Op, sink: Any, *xs: torch.Tensor) -> torch.Tensor:
+    def forward(ctx: Any, spec: tuple[Rule, Op, Any], *xs: torch.Tensor) -> torch.Tensor:
+        rule, op, sink = spec  # (one argument: torch walks every argument of ``apply``)
         y, state = rule.forward(op, *[x.detach() for x in xs])
         ctx.rule, ctx.op, ctx.state, ctx.sink = rule, op, state, sink
         if sink is not None:  # copies: later in-place operations may change y and xs
@@ -152,7 +153,7 @@ class _RuleFunction(torch.autograd.Function):
                 if g is not None:
                     absorbed = absorbed - row_sums(x * g)
             ctx.sink(absorbed)
-        return (None, None, None, *grads)
+        return (None, *grads)
 
 
 def vjp(op: Op, x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -198,18 +199,21 @@ class _Mode(TorchFunctionMode):
         if kwargs is None:
             kwargs = {}
         engine = self.engine
+        name = _NAMES.get(func) if type(func) in _CACHEABLE else None
+        if name is None:
+            name = op_name(func)
+        kind = engine._kinds.get(name)
+        if kind is None:
+            kind = engine._kinds[name] = engine._kind(name)
+        if kind is _PLAIN:  # nothing to record or check (and no layer to name)
+            return func(*args, **kwargs)
         outer, engine._frame = engine._frame, sys._getframe(1)  # the operation's caller
         try:
-            name = _NAMES.get(func) if type(func) in _CACHEABLE else None
-            if name is None:
-                name = op_name(func)
-            kind = engine._kinds.get(name)
-            if kind is None:
-                kind = engine._kinds[name] = engine._kind(name)
-            if kind is _PLAIN:  # nothing to record or check
-                return func(*args, **kwargs)
             if kind is _GRADIENT:  # the ordinary gradient: recorded when it matters
-                if _call_depends(args, kwargs):
+                first = args[0] if args else None
+                if (isinstance(first, torch.Tensor) and first.requires_grad) or _call_depends(
+                    args, kwargs
+                ):
                     engine.record(name, "gradient")
                 return func(*args, **kwargs)
             handler = engine.handlers.get(name)
@@ -400,7 +404,7 @@ class RuleEngine(Bookkeeping):
             sink = None
             if self.ledger is not None and not rule.conserves:
                 sink = self.ledger.sink(f"{self.where()}: {name}")
-            y = _RuleFunction.apply(rule, op, sink, *xs)
+            y = _RuleFunction.apply((rule, op, sink), *xs)
         if inplace:
             return xs[0].copy_(y)
         return y

@@ -50,6 +50,12 @@ def rules_for(method: str, handlers: Mapping[str, Handler]) -> Callable[[Any, An
     return attach
 
 
+#: How DeepLIFT's engines treat each operation name (see ``RuleEngine._kind``): a function
+#: of the name and of the constant table and reference operations only, never of a model,
+#: so every call shares it instead of deciding again.
+_DEEPLIFT_KINDS: dict[str, object] = {}
+
+
 class DeepLiftRules:
     """The shell's ``engine=`` for DeepLIFT: every forward runs its rows with their baselines
     (a :class:`PairedForward`); :attr:`reference` is the baseline, resolved on the inputs.
@@ -76,7 +82,11 @@ class DeepLiftRules:
         self._inputs = inputs  # the baseline is resolved once ``prepare`` checked them
         freeze_parameters(model)
         self._engine = PairedEngine(
-            "deeplift", DEEPLIFT_RULES, model, reference_ops=DEEPLIFT_REFERENCE_OPS
+            "deeplift",
+            DEEPLIFT_RULES,
+            model,
+            reference_ops=DEEPLIFT_REFERENCE_OPS,
+            kinds=_DEEPLIFT_KINDS,
         )
         return self
 

@@ -145,9 +145,19 @@ class _Joint(Rule):
 class PairedEngine(RuleEngine):
     """A :class:`RuleEngine` whose ``reference_ops`` get :class:`PairedRule` s (see above)."""
 
-    def __init__(self, method: str, handlers: Any, model: Any, *, reference_ops: Any) -> None:
+    def __init__(
+        self,
+        method: str,
+        handlers: Any,
+        model: Any,
+        *,
+        reference_ops: Any,
+        kinds: dict[str, object] | None = None,
+    ) -> None:
         super().__init__(method, handlers, model)
         self.reference_ops = frozenset(reference_ops)
+        if kinds is not None:  # decisions shared by every engine of one constant table
+            self._kinds = kinds
         self._mode: str | None = None
         self._broadcast = False
         self._saved: list[tuple[str, tuple[tuple[int, ...], ...], Any]] = []
