@@ -173,7 +173,7 @@ def gradient(engine: RuleEngine, name: str, func: Any, args: Any, kwargs: Any) -
     return None
 
 
-#: How :meth:`RuleEngine.dispatch` treats an operation (see :meth:`RuleEngine._kind`).
+#: How the engine's mode treats an operation (see :meth:`RuleEngine._kind`).
 _PLAIN, _GRADIENT, _GENERAL = object(), object(), object()
 
 
