@@ -171,6 +171,8 @@ class Forward:
                 if index is None and self.aligned:
                     index = torch.arange(first, device=rows.device)
                 index = index[:first] if index is not None else None
+            if not self.args and not self.kwargs:  # the usual call: nothing to align
+                return select_output(self.model(rows), self.output)
             args = [self.align(a, index) for a in self.args]
             kwargs = {k: self.align(v, index) for k, v in self.kwargs.items()}
             return select_output(self.model(rows, *args, **kwargs), self.output)
