@@ -135,7 +135,10 @@ class _RuleFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, spec: tuple[Rule, Op, Any], *xs: torch.Tensor) -> torch.Tensor:
         rule, op, sink = spec  # (one argument: torch walks every argument of ``apply``)
-        y, state = rule.forward(op, *[x.detach() for x in xs])
+        if len(xs) == 1:
+            y, state = rule.forward(op, xs[0].detach())
+        else:
+            y, state = rule.forward(op, *[x.detach() for x in xs])
         ctx.rule, ctx.op, ctx.state, ctx.sink = rule, op, state, sink
         if sink is not None:  # copies: later in-place operations may change y and xs
             ctx.kept = (y.detach().clone(), tuple(x.detach().clone() for x in xs))
