@@ -27,7 +27,8 @@ def instructions(script: str, args: list[str], label: str, folder: str) -> int:
     """Instructions executed by ``python script *args`` (one thread), the callgrind output
     file kept in ``folder`` under ``label``."""
     out = os.path.join(folder, f"callgrind.{label}")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    # one hash seed: dict and set layouts (and so the interpreter's work) repeat across runs
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
     command = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable]
     run = subprocess.run(
         [*command, script, *args], env=env, capture_output=True, text=True, check=False
