@@ -92,7 +92,7 @@ class DeepLiftRules:
 
     @property
     def engine(self) -> PairedEngine:
-        """Check this stage's config section (see :meth:`Stage.validate`).
+        """The paired engine that runs the model's operations with DeepLIFT's rules.
 
         Raises:
             RuntimeError: the rules were not attached to a model yet.
