@@ -58,7 +58,7 @@ class EstimatorModel(nn.Module):
         self._columns = getattr(estimator, "feature_names_in_", None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Check this stage's config section (see :meth:`Stage.validate`).
+        """The estimator's response to the rows ``x`` (as a float tensor on ``x``'s device).
 
         Raises:
             TypeError: the rows require grad (an estimator has no gradients).

@@ -112,7 +112,8 @@ class Rule:
         return op(*xs), None
 
     def backward(self, op: Op, state: Any, grad: torch.Tensor) -> Any:
-        """Check this stage's config section (see :meth:`Stage.validate`).
+        """The operands' gradients from the output's ``grad`` and the ``state`` that
+        :meth:`forward` kept.
 
         Raises:
             TypeError: the subclass does not implement it.
