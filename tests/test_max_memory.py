@@ -174,6 +174,8 @@ METHODS = {
     "lime": {"n_samples": 64, "feature_mask": "grid", **_GEN},
     "sampling_shapley": {"n_samples": 4, "feature_mask": "grid", **_GEN},
     "grad_cam": {"layer": "2"},  # the budget counts the activations after the layer
+    "deeplift": {},
+    "lrp": {},
 }
 
 

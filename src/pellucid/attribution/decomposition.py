@@ -46,6 +46,7 @@ def deeplift(
     baseline: Any = None,
     background: torch.Tensor | None = None,
     batch_size: int | None = None,
+    max_memory: int | str | None = None,
     forward_args: Any = None,
     forward_kwargs: Mapping[str, Any] | None = None,
     output: Any = None,
@@ -73,6 +74,9 @@ def deeplift(
             ``background``), ``"blur"``.
         background: reference examples for ``baseline="mean"``.
         batch_size: input rows per backward pass (their baselines run just before them).
+        max_memory: a budget for the call's peak memory, in bytes or as a size such as
+            ``"2GB"``: picks ``batch_size`` from the model's activations measured on one
+            row (give one or the other).
         forward_args: extra positional model arguments; forward_kwargs: keyword ones.
         output: which part of a tuple/dict return value to explain.
         eval_mode: True explains in eval mode for this call; None warns in training mode.
@@ -81,7 +85,8 @@ def deeplift(
         TypeError: `model` is not callable, `inputs` is not a floating-point tensor, or an option
             has the wrong type.
         ValueError: `inputs` is empty or holds NaN/inf, `target` does not fit the model's output, or
-            `baseline` does not broadcast to `inputs`.
+            `baseline` does not broadcast to `inputs`;
+            `max_memory` is not a size, is given with `batch_size` or cannot hold one row.
         UnsupportedOperationError: the model runs an operation without a rule (a ValueError naming
             the operation).
 
@@ -94,7 +99,7 @@ def deeplift(
     """
     rules = DeepLiftRules(baseline, background)
     with explaining("deeplift", locals(), track_grad=True, engine=rules) as run:
-        grad, diff = rules.gradients(run.prep, batch_size)
+        grad, diff = rules.gradients(run.prep, run.batch_size)
         attributions = (run.inputs - rules.reference) * grad
         run.result(
             attributions,
@@ -123,6 +128,7 @@ def lrp(
     beta: float = 0.0,
     ignore_bias: bool = False,
     batch_size: int | None = None,
+    max_memory: int | str | None = None,
     forward_args: Any = None,
     forward_kwargs: Mapping[str, Any] | None = None,
     output: Any = None,
@@ -163,7 +169,8 @@ def lrp(
         TypeError: `model` is not callable, `inputs` is not a floating-point tensor, or an option
             has the wrong type.
         ValueError: `inputs` is empty or holds NaN/inf, `target` does not fit the model's output, or
-            a rule name is unknown.
+            a rule name is unknown;
+            `max_memory` is not a size, is given with `batch_size` or cannot hold one row.
         UnsupportedOperationError: the model runs an operation without a rule (a ValueError naming
             the operation).
 
