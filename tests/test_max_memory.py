@@ -176,6 +176,7 @@ METHODS = {
     "grad_cam": {"layer": "2"},  # the budget counts the activations after the layer
     "deeplift": {},
     "lrp": {},
+    "guided_grad_cam": {"layer": "2"},
 }
 
 

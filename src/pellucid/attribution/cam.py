@@ -253,6 +253,7 @@ def guided_grad_cam(
     target: Target = None,
     upsample: str = "linear",
     batch_size: int | None = None,
+    max_memory: int | str | None = None,
     forward_args: Any = None,
     forward_kwargs: Mapping[str, Any] | None = None,
     output: Any = None,
@@ -268,7 +269,8 @@ def guided_grad_cam(
             has the wrong type.
         ValueError: `inputs` is empty or holds NaN/inf, `target` does not fit the model's output, or
             `layer` is missing or not a submodule of `model`, or its output is not feature maps (N,
-            C, *spatial).
+            C, *spatial); `max_memory` is not a size, is given with `batch_size` or cannot hold
+            one row.
         UnsupportedOperationError: the model runs an operation without a rule (a ValueError naming
             the operation).
 
@@ -280,6 +282,7 @@ def guided_grad_cam(
         torch.Size([2, 1, 8, 8])
     """
     upsample = check_choice("upsample", upsample, ("linear", "nearest"))
+    check_memory_options(batch_size, max_memory)
     _require_layer(layer)
     with explaining("guided_grad_cam", locals(), track_grad=True) as run:
         cam = _cam(run, True)
@@ -293,6 +296,7 @@ def guided_grad_cam(
             raw,
             target=target,
             batch_size=batch_size,
+            max_memory=max_memory,  # this pass runs the whole model: its own row cost
             forward_args=forward_args,
             forward_kwargs=forward_kwargs,
             output=output,

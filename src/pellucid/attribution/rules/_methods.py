@@ -24,6 +24,7 @@ from pellucid._evaluate import (
     Prepared,
     chunks,
     grad_batch_size,
+    pick_batch_size,
     prepare,
     prepared_gradients,
     track_first_forward,
@@ -193,8 +194,10 @@ def rule_gradients(
     forward_args: Any,
     forward_kwargs: Mapping[str, Any] | None,
     output: Any,
+    max_memory: Any = None,
 ) -> tuple[Prepared, torch.Tensor, RuleEngine]:
-    """Prepare, then the gradient of the target w.r.t. the inputs with ``handlers`` attached.
+    """Prepare, then the gradient of the target w.r.t. the inputs with ``handlers`` attached
+    (``batch_size`` rows at a time, or as many as ``max_memory`` holds on this pass).
 
     For a method already inside the shell (guided Grad-CAM's guided half); must run inside
     ``model_guard`` (the parameters' ``requires_grad`` is switched off).
@@ -209,6 +212,8 @@ def rule_gradients(
         output=output,
         wrap=engine.wrap,
         passthrough=engine.errors,
-        track_grad=track_first_forward(inputs, batch_size),
+        track_grad=max_memory is None and track_first_forward(inputs, batch_size),
     )
+    if max_memory is not None:
+        batch_size = pick_batch_size(max_memory, method, prep.forward, prep.target, prep.inputs)
     return prep, prepared_gradients(prep, batch_size), engine
