@@ -320,7 +320,8 @@ def _host_losses(pending: list[torch.Tensor]) -> list[float]:
     """The epoch's step losses as floats, in one transfer from the device."""
     if not pending:
         return []
-    return [float(v) for v in torch.stack([v.reshape(()).double() for v in pending]).cpu()]
+    values: list[float] = torch.stack([v.reshape(()).double() for v in pending]).cpu().tolist()
+    return values
 
 
 def _epoch_record(
