@@ -477,3 +477,38 @@ def test_rules_name_the_module_whose_code_runs_each_operation():
     }
     plain = deeplift(lambda rows: net(rows), x, target=0).extras["rules"]
     assert set(plain) == {"the model's forward: linear", "the model's forward: relu"}
+
+
+class _MixesRows(nn.Module):
+    """Centres a hidden layer on the batch mean in eval mode: each row's output depends on
+    the other rows of the batch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 6), nn.Linear(6, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.a(x))
+        return self.b(h - h.mean(0, keepdim=True))
+
+
+def test_deeplift_keeps_separate_passes_for_a_model_that_mixes_rows(monkeypatch):
+    """The joint pass appends the reference row to the batch; a model that mixes rows would
+    then explain other outputs than ``model(x)``. First sight compares the two and keeps
+    the separate passes for such a model; a row-wise model keeps the joint pass."""
+    from pellucid.attribution.rules import _paired
+
+    torch.manual_seed(0)
+    x = torch.randn(5, 4, dtype=torch.float64)
+    mixing = _MixesRows().double().eval()
+    got = deeplift(mixing, x, target=1).attributions
+    assert _paired._batch_first(mixing) is False
+    twin = _MixesRows().double().eval()
+    twin.load_state_dict(mixing.state_dict())
+    monkeypatch.setattr(_paired, "REFERENCE_PASS", _paired.TwoPasses())
+    _paired._remember(twin, False)  # what the first sight decided for the mixing model
+    torch.testing.assert_close(got, deeplift(twin, x, target=1).attributions, rtol=0, atol=0)
+    monkeypatch.undo()
+    rowwise = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 2)).double().eval()
+    deeplift(rowwise, x, target=1)
+    assert _paired._batch_first(rowwise) is True
