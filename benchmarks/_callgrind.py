@@ -14,7 +14,18 @@ import shutil
 import subprocess
 import sys
 
-__all__ = ["instructions", "require_valgrind"]
+__all__ = ["instructions", "require_valgrind", "settle"]
+
+
+def settle() -> None:
+    """Call in a child after its warm-up, before the counted work: the objects of the
+    imports and the setup are set aside from the cyclic collector, so that a full collection
+    over them (tens of millions of instructions) cannot land in one variant's counted calls
+    and not in another's."""
+    import gc
+
+    gc.collect()
+    gc.freeze()
 
 
 def require_valgrind() -> None:

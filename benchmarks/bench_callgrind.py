@@ -24,12 +24,11 @@ Run: ``PYTHONPATH=src python benchmarks/bench_callgrind.py CASE [--calls 3]`` (n
 from __future__ import annotations
 
 import argparse
-import gc
 import tempfile
 from collections.abc import Callable
 from typing import Any
 
-from _callgrind import instructions, require_valgrind
+from _callgrind import instructions, require_valgrind, settle
 
 CASES = (
     "occlusion",
@@ -72,11 +71,7 @@ def child(case: str, variant: str, calls: int) -> None:
     cases = variants(case)
     for fn in cases.values():  # warm-up: allocator, kernels, first-call work
         fn()
-    # The objects of the imports and the setup are set aside from the cyclic collector: a
-    # full collection over them (tens of millions of instructions) would otherwise land in
-    # some variants' calls and not in others'.
-    gc.collect()
-    gc.freeze()
+    settle()
     if variant != "base":
         for _ in range(calls):
             cases[variant]()

@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from _callgrind import instructions, require_valgrind
+from _callgrind import instructions, require_valgrind, settle
 
 N_SAMPLES = 200
 
@@ -85,7 +85,8 @@ def cpu_time(repeats: int) -> tuple[float, float]:
 
 
 def child(mode: str, calls: int) -> None:
-    ours, floor = setup()
+    ours, floor = setup()  # both warmed up
+    settle()
     fn = {"base": None, "ours": ours, "floor": floor}[mode]
     if fn is not None:
         for _ in range(calls):

@@ -20,7 +20,7 @@ from __future__ import annotations
 import argparse
 import tempfile
 
-from _callgrind import instructions, require_valgrind
+from _callgrind import instructions, require_valgrind, settle
 
 
 def child(mode: str, steps: int, log_every: int) -> None:
@@ -34,6 +34,7 @@ def child(mode: str, steps: int, log_every: int) -> None:
 
     for _ in range(3):  # warm-up: allocator, kernels, the monitor's first call
         step(mode == "monitor")
+    settle()
     if mode != "base":
         for _ in range(steps):
             step(mode == "monitor")
