@@ -134,8 +134,10 @@ class Constant(Rule):
 
 class _RuleFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx: Any, spec: tuple[Rule, Op, Any], *xs: torch.Tensor) -> torch.Tensor:
-        rule, op, sink = spec  # (one argument: torch walks every argument of ``apply``)
+    def forward(ctx: Any, spec: tuple[Rule, Op, Any, Any], *xs: torch.Tensor) -> torch.Tensor:
+        # (one argument: torch walks every argument of ``apply``); ``site``: the module that
+        # ran the operation (None: the model's own forward), for ``_plan``
+        rule, op, sink, ctx.site = spec
         if len(xs) == 1:
             y, state = rule.forward(op, xs[0].detach())
         else:
@@ -401,14 +403,14 @@ class RuleEngine(Bookkeeping):
                 self.record(name, "gradient")
                 return func(*args, **kwargs)
         op, inplace = self._op(name, func, args, kwargs, rule.arity)
-        self.record(name, rule.label)
+        site = self.record(name, rule.label)
         if isinstance(rule, Constant):
             y = op(*(x.detach() for x in xs))
         else:
             sink = None
             if self.ledger is not None and not rule.conserves:
                 sink = self.ledger.sink(f"{self.where()}: {name}")
-            y = _RuleFunction.apply((rule, op, sink), *xs)
+            y = _RuleFunction.apply((rule, op, sink, site), *xs)
         if inplace:
             return xs[0].copy_(y)
         return y

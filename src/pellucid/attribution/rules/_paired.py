@@ -29,6 +29,7 @@ from pellucid.attribution.rules._engine import (
     UnsupportedOperationError,
     _Mode,
 )
+from pellucid.attribution.rules._plan import JointPlan, learn, plan_for, remember
 
 __all__ = [
     "BroadcastMismatch",
@@ -413,11 +414,26 @@ class PairedForward:
         """One pass over the rows and the shared reference row appended to them."""
         n = x.shape[0]
         rows = torch.cat([x, self.baseline[:1].to(x.dtype)])
-        out = self.engine.joint_pass(lambda: self.base(rows, None), n + 1)
+        out = self._planned(rows, n + 1)
         if out.ndim == 0 or out.shape[0] != n + 1:
             raise BroadcastMismatch(f"the output has shape {tuple(out.shape)}")
         self.reference_output = out[n:].detach().expand(n, *out.shape[1:])
         return out[:n]
+
+    def _planned(self, rows: torch.Tensor, n_rows: int) -> Any:
+        """The joint pass: by the model's plan when it has one and the pass matches it, else
+        by the engine (whose first joint pass on a model gives the plan; see ``_plan``)."""
+        plan = plan_for(self.model)
+        if isinstance(plan, JointPlan):
+            out = plan.run(lambda: self.base(rows, None), rows, n_rows, BroadcastMismatch)
+            if out is not None:
+                self.engine.replay(plan.records)
+                return out
+            remember(self.model, False)
+        out = self.engine.joint_pass(lambda: self.base(rows, None), n_rows)
+        if plan is None:
+            remember(self.model, learn(self.model, self.engine, out, rows) or False)
+        return out
 
     def _pair(
         self, x: torch.Tensor, example_index: torch.Tensor | None, *, shared: bool

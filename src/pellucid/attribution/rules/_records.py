@@ -47,6 +47,7 @@ class Bookkeeping:
         self.names = module_names(model)
         self._frame: FrameType | None = None  # the caller of the operation being dispatched
         self._log: dict[tuple[Any, str], list[Any]] = {}
+        self._replayed: list[tuple[str, list[Any]]] = []
 
     def current_module(self) -> nn.Module | None:
         """The innermost module of the model whose code runs the current operation.
@@ -72,23 +73,36 @@ class Bookkeeping:
         """The name of the layer running the current operation."""
         return self._name(self.current_module())
 
-    def record(self, name: str, label: str) -> None:
-        """Count one call of operation ``name`` under rule ``label`` in the current layer."""
-        key = (self.current_module(), name)
+    def record(self, name: str, label: str) -> nn.Module | None:
+        """Count one call of operation ``name`` under rule ``label`` in the current layer,
+        and return that layer."""
+        module = self.current_module()
+        key = (module, name)
         entry = self._log.get(key)
         if entry is None:
             self._log[key] = [label, 1]
         else:
             entry[0] = label
             entry[1] += 1
+        return module
 
     def clear_records(self) -> None:
         """Forget what was recorded (a pass whose records are superseded)."""
         self._log.clear()
+        self._replayed = []
+
+    def snapshot_records(self) -> list[tuple[str, list[Any]]]:
+        """The records so far, as ``("layer: op", [label, calls])`` (no module held)."""
+        return [(key, list(entry)) for key, entry in self._keyed()]
+
+    def replay(self, records: list[tuple[str, list[Any]]]) -> None:
+        """Take ``records`` (a :meth:`snapshot_records`) as those of a pass that met the same
+        rules without this engine (``_plan``)."""
+        self._replayed = records
 
     def _keyed(self) -> list[tuple[str, list[Any]]]:
         names, unnamed = self.names, "the model's forward"
-        return [
+        return self._replayed + [
             (f"{unnamed if m is None else names[id(m)]}: {op}", entry)
             for (m, op), entry in self._log.items()
         ]

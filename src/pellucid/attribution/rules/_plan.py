@@ -1,0 +1,222 @@
+"""DeepLIFT's joint pass without the function mode, once the engine has shown it is exact.
+
+The rule engine (``_engine``) sees every torch operation a model runs, which is what makes
+its decomposition trustworthy on any model, and what costs most of DeepLIFT's time on a
+small one: the mode's dispatch of every operation and the records read off the stack.
+Most CNNs put every non-linearity in a leaf module (``nn.ReLU``, ``nn.MaxPool2d``), and
+every other operation on the explained rows is linear. For those models the engine's
+first joint pass is turned into a :class:`JointPlan`:
+
+* the sites: the leaf modules whose calls met a rule, with the rule and operation the
+  engine built for them (an exact ``torch.nn`` type with its usual ``forward`` only;
+  anything else, such as an ``F.relu`` in a model's own ``forward``, means no plan);
+* the signature of the autograd graph of that pass (:func:`signature`): every backward
+  node's type, which of its operands depend on the inputs, batch norm's training flag,
+  and for rule nodes the module that ran them.
+
+A later joint pass on the same model runs with the sites' ``forward`` replaced by the rule
+(on the calling thread, for this call; the instance attribute is removed afterwards, even
+when the model raises) and nothing else attached. Its graph must have the plan's signature:
+then it is the graph the engine would have built, node for node, since the engine's choice
+for an operation depends only on what the signature holds. Any difference (a functional
+``F.relu`` on a new path, a module switched to training mode, another branch taken)
+discards the pass, and the engine runs it instead, for this and every later call on that
+model. The records are the plan's: the same graph met the same rules.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from pellucid.attribution.rules._engine import _RuleFunction
+
+__all__ = ["JointPlan", "learn", "plan_for", "signature"]
+
+#: Leaf modules whose ``forward`` is one call of one operation, and the attributes that
+#: operation's arguments come from (a plan checks them on every call).
+_SITES: dict[type[nn.Module], tuple[str, ...]] = {
+    nn.ReLU: ("inplace",),
+    nn.ReLU6: ("min_val", "max_val", "inplace"),
+    nn.LeakyReLU: ("negative_slope", "inplace"),
+    nn.ELU: ("alpha", "inplace"),
+    nn.GELU: ("approximate",),
+    nn.SiLU: ("inplace",),
+    nn.Hardswish: ("inplace",),
+    nn.Sigmoid: (),
+    nn.Tanh: (),
+    **dict.fromkeys(
+        (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d),
+        ("kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices"),
+    ),
+}
+
+_RULE_NODE = "_RuleFunctionBackward"
+
+
+def signature(output: torch.Tensor, stop: Any) -> tuple[Any, ...] | None:
+    """The autograd graph of ``output`` down to the node ``stop`` (the inputs' own node), as
+    a tuple in a fixed depth-first order; None when ``output`` has no graph or a batch-norm
+    node does not say whether it ran in training mode."""
+    root = output.grad_fn
+    if root is None:
+        return None
+    entries: list[Any] = []
+    seen: dict[int, int] = {}
+    stack: list[Any] = [root]  # autograd nodes (their attributes are not typed)
+    while stack:
+        node = stack.pop()
+        key = id(node)
+        first = seen.get(key)
+        if first is not None:  # a join: where paths meet is part of the graph's shape
+            entries.append(first)
+            continue
+        seen[key] = len(entries)
+        if node is stop:
+            entries.append("inputs")
+            continue
+        name = type(node).__name__
+        nexts = node.next_functions
+        if name == _RULE_NODE:
+            entries.append((name, id(node.site), len(nexts)))
+        elif "BatchNorm" in name:  # affine in eval mode only (cuDNN's node too)
+            training = getattr(node, "_saved_training", None)
+            if training is None:  # a node that does not say: no plan
+                return None
+            entries.append((name, bool(training), *[f is None for f, _ in nexts]))
+        else:  # which operands depend on the inputs (the others are None)
+            entries.append((name, *[f is None for f, _ in nexts]))
+        for f, _ in reversed(nexts):
+            if f is not None:
+                stack.append(f)
+    return tuple(entries)
+
+
+@dataclass(frozen=True)
+class _Site:
+    module: nn.Module
+    rule: Any
+    op: Callable[..., torch.Tensor]
+    inplace: bool
+    attributes: tuple[Any, ...]
+
+
+def _attributes(module: nn.Module) -> tuple[Any, ...] | None:
+    names = _SITES.get(type(module))
+    if names is None or "forward" in module.__dict__:
+        return None
+    state = module.__dict__
+    return tuple([state.get(n) for n in names])
+
+
+@dataclass(frozen=True)
+class JointPlan:
+    """A joint pass learned from the engine (see the module doc)."""
+
+    sites: tuple[_Site, ...]
+    signature: tuple[Any, ...]
+    records: list[tuple[str, list[Any]]]
+
+    def run(
+        self,
+        call: Callable[[], torch.Tensor],
+        inputs: torch.Tensor,
+        rows: int,
+        mismatch: type[Exception],
+    ) -> Any:
+        """``call()`` with the rules at the sites; None when the sites changed or the graph
+        differs from the plan's (the caller runs the engine instead).
+
+        Raises:
+            mismatch: a site's input does not have ``rows`` rows (the engine's error then).
+        """
+        for site in self.sites:
+            if _attributes(site.module) != site.attributes:
+                return None
+        owner = threading.get_ident()
+        patched = []
+        try:
+            for site in self.sites:
+                site.module.__dict__["forward"] = _forward(site, rows, owner, mismatch)
+                patched.append(site.module)
+            out = call()
+        finally:
+            for module in patched:
+                module.__dict__.pop("forward", None)
+        if not isinstance(out, torch.Tensor) or signature(out, inputs.grad_fn) != self.signature:
+            return None
+        return out
+
+
+def _forward(site: _Site, rows: int, owner: int, mismatch: type[Exception]) -> Callable[..., Any]:
+    module, spec, inplace = site.module, (site.rule, site.op, None, site.module), site.inplace
+    plain = type(module).forward
+
+    def forward(*args: Any, **kwargs: Any) -> Any:
+        x = args[0] if len(args) == 1 and not kwargs else None
+        if not isinstance(x, torch.Tensor) or not x.requires_grad or threading.get_ident() != owner:
+            return plain(module, *args, **kwargs)
+        if x.ndim == 0 or x.shape[0] != rows:
+            raise mismatch(f"`{type(module).__name__}`: rows {tuple(x.shape)}")
+        y = _RuleFunction.apply(spec, x)
+        return x.copy_(y) if inplace else y
+
+    return forward
+
+
+def learn(model: Any, engine: Any, out: Any, inputs: torch.Tensor) -> JointPlan | None:
+    """The plan of the engine's joint pass that gave ``out`` on ``inputs``, or None when
+    some rule did not run in a leaf module of a known type (see the module doc)."""
+    if not isinstance(model, nn.Module) or not isinstance(out, torch.Tensor):
+        return None
+    shape = signature(out, inputs.grad_fn)
+    if shape is None or inputs.grad_fn is None:
+        return None
+    sites: dict[int, _Site] = {}
+    stack: list[Any] = [out.grad_fn]
+    seen: set[int] = set()
+    while stack:
+        node = stack.pop()
+        if node is None or id(node) in seen or node is inputs.grad_fn:
+            continue
+        seen.add(id(node))
+        if type(node).__name__ == _RULE_NODE:
+            module = node.site
+            attributes = None if module is model else _attributes(module)
+            if attributes is None:
+                return None
+            inplace = bool(getattr(module, "inplace", False))
+            site = sites.setdefault(
+                id(module), _Site(module, node.rule, node.op, inplace, attributes)
+            )
+            if type(site.rule.rule) is not type(node.rule.rule):
+                return None
+        stack.extend(f for f, _ in node.next_functions)
+    if not sites:
+        return None
+    return JointPlan(tuple(sites.values()), shape, engine.snapshot_records())
+
+
+#: Per model: its plan, or False once the model has none (or a pass did not match it).
+_PLANS: weakref.WeakKeyDictionary[Any, JointPlan | bool] = weakref.WeakKeyDictionary()
+
+
+def plan_for(model: Any) -> JointPlan | bool | None:
+    """The model's plan; False when it has none; None before its first joint pass."""
+    try:
+        return _PLANS.get(model)
+    except TypeError:
+        return False
+
+
+def remember(model: Any, plan: JointPlan | bool) -> None:
+    try:
+        _PLANS[model] = plan
+    except TypeError:
+        pass
