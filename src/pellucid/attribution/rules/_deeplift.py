@@ -112,15 +112,24 @@ class Rescale(PairedRule):
         return secant(y, y_ref, x, x_ref, lambda: vjp(op, x, torch.ones_like(x)), self.eps)
 
     def joint_forward(self, op: Op, *xs: torch.Tensor) -> tuple[torch.Tensor, Any]:
-        """:meth:`PairedRule.joint_forward` for one operand, without the generic plumbing."""
+        """:meth:`PairedRule.joint_forward` for one operand, without the generic plumbing.
+        A ReLU's slopes are computed on every row at once (the reference row's, 0/0, are
+        then set to 0, its gradient), so that the backward is one product."""
         (x,) = xs
         y = op(x)
+        if self.relu and x.device.type == "cpu":
+            slopes = (y - y[-1:]).div_(x - x[-1:])
+            if math.isfinite(float(slopes[:-1].sum())):
+                slopes[-1:].zero_()
+                return y, slopes
         return y, self.pair(op, (x[:-1],), y[:-1], None, (x[-1:],), y[-1:], None)
 
     def backward(self, op: Op, state: Any, grad: torch.Tensor) -> torch.Tensor:
         return grad * state
 
     def joint_backward(self, op: Op, state: Any, grad: torch.Tensor) -> torch.Tensor:
+        if state.shape[0] == grad.shape[0]:  # slopes of every row, the reference's 0
+            return grad * state
         return scaled_rows(grad, state)
 
 
@@ -138,13 +147,6 @@ class Midpoint(PairedRule):
         with torch.enable_grad():
             mids = tuple(m.requires_grad_(True) for m in state)
             return torch.autograd.grad(op(*mids), mids, grad)
-
-
-def _unpool(values: torch.Tensor, indices: torch.Tensor, shape: torch.Size) -> torch.Tensor:
-    """Scatter-add pooled ``values`` back to the positions ``indices`` of an input ``shape``."""
-    out = values.new_zeros(*shape[:2], int(torch.Size(shape[2:]).numel()))
-    out.scatter_add_(2, indices.flatten(2), values.flatten(2))
-    return out.view(shape)
 
 
 class DeepLiftMaxPool(PairedRule):
@@ -179,36 +181,41 @@ class DeepLiftMaxPool(PairedRule):
     def pair(
         self, op: Op, xs: Tensors, y: Any, i_in: Any, refs: Tensors, y_ref: Any, i_ref: Any
     ) -> Any:
-        # What the backward needs is computed now (later in-place operations of the model
-        # on ``x`` or ``y`` cannot change it).
+        """Per output: ``f(x) - f(x0)`` split into the part routed through x's argmax (``up``)
+        and through the reference's (``down``), each over ``dx`` at its argmax: the
+        multipliers those positions get from that output. Where ``x == x0`` at x's argmax
+        the multiplier is the gradient (1); at the reference's, nothing (the numerator is
+        0 there). What the backward needs is computed now (later in-place operations of
+        the model on ``x`` or ``y`` cannot change it), on the outputs, not the inputs."""
         top = torch.maximum(y, y_ref)
-        dx = xs[0] - refs[0]
-        close = _close(dx.abs(), self.eps)
-        if close is not None:
-            dx.add_(close)  # 0/0 there (see backward): divide by ~1 instead
-        return top - y_ref, y - top, i_in, i_ref, dx, close
+        up, down = top - y_ref, y - top
+        shape = xs[0].shape
+        dx = (xs[0] - refs[0]).flatten(2)
+        i_in = i_in.flatten(2)
+        i_ref = i_ref.expand(shape[0], *i_ref.shape[1:]).flatten(2)  # a one-row reference
+        d_in, d_ref = dx.gather(2, i_in).view_as(up), dx.gather(2, i_ref).view_as(down)
+        close = _close(d_in.abs(), self.eps)
+        up = up.div_(d_in) if close is None else up.div_(d_in.add_(close)).add_(close)
+        close = _close(d_ref.abs(), self.eps)
+        down = down.div_(d_ref if close is None else d_ref.add_(close))
+        return up, down, i_in, i_ref, shape
 
     def backward(self, op: Op, state: Any, grad: torch.Tensor) -> torch.Tensor:
-        return self._route(state, grad, grad.new_zeros(state[4].shape))
+        return self._route(state, grad, grad.new_zeros(state[4]))
 
     def joint_backward(self, op: Op, state: Any, grad: torch.Tensor) -> torch.Tensor:
-        shape = state[4].shape
+        shape = state[4]
         out = grad.new_zeros(shape[0] + 1, *shape[1:])
         self._route(state, grad[:-1], out[:-1])
         return out
 
     @staticmethod
     def _route(state: Any, grad: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-        """The multipliers, written into ``out`` (zeros of the input rows' shape)."""
-        up, down, i_in, i_ref, dx, close = state
-        shape = dx.shape
+        """The multipliers, added into ``out`` (zeros of the input rows' shape)."""
+        up, down, i_in, i_ref, shape = state
         flat = out.view(*shape[:2], -1)
-        flat.scatter_add_(2, i_in.flatten(2), (grad * up).flatten(2))
-        i_ref = i_ref.expand(shape[0], *i_ref.shape[1:])  # one reference row, broadcast
-        flat.scatter_add_(2, i_ref.flatten(2), (grad * down).flatten(2))
-        out.div_(dx)
-        if close is not None:  # where x == x_ref: the gradient, routed through x's argmax
-            _fill_close(out, _unpool(grad, i_in, shape), close)
+        flat.scatter_add_(2, i_in, (grad * up).flatten(2))
+        flat.scatter_add_(2, i_ref, (grad * down).flatten(2))
         return out
 
 

@@ -44,10 +44,18 @@ class Bookkeeping:
     """
 
     def __init__(self, model: Any) -> None:
-        self.names = module_names(model)
+        self._model = model
+        self._names: dict[int, str] | None = None  # walked on first use (a planned pass never)
         self._frame: FrameType | None = None  # the caller of the operation being dispatched
         self._log: dict[tuple[Any, str], list[Any]] = {}
         self._replayed: list[tuple[str, list[Any]]] = []
+
+    @property
+    def names(self) -> dict[int, str]:
+        """``{id(module): dotted name}`` of the model's modules."""
+        if self._names is None:
+            self._names = module_names(self._model)
+        return self._names
 
     def current_module(self) -> nn.Module | None:
         """The innermost module of the model whose code runs the current operation.
@@ -101,6 +109,8 @@ class Bookkeeping:
         self._replayed = records
 
     def _keyed(self) -> list[tuple[str, list[Any]]]:
+        if not self._log:
+            return list(self._replayed)
         names, unnamed = self.names, "the model's forward"
         return self._replayed + [
             (f"{unnamed if m is None else names[id(m)]}: {op}", entry)
