@@ -259,3 +259,23 @@ def test_plan_needs_leaf_modules() -> None:
     model = Functional().eval()
     pellucid.deeplift(model, torch.randn(3, 4), target=0)
     assert _plan.plan_for(model) is False
+
+
+@pytest.mark.parametrize(
+    ("x", "x0", "multipliers"),
+    [
+        ([3.0, 1.0], [0.0, 2.0], [1 / 3, 0.0]),  # (y - y0) = 1 routed to x's argmax, over dx = 3
+        ([2.0, 1.0], [2.0, 0.0], [1.0, 0.0]),  # x == x0 at the argmax: the gradient there
+        ([1.0, 4.0], [5.0, 0.0], [0.25, 0.0]),  # y < y0: (y - y0) over dx at the reference's argmax
+    ],
+)
+def test_max_pool_multipliers_by_hand(x, x0, multipliers) -> None:
+    from pellucid.attribution.rules._deeplift import DeepLiftMaxPool
+
+    rule = DeepLiftMaxPool(F.max_pool1d, (2,), {})
+    xs, refs = torch.tensor([[x]]), torch.tensor([[x0]])
+    (y, i), (y0, i0) = rule.evaluate(None, xs), rule.evaluate(None, refs)
+    state = rule.pair(None, (xs,), y, i, (refs,), y0, i0)
+    m = rule.backward(None, state, torch.ones_like(y))
+    assert torch.allclose(m, torch.tensor([[multipliers]]))
+    assert torch.allclose(((xs - refs) * m).sum(), (y - y0).sum())  # completeness

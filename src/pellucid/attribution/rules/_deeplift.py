@@ -154,10 +154,8 @@ class DeepLiftMaxPool(PairedRule):
 
     label = "rescale (max pool)"
 
-    def __init__(
-        self, func: Any, rest: tuple[Any, ...], kwargs: dict[str, Any], eps: float = 1e-10
-    ) -> None:
-        self.func, self.rest, self.kwargs, self.eps = func, rest[:5], dict(kwargs), eps
+    def __init__(self, func: Any, rest: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        self.func, self.rest, self.kwargs = func, rest[:5], dict(kwargs)
         self.kwargs["return_indices"] = True
 
     @classmethod
@@ -183,22 +181,24 @@ class DeepLiftMaxPool(PairedRule):
     ) -> Any:
         """Per output: ``f(x) - f(x0)`` split into the part routed through x's argmax (``up``)
         and through the reference's (``down``), each over ``dx`` at its argmax: the
-        multipliers those positions get from that output. Where ``x == x0`` at x's argmax
-        the multiplier is the gradient (1); at the reference's, nothing (the numerator is
-        0 there). What the backward needs is computed now (later in-place operations of
-        the model on ``x`` or ``y`` cannot change it), on the outputs, not the inputs."""
+        multipliers those positions get from that output. What the backward needs is
+        computed now (later in-place operations of the model on ``x`` or ``y`` cannot
+        change it), on the outputs, not the inputs.
+
+        Both ratios lie in [0, 1] and a denominator is 0 only with its numerator: ``up =
+        max(y - y0, 0)`` over ``y - x0[argmax x]``, where ``x0[argmax x] <= y0``, so the
+        denominator is at least the numerator (rounding is monotone); ``down`` likewise.
+        Their 0/0 (``x == x0`` at that argmax) is the gradient for x's argmax (1) and nothing
+        for the reference's (0): one ``nan_to_num`` each, no test of the values."""
         top = torch.maximum(y, y_ref)
         up, down = top - y_ref, y - top
         shape = xs[0].shape
-        dx = (xs[0] - refs[0]).flatten(2)
         i_in = i_in.flatten(2)
         i_ref = i_ref.expand(shape[0], *i_ref.shape[1:]).flatten(2)  # a one-row reference
-        d_in, d_ref = dx.gather(2, i_in).view_as(up), dx.gather(2, i_ref).view_as(down)
-        close = _close(d_in.abs(), self.eps)
-        up = up.div_(d_in) if close is None else up.div_(d_in.add_(close)).add_(close)
-        close = _close(d_ref.abs(), self.eps)
-        down = down.div_(d_ref if close is None else d_ref.add_(close))
-        return up, down, i_in, i_ref, shape
+        x_ref = refs[0].expand(shape).flatten(2)
+        d_in = y - x_ref.gather(2, i_in).view_as(y)
+        d_ref = xs[0].flatten(2).gather(2, i_ref).view_as(y) - y_ref
+        return up.div_(d_in).nan_to_num_(1.0), down.div_(d_ref).nan_to_num_(0.0), i_in, i_ref, shape
 
     def backward(self, op: Op, state: Any, grad: torch.Tensor) -> torch.Tensor:
         return self._route(state, grad, grad.new_zeros(state[4]))
