@@ -147,3 +147,37 @@ def test_lrp_names_the_relevance_constants_absorb_on_the_zoo(name):
         assert (
             _relative(summed + ib.extras["absorbed"]["encoder.pos_embedding: add"] - f_x, f_x) < REL
         )
+
+
+@pytest.mark.parametrize(
+    ("name", "planned"),
+    [("resnet18", True), ("mobilenet_v2", True), ("mobilenet_v3_small", False)],
+)
+def test_deeplift_plan_matches_the_engine_on_the_zoo(name, planned, monkeypatch):
+    """Reused in-place ReLUs (resnet18), ReLU6 (mobilenet_v2): later calls run the learned
+    plan and give the engine's result bit for bit; mobilenet_v3's squeeze-excitation gates
+    (a product in the block's own forward) keep the engine."""
+    from pellucid.attribution.rules import _plan
+
+    torch.manual_seed(0)
+    model = getattr(torchvision.models, name)(weights=None).to(D)
+    _calibrate(model, torch.randn(4, 3, SIZE, SIZE, dtype=D))
+    x = torch.randn(2, 3, SIZE, SIZE, dtype=D)
+    first = deeplift(model, x, target=1)
+    assert isinstance(_plan.plan_for(model), _plan.JointPlan) is planned
+    second = deeplift(model, x * 0.5, target=1)
+
+    class NoPlans(dict):  # the engine alone: no plan is found or kept
+        def get(self, key, default=None):
+            return False
+
+        def __setitem__(self, key, value):
+            pass
+
+    with monkeypatch.context() as patch:
+        patch.setattr(_plan, "_PLANS", NoPlans())
+        engine = deeplift(model, x * 0.5, target=1)
+    assert torch.equal(second.attributions, engine.attributions)
+    assert second.extras["rules"] == engine.extras["rules"] == first.extras["rules"]
+    assert second.extras["rule_calls"] == engine.extras["rule_calls"]
+    assert not [n for n, m in model.named_modules() if "forward" in m.__dict__]
