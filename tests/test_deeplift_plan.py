@@ -279,3 +279,22 @@ def test_max_pool_multipliers_by_hand(x, x0, multipliers) -> None:
     m = rule.backward(None, state, torch.ones_like(y))
     assert torch.allclose(m, torch.tensor([[multipliers]]))
     assert torch.allclose(((xs - refs) * m).sum(), (y - y0).sum())  # completeness
+
+
+@pytest.mark.parametrize("name", ["smallcnn", "reused"])
+def test_chunked_calls_learn_and_use_the_plan(name: str, engine_only) -> None:
+    """With ``batch_size`` below the batch, the first forward keeps no graph (the engine runs
+    it) and every chunk is a joint pass: the first chunk's teaches the plan, the others use
+    it, and the rule counts add up over the chunks as the engine's do."""
+    torch.manual_seed(0)
+    model, x = MODELS[name]()
+    expected = engine_only(model, x, target=1, batch_size=2)
+    first = pellucid.deeplift(model, x, target=1, batch_size=2)
+    assert isinstance(_plan.plan_for(model), _plan.JointPlan)
+    second = pellucid.deeplift(model, x, target=1, batch_size=2)
+    whole = pellucid.deeplift(model, x, target=1)
+    _same(first, expected)
+    _same(second, expected)
+    assert set(whole.extras["rule_calls"]) == set(expected.extras["rule_calls"])
+    assert torch.allclose(whole.attributions, expected.attributions, rtol=1e-5, atol=1e-6)
+    assert isinstance(_plan.plan_for(model), _plan.JointPlan)

@@ -422,17 +422,21 @@ class PairedForward:
 
     def _planned(self, rows: torch.Tensor, n_rows: int) -> Any:
         """The joint pass: by the model's plan when it has one and the pass matches it, else
-        by the engine (whose first joint pass on a model gives the plan; see ``_plan``)."""
-        plan = plan_for(self.model)
+        by the engine (whose first joint pass with a graph on a model gives the plan; see
+        ``_plan``). A pass without a graph (a first forward that keeps none) has nothing to
+        check against the plan: the engine runs it."""
+        plan = plan_for(self.model) if rows.requires_grad else False
         if isinstance(plan, JointPlan):
             out = plan.run(lambda: self.base(rows, None), rows, n_rows, BroadcastMismatch)
             if out is not None:
                 self.engine.replay(plan.records)
                 return out
             remember(self.model, False)
+        if plan is not None:
+            return self.engine.joint_pass(lambda: self.base(rows, None), n_rows)
+        before = self.engine.snapshot_records()
         out = self.engine.joint_pass(lambda: self.base(rows, None), n_rows)
-        if plan is None:
-            remember(self.model, learn(self.model, self.engine, out, rows) or False)
+        remember(self.model, learn(self.model, self.engine, out, rows, before) or False)
         return out
 
     def _pair(

@@ -170,9 +170,12 @@ def _forward(site: _Site, rows: int, owner: int, mismatch: type[Exception]) -> C
     return forward
 
 
-def learn(model: Any, engine: Any, out: Any, inputs: torch.Tensor) -> JointPlan | None:
-    """The plan of the engine's joint pass that gave ``out`` on ``inputs``, or None when
-    some rule did not run in a leaf module of a known type (see the module doc)."""
+def learn(
+    model: Any, engine: Any, out: Any, inputs: torch.Tensor, before: list[tuple[str, list[Any]]]
+) -> JointPlan | None:
+    """The plan of the engine's joint pass that gave ``out`` on ``inputs`` (``before``: the
+    engine's records before that pass), or None when some rule did not run in a leaf module
+    of a known type (see the module doc)."""
     if not isinstance(model, nn.Module) or not isinstance(out, torch.Tensor):
         return None
     shape = signature(out, inputs.grad_fn)
@@ -200,7 +203,13 @@ def learn(model: Any, engine: Any, out: Any, inputs: torch.Tensor) -> JointPlan 
         stack.extend(f for f, _ in node.next_functions)
     if not sites:
         return None
-    return JointPlan(tuple(sites.values()), shape, engine.snapshot_records())
+    earlier = {key: entry[1] for key, entry in before}
+    records = [
+        (key, [label, calls - earlier.get(key, 0)])
+        for key, (label, calls) in engine.snapshot_records()
+        if calls > earlier.get(key, 0)
+    ]
+    return JointPlan(tuple(sites.values()), shape, records)
 
 
 #: Per model: its plan, or False once the model has none (or a pass did not match it).

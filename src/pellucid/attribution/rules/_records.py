@@ -48,7 +48,7 @@ class Bookkeeping:
         self._names: dict[int, str] | None = None  # walked on first use (a planned pass never)
         self._frame: FrameType | None = None  # the caller of the operation being dispatched
         self._log: dict[tuple[Any, str], list[Any]] = {}
-        self._replayed: list[tuple[str, list[Any]]] = []
+        self._replayed: dict[str, list[Any]] = {}  # "layer: op" -> [label, calls] (``replay``)
 
     @property
     def names(self) -> dict[int, str]:
@@ -97,22 +97,29 @@ class Bookkeeping:
     def clear_records(self) -> None:
         """Forget what was recorded (a pass whose records are superseded)."""
         self._log.clear()
-        self._replayed = []
+        self._replayed = {}
 
     def snapshot_records(self) -> list[tuple[str, list[Any]]]:
         """The records so far, as ``("layer: op", [label, calls])`` (no module held)."""
         return [(key, list(entry)) for key, entry in self._keyed()]
 
     def replay(self, records: list[tuple[str, list[Any]]]) -> None:
-        """Take ``records`` (a :meth:`snapshot_records`) as those of a pass that met the same
-        rules without this engine (``_plan``)."""
-        self._replayed = records
+        """Count ``records`` (a :meth:`snapshot_records`) as those of one more pass that met
+        the same rules without this engine (``_plan``)."""
+        for key, (label, calls) in records:
+            entry = self._replayed.get(key)
+            if entry is None:
+                self._replayed[key] = [label, calls]
+            else:
+                entry[0] = label
+                entry[1] += calls
 
     def _keyed(self) -> list[tuple[str, list[Any]]]:
+        replayed = list(self._replayed.items())
         if not self._log:
-            return list(self._replayed)
+            return replayed
         names, unnamed = self.names, "the model's forward"
-        return self._replayed + [
+        return replayed + [
             (f"{unnamed if m is None else names[id(m)]}: {op}", entry)
             for (m, op), entry in self._log.items()
         ]
