@@ -6,6 +6,11 @@ decomposed exactly like the same model written without reuse. An operation witho
 raises an error naming it. ``extras["rules"]`` lists the rule every layer's operation got;
 ``extras["completeness_gap"]`` (DeepLIFT) and ``extras["conservation_error"]`` (LRP) say
 how far the attributions' sum is from the output difference they decompose.
+
+DeepLIFT on a model whose non-linearities all sit in leaf modules (``nn.ReLU``,
+``nn.MaxPool2d``, ...) learns a plan from its first call and later runs without watching
+every operation; each such call is checked against the learned autograd graph and falls
+back to the full engine on any difference, so results are the engine's (``rules/_plan``).
 """
 
 from __future__ import annotations
