@@ -198,7 +198,9 @@ def learn(
             site = sites.setdefault(
                 id(module), _Site(module, node.rule, node.op, inplace, attributes)
             )
-            if type(site.rule.rule) is not type(node.rule.rule):
+            if type(getattr(site.rule, "rule", site.rule)) is not type(
+                getattr(node.rule, "rule", node.rule)
+            ):
                 return None
         stack.extend(f for f, _ in node.next_functions)
     if not sites:
