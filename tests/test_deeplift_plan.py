@@ -298,3 +298,20 @@ def test_chunked_calls_learn_and_use_the_plan(name: str, engine_only) -> None:
     assert set(whole.extras["rule_calls"]) == set(expected.extras["rule_calls"])
     assert torch.allclose(whole.attributions, expected.attributions, rtol=1e-5, atol=1e-6)
     assert isinstance(_plan.plan_for(model), _plan.JointPlan)
+
+
+@pytest.mark.parametrize("hook", [torch.tanh, F.relu, lambda y: y * 2])
+def test_hooks_on_a_site_keep_the_engines_result(hook, engine_only) -> None:
+    """A forward hook's operation on a ReLU module's output: another non-linearity makes the
+    module no site (tanh) or the planned pass differ from the plan (a second ReLU), and the
+    engine runs; a linear hook keeps the plan. The results are the engine's either way."""
+    torch.manual_seed(0)
+    model, x = SmallCNN().eval(), torch.randn(4, 1, 8, 8)
+    model.features[2].register_forward_hook(lambda module, args, out: hook(out))
+    pellucid.deeplift(model, x, target=1)
+    if hook is torch.tanh:
+        assert _plan.plan_for(model) is False
+    got = pellucid.deeplift(model, x, target=1)
+    _same(got, engine_only(model, x, target=1))
+    assert isinstance(_plan.plan_for(model), _plan.JointPlan) is (hook not in (torch.tanh, F.relu))
+    _no_forward_left(model)

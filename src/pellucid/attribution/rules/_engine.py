@@ -136,7 +136,7 @@ class _RuleFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, spec: tuple[Rule, Op, Any, Any], *xs: torch.Tensor) -> torch.Tensor:
         # (one argument: torch walks every argument of ``apply``); ``site``: the module that
-        # ran the operation (None: the model's own forward), for ``_plan``
+        # ran the operation (None: the model's own forward) and its name, for ``_plan``
         rule, op, sink, ctx.site = spec
         if len(xs) == 1:
             y, state = rule.forward(op, xs[0].detach())
@@ -410,7 +410,7 @@ class RuleEngine(Bookkeeping):
             sink = None
             if self.ledger is not None and not rule.conserves:
                 sink = self.ledger.sink(f"{self.where()}: {name}")
-            y = _RuleFunction.apply((rule, op, sink, site), *xs)
+            y = _RuleFunction.apply((rule, op, sink, (site, name)), *xs)
         if inplace:
             return xs[0].copy_(y)
         return y

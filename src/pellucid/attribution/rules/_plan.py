@@ -39,21 +39,25 @@ from pellucid.attribution.rules._engine import _RuleFunction
 
 __all__ = ["JointPlan", "learn", "plan_for", "signature"]
 
-#: Leaf modules whose ``forward`` is one call of one operation, and the attributes that
-#: operation's arguments come from (a plan checks them on every call).
-_SITES: dict[type[nn.Module], tuple[str, ...]] = {
-    nn.ReLU: ("inplace",),
-    nn.ReLU6: ("min_val", "max_val", "inplace"),
-    nn.LeakyReLU: ("negative_slope", "inplace"),
-    nn.ELU: ("alpha", "inplace"),
-    nn.GELU: ("approximate",),
-    nn.SiLU: ("inplace",),
-    nn.Hardswish: ("inplace",),
-    nn.Sigmoid: (),
-    nn.Tanh: (),
+#: Leaf modules whose ``forward`` is one call of one operation: the names the engine may see
+#: for that operation, and the attributes its arguments come from (a plan checks them on
+#: every call).
+_SITES: dict[type[nn.Module], tuple[frozenset[str], tuple[str, ...]]] = {
+    nn.ReLU: (frozenset({"relu", "relu_"}), ("inplace",)),
+    nn.ReLU6: (frozenset({"hardtanh", "hardtanh_", "relu6"}), ("min_val", "max_val", "inplace")),
+    nn.LeakyReLU: (frozenset({"leaky_relu", "leaky_relu_"}), ("negative_slope", "inplace")),
+    nn.ELU: (frozenset({"elu", "elu_"}), ("alpha", "inplace")),
+    nn.GELU: (frozenset({"gelu"}), ("approximate",)),
+    nn.SiLU: (frozenset({"silu", "silu_"}), ("inplace",)),
+    nn.Hardswish: (frozenset({"hardswish", "hardswish_"}), ("inplace",)),
+    nn.Sigmoid: (frozenset({"sigmoid"}), ()),
+    nn.Tanh: (frozenset({"tanh"}), ()),
     **dict.fromkeys(
         (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d),
-        ("kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices"),
+        (
+            frozenset({"max_pool1d", "max_pool2d", "max_pool3d"}),
+            ("kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices"),
+        ),
     ),
 }
 
@@ -84,7 +88,8 @@ def signature(output: torch.Tensor, stop: Any) -> tuple[Any, ...] | None:
         name = type(node).__name__
         nexts = node.next_functions
         if name == _RULE_NODE:
-            entries.append((name, id(node.site), len(nexts)))
+            module, op_name = node.site
+            entries.append((name, id(module), op_name, len(nexts)))
         elif "BatchNorm" in name:  # affine in eval mode only (cuDNN's node too)
             training = getattr(node, "_saved_training", None)
             if training is None:  # a node that does not say: no plan
@@ -101,6 +106,7 @@ def signature(output: torch.Tensor, stop: Any) -> tuple[Any, ...] | None:
 @dataclass(frozen=True)
 class _Site:
     module: nn.Module
+    name: str  # the operation's name, as the engine saw it
     rule: Any
     op: Callable[..., torch.Tensor]
     inplace: bool
@@ -108,11 +114,11 @@ class _Site:
 
 
 def _attributes(module: nn.Module) -> tuple[Any, ...] | None:
-    names = _SITES.get(type(module))
-    if names is None or "forward" in module.__dict__:
+    known = _SITES.get(type(module))
+    if known is None or "forward" in module.__dict__:
         return None
     state = module.__dict__
-    return tuple([state.get(n) for n in names])
+    return tuple([state.get(n) for n in known[1]])
 
 
 @dataclass(frozen=True)
@@ -155,7 +161,8 @@ class JointPlan:
 
 
 def _forward(site: _Site, rows: int, owner: int, mismatch: type[Exception]) -> Callable[..., Any]:
-    module, spec, inplace = site.module, (site.rule, site.op, None, site.module), site.inplace
+    module, inplace = site.module, site.inplace
+    spec = (site.rule, site.op, None, (module, site.name))
     plain = type(module).forward
 
     def forward(*args: Any, **kwargs: Any) -> Any:
@@ -190,15 +197,18 @@ def learn(
             continue
         seen.add(id(node))
         if type(node).__name__ == _RULE_NODE:
-            module = node.site
-            attributes = None if module is model else _attributes(module)
+            module, name = node.site
+            known = _SITES.get(type(module))
+            if module is model or known is None or name not in known[0]:  # (or a hook's op)
+                return None
+            attributes = _attributes(module)
             if attributes is None:
                 return None
             inplace = bool(getattr(module, "inplace", False))
             site = sites.setdefault(
-                id(module), _Site(module, node.rule, node.op, inplace, attributes)
+                id(module), _Site(module, name, node.rule, node.op, inplace, attributes)
             )
-            if type(getattr(site.rule, "rule", site.rule)) is not type(
+            if site.name != name or type(getattr(site.rule, "rule", site.rule)) is not type(
                 getattr(node.rule, "rule", node.rule)
             ):
                 return None
