@@ -248,16 +248,6 @@ def compare(title: str, model: nn.Module, x: torch.Tensor, repeats: int, methods
         )
 
 
-class _NoPlans(dict):  # type: ignore[type-arg]
-    """A store of DeepLIFT's learned plans that never holds one: the engine runs every pass."""
-
-    def get(self, key: Any, default: Any = None) -> Any:
-        return False
-
-    def __setitem__(self, key: Any, value: Any) -> None:
-        pass
-
-
 def strategies(model: nn.Module, x: torch.Tensor, repeats: int) -> None:
     """DeepLIFT as it runs (the joint reference pass, by the learned plan once there is one)
     vs the engine's joint pass on every call (no plan) vs the separate one-row reference
@@ -268,12 +258,8 @@ def strategies(model: nn.Module, x: torch.Tensor, repeats: int) -> None:
         return pellucid.deeplift(model, x, target=1)
 
     def engine() -> Any:
-        saved = _plan._PLANS
-        _plan._PLANS = _NoPlans()  # type: ignore[assignment]
-        try:
+        with _plan.engine_only():
             return run()
-        finally:
-            _plan._PLANS = saved
 
     def separate() -> Any:
         saved = _paired.REFERENCE_PASS

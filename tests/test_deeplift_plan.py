@@ -22,25 +22,14 @@ from pellucid.models import MLP, SmallCNN, TinyResNet
 
 
 @pytest.fixture
-def engine_only(monkeypatch: pytest.MonkeyPatch):
+def engine_only():
     """A function that runs deeplift with the engine alone (no plan is learned or used)."""
 
     def run(model: nn.Module, x: torch.Tensor, **kwargs):
-        with monkeypatch.context() as patch:
-            patch.setattr(_plan, "_PLANS", _NoPlans())
+        with _plan.engine_only():
             return pellucid.deeplift(model, x, **kwargs)
 
     return run
-
-
-class _NoPlans(dict):
-    """A plan store that never holds a plan."""
-
-    def get(self, key, default=None):
-        return False
-
-    def __setitem__(self, key, value):
-        pass
 
 
 def _same(a: pellucid.Explanation, b: pellucid.Explanation) -> None:

@@ -153,7 +153,7 @@ def test_lrp_names_the_relevance_constants_absorb_on_the_zoo(name):
     ("name", "planned"),
     [("resnet18", True), ("mobilenet_v2", True), ("mobilenet_v3_small", False)],
 )
-def test_deeplift_plan_matches_the_engine_on_the_zoo(name, planned, monkeypatch):
+def test_deeplift_plan_matches_the_engine_on_the_zoo(name, planned):
     """Reused in-place ReLUs (resnet18), ReLU6 (mobilenet_v2): later calls run the learned
     plan and give the engine's result bit for bit; mobilenet_v3's squeeze-excitation gates
     (a product in the block's own forward) keep the engine."""
@@ -167,15 +167,7 @@ def test_deeplift_plan_matches_the_engine_on_the_zoo(name, planned, monkeypatch)
     assert isinstance(_plan.plan_for(model), _plan.JointPlan) is planned
     second = deeplift(model, x * 0.5, target=1)
 
-    class NoPlans(dict):  # the engine alone: no plan is found or kept
-        def get(self, key, default=None):
-            return False
-
-        def __setitem__(self, key, value):
-            pass
-
-    with monkeypatch.context() as patch:
-        patch.setattr(_plan, "_PLANS", NoPlans())
+    with _plan.engine_only():
         engine = deeplift(model, x * 0.5, target=1)
     assert torch.equal(second.attributions, engine.attributions)
     assert second.extras["rules"] == engine.extras["rules"] == first.extras["rules"]

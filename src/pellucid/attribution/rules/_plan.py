@@ -28,7 +28,8 @@ from __future__ import annotations
 
 import threading
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,7 +38,7 @@ from torch import nn
 
 from pellucid.attribution.rules._engine import _RuleFunction
 
-__all__ = ["JointPlan", "learn", "plan_for", "signature"]
+__all__ = ["JointPlan", "engine_only", "learn", "plan_for", "signature"]
 
 #: Leaf modules whose ``forward`` is one call of one operation: the names the engine may see
 #: for that operation, and the attributes its arguments come from (a plan checks them on
@@ -240,4 +241,26 @@ def remember(model: Any, plan: JointPlan | bool) -> None:
     try:
         _PLANS[model] = plan
     except TypeError:
+        pass
+
+
+@contextmanager
+def engine_only() -> Iterator[None]:
+    """Within the block no plan is found, learned or discarded: every joint pass runs the
+    engine (to compare with it, in tests and benchmarks)."""
+    global _PLANS
+    saved, _PLANS = _PLANS, _NoPlans()
+    try:
+        yield
+    finally:
+        _PLANS = saved
+
+
+class _NoPlans(weakref.WeakKeyDictionary):  # type: ignore[type-arg]
+    """A plan store that never holds a plan."""
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        return False
+
+    def __setitem__(self, key: Any, value: Any) -> None:
         pass
