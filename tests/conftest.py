@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 
 os.environ.setdefault("MPLBACKEND", "Agg")
 # Subprocesses (CLI runs, kill-and-resume, torchrun ranks) take the same thread count.
@@ -17,9 +19,16 @@ import torch
 torch.set_num_threads(int(os.environ.get("PELLUCID_TEST_THREADS", "1")))
 
 
-def init_gloo(rank: int, world: int, store: str) -> None:
-    """Join a gloo group through a file store (no TCP port to race for); a rank that cannot
-    join fails in a minute instead of gloo's 30."""
+@contextlib.contextmanager
+def gloo_group(rank: int, world: int, store: str) -> Iterator[None]:
+    """Join a gloo group through a file store (no TCP port to race for) for the block, then
+    leave it together: a rank that cannot join fails in a minute instead of gloo's 30.
+
+    Both ranks meet at a barrier before either destroys the group. Without it the rank that
+    finished first tore its connections down while the other's gloo threads still used
+    them, and that rank aborted now and then ("terminate called without an active
+    exception", SIGABRT), also in CI. A block that raised skips the barrier, so the other
+    rank's timeout reports it instead of a second hang."""
     import datetime
 
     import torch.distributed as dist
@@ -31,3 +40,8 @@ def init_gloo(rank: int, world: int, store: str) -> None:
         world_size=world,
         timeout=datetime.timedelta(seconds=60),
     )
+    try:
+        yield
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()

@@ -491,17 +491,13 @@ def _sharded(method: str) -> pellucid.Explanation:
 
 
 def _sharded_worker(rank: int, world: int, path: str) -> None:
-    import torch.distributed as dist
 
-    from conftest import init_gloo
+    from conftest import gloo_group
 
-    init_gloo(rank, world, f"{path}.store")
-    try:
+    with gloo_group(rank, world, f"{path}.store"):
         got = {m: _sharded(m).attributions for m in ("saliency", "smoothgrad")}
         if rank == 0:
             torch.save({m: a.cpu() for m, a in got.items()}, path)
-    finally:
-        dist.destroy_process_group()
 
 
 @pytest.mark.distributed

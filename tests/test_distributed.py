@@ -6,10 +6,9 @@ import os
 
 import pytest
 import torch
-import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from conftest import init_gloo
+from conftest import gloo_group
 from pellucid.clipping import clip_by_global_norm, clip_grad_norm_, total_norm
 from pellucid.distributed import all_reduce_norm, global_norm, is_initialized
 
@@ -43,13 +42,14 @@ def _train(model, x, y, steps=3):
 
 def _worker(rank: int, world: int, folder: str) -> None:
     torch.set_num_threads(1)  # two ranks on a 2-core machine
-    init_gloo(rank, world, os.path.join(folder, "store"))
-    try:
+    with gloo_group(rank, world, os.path.join(folder, "store")):
         x, y = _batch()
         # 1. DDP on half of the global batch per rank, clipped after the gradient all-reduce
         ddp = torch.nn.parallel.DistributedDataParallel(_model())
         half = slice(rank * 6, rank * 6 + 6)
         norms = _train(ddp, x[half], y[half])
+        ddp_params = [p.detach() for p in ddp.module.parameters()]
+        del ddp  # its reducer lets go of the group before the group is destroyed
         # 2. the same model with its parameters sharded: rank 0 holds the first layer
         model = _model()
         torch.nn.functional.cross_entropy(model(x), y).backward()
@@ -65,7 +65,7 @@ def _worker(rank: int, world: int, folder: str) -> None:
         sharded = clip_grad_norm_(shard, MAX_NORM, process_group=True)
         torch.save(
             {
-                "ddp_params": [p.detach() for p in ddp.module.parameters()],
+                "ddp_params": ddp_params,
                 "ddp_norms": norms,
                 "local": local,
                 "sharded": sharded,
@@ -77,8 +77,6 @@ def _worker(rank: int, world: int, folder: str) -> None:
             },
             os.path.join(folder, f"rank{rank}.pt"),
         )
-    finally:
-        dist.destroy_process_group()
 
 
 @pytest.mark.distributed

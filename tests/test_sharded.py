@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from conftest import init_gloo
+from conftest import gloo_group
 from pellucid.sharded import explain_sharded
 
 
@@ -17,16 +16,13 @@ def _model() -> torch.nn.Module:
 
 
 def _worker(rank: int, world: int, path: str) -> None:
-    init_gloo(rank, world, f"{path}.store")
-    try:
+    with gloo_group(rank, world, f"{path}.store"):
         x = torch.linspace(-1, 1, 7 * 5).reshape(7, 5)
         e = explain_sharded(_model(), x, method="input_x_gradient", target="predicted")
         occ = explain_sharded(_model(), x, method="occlusion", target=0, window=(2,))
         if rank == 0:
             n_eval = torch.tensor(occ.extras["n_evaluations"])
             torch.save({"a": e.attributions, "t": e.target, "n_eval": n_eval}, path)
-    finally:
-        dist.destroy_process_group()
 
 
 @pytest.mark.distributed
@@ -80,13 +76,10 @@ def _x() -> torch.Tensor:
 
 
 def _stochastic_worker(rank: int, world: int, path: str) -> None:
-    init_gloo(rank, world, f"{path}.store")
-    try:
+    with gloo_group(rank, world, f"{path}.store"):
         results = {m: _stochastic(m, _x()) for m in _STOCHASTIC}
         if rank == 0:
             torch.save(results, path)
-    finally:
-        dist.destroy_process_group()
 
 
 def _assert_same(method: str, got: torch.Tensor, expected: torch.Tensor, tol: float = 0.0) -> None:
@@ -126,15 +119,12 @@ def test_stochastic_methods_do_not_depend_on_batch_size_or_shards(method):
 
 
 def _kernel_worker(rank: int, world: int, path: str) -> None:
-    init_gloo(rank, world, f"{path}.store")
-    try:
+    with gloo_group(rank, world, f"{path}.store"):
         torch.manual_seed(5 + rank)  # ranks differ; the seed comes from rank 0 (broadcast)
         x = torch.linspace(-1, 1, 7 * 5, dtype=torch.float64).reshape(7, 5)
         e = explain_sharded(_model().double(), x, method="kernel_shap", target=1, n_samples=24)
         if rank == 0:
             torch.save({"a": e.attributions}, path)
-    finally:
-        dist.destroy_process_group()
 
 
 @pytest.mark.distributed
