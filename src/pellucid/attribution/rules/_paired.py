@@ -412,8 +412,8 @@ class PairedForward:
 
     def _joint(self, x: torch.Tensor) -> torch.Tensor:
         """One pass over the rows and the shared reference row appended to them."""
-        n = x.shape[0]
-        rows = torch.cat([x, self.baseline[:1].to(x.dtype)])
+        n, reference = x.shape[0], self.baseline[:1]
+        rows = torch.cat([x, reference if reference.dtype == x.dtype else reference.to(x.dtype)])
         out = self._planned(rows, n + 1)
         if out.ndim == 0 or out.shape[0] != n + 1:
             raise BroadcastMismatch(f"the output has shape {tuple(out.shape)}")

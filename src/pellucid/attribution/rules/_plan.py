@@ -161,6 +161,18 @@ class JointPlan:
         return out
 
 
+#: ``_RuleFunction.apply`` without ``Function.apply``'s Python layer, which binds default
+#: arguments (a ``setup_context`` it does not have) and maps functorch's dead wrappers over
+#: every argument: a site's operand is a fresh activation, never such a wrapper. Under a
+#: functorch transform (``vmap``, ``grad``) the usual entry runs.
+_APPLY: Callable[..., torch.Tensor] = getattr(
+    super(torch.autograd.Function, _RuleFunction), "apply", _RuleFunction.apply
+)
+_TRANSFORMS_ACTIVE: Callable[[], bool] = getattr(
+    torch._C, "_are_functorch_transforms_active", lambda: True
+)
+
+
 def _forward(site: _Site, rows: int, owner: int, mismatch: type[Exception]) -> Callable[..., Any]:
     module, inplace = site.module, site.inplace
     spec = (site.rule, site.op, None, (module, site.name))
@@ -172,7 +184,7 @@ def _forward(site: _Site, rows: int, owner: int, mismatch: type[Exception]) -> C
             return plain(module, *args, **kwargs)
         if x.ndim == 0 or x.shape[0] != rows:
             raise mismatch(f"`{type(module).__name__}`: rows {tuple(x.shape)}")
-        y = _RuleFunction.apply(spec, x)
+        y = _RuleFunction.apply(spec, x) if _TRANSFORMS_ACTIVE() else _APPLY(spec, x)
         return x.copy_(y) if inplace else y
 
     return forward
