@@ -237,3 +237,60 @@ def test_one_forward_pass_with_or_without_a_target(method):
         handle.remove()
     assert calls == [4, 4]  # one pass each: the target is validated on the recorded pass
     torch.testing.assert_close(targeted.attributions, plain.attributions, rtol=0, atol=0)
+
+
+def _maps_or_attributions(result):
+    return result.weights if hasattr(result, "weights") else result.attributions
+
+
+@pytest.mark.parametrize("method", [attention_maps, attention, attention_rollout])
+def test_max_memory_bounds_the_peak_and_keeps_the_result(method):
+    from pellucid._evaluate import measure_peak
+
+    torch.manual_seed(0)
+    net = TinyTransformer(3, 2, d_model=32, n_heads=8, n_layers=3).eval()
+    x = torch.randn(32, 40, 3, generator=torch.Generator().manual_seed(1))
+    default, default_peak = measure_peak(lambda: method(net, x))
+    budget = int(0.75 * default_peak)  # the maps (about half of it) and a few rows' work
+    limited, peak = measure_peak(lambda: method(net, x, max_memory=budget))
+    assert peak <= budget, f"{peak / 1e6:.2f} MB over a {budget / 1e6:.2f} MB budget"
+    assert default_peak > budget
+    torch.testing.assert_close(
+        _maps_or_attributions(limited), _maps_or_attributions(default), rtol=0, atol=0
+    )
+    if method is not attention_maps:  # the size the budget picked, and the budget
+        assert 1 <= limited.params["batch_size"] < x.shape[0]
+        assert limited.params["max_memory"] == budget
+        assert default.params["batch_size"] is None and "max_memory" not in default.params
+
+
+def test_max_memory_that_cannot_hold_the_maps_says_how_much_is_needed():
+    net = _net()
+    x = torch.randn(6, 5, 3, dtype=D)
+    before = [p.detach().clone() for p in net.parameters()]
+    for method in (attention_maps, attention, attention_rollout):
+        with pytest.raises(
+            ValueError,
+            match=r"`max_memory` must hold the attention maps of 6 example\(s\) and what "
+            rf"{method.__name__} computes .*got max_memory=600\. Raise it to at least",
+        ):
+            method(net, x, max_memory=600)
+    for p, q in zip(net.parameters(), before, strict=True):
+        assert torch.equal(p, q)
+
+
+def test_layers_that_run_differently_per_chunk_are_refused_with_the_fix():
+    x = torch.randn(4, 5, 3, dtype=D)
+    x[:2, 0, 0], x[2:, 0, 0] = 1.0, -1.0
+
+    class Branching(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = _net(n_layers=1), _net(n_layers=2)
+
+        def forward(self, x):
+            return self.a(x) if float(x[0, 0, 0]) > 0 else self.b(x)
+
+    with pytest.raises(ValueError, match="ran differently for different examples"):
+        attention_maps(Branching(), x, batch_size=2)
+    assert attention_maps(Branching(), x).weights.shape[0] == 1  # one chunk: one path

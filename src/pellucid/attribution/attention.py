@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pellucid._evaluate import check_memory_options
 from pellucid._registry import register
 from pellucid._shell import Run, check_bool, explaining
 from pellucid._targets import Target
@@ -48,6 +49,7 @@ def attention_maps(
     inputs: torch.Tensor,
     *,
     batch_size: int | None = None,
+    max_memory: int | str | None = None,
     forward_args: Any = None,
     forward_kwargs: Mapping[str, Any] | None = None,
     output: Any = None,
@@ -59,6 +61,9 @@ def attention_maps(
         model: an ``nn.Module`` containing ``nn.MultiheadAttention`` layers.
         inputs: batch-first inputs (token ids or feature sequences).
         batch_size: examples per forward pass.
+        max_memory: a budget for the call's peak memory, in bytes or as a size such as
+            ``"2GB"``: picks ``batch_size`` from the model's peak on one example and the
+            maps every example keeps (give one or the other).
         forward_args: extra positional model arguments; forward_kwargs: keyword ones.
         output: which part of a tuple/dict return value is the model's output (recorded in
             ``outputs``).
@@ -83,17 +88,28 @@ def attention_maps(
     return maps
 
 
+#: Per method, what it makes from the maps besides them, in head-fused float32 maps of
+#: one layer, for a model with several attention layers and with one (``attention``: the
+#: fused layer; ``attention_rollout``: a layer in float64 and the rollout before and after
+#: it, also float64, with room for the temporaries beside them; with one layer, no product).
+_MADE = {"attention": (1, 1), "attention_rollout": (7, 3)}
+
+
 def _explaining(name: str, call: Mapping[str, Any]) -> Any:
     """The method shell for an attention method: the model must hold attention layers and
     the inputs be batch-first sequences (token ids allowed); ``target`` is only validated and
     ``layer`` is the method's own (an attention call's index, not a submodule). The shell's
     first forward records the maps: one pass, with or without a target."""
+    batch_size, max_memory = call.get("batch_size"), call.get("max_memory")
+    check_memory_options(batch_size, max_memory)
     attention_layers(call["model"])
     check_tensor("inputs", call["inputs"], min_ndim=2, finite=True)
+    # the budget sizes the capture's chunks before the first forward (which records the
+    # maps), not the shell after it
     return explaining(
         name,
-        {**call, "layer": None},
-        engine=Capture(call.get("batch_size")),
+        {**call, "layer": None, "max_memory": None},
+        engine=Capture(batch_size, max_memory, name, _MADE.get(name, (0, 0))),
         floating=False,
         target_optional=True,
     )
@@ -101,20 +117,13 @@ def _explaining(name: str, call: Mapping[str, Any]) -> Any:
 
 def _maps(run: Run) -> AttentionMaps:
     """The weights of every attention call, (L, N, H, T, S), as the shell's first forward
-    recorded them."""
+    recorded them (see :class:`Capture`)."""
     capture = run.engine
-    chunks, names = capture.chunks, []
-    stacked = []
-    for records in chunks:
-        names = [name for name, _ in records]
-        shapes = {tuple(w.shape[2:]) for _, w in records}
-        if len(shapes) != 1:
-            raise ValueError(f"The attention layers have different map shapes {sorted(shapes)}.")
-        stacked.append(torch.stack([w for _, w in records], dim=1))  # (chunk, L, H, T, S)
-    weights = stacked[0] if len(stacked) == 1 else torch.cat(stacked)
-    return AttentionMaps(
-        weights=weights.transpose(0, 1).contiguous(), layers=names, outputs=run.prep.output
-    )
+    if capture.max_memory is not None:  # the size the budget picked, and the budget
+        run.batch_size, run.max_memory = capture.batch_size, capture.max_memory
+    if capture.weights is None:
+        raise RuntimeError(f"{run.name}: the first forward recorded no attention maps.")
+    return AttentionMaps(weights=capture.weights, layers=capture.layers, outputs=run.prep.output)
 
 
 def _token_result(run: Run, scores: torch.Tensor, params: dict, extras: dict) -> None:
@@ -148,11 +157,12 @@ def _on_grid(scores: torch.Tensor, spatial: torch.Size) -> torch.Tensor:
 
 
 def _fuse(weights: torch.Tensor, head_fusion: str) -> torch.Tensor:
+    """The maps fused over heads, the third dimension from the end: (..., H, T, S)."""
     if head_fusion == "mean":
-        return weights.mean(2)
+        return weights.mean(-3)
     if head_fusion == "max":
-        return weights.amax(2)
-    return weights.amin(2)
+        return weights.amax(-3)
+    return weights.amin(-3)
 
 
 @register(kind="attention", input_kinds=("sequence",))
@@ -164,6 +174,7 @@ def attention(
     layer: int = -1,
     head_fusion: str = "mean",
     batch_size: int | None = None,
+    max_memory: int | str | None = None,
     forward_args: Any = None,
     forward_kwargs: Mapping[str, Any] | None = None,
     output: Any = None,
@@ -204,7 +215,7 @@ def attention(
         maps = _maps(run)
         n_layers = maps.weights.shape[0]
         layer = check_int("layer", layer, min_value=-n_layers, max_value=n_layers - 1)
-        scores = _fuse(maps.weights, head_fusion)[layer].mean(1)  # (N, S)
+        scores = _fuse(maps.weights[layer], head_fusion).mean(1)  # (N, S)
         _token_result(
             run,
             scores,
@@ -224,6 +235,7 @@ def attention_rollout(
     residual: bool = True,
     query: int | None = None,
     batch_size: int | None = None,
+    max_memory: int | str | None = None,
     forward_args: Any = None,
     forward_kwargs: Mapping[str, Any] | None = None,
     output: Any = None,
@@ -264,8 +276,7 @@ def attention_rollout(
     check_bool("residual", residual)
     with _explaining("attention_rollout", locals()) as run:
         maps = _maps(run)
-        fused = _fuse(maps.weights, head_fusion).to(torch.float64)  # (L, N, T, S)
-        t, s = fused.shape[-2:]
+        t, s = maps.weights.shape[-2:]
         if t != s:
             raise ValueError(
                 f"attention_rollout needs self-attention (square maps); got maps of {t} "
@@ -273,7 +284,7 @@ def attention_rollout(
             )
         if query is not None:
             query = check_int("query", query, min_value=-t, max_value=t - 1)
-        rollout = _rollout(fused, residual)
+        rollout = _rollout(maps.weights, head_fusion, residual)
         scores = rollout.mean(1) if query is None else rollout[:, query]
         dtype = run.inputs.dtype if run.inputs.is_floating_point() else torch.float32
         _token_result(
@@ -285,14 +296,17 @@ def attention_rollout(
     return run.explanation
 
 
-def _rollout(fused: torch.Tensor, residual: bool) -> torch.Tensor:
-    """The product of the layers' (residual-mixed, renormalized) maps, first layer first."""
-    t = fused.shape[-1]
-    eye = torch.eye(t, dtype=fused.dtype, device=fused.device)
-    rollout = eye.expand(fused.shape[1], t, t)
-    for a in fused:
+def _rollout(weights: torch.Tensor, head_fusion: str, residual: bool) -> torch.Tensor:
+    """The product of the layers' (head-fused, residual-mixed, renormalized) maps, first
+    layer first, in float64; one layer fused at a time."""
+    eye = torch.eye(weights.shape[-1], dtype=torch.float64, device=weights.device)
+    rollout: torch.Tensor | None = None
+    for layer in weights:
+        a = _fuse(layer, head_fusion).to(torch.float64)
         if residual:
-            a = 0.5 * a + 0.5 * eye
-        a = a / a.sum(-1, keepdim=True).clamp_min(1e-12)
-        rollout = a @ rollout
+            a.mul_(0.5).add_(eye, alpha=0.5)
+        a.div_(a.sum(-1, keepdim=True).clamp_min_(1e-12))
+        rollout = a if rollout is None else a @ rollout  # (the first layer: times I)
+    if rollout is None:
+        raise ValueError("attention_rollout needs at least one attention layer.")
     return rollout
