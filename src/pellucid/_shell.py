@@ -38,12 +38,13 @@ import torch
 from pellucid._evaluate import (
     Prepared,
     check_memory_options,
+    first_forward_rows,
+    graph_gradient,
     path_gradients,
     pick_batch_size,
     prepare,
     prepared_gradients,
     target_scores,
-    track_first_forward,
 )
 from pellucid._state import model_guard
 from pellucid.explanation import Explanation
@@ -199,6 +200,9 @@ def explaining(
     layer, max_memory = call.get("layer"), call.get("max_memory")
     budget = check_memory_options(batch_size, max_memory)
     track_grad = track_grad and budget is None  # the first forward's graph: not budgeted
+    # rows per backward: the first forward keeps one graph for them all, or runs that many
+    # rows at a time and hands each chunk's graph to the method's gradient (no second pass)
+    rows = first_forward_rows(inputs, batch_size) if track_grad else None
     with model_guard(model, eval_mode=call.get("eval_mode"), method=name):
         attached = None
         if engine is not None:
@@ -206,6 +210,7 @@ def explaining(
             prepare_kwargs = {"wrap": attached.wrap, "passthrough": attached.errors} | (
                 prepare_kwargs
             )
+        streamed = rows is not None and layer is None and rows < inputs.shape[0]
         prep = prepare(
             model,
             inputs,
@@ -214,7 +219,9 @@ def explaining(
             forward_kwargs=call.get("forward_kwargs"),
             output=call.get("output"),
             layer=layer,
-            track_grad=track_grad and track_first_forward(inputs, batch_size, layer),
+            track_grad=rows is not None and (streamed or rows >= inputs.shape[0]),
+            grad_chunk=rows if streamed else None,
+            on_chunk=getattr(attached, "on_chunk", graph_gradient),
             **prepare_kwargs,
         )
         if budget is not None:

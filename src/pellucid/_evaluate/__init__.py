@@ -34,7 +34,9 @@ from pellucid._evaluate._chunks import (
 )
 from pellucid._evaluate._gradients import (
     GRAD_BUDGET_FACTOR,
+    first_forward_rows,
     grad_batch_size,
+    graph_gradient,
     input_gradients,
     path_gradients,
     prepared_gradients,
@@ -85,6 +87,8 @@ __all__ = [
     "Prepared",
     "all_finite",
     "block_scores",
+    "first_forward_rows",
+    "graph_gradient",
     "broadcast_baseline",
     "per_row",
     "chunk_rows",

@@ -21,7 +21,9 @@ from pellucid._targets import ResolvedTarget
 
 __all__ = [
     "GRAD_BUDGET_FACTOR",
+    "first_forward_rows",
     "grad_batch_size",
+    "graph_gradient",
     "input_gradients",
     "path_gradients",
     "prepared_gradients",
@@ -74,13 +76,29 @@ def _gradient(
 ) -> torch.Tensor:
     chunk = chunk.detach().requires_grad_(True)
     with torch.enable_grad():
-        scores = target.scores(forward(chunk, index), index)
+        return graph_gradient(forward(chunk, index), chunk, index, target)
+
+
+def graph_gradient(
+    output: torch.Tensor,
+    leaf: torch.Tensor,
+    index: torch.Tensor | None,
+    target: ResolvedTarget,
+) -> torch.Tensor:
+    """d target score / d ``leaf`` through the graph of ``output`` (the rows of ``leaf``,
+    standing for the examples ``index``); the graph is freed.
+
+    Raises:
+        ValueError: the score does not depend on ``leaf``.
+    """
+    with torch.enable_grad():
+        scores = target.scores(output, index)
         if not scores.requires_grad:
             raise ValueError(
                 "The target score does not depend on the explained inputs (no gradient path); "
                 "check `target`, `output` and `layer`."
             )
-        (grad,) = torch.autograd.grad(scores.sum(), chunk)
+        (grad,) = torch.autograd.grad(scores.sum(), leaf)
     return grad
 
 
@@ -141,6 +159,16 @@ def path_gradients(
     return result
 
 
+def first_forward_rows(inputs: Any, batch_size: int | None) -> int | None:
+    """Rows per chunk of a first forward that keeps its graph (one backward's worth:
+    ``batch_size``, else the default bounded in memory), or None when ``inputs`` is not a
+    non-empty tensor (``prepare`` then reports it)."""
+    if not isinstance(inputs, torch.Tensor) or inputs.ndim == 0 or inputs.shape[0] == 0:
+        return None
+    n = inputs.shape[0]
+    return grad_batch_size(batch_size, inputs[0].numel(), total=n, like=inputs)
+
+
 def track_first_forward(inputs: Any, batch_size: int | None, layer: Any = None) -> bool:
     """True when one backward over all rows fits ``batch_size``: then ``prepare`` keeps the
     graph of its forward and the method needs no second one. (With ``layer``, the budget is
@@ -154,18 +182,13 @@ def track_first_forward(inputs: Any, batch_size: int | None, layer: Any = None) 
 
 
 def prepared_gradients(prep: Any, batch_size: int | None) -> torch.Tensor:
-    """d score / d inputs, from the graph ``prepare(track_grad=True)`` kept, else chunked."""
+    """d score / d inputs: from the graph ``prepare(track_grad=True)`` kept, or from the
+    gradients its first forward took chunk by chunk, else chunked now."""
+    if prep.chunk_results is not None:
+        return torch.cat(prep.chunk_results)
     if prep.graph_output is None or prep.leaf is None:
         return input_gradients(prep.forward, prep.target, prep.inputs, batch_size=batch_size)
-    with torch.enable_grad():
-        scores = prep.target.scores(prep.graph_output, None)
-        if not scores.requires_grad:
-            raise ValueError(
-                "The target score does not depend on the explained inputs (no gradient path); "
-                "check `target`, `output` and `layer`."
-            )
-        (grad,) = torch.autograd.grad(scores.sum(), prep.leaf)
-    return grad
+    return graph_gradient(prep.graph_output, prep.leaf, None, prep.target)
 
 
 def target_scores(

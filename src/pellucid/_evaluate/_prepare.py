@@ -45,12 +45,18 @@ class Prepared:
     layer_name: str | None = None  # the dotted name of ``layer`` when given
     leaf: torch.Tensor | None = None  # with ``track_grad``: the rows the graph starts from
     graph_output: torch.Tensor | None = None  # with ``track_grad``: the output, with graph
+    chunk_results: list[Any] | None = None  # with ``grad_chunk``: ``on_chunk``'s, in order
 
     @property
     def model_forward(self) -> Forward:
         """The Forward that calls the model on its own inputs (under any layer composition)."""
         forward = self.forward
         return forward.base if isinstance(forward, AtLayer) else forward  # type: ignore[return-value]
+
+
+#: ``on_chunk(output, leaf, example_index, target)``: what a method takes from one chunk's
+#: graph (see ``prepare``'s ``grad_chunk``).
+ChunkResult = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None", ResolvedTarget], Any]
 
 
 class _ModelError(Exception):
@@ -161,6 +167,8 @@ def prepare(
     floating: bool = True,
     layer: Any = None,
     track_grad: bool = False,
+    grad_chunk: int | None = None,
+    on_chunk: ChunkResult | None = None,
     wrap: Callable[[Forward], Any] | None = None,
     passthrough: tuple[type[Exception], ...] = (),
     target_optional: bool = False,
@@ -173,7 +181,11 @@ def prepare(
 
     With ``track_grad``, this first forward records the autograd graph from ``leaf`` (the
     inputs or the layer's output) to ``graph_output``, so that a method needing one backward
-    pass does not run the model twice. ``wrap`` changes how the model is called (rule
+    pass does not run the model twice. When one backward over every row does not fit,
+    ``grad_chunk`` rows: the first forward then runs that many rows at a time, each chunk
+    with its graph, and ``on_chunk(output, leaf, example_index, target)`` takes what the
+    method needs from that graph right after the chunk ran (its gradient); the results are
+    ``chunk_results``, and the method again runs the model only once. ``wrap`` changes how the model is called (rule
     engines, attention capture): the first forward and the returned ``forward`` are
     ``wrap(Forward(...))`` (no ``layer`` then); exceptions of the ``passthrough`` types raise unchanged (others
     from the model are worded as "the model could not run"). With ``target_optional`` (methods
@@ -201,6 +213,19 @@ def prepare(
             lambda: layer_activations(forward, module, inputs, track=track_grad), forward, inputs
         )
         activations = leaf.detach()
+    elif track_grad and grad_chunk is not None and grad_chunk < inputs.shape[0]:
+        if on_chunk is None:
+            raise TypeError("prepare: `grad_chunk` needs `on_chunk`.")
+        return _streamed(
+            call,
+            forward,
+            inputs,
+            target,
+            grad_chunk,
+            on_chunk,
+            passthrough,
+            target_optional=target_optional,
+        )
     else:
         leaf = inputs.detach().requires_grad_(track_grad)
 
@@ -232,6 +257,66 @@ def prepare(
     return prepared
 
 
+def _streamed(
+    call: Any,
+    forward: Forward,
+    inputs: torch.Tensor,
+    target: Target,
+    size: int,
+    on_chunk: ChunkResult,
+    passthrough: tuple[type[Exception], ...],
+    *,
+    target_optional: bool,
+) -> Prepared:
+    """``prepare``'s first forward ``size`` rows at a time, each chunk's graph handed to
+    ``on_chunk`` at once (see ``prepare``). The target is resolved for every example on the
+    first chunk's output (its shape is every row's; a per-example target is checked whole)
+    and scores each chunk's rows; ``"predicted"`` is each chunk's own argmax."""
+    n = inputs.shape[0]
+    call.expect(n)  # the layout policy sees the whole work, as a chunked pass would show it
+    outputs: list[torch.Tensor] = []
+    results: list[Any] = []
+    resolved: ResolvedTarget | None = None
+    for start in range(0, n, size):
+        stop = min(n, start + size)
+        index = torch.arange(start, stop, device=inputs.device)
+        rows: torch.Tensor | None
+        leaf = inputs[start:stop].detach().requires_grad_(True)
+
+        def run(leaf: torch.Tensor = leaf, index: torch.Tensor = index) -> Any:
+            with torch.enable_grad():
+                try:
+                    return call(leaf, index), leaf
+                except passthrough:
+                    raise
+                except (RuntimeError, ValueError, IndexError, TypeError) as exc:
+                    raise _ModelError(exc) from exc
+
+        graph, _ = _first_forward(run, forward, inputs)
+        out = graph.detach()
+        _check_output(out, inputs, rows=stop - start)
+        if resolved is None:
+            whole = out[:1].expand(n, *out.shape[1:])  # every row's shape, without the values
+            resolved = (
+                ResolvedTarget("none")
+                if target is None and target_optional
+                else resolve_target(target, whole)
+            )
+        scoring, rows = resolved, index  # (rows: the chunk's examples, for the target)
+        if isinstance(target, str):  # "predicted": this chunk's own predictions
+            scoring = ResolvedTarget("index", index=out.reshape(out.shape[0], -1).argmax(dim=1))
+            rows = None
+        results.append(on_chunk(graph, leaf, rows, scoring))
+        outputs.append(out)
+        del graph, leaf
+    output = torch.cat(outputs)
+    if isinstance(target, str):
+        resolved = resolve_target(target, output)
+    prepared = Prepared(call, resolved, output, inputs)  # type: ignore[arg-type]
+    prepared.chunk_results = results
+    return prepared
+
+
 def _first_forward(
     run: Callable[[], tuple[torch.Tensor, torch.Tensor]], forward: Forward, inputs: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -244,11 +329,14 @@ def _first_forward(
         raise ValueError(message) from wrapped.__cause__
 
 
-def _check_output(out: torch.Tensor, inputs: torch.Tensor) -> None:
-    if out.ndim == 0 or out.shape[0] != inputs.shape[0]:
+def _check_output(out: torch.Tensor, inputs: torch.Tensor, rows: int | None = None) -> None:
+    """One output row per input row (``rows`` of them, a chunk's; else every row), finite."""
+    expected = inputs.shape[0] if rows is None else rows
+    if out.ndim == 0 or out.shape[0] != expected:
+        got = tuple(out.shape) if rows is None else f"{tuple(out.shape)} for {rows} of them"
         raise ValueError(
             f"The model must return one row per example: `inputs` has {inputs.shape[0]} rows "
-            f"but the output has shape {tuple(out.shape)}. Inputs must be batch first."
+            f"but the output has shape {got}. Inputs must be batch first."
         )
     if out.is_floating_point() and not all_finite(out):
         check_finite_tensor("model output", out)

@@ -24,6 +24,7 @@ from pellucid._evaluate import (
     Prepared,
     chunks,
     grad_batch_size,
+    graph_gradient,
     pick_batch_size,
     prepare,
     prepared_gradients,
@@ -77,6 +78,7 @@ class DeepLiftRules:
         self.baseline, self.background = baseline, background
         self._reference: torch.Tensor | None = None
         self._engine: PairedEngine | None = None
+        self._forward: PairedForward | None = None
         self._inputs: Any = None
 
     def __call__(self, model: Any, inputs: Any) -> DeepLiftRules:
@@ -136,7 +138,30 @@ class DeepLiftRules:
         )
         shared = self.baseline is None or isinstance(self.baseline, int | float | bool)
         shared = shared or self.baseline in ("zeros", "mean")
-        return PairedForward(self.engine, forward, self._reference, shared=shared or None)
+        self._forward = PairedForward(self.engine, forward, self._reference, shared=shared or None)
+        return self._forward
+
+    def on_chunk(
+        self,
+        output: torch.Tensor,
+        leaf: torch.Tensor,
+        index: torch.Tensor | None,
+        target: ResolvedTarget,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One chunk of ``prepare``'s first forward (see its ``grad_chunk``): the multipliers
+        of its rows and their ``f(x) - f(baseline)``, from the chunk's graph and the
+        reference pass that ran with it.
+
+        Raises:
+            RuntimeError: the rules were not attached to a model yet.
+            ValueError: the target score does not depend on the inputs.
+        """
+        if self._forward is None:
+            raise RuntimeError("deeplift: the rules were not attached to a model.")
+        grad = graph_gradient(output, leaf, index, target)
+        s_in = target.scores(output.detach(), index)
+        s_ref = target.scores(_reference_output(self._forward), index)
+        return grad, s_in - s_ref
 
     def gradients(
         self, prep: Prepared, batch_size: int | None
@@ -150,6 +175,9 @@ class DeepLiftRules:
         forward = prep.forward
         if not isinstance(forward, PairedForward):
             raise TypeError("deeplift: the prepared forward must be a PairedForward.")
+        if prep.chunk_results is not None:  # taken chunk by chunk by the first forward
+            grads, diffs = zip(*prep.chunk_results, strict=True)
+            return torch.cat(grads), torch.cat(diffs)
         if prep.graph_output is not None and prep.leaf is not None:
             with torch.enable_grad():
                 scores = prep.target.scores(prep.graph_output, None)
