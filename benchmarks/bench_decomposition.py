@@ -182,8 +182,9 @@ def deeplift_variants(model: nn.Module, x: torch.Tensor, t: int) -> dict[str, Ca
     }
 
 
-def reference_models() -> dict[str, tuple[nn.Module, torch.Tensor]]:
-    """The reference models and inputs (seeded), and resnet18 when torchvision is there."""
+def reference_models(resnet18_size: int = 64) -> dict[str, tuple[nn.Module, torch.Tensor]]:
+    """The reference models and inputs (seeded), and resnet18 when torchvision is there
+    (``resnet18_size`` pixels a side)."""
     torch.manual_seed(0)
     models = {
         "smallcnn": (SmallCNN().eval(), torch.randn(32, 1, 8, 8)),
@@ -196,7 +197,8 @@ def reference_models() -> dict[str, tuple[nn.Module, torch.Tensor]]:
         return models
     torch.manual_seed(0)
     resnet = torchvision.models.resnet18(weights=None)
-    models["resnet18"] = (_calibrated(resnet, torch.randn(8, 3, 64, 64)), torch.randn(8, 3, 64, 64))
+    shape = (8, 3, resnet18_size, resnet18_size)
+    models["resnet18"] = (_calibrated(resnet, torch.randn(shape)), torch.randn(shape))
     return models
 
 
@@ -338,6 +340,9 @@ def main() -> None:
     parser.add_argument("--strategies", action="store_true", help="time the reference passes")
     parser.add_argument("--resnet18", action="store_true", help="torchvision resnet18, 64x64")
     parser.add_argument(
+        "--resnet18-size", type=int, default=64, help="resnet18's image size (224: ImageNet's)"
+    )
+    parser.add_argument(
         "--floors", default="", help="only DeepLIFT over its floors at these batch sizes: 8,32,128"
     )
     args = parser.parse_args()
@@ -346,12 +351,13 @@ def main() -> None:
     import captum
 
     print(f"torch {torch.__version__}, captum {captum.__version__}, {args.threads} threads")
-    models = reference_models()
+    models = reference_models(args.resnet18_size)
+    size = args.resnet18_size
     titles = {
         "smallcnn": "SmallCNN 1x8x8, batch 32",
         "tinyresnet": "TinyResNet 3x32x32, batch 16",
         "mlp": "MLP 30 features, batch 32",
-        "resnet18": "torchvision resnet18 3x64x64 (random weights), batch 8",
+        "resnet18": f"torchvision resnet18 3x{size}x{size} (random weights), batch 8",
     }
     chosen = [] if args.no_small else ["smallcnn", "tinyresnet", "mlp"]
     if args.resnet18:
