@@ -97,3 +97,33 @@ def test_a_chunk_with_the_wrong_number_of_output_rows_names_both_counts():
 
     with pytest.raises(ValueError, match=r"`inputs` has 5 rows .*\(1, 4\) for 2 of them"):
         pellucid.saliency(Pooled(), _x(), target=0, batch_size=2)
+
+
+def _cnn() -> nn.Module:
+    from pellucid.models import SmallCNN
+
+    torch.manual_seed(0)
+    return SmallCNN().to(D).eval()
+
+
+def _images() -> torch.Tensor:
+    return torch.randn(5, 1, 8, 8, dtype=D, generator=torch.Generator().manual_seed(2))
+
+
+@pytest.mark.parametrize("target", list(TARGETS))
+def test_grad_cam_at_a_layer_in_chunks_gives_the_one_pass_map(target):
+    t = TARGETS[target]
+    whole = pellucid.grad_cam(_cnn(), _images(), target=t, layer="features.3")
+    chunked = pellucid.grad_cam(_cnn(), _images(), target=t, layer="features.3", batch_size=2)
+    torch.testing.assert_close(chunked.attributions, whole.attributions, rtol=1e-12, atol=1e-12)
+    assert chunked.params["layer"] == "features.3"
+
+
+def test_grad_cam_runs_the_model_once_per_chunk():
+    net, rows = _cnn(), []
+    handle = net.register_forward_pre_hook(lambda m, args: rows.append(args[0].shape[0]))
+    try:
+        pellucid.grad_cam(net, _images(), target=1, layer="features.3", batch_size=2)
+    finally:
+        handle.remove()
+    assert rows == [2, 2, 1]

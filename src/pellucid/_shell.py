@@ -210,7 +210,7 @@ def explaining(
             prepare_kwargs = {"wrap": attached.wrap, "passthrough": attached.errors} | (
                 prepare_kwargs
             )
-        streamed = rows is not None and layer is None and rows < inputs.shape[0]
+        streamed = rows is not None and rows < inputs.shape[0]
         prep = prepare(
             model,
             inputs,

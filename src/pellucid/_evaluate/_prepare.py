@@ -10,6 +10,7 @@ inputs' shape.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -208,48 +209,46 @@ def prepare(
         output=output,
     )
     call: Any = wrap(forward) if wrap is not None and layer is None else forward
-    if layer is not None:
-        graph, leaf = _first_forward(
-            lambda: layer_activations(forward, module, inputs, track=track_grad), forward, inputs
-        )
-        activations = leaf.detach()
-    elif track_grad and grad_chunk is not None and grad_chunk < inputs.shape[0]:
+
+    def run_rows(rows: torch.Tensor, index: Any, track: bool) -> Any:
+        """``(output, leaf)`` of the rows: the leaf is the rows, or the layer's output."""
+        if layer is not None:
+            return layer_activations(forward, module, rows, index, track=track)
+        leaf = rows.detach().requires_grad_(track)
+        with torch.set_grad_enabled(track):
+            try:
+                return call(leaf, index), leaf
+            except passthrough:
+                raise
+            except (RuntimeError, ValueError, IndexError, TypeError) as exc:
+                raise _ModelError(exc) from exc
+
+    if track_grad and grad_chunk is not None and grad_chunk < inputs.shape[0]:
         if on_chunk is None:
             raise TypeError("prepare: `grad_chunk` needs `on_chunk`.")
-        return _streamed(
+        prepared = _streamed(
+            run_rows,
             call,
             forward,
             inputs,
             target,
             grad_chunk,
             on_chunk,
-            passthrough,
-            target_optional=target_optional,
+            target_optional,
+            layer is not None,
         )
     else:
-        leaf = inputs.detach().requires_grad_(track_grad)
-
-        def first() -> tuple[torch.Tensor, torch.Tensor]:
-            with torch.set_grad_enabled(track_grad):
-                try:
-                    return call(leaf, None), leaf
-                except passthrough:
-                    raise
-                except (RuntimeError, ValueError, IndexError, TypeError) as exc:
-                    raise _ModelError(exc) from exc
-
-        graph, _ = _first_forward(first, forward, inputs)
-        activations = inputs
-    out = graph.detach()
-    _check_output(out, inputs)
-    resolved = (
-        ResolvedTarget("none")
-        if target is None and target_optional
-        else resolve_target(target, out)
-    )
-    prepared = Prepared(call, resolved, out, activations)
-    if track_grad:
-        prepared.leaf, prepared.graph_output = leaf, graph
+        graph, leaf = _first_forward(lambda: run_rows(inputs, None, track_grad), forward, inputs)
+        out = graph.detach()
+        _check_output(out, inputs)
+        resolved = (
+            ResolvedTarget("none")
+            if target is None and target_optional
+            else resolve_target(target, out)
+        )
+        prepared = Prepared(call, resolved, out, inputs if layer is None else leaf.detach())
+        if track_grad:
+            prepared.leaf, prepared.graph_output = leaf, graph
     if layer is not None:
         names = {id(m): n for n, m in model.named_modules()}
         prepared.forward = AtLayer(forward, module, inputs)
@@ -258,41 +257,35 @@ def prepare(
 
 
 def _streamed(
+    run_rows: Callable[[torch.Tensor, Any, bool], Any],
     call: Any,
     forward: Forward,
     inputs: torch.Tensor,
     target: Target,
     size: int,
     on_chunk: ChunkResult,
-    passthrough: tuple[type[Exception], ...],
-    *,
     target_optional: bool,
+    at_layer: bool,
 ) -> Prepared:
     """``prepare``'s first forward ``size`` rows at a time, each chunk's graph handed to
     ``on_chunk`` at once (see ``prepare``). The target is resolved for every example on the
     first chunk's output (its shape is every row's; a per-example target is checked whole)
-    and scores each chunk's rows; ``"predicted"`` is each chunk's own argmax."""
+    and scores each chunk's rows; ``"predicted"`` is each chunk's own argmax. The explained
+    rows are the inputs, or with a layer its outputs, chunk after chunk."""
     n = inputs.shape[0]
     call.expect(n)  # the layout policy sees the whole work, as a chunked pass would show it
     outputs: list[torch.Tensor] = []
+    leaves: list[torch.Tensor] = []
     results: list[Any] = []
     resolved: ResolvedTarget | None = None
     for start in range(0, n, size):
         stop = min(n, start + size)
         index = torch.arange(start, stop, device=inputs.device)
+        chunk = inputs[start:stop]
         rows: torch.Tensor | None
-        leaf = inputs[start:stop].detach().requires_grad_(True)
-
-        def run(leaf: torch.Tensor = leaf, index: torch.Tensor = index) -> Any:
-            with torch.enable_grad():
-                try:
-                    return call(leaf, index), leaf
-                except passthrough:
-                    raise
-                except (RuntimeError, ValueError, IndexError, TypeError) as exc:
-                    raise _ModelError(exc) from exc
-
-        graph, _ = _first_forward(run, forward, inputs)
+        graph, leaf = _first_forward(
+            functools.partial(run_rows, chunk, index, True), forward, inputs
+        )
         out = graph.detach()
         _check_output(out, inputs, rows=stop - start)
         if resolved is None:
@@ -308,11 +301,14 @@ def _streamed(
             rows = None
         results.append(on_chunk(graph, leaf, rows, scoring))
         outputs.append(out)
+        if at_layer:
+            leaves.append(leaf.detach())
         del graph, leaf
     output = torch.cat(outputs)
     if isinstance(target, str):
         resolved = resolve_target(target, output)
-    prepared = Prepared(call, resolved, output, inputs)  # type: ignore[arg-type]
+    explained = torch.cat(leaves) if at_layer else inputs
+    prepared = Prepared(call, resolved, output, explained)  # type: ignore[arg-type]
     prepared.chunk_results = results
     return prepared
 
