@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,7 +25,13 @@ from torch.utils.hooks import RemovableHandle
 
 from pellucid._warnings import TrainingModeWarning
 
-__all__ = ["ModelSnapshot", "has_mode_dependent_layers", "model_guard", "module_list"]
+__all__ = [
+    "ModelSnapshot",
+    "freeze_parameters",
+    "has_mode_dependent_layers",
+    "model_guard",
+    "module_list",
+]
 
 _HOOK_DICTS = (
     "_forward_hooks",
@@ -229,6 +236,9 @@ def model_guard(
     snapshot = ModelSnapshot(model)
     if not allow_meta:
         _refuse_meta(snapshot)
+    guarded = _guarded()
+    outer = guarded.get(id(model))
+    guarded[id(model)] = snapshot
     try:
         if eval_mode:
             model.eval()
@@ -242,8 +252,41 @@ def model_guard(
             )
         yield model
     finally:
+        if outer is None:
+            guarded.pop(id(model), None)
+        else:
+            guarded[id(model)] = outer
         snapshot.restore()
     snapshot.check_grads()
+
+
+_LOCAL = threading.local()
+
+
+def _guarded() -> dict[int, ModelSnapshot]:
+    """This thread's guarded models (by id) and their innermost snapshot."""
+    guarded: dict[int, ModelSnapshot] | None = getattr(_LOCAL, "guarded", None)
+    if guarded is None:
+        guarded = _LOCAL.guarded = {}
+    return guarded
+
+
+def freeze_parameters(model: Any) -> None:
+    """Switch off ``requires_grad`` of every parameter, so that only tensors computed from
+    the explained rows require grad. Inside ``model_guard`` (which restores the flags) the
+    guard's list of parameters is used: no second walk over the modules."""
+    if not isinstance(model, nn.Module):
+        return
+    snapshot = _guarded().get(id(model))
+    if snapshot is not None and snapshot.model is model:
+        for param, _, _ in snapshot.params:
+            if param.requires_grad:
+                param.requires_grad_(False)
+        return
+    for module in module_list(model):
+        for value in module._parameters.values():
+            if value is not None and value.requires_grad:
+                value.requires_grad_(False)
 
 
 def parameters_fingerprint(model: nn.Module) -> list[torch.Tensor]:

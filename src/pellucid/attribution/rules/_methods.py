@@ -183,7 +183,7 @@ class DeepLiftRules:
                 scores = prep.target.scores(prep.graph_output, None)
                 (grad,) = torch.autograd.grad(scores.sum(), prep.leaf)
             reference = prep.target.scores(_reference_output(forward), None)
-            return grad, (scores - reference).detach()
+            return grad, scores.detach() - reference
         x = prep.inputs
         size = grad_batch_size(batch_size, x[0].numel(), total=x.shape[0], like=x)
         return _chunked(forward, prep.target, x, size)

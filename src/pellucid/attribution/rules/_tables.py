@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from pellucid._state import module_list
+from pellucid._state import freeze_parameters
 from pellucid.attribution.rules._engine import Decompose, Handler, Rule, RuleEngine, gradient
 
 __all__ = ["always", "bilinear", "entries", "eval_batch_norm", "freeze_parameters", "gradient"]
@@ -63,13 +63,3 @@ def eval_batch_norm(engine: RuleEngine, name: str, func: Any, args: Any, kwargs:
 def entries(names: Iterable[str], handler: Handler | Decompose) -> dict[str, Any]:
     """``{name: handler for name in names}``: one line of a method's table."""
     return dict.fromkeys(names, handler)
-
-
-def freeze_parameters(model: Any) -> None:
-    """Switch off ``requires_grad`` of every parameter (inside the model guard, which restores
-    it), so that only tensors computed from the explained rows require grad."""
-    if isinstance(model, nn.Module):
-        for module in module_list(model):  # a plain walk: cheaper than model.parameters()
-            for param in module._parameters.values():
-                if param is not None and param.requires_grad:
-                    param.requires_grad_(False)
