@@ -127,3 +127,17 @@ def test_grad_cam_runs_the_model_once_per_chunk():
     finally:
         handle.remove()
     assert rows == [2, 2, 1]
+
+
+def test_guided_grad_cam_runs_each_half_once_per_chunk():
+    net, rows = _cnn(), []
+    whole = pellucid.guided_grad_cam(net, _images(), target="predicted", layer="features.3")
+    handle = net.register_forward_pre_hook(lambda m, args: rows.append(args[0].shape[0]))
+    try:
+        chunked = pellucid.guided_grad_cam(
+            net, _images(), target="predicted", layer="features.3", batch_size=2
+        )
+    finally:
+        handle.remove()
+    assert rows == [2, 2, 1, 2, 2, 1]  # Grad-CAM's pass, then guided backprop's
+    torch.testing.assert_close(chunked.attributions, whole.attributions, rtol=1e-12, atol=1e-12)

@@ -41,7 +41,6 @@ from pellucid._evaluate._gradients import (
     path_gradients,
     prepared_gradients,
     target_scores,
-    track_first_forward,
 )
 from pellucid._evaluate._memory import (
     ESTIMATE_FACTOR,
@@ -103,5 +102,4 @@ __all__ = [
     "resolve_batch_size",
     "select_output",
     "target_scores",
-    "track_first_forward",
 ]

@@ -28,7 +28,6 @@ __all__ = [
     "path_gradients",
     "prepared_gradients",
     "target_scores",
-    "track_first_forward",
 ]
 
 #: Without ``batch_size``, a backward chunk holds 1/16 of the forward-only element budget:
@@ -167,18 +166,6 @@ def first_forward_rows(inputs: Any, batch_size: int | None) -> int | None:
         return None
     n = inputs.shape[0]
     return grad_batch_size(batch_size, inputs[0].numel(), total=n, like=inputs)
-
-
-def track_first_forward(inputs: Any, batch_size: int | None, layer: Any = None) -> bool:
-    """True when one backward over all rows fits ``batch_size``: then ``prepare`` keeps the
-    graph of its forward and the method needs no second one. (With ``layer``, the budget is
-    counted on the inputs; layers rarely make rows much larger.)"""
-    if not isinstance(inputs, torch.Tensor) or inputs.ndim == 0:
-        return False
-    if inputs.shape[0] == 0:
-        return False
-    n = inputs.shape[0]
-    return grad_batch_size(batch_size, inputs[0].numel(), total=n, like=inputs) >= n
 
 
 def prepared_gradients(prep: Any, batch_size: int | None) -> torch.Tensor:

@@ -23,12 +23,12 @@ from pellucid._evaluate import (
     Forward,
     Prepared,
     chunks,
+    first_forward_rows,
     grad_batch_size,
     graph_gradient,
     pick_batch_size,
     prepare,
     prepared_gradients,
-    track_first_forward,
 )
 from pellucid._targets import ResolvedTarget, Target
 from pellucid.attribution._baselines import resolve_baseline
@@ -225,12 +225,14 @@ def rule_gradients(
     max_memory: Any = None,
 ) -> tuple[Prepared, torch.Tensor, RuleEngine]:
     """Prepare, then the gradient of the target w.r.t. the inputs with ``handlers`` attached
-    (``batch_size`` rows at a time, or as many as ``max_memory`` holds on this pass).
+    (``batch_size`` rows at a time, or as many as ``max_memory`` holds on this pass; without
+    a budget the first forward's graphs give it, the model runs once).
 
     For a method already inside the shell (guided Grad-CAM's guided half); must run inside
     ``model_guard`` (the parameters' ``requires_grad`` is switched off).
     """
     engine = rules_for(method, handlers)(model, inputs)
+    rows = first_forward_rows(inputs, batch_size) if max_memory is None else None
     prep = prepare(
         model,
         inputs,
@@ -240,7 +242,9 @@ def rule_gradients(
         output=output,
         wrap=engine.wrap,
         passthrough=engine.errors,
-        track_grad=max_memory is None and track_first_forward(inputs, batch_size),
+        track_grad=rows is not None,  # one graph, or one per chunk (see ``prepare``)
+        grad_chunk=rows,
+        on_chunk=graph_gradient,
     )
     if max_memory is not None:
         batch_size = pick_batch_size(max_memory, method, prep.forward, prep.target, prep.inputs)
