@@ -141,3 +141,24 @@ def test_guided_grad_cam_runs_each_half_once_per_chunk():
         handle.remove()
     assert rows == [2, 2, 1, 2, 2, 1]  # Grad-CAM's pass, then guided backprop's
     torch.testing.assert_close(chunked.attributions, whole.attributions, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("method", ["saliency", "input_x_gradient", "deeplift"])
+def test_under_max_memory_the_model_runs_once_per_chunk_after_one_probe_row(method):
+    net, rows = _cnn(), []
+    x = torch.randn(40, 1, 8, 8, dtype=D, generator=torch.Generator().manual_seed(3))
+    fn = getattr(pellucid, method)
+    fn(net, x, target=1)  # DeepLIFT's first sight of the model checks its two passes
+    whole = fn(net, x, target=1)
+    handle = net.register_forward_pre_hook(lambda m, args: rows.append(args[0].shape[0]))
+    try:
+        limited = fn(net, x, target=1, max_memory="1MB")
+    finally:
+        handle.remove()
+    size = limited.params["batch_size"]
+    assert 1 <= size < x.shape[0] and limited.params["max_memory"] == "1MB"
+    extra = 1 if method == "deeplift" else 0  # its shared reference row
+    probe, chunks = rows[0], rows[1:]
+    assert probe == 1 + extra  # the budget's one-row probe, before the first forward
+    assert sum(chunks) == x.shape[0] + extra * len(chunks) and max(chunks) == size + extra
+    torch.testing.assert_close(limited.attributions, whole.attributions, rtol=1e-12, atol=1e-12)

@@ -47,6 +47,7 @@ from pellucid._evaluate import (
     target_scores,
 )
 from pellucid._state import model_guard
+from pellucid._targets import ResolvedTarget
 from pellucid.explanation import Explanation
 
 __all__ = ["Run", "check_bool", "explaining"]
@@ -199,10 +200,28 @@ def explaining(
     model, inputs, batch_size = call["model"], call["inputs"], call.get("batch_size")
     layer, max_memory = call.get("layer"), call.get("max_memory")
     budget = check_memory_options(batch_size, max_memory)
-    track_grad = track_grad and budget is None  # the first forward's graph: not budgeted
     # rows per backward: the first forward keeps one graph for them all, or runs that many
-    # rows at a time and hands each chunk's graph to the method's gradient (no second pass)
-    rows = first_forward_rows(inputs, batch_size) if track_grad else None
+    # rows at a time and hands each chunk's graph to the method's gradient (no second pass);
+    # under a budget, as many as it holds, picked before that forward (no layer: a layer's
+    # rows are its outputs, measured after it)
+    picked: list[int] = []
+
+    def fitting(forward: Any, explained: torch.Tensor) -> int:
+        n = explained.shape[0]
+        total = None if work is None else max(1, n * work)
+        # the probe's backward is estimated from its forward: any score ends the graph
+        size = pick_batch_size(
+            max_memory, name, forward, ResolvedTarget("none"), explained, total=total
+        )
+        picked.append(size)
+        return size
+
+    rows: int | Callable[[Any, torch.Tensor], int] | None = None
+    if track_grad and budget is None:
+        rows = first_forward_rows(inputs, batch_size)
+    elif track_grad and layer is None:
+        rows = fitting
+
     with model_guard(model, eval_mode=call.get("eval_mode"), method=name):
         attached = None
         if engine is not None:
@@ -210,7 +229,6 @@ def explaining(
             prepare_kwargs = {"wrap": attached.wrap, "passthrough": attached.errors} | (
                 prepare_kwargs
             )
-        streamed = rows is not None and rows < inputs.shape[0]
         prep = prepare(
             model,
             inputs,
@@ -219,12 +237,14 @@ def explaining(
             forward_kwargs=call.get("forward_kwargs"),
             output=call.get("output"),
             layer=layer,
-            track_grad=rows is not None and (streamed or rows >= inputs.shape[0]),
-            grad_chunk=rows if streamed else None,
+            track_grad=rows is not None,
+            grad_chunk=rows,
             on_chunk=getattr(attached, "on_chunk", graph_gradient),
             **prepare_kwargs,
         )
-        if budget is not None:
+        if picked:
+            batch_size = picked[0]
+        elif budget is not None:
             n = prep.inputs.shape[0]
             batch_size = pick_batch_size(
                 max_memory,

@@ -168,7 +168,7 @@ def prepare(
     floating: bool = True,
     layer: Any = None,
     track_grad: bool = False,
-    grad_chunk: int | None = None,
+    grad_chunk: int | Callable[[Any, torch.Tensor], int] | None = None,
     on_chunk: ChunkResult | None = None,
     wrap: Callable[[Forward], Any] | None = None,
     passthrough: tuple[type[Exception], ...] = (),
@@ -183,7 +183,8 @@ def prepare(
     With ``track_grad``, this first forward records the autograd graph from ``leaf`` (the
     inputs or the layer's output) to ``graph_output``, so that a method needing one backward
     pass does not run the model twice. When one backward over every row does not fit,
-    ``grad_chunk`` rows: the first forward then runs that many rows at a time, each chunk
+    ``grad_chunk`` rows (or ``grad_chunk(forward, inputs)``, asked before the first forward:
+    a size picked from a memory budget): the first forward then runs that many rows at a time, each chunk
     with its graph, and ``on_chunk(output, leaf, example_index, target)`` takes what the
     method needs from that graph right after the chunk ran (its gradient); the results are
     ``chunk_results``, and the method again runs the model only once. ``wrap`` changes how the model is called (rule
@@ -223,6 +224,8 @@ def prepare(
             except (RuntimeError, ValueError, IndexError, TypeError) as exc:
                 raise _ModelError(exc) from exc
 
+    if callable(grad_chunk):  # picked now, on the checked inputs, before the first forward
+        grad_chunk = grad_chunk(call, inputs)
     if track_grad and grad_chunk is not None and grad_chunk < inputs.shape[0]:
         if on_chunk is None:
             raise TypeError("prepare: `grad_chunk` needs `on_chunk`.")
