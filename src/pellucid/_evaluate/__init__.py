@@ -40,6 +40,7 @@ from pellucid._evaluate._gradients import (
     input_gradients,
     path_gradients,
     prepared_gradients,
+    scored_gradient,
     target_scores,
 )
 from pellucid._evaluate._memory import (
@@ -100,6 +101,7 @@ __all__ = [
     "prepare",
     "prepared_gradients",
     "resolve_batch_size",
+    "scored_gradient",
     "select_output",
     "target_scores",
 ]

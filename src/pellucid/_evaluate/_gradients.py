@@ -24,6 +24,7 @@ __all__ = [
     "first_forward_rows",
     "grad_batch_size",
     "graph_gradient",
+    "scored_gradient",
     "input_gradients",
     "path_gradients",
     "prepared_gradients",
@@ -90,6 +91,20 @@ def graph_gradient(
     Raises:
         ValueError: the score does not depend on ``leaf``.
     """
+    return scored_gradient(output, leaf, index, target)[0]
+
+
+def scored_gradient(
+    output: torch.Tensor,
+    leaf: torch.Tensor,
+    index: torch.Tensor | None,
+    target: ResolvedTarget,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`graph_gradient` and the target scores it differentiated (detached).
+
+    Raises:
+        ValueError: the score does not depend on ``leaf``.
+    """
     with torch.enable_grad():
         scores = target.scores(output, index)
         if not scores.requires_grad:
@@ -98,7 +113,7 @@ def graph_gradient(
                 "check `target`, `output` and `layer`."
             )
         (grad,) = torch.autograd.grad(scores.sum(), leaf)
-    return grad
+    return grad, scores.detach()
 
 
 def input_gradients(

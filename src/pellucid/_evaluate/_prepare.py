@@ -184,15 +184,17 @@ def prepare(
     inputs or the layer's output) to ``graph_output``, so that a method needing one backward
     pass does not run the model twice. When one backward over every row does not fit,
     ``grad_chunk`` rows (or ``grad_chunk(forward, inputs)``, asked before the first forward:
-    a size picked from a memory budget): the first forward then runs that many rows at a time, each chunk
-    with its graph, and ``on_chunk(output, leaf, example_index, target)`` takes what the
-    method needs from that graph right after the chunk ran (its gradient); the results are
-    ``chunk_results``, and the method again runs the model only once. ``wrap`` changes how the model is called (rule
-    engines, attention capture): the first forward and the returned ``forward`` are
-    ``wrap(Forward(...))`` (no ``layer`` then); exceptions of the ``passthrough`` types raise unchanged (others
-    from the model are worded as "the model could not run"). With ``target_optional`` (methods
-    that do not use it, such as attention) a ``target`` of None is not resolved at all and a
-    given one is only validated.
+    a size picked from a memory budget): the first forward then runs that many rows at a
+    time, each chunk with its graph, and ``on_chunk(output, leaf, example_index, target)``
+    takes what the method needs from that graph right after the chunk ran (its gradient);
+    the results are ``chunk_results``, and the method again runs the model only once.
+
+    ``wrap`` changes how the model is called (rule engines, attention capture): the first
+    forward and the returned ``forward`` are ``wrap(Forward(...))`` (no ``layer`` then);
+    exceptions of the ``passthrough`` types raise unchanged (others from the model are
+    worded as "the model could not run"). With ``target_optional`` (methods that do not use
+    it, such as attention) a ``target`` of None is not resolved at all and a given one is
+    only validated.
     """
     check_model("model", model)
     if layer is not None:

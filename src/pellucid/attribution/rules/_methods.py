@@ -29,6 +29,7 @@ from pellucid._evaluate import (
     pick_batch_size,
     prepare,
     prepared_gradients,
+    scored_gradient,
 )
 from pellucid._targets import ResolvedTarget, Target
 from pellucid.attribution._baselines import resolve_baseline
@@ -158,10 +159,7 @@ class DeepLiftRules:
         """
         if self._forward is None:
             raise RuntimeError("deeplift: the rules were not attached to a model.")
-        grad = graph_gradient(output, leaf, index, target)
-        s_in = target.scores(output.detach(), index)
-        s_ref = target.scores(_reference_output(self._forward), index)
-        return grad, s_in - s_ref
+        return _multipliers(self._forward, output, leaf, index, target)
 
     def gradients(
         self, prep: Prepared, batch_size: int | None
@@ -179,11 +177,7 @@ class DeepLiftRules:
             grads, diffs = zip(*prep.chunk_results, strict=True)
             return torch.cat(grads), torch.cat(diffs)
         if prep.graph_output is not None and prep.leaf is not None:
-            with torch.enable_grad():
-                scores = prep.target.scores(prep.graph_output, None)
-                (grad,) = torch.autograd.grad(scores.sum(), prep.leaf)
-            reference = prep.target.scores(_reference_output(forward), None)
-            return grad, scores.detach() - reference
+            return _multipliers(forward, prep.graph_output, prep.leaf, None, prep.target)
         x = prep.inputs
         size = grad_batch_size(batch_size, x[0].numel(), total=x.shape[0], like=x)
         return _chunked(forward, prep.target, x, size)
@@ -203,12 +197,24 @@ def _chunked(
         index = torch.arange(start, stop, device=x.device)
         rows = x[start:stop].detach().requires_grad_(True)
         with torch.enable_grad():
-            s_in = target.scores(forward(rows, index), index)
-            (grad,) = torch.autograd.grad(s_in.sum(), rows)
-        s_ref = target.scores(_reference_output(forward), index)
+            out = forward(rows, index)
+        grad, diff = _multipliers(forward, out, rows, index, target)
         grads.append(grad)
-        diffs.append((s_in - s_ref).detach())
+        diffs.append(diff)
     return torch.cat(grads), torch.cat(diffs)
+
+
+def _multipliers(
+    forward: PairedForward,
+    output: torch.Tensor,
+    leaf: torch.Tensor,
+    index: torch.Tensor | None,
+    target: ResolvedTarget,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The multipliers (d score / d ``leaf`` through the rules' graph of ``output``) and
+    ``f(x) - f(baseline)`` per row, from the reference pass that ran with ``output``."""
+    grad, scores = scored_gradient(output, leaf, index, target)
+    return grad, scores - target.scores(_reference_output(forward), index)
 
 
 def rule_gradients(
