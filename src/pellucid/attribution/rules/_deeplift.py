@@ -119,8 +119,8 @@ class Rescale(PairedRule):
         y = op(x)
         if self.relu and x.device.type == "cpu":
             slopes = (y - y[-1:]).div_(x - x[-1:])
-            if math.isfinite(float(slopes[:-1].sum())):
-                slopes[-1:].zero_()
+            slopes[-1:].zero_()  # (its 0/0; then one sum tests the rows)
+            if math.isfinite(float(slopes.sum())):
                 return y, slopes
         return y, self.pair(op, (x[:-1],), y[:-1], None, (x[-1:],), y[-1:], None)
 
@@ -194,8 +194,9 @@ class DeepLiftMaxPool(PairedRule):
         up, down = top - y_ref, y - top
         shape = xs[0].shape
         i_in = i_in.flatten(2)
-        i_ref = i_ref.expand(shape[0], *i_ref.shape[1:]).flatten(2)  # a one-row reference
-        x_ref = refs[0].expand(shape).flatten(2)
+        # a one-row reference is flattened first, then expanded: views, not copies
+        i_ref = i_ref.flatten(2).expand(shape[0], -1, -1)
+        x_ref = refs[0].flatten(2).expand(shape[0], -1, -1)
         d_in = y - x_ref.gather(2, i_in).view_as(y)
         d_ref = xs[0].flatten(2).gather(2, i_ref).view_as(y) - y_ref
         return up.div_(d_in).nan_to_num_(1.0), down.div_(d_ref).nan_to_num_(0.0), i_in, i_ref, shape
