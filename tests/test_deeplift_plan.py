@@ -304,3 +304,73 @@ def test_hooks_on_a_site_keep_the_engines_result(hook, engine_only) -> None:
     _same(got, engine_only(model, x, target=1))
     assert isinstance(_plan.plan_for(model), _plan.JointPlan) is (hook not in (torch.tanh, F.relu))
     _no_forward_left(model)
+
+
+class _Functional(nn.Module):
+    """ReLUs called as ``F.relu`` in the model's own forward: no plan, the engine runs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(5, 8), nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.b(F.relu(self.a(x)))
+
+
+@pytest.mark.parametrize("name", [*sorted(MODELS), "functional"])
+@pytest.mark.parametrize("planned", [True, False])
+def test_chunks_run_the_reference_row_once_and_give_the_whole_result(
+    name: str, planned: bool, engine_only
+) -> None:
+    """In a call whose rows come in chunks the shared reference row runs with the first
+    chunk only: later chunks pair with the reference runs that chunk kept (by the plan, or
+    by the engine's paired pass), and the result is the one pass's, in float64."""
+    torch.manual_seed(0)
+    if name == "functional":
+        model, x = _Functional().eval(), torch.randn(7, 5)
+    else:
+        model, x = MODELS[name]()
+        x = torch.cat([x, x.flip(0) * 0.5])  # more rows than one chunk holds
+    model, x = model.double(), x.double()
+    run = pellucid.deeplift if planned else engine_only
+    whole = run(model, x, target=1)
+    assert isinstance(_plan.plan_for(model), _plan.JointPlan) == (planned and name != "functional")
+    rows: list[int] = []
+    handle = model.register_forward_pre_hook(lambda m, args: rows.append(args[0].shape[0]))
+    try:
+        chunked = run(model, x, target=1, batch_size=3)
+    finally:
+        handle.remove()
+    n = x.shape[0]
+    assert rows[0] == 4 and sum(rows) == n + 1  # the reference row once, in the first chunk
+    torch.testing.assert_close(chunked.attributions, whole.attributions, rtol=1e-10, atol=1e-12)
+    gap = chunked.extras["completeness_gap"]
+    assert float(gap.abs().max()) < 1e-9
+    assert set(chunked.extras["rule_calls"]) == set(whole.extras["rule_calls"])
+    _no_forward_left(model)
+
+
+def test_chunks_that_run_other_operations_than_the_first_are_refused() -> None:
+    """A model whose path depends on the batch (data-dependent control flow) cannot pair a
+    later chunk with the first chunk's reference runs: refused with the engine's message,
+    the model untouched."""
+
+    class Branchy(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Linear(4, 6), nn.Linear(6, 2)
+            self.relu, self.tanh = nn.ReLU(), nn.Tanh()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = self.a(x)
+            return self.b(self.relu(h) if x[0, 0] >= 0 else self.tanh(self.relu(h)))
+
+    torch.manual_seed(0)
+    model = Branchy().eval()
+    x = torch.randn(6, 4)
+    x[:, 0] = torch.tensor([1.0, 1.0, 1.0, -1.0, -1.0, -1.0])
+    pellucid.deeplift(model, x[:3], target=1)  # first sight, and the plan
+    with pytest.raises(UnsupportedOperationError, match="same operations on the baseline"):
+        pellucid.deeplift(model, x, target=1, batch_size=3)
+    _no_forward_left(model)
+    assert all(p.requires_grad and p.grad is None for p in model.parameters())

@@ -193,6 +193,7 @@ def _chunked(
     forward: PairedForward, target: ResolvedTarget, x: torch.Tensor, size: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     grads, diffs = [], []
+    forward.expect(x.shape[0])
     for start, stop in chunks(x.shape[0], size):
         index = torch.arange(start, stop, device=x.device)
         rows = x[start:stop].detach().requires_grad_(True)

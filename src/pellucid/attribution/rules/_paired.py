@@ -143,6 +143,31 @@ class _Joint(Rule):
         self.backward = rule.joint_backward  # type: ignore[method-assign]
 
 
+def reference_run(
+    name: str, rule: PairedRule, op: Op, refs: tuple[Any, ...]
+) -> tuple[str, tuple[tuple[int, ...], ...], Any, PairedRule]:
+    """A paired op's run on the reference row alone, as a reference pass keeps it (name,
+    operand shapes, ``(operands, output, aux)``) and its rule: what a later paired pass of
+    other rows pairs them with."""
+    with torch.no_grad():
+        y, aux = rule.evaluate(op, *refs)
+    shapes = tuple(tuple(t.shape) if isinstance(t, torch.Tensor) else () for t in refs)
+    return name, shapes, (refs, y, aux), rule
+
+
+def _shape_of(value: Any) -> Any:
+    return tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+
+
+def _last_row(t: Any, rows: int) -> Any:
+    """A joint batch's operand for the reference row alone (a copy): its last row when it
+    has the batch's rows, else all of it (a constant)."""
+    if not isinstance(t, torch.Tensor):
+        return t
+    t = t.detach()
+    return (t[-1:] if t.ndim and t.shape[0] == rows else t).clone()
+
+
 class PairedEngine(RuleEngine):
     """A :class:`RuleEngine` whose ``reference_ops`` get :class:`PairedRule` s (see above)."""
 
@@ -163,6 +188,7 @@ class PairedEngine(RuleEngine):
         self._broadcast = False
         self._saved: list[tuple[str, tuple[tuple[int, ...], ...], Any]] = []
         self._position, self._rows = 0, 0
+        self._capture: list[tuple[str, tuple[tuple[int, ...], ...], Any, PairedRule]] | None = None
 
     @contextmanager
     def reference_pass(self) -> Iterator[None]:
@@ -176,11 +202,14 @@ class PairedEngine(RuleEngine):
             self._mode = None
 
     @contextmanager
-    def paired_pass(self, *, broadcast: bool = False) -> Iterator[None]:
+    def paired_pass(
+        self, *, broadcast: bool = False, saved: list[tuple[str, Any, Any]] | None = None
+    ) -> Iterator[None]:
         """Run the model on the explained rows: the ``k``-th op in ``reference_ops`` is paired
         with the ``k``-th op of the reference pass (same op, same shape, else an error).
         With ``broadcast`` the reference ran on one row, whose leading dimension must be 1
-        where the rows' is the batch (else :class:`BroadcastMismatch`).
+        where the rows' is the batch (else :class:`BroadcastMismatch`). ``saved``: the
+        references a joint pass captured, instead of a reference pass's.
 
         Raises:
             UnsupportedOperationError: the explained rows ran other operations than the
@@ -189,6 +218,8 @@ class PairedEngine(RuleEngine):
                 reference broadcast against the batch.
         """
         self._mode, self._position, self._broadcast = "paired", 0, broadcast
+        if saved is not None:
+            self._saved = saved
         try:
             yield
             if self._position != len(self._saved):
@@ -197,19 +228,26 @@ class PairedEngine(RuleEngine):
         finally:
             self._mode, self._saved = None, []
 
-    def joint_pass(self, call: Callable[[], Any], rows: int) -> Any:
+    def joint_pass(
+        self,
+        call: Callable[[], Any],
+        rows: int,
+        *,
+        capture: list[tuple[str, Any, Any, PairedRule]] | None = None,
+    ) -> Any:
         """``call()`` (a model call) with the rules attached, on the explained rows followed
         by one shared reference row (``rows`` in all): every op in ``reference_ops`` must see
         that batch first, else :class:`BroadcastMismatch`. (A plain call, not a context
-        manager: it runs on every DeepLIFT call.)"""
+        manager: it runs on every DeepLIFT call.) ``capture`` gets every paired op's
+        reference run (see :func:`reference_run`), in order, for later paired passes."""
         if self.ledger is not None:
             self.ledger.begin()
-        self._mode, self._rows = "joint", rows
+        self._mode, self._rows, self._capture = "joint", rows, capture
         try:
             with _Mode(self):
                 return call()
         finally:
-            self._mode = None
+            self._mode, self._capture = None, None
 
     def _mismatch(self, what: str) -> UnsupportedOperationError:
         return UnsupportedOperationError(
@@ -243,6 +281,10 @@ class PairedEngine(RuleEngine):
                 if isinstance(t, torch.Tensor) and t.requires_grad:
                     if t.ndim == 0 or t.shape[0] != self._rows:
                         raise BroadcastMismatch(f"`{name}`: rows {tuple(t.shape)}")
+            if self._capture is not None:  # before an in-place op writes the operands
+                op, _ = self._op(name, func, args, kwargs, rule.arity)
+                refs = tuple(_last_row(t, self._rows) for t in xs)
+                self._capture.append(reference_run(name, rule, op, refs))
             return self._run_rule(name, func, args, kwargs, _Joint(rule))
         shapes = tuple(tuple(t.shape) if isinstance(t, torch.Tensor) else () for t in xs)
         if self._mode == "reference":
@@ -399,44 +441,104 @@ class PairedForward:
         # ``shared=True``: every row's baseline is known to be the same (a number, zeros)
         self.shared = not forward.aligned if shared else _is_shared(baseline, forward)
         self.reference_output: torch.Tensor | None = None
+        # a call's rows in chunks (``expect``): the first joint pass keeps the reference
+        # row's operand at every site, and later chunks pair with those (``_bound``)
+        self._expected: int | None = None
+        self._done = 0
+        self._runs: list[Any] | None = None
+        self._reference_row: torch.Tensor | None = None
 
     @property
     def aligned(self) -> bool:
         return self.base.aligned
 
     def expect(self, rows: int) -> None:
-        """Nothing to plan: paired passes run in the given layout."""
+        """``rows`` rows are coming, in chunks: the shared reference row then runs with the
+        first chunk only (its layout is the given one: nothing else to plan)."""
+        self._expected, self._done = rows, 0
+        self._runs = self._reference_row = None
 
     def __call__(self, x: torch.Tensor, example_index: torch.Tensor | None = None) -> torch.Tensor:
         return self.strategy(self, x, example_index)
 
     def _joint(self, x: torch.Tensor) -> torch.Tensor:
-        """One pass over the rows and the shared reference row appended to them."""
+        """One pass over the rows and the shared reference row appended to them. In a call
+        whose rows come in chunks (``expect``), that pass also keeps the reference row's
+        run at every paired operation, and the later chunks run alone, paired with those
+        (``_bound_pass``): the reference runs once per call, not once per chunk."""
         n, reference = x.shape[0], self.baseline[:1]
+        if self._runs is not None and x.requires_grad:
+            return self._bound_pass(x)
+        more = self._expected is not None and self._done + n < self._expected
         rows = torch.cat([x, reference if reference.dtype == x.dtype else reference.to(x.dtype)])
-        out = self._planned(rows, n + 1)
+        out = self._planned(rows, n + 1, capture=more and x.requires_grad)
         if out.ndim == 0 or out.shape[0] != n + 1:
+            self._runs = None
             raise BroadcastMismatch(f"the output has shape {tuple(out.shape)}")
-        self.reference_output = out[n:].detach().expand(n, *out.shape[1:])
+        self._done += n
+        self._reference_row = out[n:].detach()
+        self.reference_output = self._reference_row.expand(n, *out.shape[1:])
         return out[:n]
 
-    def _planned(self, rows: torch.Tensor, n_rows: int) -> Any:
+    def _planned(self, rows: torch.Tensor, n_rows: int, *, capture: bool = False) -> Any:
         """The joint pass: by the model's plan when it has one and the pass matches it, else
         by the engine (whose first joint pass with a graph on a model gives the plan; see
         ``_plan``). A pass without a graph (a first forward that keeps none) has nothing to
-        check against the plan: the engine runs it."""
+        check against the plan: the engine runs it. With ``capture``, the reference row's
+        run at every paired operation is kept (``_runs``), for the later chunks."""
         plan = plan_for(self.model) if rows.requires_grad else False
+        runs: list[Any] | None = [] if capture else None
         if isinstance(plan, JointPlan):
-            out = plan.run(lambda: self.base(rows, None), rows, n_rows, BroadcastMismatch)
+            captured: list[Any] | None = [] if capture else None
+            out = plan.run(
+                lambda: self.base(rows, None), rows, n_rows, BroadcastMismatch, capture=captured
+            )
             if out is not None:
                 self.engine.replay(plan.records)
+                if captured is not None:
+                    self._runs = [
+                        reference_run(
+                            site.name, getattr(site.rule, "rule", site.rule), site.op, (x,)
+                        )
+                        for site, x in captured
+                    ]
                 return out
             remember(self.model, False)
+        call = lambda: self.base(rows, None)  # noqa: E731
         if plan is not None:
-            return self.engine.joint_pass(lambda: self.base(rows, None), n_rows)
-        before = self.engine.snapshot_records()
-        out = self.engine.joint_pass(lambda: self.base(rows, None), n_rows)
-        remember(self.model, learn(self.model, self.engine, out, rows, before) or False)
+            out = self.engine.joint_pass(call, n_rows, capture=runs)
+        else:
+            before = self.engine.snapshot_records()
+            out = self.engine.joint_pass(call, n_rows, capture=runs)
+            remember(self.model, learn(self.model, self.engine, out, rows, before) or False)
+        if runs is not None:
+            self._runs = runs
+        return out
+
+    def _bound_pass(self, x: torch.Tensor) -> torch.Tensor:
+        """A later chunk's rows alone, every paired operation paired with the reference
+        row's run the first chunk kept: by the model's plan when it holds (the graph must
+        match it, as a joint pass's must), else by the engine's paired pass."""
+        runs, n = self._runs, x.shape[0]
+        if runs is None or self._reference_row is None:
+            raise RuntimeError("deeplift: no reference run was kept for this chunk.")
+        plan, out = plan_for(self.model), None
+        if isinstance(plan, JointPlan):
+            rows = x.view_as(x)  # the graph's input node, where the plan's signature stops
+            bound = [(name, _Bound(rule, saved)) for name, _, saved, rule in runs]
+            out = plan.run(lambda: self.base(rows, None), rows, n, BroadcastMismatch, bound=bound)
+            if out is not None:
+                self.engine.replay(plan.records)
+            else:
+                remember(self.model, False)
+        if out is None:
+            saved = [(name, shapes, kept) for name, shapes, kept, _ in runs]
+            with self.engine.active(), self.engine.paired_pass(broadcast=True, saved=saved):
+                out = self.base(x, None)
+        if not isinstance(out, torch.Tensor) or out.ndim == 0 or out.shape[0] != n:
+            raise BroadcastMismatch(f"the output has shape {_shape_of(out)}")
+        self._done += n
+        self.reference_output = self._reference_row.expand(n, *out.shape[1:])
         return out
 
     def _pair(

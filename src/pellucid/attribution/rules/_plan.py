@@ -136,9 +136,18 @@ class JointPlan:
         inputs: torch.Tensor,
         rows: int,
         mismatch: type[Exception],
+        *,
+        capture: list[tuple[_Site, torch.Tensor]] | None = None,
+        bound: list[tuple[str, Any]] | None = None,
     ) -> Any:
         """``call()`` with the rules at the sites; None when the sites changed or the graph
         differs from the plan's (the caller runs the engine instead).
+
+        A joint pass (the reference row last) with ``capture`` also appends every site
+        call's reference operand (a copy of its last row), in call order. With ``bound``
+        (the operation's name and the rule bound to such a reference, for every site call
+        in order) the rows run alone: each site call pairs them with its reference, as the
+        joint pass did.
 
         Raises:
             mismatch: a site's input does not have ``rows`` rows (the engine's error then).
@@ -148,17 +157,26 @@ class JointPlan:
                 return None
         owner = threading.get_ident()
         patched = []
+        rules = None if bound is None else iter(bound)
         try:
             for site in self.sites:
-                site.module.__dict__["forward"] = _forward(site, rows, owner, mismatch)
+                site.module.__dict__["forward"] = _forward(
+                    site, rows, owner, mismatch, capture, rules
+                )
                 patched.append(site.module)
             out = call()
+        except _Unbound:  # the sites ran otherwise than in the captured pass
+            return None
         finally:
             for module in patched:
                 module.__dict__.pop("forward", None)
         if not isinstance(out, torch.Tensor) or signature(out, inputs.grad_fn) != self.signature:
             return None
         return out
+
+
+class _Unbound(Exception):
+    """The sites ran otherwise than in the joint pass whose references they are bound to."""
 
 
 #: ``_RuleFunction.apply`` without ``Function.apply``'s Python layer, which binds default
@@ -173,7 +191,14 @@ _TRANSFORMS_ACTIVE: Callable[[], bool] = getattr(
 )
 
 
-def _forward(site: _Site, rows: int, owner: int, mismatch: type[Exception]) -> Callable[..., Any]:
+def _forward(
+    site: _Site,
+    rows: int,
+    owner: int,
+    mismatch: type[Exception],
+    capture: list[tuple[_Site, torch.Tensor]] | None = None,
+    rules: Iterator[tuple[str, Any]] | None = None,
+) -> Callable[..., Any]:
     module, inplace = site.module, site.inplace
     spec = (site.rule, site.op, None, (module, site.name))
     plain = type(module).forward
@@ -184,7 +209,15 @@ def _forward(site: _Site, rows: int, owner: int, mismatch: type[Exception]) -> C
             return plain(module, *args, **kwargs)
         if x.ndim == 0 or x.shape[0] != rows:
             raise mismatch(f"`{type(module).__name__}`: rows {tuple(x.shape)}")
-        y = _RuleFunction.apply(spec, x) if _TRANSFORMS_ACTIVE() else _APPLY(spec, x)
+        call = spec
+        if rules is not None:
+            name, rule = next(rules, ("", None))
+            if name != site.name:
+                raise _Unbound
+            call = (rule, site.op, None, spec[3])
+        elif capture is not None:  # the reference row's operand, before an in-place write
+            capture.append((site, x[-1:].detach().clone()))
+        y = _RuleFunction.apply(call, x) if _TRANSFORMS_ACTIVE() else _APPLY(call, x)
         return x.copy_(y) if inplace else y
 
     return forward
