@@ -18,7 +18,7 @@ from torch import nn
 import pellucid
 from pellucid.attribution.rules import _plan
 from pellucid.attribution.rules._engine import UnsupportedOperationError
-from pellucid.models import MLP, SmallCNN, TinyResNet
+from pellucid.models import MLP, SmallCNN, TinyResNet, TinyTransformer
 
 
 @pytest.fixture
@@ -317,7 +317,7 @@ class _Functional(nn.Module):
         return self.b(F.relu(self.a(x)))
 
 
-@pytest.mark.parametrize("name", [*sorted(MODELS), "functional"])
+@pytest.mark.parametrize("name", [*sorted(MODELS), "functional", "transformer"])
 @pytest.mark.parametrize("planned", [True, False])
 def test_chunks_run_the_reference_row_once_and_give_the_whole_result(
     name: str, planned: bool, engine_only
@@ -328,13 +328,16 @@ def test_chunks_run_the_reference_row_once_and_give_the_whole_result(
     torch.manual_seed(0)
     if name == "functional":
         model, x = _Functional().eval(), torch.randn(7, 5)
+    elif name == "transformer":  # products, softmax and layer norm: paired by the engine
+        model, x = TinyTransformer(6, 3).eval(), torch.randn(7, 5, 6)
     else:
         model, x = MODELS[name]()
         x = torch.cat([x, x.flip(0) * 0.5])  # more rows than one chunk holds
     model, x = model.double(), x.double()
     run = pellucid.deeplift if planned else engine_only
     whole = run(model, x, target=1)
-    assert isinstance(_plan.plan_for(model), _plan.JointPlan) == (planned and name != "functional")
+    has_plan = planned and name not in ("functional", "transformer")
+    assert isinstance(_plan.plan_for(model), _plan.JointPlan) == has_plan
     rows: list[int] = []
     handle = model.register_forward_pre_hook(lambda m, args: rows.append(args[0].shape[0]))
     try:
