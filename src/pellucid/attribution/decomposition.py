@@ -59,9 +59,10 @@ def deeplift(
 ) -> Explanation:
     """DeepLIFT with the rescale rule (Shrikumar et al. 2017): ``(x - b) * multipliers``.
 
-    Every chunk of inputs runs with its baselines (first, without a graph, or as one extra
-    row when all examples share it), and every non-linearity turns the two runs into exact
-    multipliers (one backward over the inputs only): element-wise non-linearities (ReLU,
+    Every chunk of inputs runs with its baselines (first, without a graph; or, when all
+    examples share it, as one extra row of the first chunk, whose run at every
+    non-linearity the later chunks reuse), and every non-linearity turns the two runs into
+    exact multipliers (one backward over the inputs only): element-wise non-linearities (ReLU,
     ReLU6, sigmoid, tanh, GELU, SiLU, hardswish, ...) their secant slope, max pooling the
     output difference routed through the argmax, layer norm and softmax their exact
     secants, products of two input-dependent tensors (attention's ``q k^T`` and
@@ -78,7 +79,8 @@ def deeplift(
         baseline: the reference: None/``"zeros"``, a number, a tensor, ``"mean"`` (of
             ``background``), ``"blur"``.
         background: reference examples for ``baseline="mean"``.
-        batch_size: input rows per backward pass (their baselines run just before them).
+        batch_size: input rows per backward pass (a shared baseline runs once, with the
+            first chunk; per-example baselines run just before their rows).
         max_memory: a budget for the call's peak memory, in bytes or as a size such as
             ``"2GB"``: picks ``batch_size`` from the model's activations measured on one
             row (give one or the other).

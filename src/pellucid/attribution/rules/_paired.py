@@ -9,7 +9,11 @@ the two. Only the explained rows carry a graph, so the backward pass is over N r
 A reference that all examples share runs on one row, broadcast against the batch
 (:class:`BroadcastMismatch` where an operation's shapes do not allow that), or rides with
 the batch as its last row in a single pass: the reference-pass strategies
-:class:`TwoPasses` and :class:`JointPass` choose.
+:class:`TwoPasses` and :class:`JointPass` choose. When a call's rows come in chunks, the
+joint pass runs with the first chunk only and keeps the reference row's run at every paired
+operation (:func:`reference_run`); the later chunks run alone, paired with those, by the
+model's plan or by the engine's paired pass (:meth:`PairedForward._bound_pass`), so the
+reference row runs, and is differentiated through, once per call.
 """
 
 from __future__ import annotations
