@@ -527,8 +527,10 @@ class PairedForward:
         if runs is None or self._reference_row is None:
             raise RuntimeError("deeplift: no reference run was kept for this chunk.")
         plan, out = plan_for(self.model), None
+        # a copy, as the joint pass's concatenation is (not the leaf itself): its node is
+        # where the plan's signature stops
+        rows = x.clone()
         if isinstance(plan, JointPlan):
-            rows = x.view_as(x)  # the graph's input node, where the plan's signature stops
             bound = [(name, _Bound(rule, saved)) for name, _, saved, rule in runs]
             out = plan.run(lambda: self.base(rows, None), rows, n, BroadcastMismatch, bound=bound)
             if out is not None:
@@ -538,7 +540,7 @@ class PairedForward:
         if out is None:
             saved = [(name, shapes, kept) for name, shapes, kept, _ in runs]
             with self.engine.active(), self.engine.paired_pass(broadcast=True, saved=saved):
-                out = self.base(x, None)
+                out = self.base(rows, None)
         if not isinstance(out, torch.Tensor) or out.ndim == 0 or out.shape[0] != n:
             raise BroadcastMismatch(f"the output has shape {_shape_of(out)}")
         self._done += n
