@@ -8,6 +8,7 @@ every perturbed row.
 
 from __future__ import annotations
 
+import math
 import numbers
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -43,7 +44,7 @@ class ResolvedTarget:
                     f"({output.shape[0]},); got {describe_value(result)}."
                 )
             return result
-        flat = output.reshape(output.shape[0], -1)
+        flat = output if output.ndim == 2 else output.reshape(output.shape[0], -1)
         if self.kind == "none":
             return flat[:, 0]
         if self.column is not None:  # no per-row gather needed
@@ -79,7 +80,7 @@ def resolve_target(target: Target, output: torch.Tensor) -> ResolvedTarget:
         output: the model's output on the original inputs, batch first.
     """
     n = output.shape[0]
-    per_row = output.reshape(n, -1).shape[1] if output.ndim > 0 else 0
+    per_row = math.prod(output.shape[1:]) if output.ndim > 0 else 0
     if output.ndim == 0:
         raise ValueError(
             "The model output must be batch first, shape (N,) or (N, K); got a scalar."

@@ -10,6 +10,7 @@ the forward how many rows are coming (its layout policy measures only for large 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -206,7 +207,7 @@ def first_forward_rows(inputs: Any, batch_size: int | None) -> int | None:
     if not isinstance(inputs, torch.Tensor) or inputs.ndim == 0 or inputs.shape[0] == 0:
         return None
     n = inputs.shape[0]
-    return grad_batch_size(batch_size, inputs[0].numel(), total=n, like=inputs)
+    return grad_batch_size(batch_size, math.prod(inputs.shape[1:]), total=n, like=inputs)
 
 
 def prepared_gradients(prep: Any, batch_size: int | None) -> torch.Tensor:

@@ -68,7 +68,7 @@ def all_finite(value: torch.Tensor) -> bool:
     """True when every entry is finite, from one sum (a NaN or inf entry makes the sum
     non-finite; a finite sum proves them all finite). A non-finite sum may also be an
     overflow: callers then run ``check_finite_tensor``, which decides and words the error."""
-    return math.isfinite(float(value.detach().sum()))
+    return math.isfinite(float((value.detach() if value.requires_grad else value).sum()))
 
 
 def _shape(value: Any) -> Any:

@@ -107,7 +107,7 @@ def deeplift(
     rules = DeepLiftRules(baseline, background)
     with explaining("deeplift", locals(), track_grad=True, engine=rules) as run:
         grad, diff = rules.gradients(run.prep, run.batch_size)
-        attributions = (run.inputs - rules.reference) * grad
+        attributions = torch.sub(run.inputs, rules.reference).mul_(grad)
         run.result(
             attributions,
             baseline=rules.reference,

@@ -441,6 +441,7 @@ class PairedForward:
         self.base = forward.with_model(forward.model, kernels="off")
         self.model, self.n_examples = forward.model, forward.n_examples
         self.engine, self.baseline = engine, baseline
+        self._reference = baseline[:1]  # the shared row a joint pass appends
         self.strategy = REFERENCE_PASS if strategy is None else strategy
         # ``shared=True``: every row's baseline is known to be the same (a number, zeros)
         self.shared = not forward.aligned if shared else _is_shared(baseline, forward)
@@ -470,7 +471,7 @@ class PairedForward:
         whose rows come in chunks (``expect``), that pass also keeps the reference row's
         run at every paired operation, and the later chunks run alone, paired with those
         (``_bound_pass``): the reference runs once per call, not once per chunk."""
-        n, reference = x.shape[0], self.baseline[:1]
+        n, reference = x.shape[0], self._reference
         if self._runs is not None and x.requires_grad:
             return self._bound_pass(x)
         more = self._expected is not None and self._done + n < self._expected
