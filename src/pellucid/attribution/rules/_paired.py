@@ -447,7 +447,7 @@ class PairedForward:
         self.shared = not forward.aligned if shared else _is_shared(baseline, forward)
         self.reference_output: torch.Tensor | None = None
         # a call's rows in chunks (``expect``): the first joint pass keeps the reference
-        # row's operand at every site, and later chunks pair with those (``_bound``)
+        # row's run at every paired operation (``_runs``), later chunks pair with those
         self._expected: int | None = None
         self._done = 0
         self._runs: list[Any] | None = None
@@ -493,11 +493,13 @@ class PairedForward:
         run at every paired operation is kept (``_runs``), for the later chunks."""
         plan = plan_for(self.model) if rows.requires_grad else False
         runs: list[Any] | None = [] if capture else None
+
+        def call() -> Any:
+            return self.base(rows, None)
+
         if isinstance(plan, JointPlan):
             captured: list[Any] | None = [] if capture else None
-            out = plan.run(
-                lambda: self.base(rows, None), rows, n_rows, BroadcastMismatch, capture=captured
-            )
+            out = plan.run(call, rows, n_rows, BroadcastMismatch, capture=captured)
             if out is not None:
                 self.engine.replay(plan.records)
                 if captured is not None:
@@ -509,7 +511,6 @@ class PairedForward:
                     ]
                 return out
             remember(self.model, False)
-        call = lambda: self.base(rows, None)  # noqa: E731
         if plan is not None:
             out = self.engine.joint_pass(call, n_rows, capture=runs)
         else:
