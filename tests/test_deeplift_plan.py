@@ -93,6 +93,8 @@ def test_the_plan_path_runs_no_function_mode(monkeypatch: pytest.MonkeyPatch) ->
 
     monkeypatch.setattr(_paired.PairedEngine, "joint_pass", refuse)
     pellucid.deeplift(model, x, target=0)  # the plan only
+    monkeypatch.setattr(_paired.PairedEngine, "paired_pass", refuse)
+    pellucid.deeplift(model, x, target=0, batch_size=3)  # later chunks: the plan's bound pass
 
 
 class _Switch(nn.Module):
