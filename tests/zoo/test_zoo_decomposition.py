@@ -173,3 +173,38 @@ def test_deeplift_plan_matches_the_engine_on_the_zoo(name, planned):
     assert second.extras["rules"] == engine.extras["rules"] == first.extras["rules"]
     assert second.extras["rule_calls"] == engine.extras["rule_calls"]
     assert not [n for n, m in model.named_modules() if "forward" in m.__dict__]
+
+
+@pytest.mark.parametrize(
+    ("name", "planned"),
+    [("resnet18", True), ("mobilenet_v3_small", False), ("densenet121", False)],
+)
+def test_chunked_deeplift_runs_the_reference_once_on_the_zoo(name, planned):
+    """Chunks of 2 over 5 examples: the shared reference row runs with the first chunk only
+    (the model sees 3, 2, 1 rows), later chunks pair with its runs (by resnet18's plan, by
+    the engine on mobilenet_v3's gates and densenet's concatenations), and the result is
+    the one pass's, bit for bit against the engine's chunks."""
+    from pellucid.attribution.rules import _plan
+
+    torch.manual_seed(0)
+    model = getattr(torchvision.models, name)(weights=None).to(D)
+    _calibrate(model, torch.randn(4, 3, SIZE, SIZE, dtype=D))
+    x = torch.randn(5, 3, SIZE, SIZE, dtype=D)
+    whole = deeplift(model, x, target=1)
+    assert isinstance(_plan.plan_for(model), _plan.JointPlan) is planned
+    rows: list[int] = []
+    handle = model.register_forward_pre_hook(lambda m, args: rows.append(args[0].shape[0]))
+    try:
+        chunked = deeplift(model, x, target=1, batch_size=2)
+    finally:
+        handle.remove()
+    assert rows == [3, 2, 1]
+    scale = whole.attributions.abs().max()
+    assert _relative(chunked.attributions - whole.attributions, scale) < REL
+    with torch.no_grad():
+        diff = model(x)[:, 1] - model(torch.zeros_like(x))[:, 1]
+    assert _relative(chunked.extras["completeness_gap"], diff) < REL
+    with _plan.engine_only():
+        engine = deeplift(model, x, target=1, batch_size=2)
+    assert torch.equal(chunked.attributions, engine.attributions)
+    assert chunked.extras["rule_calls"] == engine.extras["rule_calls"]
