@@ -45,3 +45,15 @@ def gloo_group(rank: int, world: int, store: str) -> Iterator[None]:
         dist.barrier()
     finally:
         dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def model_rows(model: torch.nn.Module) -> Iterator[list[int]]:
+    """Within the block, the number of rows of every call of ``model`` (a forward pre-hook,
+    removed on exit, also when the block raises)."""
+    rows: list[int] = []
+    handle = model.register_forward_pre_hook(lambda m, args: rows.append(args[0].shape[0]))
+    try:
+        yield rows
+    finally:
+        handle.remove()

@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import model_rows
 from pellucid import attention, attention_maps, attention_rollout
 from pellucid.models import TinyTransformer
 
@@ -228,13 +229,9 @@ def test_one_forward_pass_with_or_without_a_target(method):
     fn = {"attention": attention, "attention_rollout": attention_rollout}[method]
     net = TinyTransformer(3, 2, d_model=8, n_heads=2).eval()
     x = torch.randn(4, 5, 3, generator=torch.Generator().manual_seed(0))
-    calls: list[int] = []
-    handle = net.register_forward_pre_hook(lambda m, args: calls.append(args[0].shape[0]))
-    try:
+    with model_rows(net) as calls:
         plain = fn(net, x)
         targeted = fn(net, x, target=1)
-    finally:
-        handle.remove()
     assert calls == [4, 4]  # one pass each: the target is validated on the recorded pass
     torch.testing.assert_close(targeted.attributions, plain.attributions, rtol=0, atol=0)
 

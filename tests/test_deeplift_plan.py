@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import pellucid
+from conftest import model_rows
 from pellucid.attribution.rules import _plan
 from pellucid.attribution.rules._engine import UnsupportedOperationError
 from pellucid.models import MLP, SmallCNN, TinyResNet, TinyTransformer
@@ -340,12 +341,8 @@ def test_chunks_run_the_reference_row_once_and_give_the_whole_result(
     whole = run(model, x, target=1)
     has_plan = planned and name not in ("functional", "transformer")
     assert isinstance(_plan.plan_for(model), _plan.JointPlan) == has_plan
-    rows: list[int] = []
-    handle = model.register_forward_pre_hook(lambda m, args: rows.append(args[0].shape[0]))
-    try:
+    with model_rows(model) as rows:
         chunked = run(model, x, target=1, batch_size=3)
-    finally:
-        handle.remove()
     n = x.shape[0]
     assert rows[0] == 4 and sum(rows) == n + 1  # the reference row once, in the first chunk
     torch.testing.assert_close(chunked.attributions, whole.attributions, rtol=1e-10, atol=1e-12)

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 import pellucid
+from conftest import model_rows
 
 D = torch.float64
 METHODS = ("saliency", "input_x_gradient", "deeplift", "lrp", "guided_backprop", "deconvolution")
@@ -50,13 +51,10 @@ def test_chunks_give_one_pass_result(method, target):
 
 @pytest.mark.parametrize("method", METHODS)
 def test_the_model_runs_once_per_chunk_and_no_more(method):
-    net, rows = _net(), []
+    net = _net()
     getattr(pellucid, method)(net, _x(), target=1)  # DeepLIFT's first sight of a model checks
-    handle = net.register_forward_pre_hook(lambda m, args: rows.append(args[0].shape[0]))
-    try:
+    with model_rows(net) as rows:
         getattr(pellucid, method)(net, _x(), target=1, batch_size=2)
-    finally:
-        handle.remove()
     # DeepLIFT runs its shared reference row once, appended to the first chunk
     assert rows == ([3, 2, 1] if method == "deeplift" else [2, 2, 1])
 
@@ -120,41 +118,32 @@ def test_grad_cam_at_a_layer_in_chunks_gives_the_one_pass_map(target):
 
 
 def test_grad_cam_runs_the_model_once_per_chunk():
-    net, rows = _cnn(), []
-    handle = net.register_forward_pre_hook(lambda m, args: rows.append(args[0].shape[0]))
-    try:
+    net = _cnn()
+    with model_rows(net) as rows:
         pellucid.grad_cam(net, _images(), target=1, layer="features.3", batch_size=2)
-    finally:
-        handle.remove()
     assert rows == [2, 2, 1]
 
 
 def test_guided_grad_cam_runs_each_half_once_per_chunk():
-    net, rows = _cnn(), []
+    net = _cnn()
     whole = pellucid.guided_grad_cam(net, _images(), target="predicted", layer="features.3")
-    handle = net.register_forward_pre_hook(lambda m, args: rows.append(args[0].shape[0]))
-    try:
+    with model_rows(net) as rows:
         chunked = pellucid.guided_grad_cam(
             net, _images(), target="predicted", layer="features.3", batch_size=2
         )
-    finally:
-        handle.remove()
     assert rows == [2, 2, 1, 2, 2, 1]  # Grad-CAM's pass, then guided backprop's
     torch.testing.assert_close(chunked.attributions, whole.attributions, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("method", ["saliency", "input_x_gradient", "deeplift"])
 def test_under_max_memory_the_model_runs_once_per_chunk_after_one_probe_row(method):
-    net, rows = _cnn(), []
+    net = _cnn()
     x = torch.randn(40, 1, 8, 8, dtype=D, generator=torch.Generator().manual_seed(3))
     fn = getattr(pellucid, method)
     fn(net, x, target=1)  # DeepLIFT's first sight of the model checks its two passes
     whole = fn(net, x, target=1)
-    handle = net.register_forward_pre_hook(lambda m, args: rows.append(args[0].shape[0]))
-    try:
+    with model_rows(net) as rows:
         limited = fn(net, x, target=1, max_memory="1MB")
-    finally:
-        handle.remove()
     size = limited.params["batch_size"]
     assert 1 <= size < x.shape[0] and limited.params["max_memory"] == "1MB"
     extra = 1 if method == "deeplift" else 0  # its shared reference row

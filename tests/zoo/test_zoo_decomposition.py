@@ -12,6 +12,7 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import model_rows
 from pellucid import deeplift, guided_backprop, lrp
 
 torchvision = pytest.importorskip("torchvision")
@@ -48,6 +49,15 @@ def _built(name: str) -> tuple[nn.Module, torch.Tensor]:
         nn.init.normal_(model.heads.head.weight, std=0.05)
     _calibrate(model, torch.randn(4, 3, SIZE, SIZE, dtype=D))
     return model, x
+
+
+def _calibrated(name: str, n: int) -> tuple[nn.Module, torch.Tensor]:
+    """A fresh torchvision model in float64 with its own initialization, batch-norm
+    statistics calibrated (see ``_calibrate``), and ``n`` examples at 32 px (seeded)."""
+    torch.manual_seed(0)
+    model = getattr(torchvision.models, name)(weights=None).to(D)
+    _calibrate(model, torch.randn(4, 3, SIZE, SIZE, dtype=D))
+    return model, torch.randn(n, 3, SIZE, SIZE, dtype=D)
 
 
 def _model(name: str) -> tuple[nn.Module, torch.Tensor]:
@@ -159,10 +169,7 @@ def test_deeplift_plan_matches_the_engine_on_the_zoo(name, planned):
     (a product in the block's own forward) keep the engine."""
     from pellucid.attribution.rules import _plan
 
-    torch.manual_seed(0)
-    model = getattr(torchvision.models, name)(weights=None).to(D)
-    _calibrate(model, torch.randn(4, 3, SIZE, SIZE, dtype=D))
-    x = torch.randn(2, 3, SIZE, SIZE, dtype=D)
+    model, x = _calibrated(name, 2)
     first = deeplift(model, x, target=1)
     assert isinstance(_plan.plan_for(model), _plan.JointPlan) is planned
     second = deeplift(model, x * 0.5, target=1)
@@ -186,18 +193,11 @@ def test_chunked_deeplift_runs_the_reference_once_on_the_zoo(name, planned):
     the one pass's, bit for bit against the engine's chunks."""
     from pellucid.attribution.rules import _plan
 
-    torch.manual_seed(0)
-    model = getattr(torchvision.models, name)(weights=None).to(D)
-    _calibrate(model, torch.randn(4, 3, SIZE, SIZE, dtype=D))
-    x = torch.randn(5, 3, SIZE, SIZE, dtype=D)
+    model, x = _calibrated(name, 5)
     whole = deeplift(model, x, target=1)
     assert isinstance(_plan.plan_for(model), _plan.JointPlan) is planned
-    rows: list[int] = []
-    handle = model.register_forward_pre_hook(lambda m, args: rows.append(args[0].shape[0]))
-    try:
+    with model_rows(model) as rows:
         chunked = deeplift(model, x, target=1, batch_size=2)
-    finally:
-        handle.remove()
     assert rows == [3, 2, 1]
     scale = whole.attributions.abs().max()
     assert _relative(chunked.attributions - whole.attributions, scale) < REL
